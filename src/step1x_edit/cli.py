@@ -8,9 +8,128 @@ packages (``step1x_edit.data.cli``, ``step1x_edit.bench.cli``). Heavy imports ha
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+from pathlib import Path
 
 from .errors import Step1XEditError
+
+DTYPES = {"auto": None, "float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", "bf16": "bfloat16",
+          "float16": "float16", "fp16": "float16"}
+
+
+def _torch_dtype(name: str):
+    import torch
+
+    resolved = DTYPES[name]
+    return None if resolved is None else getattr(torch, resolved)
+
+
+def _edit(args: argparse.Namespace) -> int:
+    import torch
+
+    from .pipeline import load_pipeline
+
+    if args.model is None:
+        print(
+            "step1x-edit: no --model given: using the small built-in model (random weights until a trained demo "
+            "model is installed; the edit will not be meaningful). Pass --model DIR for real Step1X-Edit weights.",
+            file=sys.stderr,
+        )
+    device = torch.device(args.device) if args.device else None
+    pipe = load_pipeline(args.model, device=None if args.offload else device, torch_dtype=_torch_dtype(args.dtype),
+                         version=args.version)
+    if args.offload:
+        if not torch.cuda.is_available():
+            raise Step1XEditError("--offload moves models between CPU and GPU, but no GPU is available")
+        pipe.enable_model_cpu_offload(device=device or "cuda")
+    generator = torch.Generator("cpu").manual_seed(args.seed)
+    result = pipe(
+        image=args.image,
+        prompt=args.instruction,
+        negative_prompt=args.negative_prompt,
+        num_inference_steps=args.steps,
+        guidance_scale=args.guidance,
+        size_level=args.size_level,
+        generator=generator,
+    )
+    output = Path(args.output) if args.output else Path(args.image).with_name(Path(args.image).stem + "-edited.png")
+    output.parent.mkdir(parents=True, exist_ok=True)
+    result.images[0].save(output)
+    print(f"saved {output}")
+    return 0
+
+
+def _convert(args: argparse.Namespace) -> int:
+    from .pipeline import Step1XEditPipeline
+
+    out_dir = Path(args.out_dir)
+    if out_dir.exists() and any(out_dir.iterdir()) and not args.overwrite:
+        raise Step1XEditError(f"{out_dir} is not empty; pass --overwrite to write into it")
+    pipe = Step1XEditPipeline.from_official(
+        args.official_dir, version=args.version, torch_dtype=_torch_dtype(args.dtype), device="cpu"
+    )
+    pipe.save_pretrained(out_dir, safe_serialization=True)
+    print(f"wrote the diffusers layout of a Step1X-Edit {pipe.version} model to {out_dir}")
+    return 0
+
+
+def _info(args: argparse.Namespace) -> int:
+    from .checkpoints.inspect import describe_model
+
+    description = describe_model(args.model_dir)
+    if args.json:
+        print(json.dumps(description, indent=1))
+        return 0
+    print(f"{args.model_dir}: {description['layout']} layout, Step1X-Edit {description['version']}")
+    for name, component in description["components"].items():
+        details = ", ".join(f"{key} {value}" for key, value in component.items())
+        print(f"  {name}: {details}")
+    return 0
+
+
+def _add_edit(subcommands) -> None:
+    parser = subcommands.add_parser("edit", help="edit an image following an instruction",
+                                    description="Edit IMAGE following INSTRUCTION and save the result.")
+    parser.add_argument("image", help="the image to edit (any format Pillow reads)")
+    parser.add_argument("instruction", help='what to change, e.g. "make the sky stormy"')
+    parser.add_argument("-o", "--output", help="where to save the result (default: IMAGE-edited.png)")
+    parser.add_argument("--model", help="a Step1X-Edit model directory (official or diffusers layout); "
+                        "default: the small built-in model")
+    parser.add_argument("--version", choices=["v1.0", "v1.1"], help="force the version of an official checkpoint "
+                        "(default: detected)")
+    parser.add_argument("--steps", type=int, default=28, help="denoising steps (default 28)")
+    parser.add_argument("--guidance", type=float, default=6.0, help="classifier-free guidance scale (default 6.0)")
+    parser.add_argument("--size-level", type=int, default=512,
+                        help="working resolution: the image is resized to about SIZE_LEVEL^2 pixels (default 512; "
+                        "the released models are used at 512-1024)")
+    parser.add_argument("--seed", type=int, default=42, help="random seed (default 42)")
+    parser.add_argument("--negative-prompt", default="", help='negative instruction for guidance (default "")')
+    parser.add_argument("--offload", action="store_true", help="keep models on the CPU and move each to the GPU "
+                        "only while it runs (lower GPU memory, slower)")
+    parser.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
+    parser.add_argument("--dtype", choices=sorted(DTYPES), default="auto",
+                        help="weights dtype (default: bfloat16 on GPU, float32 on CPU)")
+    parser.set_defaults(handler=_edit)
+
+
+def _add_convert(subcommands) -> None:
+    parser = subcommands.add_parser("convert", help="convert an official model directory to the diffusers layout",
+                                    description="Read OFFICIAL_DIR (step1x-edit-*.safetensors, vae.safetensors, "
+                                    "Qwen2.5-VL-7B-Instruct/) and write OUT_DIR in the diffusers layout.")
+    parser.add_argument("official_dir")
+    parser.add_argument("out_dir")
+    parser.add_argument("--version", choices=["v1.0", "v1.1"], help="default: detected from the checkpoint")
+    parser.add_argument("--dtype", choices=sorted(DTYPES), default="bf16", help="dtype of the written weights")
+    parser.add_argument("--overwrite", action="store_true", help="write into a non-empty OUT_DIR")
+    parser.set_defaults(handler=_convert)
+
+
+def _add_info(subcommands) -> None:
+    parser = subcommands.add_parser("info", help="describe a model directory without loading the weights")
+    parser.add_argument("model_dir")
+    parser.add_argument("--json", action="store_true", help="print JSON")
+    parser.set_defaults(handler=_info)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -22,7 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Instruction-based image editing with Step1X-Edit.",
     )
     subcommands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for register in (register_data, register_bench):
+    for register in (_add_edit, _add_convert, _add_info, register_data, register_bench):
         register(subcommands)
     return parser
 
