@@ -1,0 +1,355 @@
+"""``Step1XEditPipeline``: instruction-based image editing with Step1X-Edit, as a diffusers pipeline.
+
+The pipeline only orchestrates; the math lives elsewhere:
+- ``step1x_edit.models.mllm``: the Qwen2.5-VL condition (prompt, quote tokenization, prefix drop, padding);
+- ``step1x_edit.models.transformer``: the connector + FLUX-style DiT, one forward per denoising step;
+- ``step1x_edit.models.vae``: the FLUX autoencoder (scale 0.3611, shift 0.1159);
+- ``step1x_edit.sampling``: resize rule, schedule, packing, position ids, CFG and the Euler loop.
+
+Loading: :meth:`Step1XEditPipeline.from_pretrained` reads the diffusers layout (``model_index.json``),
+:meth:`Step1XEditPipeline.from_official` reads the released layout (``step1x-edit-*.safetensors``,
+``vae.safetensors``, ``Qwen2.5-VL-7B-Instruct/``), and :func:`load_pipeline` picks the right one.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from diffusers import AutoencoderKL, DiffusionPipeline, FlowMatchEulerDiscreteScheduler
+from diffusers.utils import BaseOutput
+from diffusers.utils.torch_utils import randn_tensor
+from PIL import Image
+
+from . import sampling
+from .errors import CheckpointError, InvalidImageError, InvalidPromptError
+from .image_io import load_image
+from .models.mllm import encode_prompts
+from .models.transformer import Step1XEditTransformer2DModel
+from .models.vae import decode_latents, encode_latents
+
+# The resolution-dependent shift of the schedule (FLUX): mu goes from 0.5 at 256 noisy tokens to 1.15 at 4096.
+SCHEDULER_CONFIG = {
+    "base_shift": 0.5,
+    "max_shift": 1.15,
+    "base_image_seq_len": 256,
+    "max_image_seq_len": 4096,
+    "use_dynamic_shifting": True,
+    "time_shift_type": "exponential",
+}
+
+# Longest instruction accepted, in characters. The MLLM condition is truncated at 640 tokens anyway; this only
+# stops absurd inputs (a pasted file) before they reach the tokenizer.
+MAX_PROMPT_CHARS = 20_000
+
+
+def default_device() -> torch.device:
+    """CUDA when available, else CPU."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def default_dtype(device: torch.device | str) -> torch.dtype:
+    """bfloat16 on GPU, float32 on CPU (bfloat16 matmuls are many times slower on most CPUs)."""
+    return torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
+
+
+@dataclass
+class Step1XEditPipelineOutput(BaseOutput):
+    """Edited images: a list of PIL images, or an array/tensor for ``output_type`` "np"/"pt"/"latent"."""
+
+    images: list[Image.Image] | np.ndarray | torch.Tensor
+
+
+class Step1XEditPipeline(DiffusionPipeline):
+    """Edit images from natural-language instructions with Step1X-Edit (v1.0 and v1.1 weights).
+
+    Components: ``transformer`` (:class:`Step1XEditTransformer2DModel`, connector included), ``vae``
+    (``AutoencoderKL``, FLUX configuration), ``text_encoder`` (``Qwen2_5_VLForConditionalGeneration``),
+    ``processor`` (``Qwen2_5_VLProcessor``) and ``scheduler`` (``FlowMatchEulerDiscreteScheduler``, whose
+    config holds the schedule's shift parameters).
+    """
+
+    model_cpu_offload_seq = "text_encoder->transformer->vae"
+
+    def __init__(
+        self,
+        transformer: Step1XEditTransformer2DModel,
+        vae: AutoencoderKL,
+        text_encoder: Any,
+        processor: Any,
+        scheduler: FlowMatchEulerDiscreteScheduler,
+    ):
+        super().__init__()
+        self.register_modules(
+            transformer=transformer, vae=vae, text_encoder=text_encoder, processor=processor, scheduler=scheduler
+        )
+
+    @property
+    def version(self) -> str:
+        """The Step1X-Edit version the transformer was trained as ("v1.0" or "v1.1")."""
+        return self.transformer.config.version
+
+    # ------------------------------------------------------------------ loading
+    @classmethod
+    def from_official(
+        cls,
+        model_dir: str | os.PathLike,
+        version: str | None = None,
+        mllm_dir: str | os.PathLike | None = None,
+        torch_dtype: torch.dtype | None = None,
+        device: str | torch.device | None = None,
+    ) -> Step1XEditPipeline:
+        """Load the released layout: ``step1x-edit-i1258.safetensors`` (v1.0) or
+        ``step1x-edit-v1p1-official.safetensors`` (v1.1), ``vae.safetensors`` and ``Qwen2.5-VL-7B-Instruct/``.
+
+        ``version`` is detected from the checkpoint when not given (``connector.scale_factor`` exists only in
+        v1.0); a mismatch raises :class:`CheckpointError`. ``mllm_dir`` overrides where Qwen2.5-VL is read from.
+        """
+        from .checkpoints.official import find_official_files, load_official_transformer, load_official_vae
+        from .models.mllm import load_processor, load_text_encoder
+
+        device = torch.device(device) if device is not None else default_device()
+        torch_dtype = torch_dtype or default_dtype(device)
+        files = find_official_files(model_dir)
+        mllm_path = Path(mllm_dir) if mllm_dir is not None else files.mllm_dir
+        if mllm_path is None:
+            raise CheckpointError(
+                f"no Qwen2.5-VL folder in {model_dir}: expected {Path(model_dir) / 'Qwen2.5-VL-7B-Instruct'} "
+                "(download Qwen/Qwen2.5-VL-7B-Instruct there) or pass mllm_dir"
+            )
+        transformer = load_official_transformer(files.transformer, version=version, torch_dtype=torch_dtype)
+        vae = load_official_vae(files.vae, torch_dtype=torch.float32)
+        text_encoder = load_text_encoder(mllm_path, torch_dtype=torch_dtype)
+        processor = load_processor(mllm_path)
+        pipe = cls(transformer, vae, text_encoder, processor, FlowMatchEulerDiscreteScheduler(**SCHEDULER_CONFIG))
+        return pipe.to(device)
+
+    # ------------------------------------------------------------------ inputs
+    def _check_inputs(self, images, prompts, negative_prompts, prompt_embeds, size_level, num_inference_steps):
+        if prompt_embeds is None:
+            for prompt in prompts:
+                if not isinstance(prompt, str):
+                    raise InvalidPromptError(f"prompt must be a string, got {type(prompt).__name__}")
+                if not prompt.strip():
+                    raise InvalidPromptError("the instruction is empty; say what to change, e.g. 'make the sky blue'")
+                if len(prompt) > MAX_PROMPT_CHARS:
+                    raise InvalidPromptError(
+                        f"the instruction has {len(prompt):,} characters (limit {MAX_PROMPT_CHARS:,})"
+                    )
+            if len(negative_prompts) != len(prompts):
+                raise ValueError(f"got {len(negative_prompts)} negative prompts for {len(prompts)} prompts")
+        if len(images) != len(prompts):
+            raise ValueError(f"got {len(images)} images for {len(prompts)} prompts")
+        if not isinstance(size_level, int) or size_level < 16:
+            raise ValueError(f"size_level must be an integer >= 16, got {size_level!r}")
+        if not isinstance(num_inference_steps, int) or num_inference_steps < 1:
+            raise ValueError(f"num_inference_steps must be a positive integer, got {num_inference_steps!r}")
+
+    @staticmethod
+    def _as_list(value, count: int | None = None) -> list:
+        if isinstance(value, (list, tuple)):
+            return list(value)
+        return [value] * (count or 1)
+
+    # ------------------------------------------------------------------ call
+    @torch.no_grad()
+    def __call__(
+        self,
+        image: Image.Image | str | os.PathLike | list | None = None,
+        prompt: str | list[str] | None = None,
+        negative_prompt: str | list[str] = "",
+        num_inference_steps: int = 28,
+        guidance_scale: float = 6.0,
+        size_level: int = 1024,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        output_type: str = "pil",
+        latents: torch.Tensor | None = None,
+        prompt_embeds: torch.Tensor | None = None,
+        prompt_attention_mask: torch.Tensor | None = None,
+        negative_prompt_embeds: torch.Tensor | None = None,
+        negative_prompt_attention_mask: torch.Tensor | None = None,
+        callback_on_step_end=None,
+    ) -> Step1XEditPipelineOutput:
+        """Edit ``image`` following ``prompt``.
+
+        Args:
+            image: a PIL image or path, or a list of them (one per prompt; a single image is shared by all prompts).
+            prompt: the instruction(s). Quoted text ("OPEN") is fed to the MLLM character by character.
+            negative_prompt: the CFG negative instruction(s); the released model uses "" (the default).
+            num_inference_steps: Euler steps (28 by default).
+            guidance_scale: classifier-free guidance weight (6.0); 1.0 or less disables CFG (one model call per step).
+            size_level: the edit runs at about ``size_level**2`` pixels (sides multiples of 16); the result is
+                resized back to the input's size.
+            generator: torch generator(s) for the initial noise.
+            output_type: "pil" (default), "np" (float arrays in [0, 1], input size), "pt" (tensor at the working
+                size) or "latent" (unpacked latents).
+            latents: initial noise [B, 16, H/8, W/8] at the working size, instead of drawing it.
+            prompt_embeds, prompt_attention_mask: precomputed MLLM condition [B, 640, C] / [B, 640] (see
+                :meth:`encode_prompt`); the negative pair likewise. When given, ``prompt`` is not encoded.
+            callback_on_step_end: ``fn(pipe, step_index, t, {"latents": tokens})`` called after each step.
+        """
+        if prompt_embeds is None and prompt is None:
+            raise InvalidPromptError("pass a prompt (the edit instruction) or prompt_embeds")
+        count = len(prompt) if isinstance(prompt, (list, tuple)) else None
+        if count is None and prompt_embeds is not None:
+            count = prompt_embeds.shape[0]
+        prompts = self._as_list(prompt, count) if prompt is not None else [None] * count
+        images = self._as_list(image, len(prompts))
+        if len(images) == 1 and len(prompts) > 1:
+            images = images * len(prompts)
+        if any(item is None for item in images):
+            raise InvalidImageError("pass the image to edit")
+        negative_prompts = self._as_list(negative_prompt, len(prompts))
+        self._check_inputs(images, prompts, negative_prompts, prompt_embeds, size_level, num_inference_steps)
+
+        # 1. Read and resize the inputs to the working size (area ~ size_level**2, sides multiples of 16).
+        originals = [load_image(item) for item in images]
+        for item in originals:
+            working = sampling.resize_dimensions(item.width, item.height, size_level)
+            if min(working) < 16:
+                raise InvalidImageError(
+                    f"a {item.width}x{item.height} image resizes to {working[0]}x{working[1]} at size_level "
+                    f"{size_level}: its aspect ratio is too extreme; crop or pad it first"
+                )
+        resized = [sampling.resize_for_model(item, size_level, self.version) for item in originals]
+        working_sizes = {item.size for item in resized}
+        if len(working_sizes) > 1:
+            raise InvalidImageError(
+                "images of one batch must share an aspect ratio (they resize to "
+                f"{sorted(working_sizes)}); call the pipeline once per image instead"
+            )
+        width, height = resized[0].size
+        device = self._execution_device
+        dtype = self.transformer.dtype
+
+        # 2. The MLLM condition for the instruction and for the CFG negative (same image, other text).
+        do_cfg = guidance_scale > 1.0
+        if prompt_embeds is None:
+            prompt_embeds, prompt_attention_mask = self.encode_prompt(resized, prompts)
+        if do_cfg and negative_prompt_embeds is None:
+            negative_prompt_embeds, negative_prompt_attention_mask = self.encode_prompt(resized, negative_prompts)
+        embeds, mask = prompt_embeds, prompt_attention_mask
+        if do_cfg:
+            embeds = torch.cat([prompt_embeds, negative_prompt_embeds])
+            mask = torch.cat([prompt_attention_mask, negative_prompt_attention_mask])
+        embeds, mask = embeds.to(device=device, dtype=dtype), mask.to(device)
+
+        # 3. Reference latents from the resized source; initial noise at the same latent size.
+        pixels = self._to_pixels(resized).to(device=device, dtype=self.vae.dtype)
+        reference = encode_latents(self.vae, pixels).to(dtype)  # [B, 16, H/8, W/8]
+        latent_height, latent_width = reference.shape[-2:]
+        if latents is None:
+            latents = randn_tensor(reference.shape, generator=generator, device=device, dtype=dtype)
+        elif tuple(latents.shape) != tuple(reference.shape):
+            raise ValueError(f"latents must have shape {tuple(reference.shape)}, got {tuple(latents.shape)}")
+        noisy_tokens = sampling.pack_latents(latents.to(device=device, dtype=dtype))  # [B, N, 64]
+        reference_tokens = sampling.pack_latents(reference)  # [B, N, 64]
+
+        # 4. Position ids and the resolution-shifted schedule (it counts the noisy tokens only).
+        img_ids, txt_ids = sampling.position_ids(latent_height, latent_width, embeds.shape[1], self.version)
+        img_ids, txt_ids = img_ids.to(device), txt_ids.to(device)
+        config = self.scheduler.config
+        timesteps = sampling.get_schedule(
+            num_inference_steps,
+            noisy_tokens.shape[1],
+            base_shift=config.base_shift,
+            max_shift=config.max_shift,
+            base_seq_len=config.base_image_seq_len,
+            max_seq_len=config.max_image_seq_len,
+        )
+
+        # 5. Denoise: one transformer call per step over [cond ; uncond] x [noisy ; reference] tokens.
+        def model_fn(tokens: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            return self.transformer(
+                hidden_states=tokens,
+                timestep=t.to(dtype),
+                encoder_hidden_states=embeds,
+                encoder_attention_mask=mask,
+                img_ids=img_ids,
+                txt_ids=txt_ids,
+            )
+
+        with self.progress_bar(total=num_inference_steps) as progress:
+
+            def on_step(step_index: int, t: float, tokens: torch.Tensor) -> None:
+                progress.update()
+                if callback_on_step_end is not None:
+                    callback_on_step_end(self, step_index, t, {"latents": tokens})
+
+            noisy_tokens = sampling.denoise(
+                model_fn,
+                noisy_tokens,
+                reference_tokens,
+                timesteps,
+                guidance_scale=guidance_scale,
+                renorm_threshold=sampling.RENORM_THRESHOLD[self.version],
+                callback=on_step,
+            )
+
+        # 6. Decode and resize back to each input's size.
+        latents = sampling.unpack_latents(noisy_tokens, latent_height, latent_width)  # [B, 16, H/8, W/8]
+        if output_type == "latent":
+            return Step1XEditPipelineOutput(images=latents)
+        decoded = decode_latents(self.vae, latents.to(self.vae.dtype)).float().clamp(-1, 1)  # [B, 3, H, W]
+        decoded = decoded * 0.5 + 0.5
+        self.maybe_free_model_hooks()
+        if output_type == "pt":
+            return Step1XEditPipelineOutput(images=decoded)
+        edited = self._to_pil(decoded, [item.size for item in originals])
+        if output_type == "np":
+            return Step1XEditPipelineOutput(images=np.stack([np.asarray(item, dtype=np.float32) / 255.0 for item in edited]))
+        if output_type != "pil":
+            raise ValueError(f"output_type must be 'pil', 'np', 'pt' or 'latent', got {output_type!r}")
+        return Step1XEditPipelineOutput(images=edited)
+
+    # ------------------------------------------------------------------ helpers
+    def encode_prompt(self, images: list[Image.Image], prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The MLLM condition for (working-size image, instruction) pairs: embeddings [B, 640, C], mask [B, 640]."""
+        return encode_prompts(self.text_encoder, self.processor, images, prompts)
+
+    def _to_pixels(self, images: list[Image.Image]) -> torch.Tensor:
+        """PIL images -> float tensor [B, 3, H, W] in [-1, 1]."""
+        array = np.stack([np.asarray(item, dtype=np.float32) for item in images])  # [B, H, W, 3]
+        return torch.from_numpy(array).permute(0, 3, 1, 2) / 127.5 - 1.0  # [B, 3, H, W]
+
+    def _to_pil(self, pixels: torch.Tensor, sizes: list[tuple[int, int]]) -> list[Image.Image]:
+        """Tensor [B, 3, H, W] in [0, 1] -> PIL images resized back to ``sizes`` (width, height)."""
+        array = (pixels.permute(0, 2, 3, 1).cpu().numpy() * 255.0).round().astype(np.uint8)  # [B, H, W, 3]
+        resample = sampling.RESIZE_FILTER[self.version]
+        images = [Image.fromarray(item) for item in array]
+        return [item if item.size == size else item.resize(size, resample) for item, size in zip(images, sizes)]
+
+
+def load_pipeline(
+    model: str | os.PathLike | None = None,
+    device: str | torch.device | None = None,
+    torch_dtype: torch.dtype | None = None,
+    version: str | None = None,
+) -> Step1XEditPipeline:
+    """Load a pipeline from a diffusers-layout directory, an official-layout directory, or the built-in model.
+
+    ``model=None`` loads the small model shipped with the package (see :func:`step1x_edit.testing.tiny`
+    until the trained demo model is installed).
+    """
+    device = torch.device(device) if device is not None else default_device()
+    torch_dtype = torch_dtype or default_dtype(device)
+    if model is None:
+        from .testing.tiny import tiny_pipeline
+
+        return tiny_pipeline().to(device)
+    path = Path(model)
+    if not path.exists():
+        raise CheckpointError(f"model directory not found: {path}")
+    if (path / "model_index.json").is_file():
+        if version is not None:
+            raise ValueError("version applies to official checkpoints only; a diffusers folder records its version")
+        try:
+            pipe = Step1XEditPipeline.from_pretrained(path, torch_dtype=torch_dtype)
+        except (OSError, ValueError, KeyError) as error:
+            raise CheckpointError(f"cannot load the diffusers-layout model in {path}: {error}") from error
+        return pipe.to(device)
+    return Step1XEditPipeline.from_official(path, version=version, torch_dtype=torch_dtype, device=device)
