@@ -1,7 +1,214 @@
-"""The ``step1x-edit bench``command group (placeholder until implemented)."""
+"""The ``step1x-edit bench`` command group: GEdit-Bench generation, judging, statistics, reports, pairwise.
+
+::
+
+    step1x-edit bench generate --bench GEdit-Bench --model MODEL --out results [--name NAME] [--lang en,cn]
+    step1x-edit bench judge --bench GEdit-Bench --results results/NAME --scores NAME.jsonl [--base-url URL]
+    step1x-edit bench stats NAME.jsonl [--json]
+    step1x-edit bench report --scores NAME=NAME.jsonl ... --out report [--bench GEdit-Bench --results-root results]
+    step1x-edit bench pairwise --bench GEdit-Bench --results results/A results/B --out pairs.jsonl
+"""
+
+from __future__ import annotations
 
 import argparse
+import json
+from pathlib import Path
+
+
+def _names(values: list[str] | None) -> list[str] | None:
+    """``["en,cn"]`` or ``["en", "cn"]`` -> ``["en", "cn"]``; ``None`` stays ``None`` (= all)."""
+    if not values:
+        return None
+    return [name for value in values for name in value.split(",") if name]
+
+
+def _add_selection(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--bench", required=True, help="local copy of the stepfun-ai/GEdit-Bench Parquet files")
+    parser.add_argument("--lang", nargs="+", help="languages to use: en, cn (comma or space separated; default both)")
+    parser.add_argument("--tasks", nargs="+", help="task groups to use (default all 11)")
+    parser.add_argument(
+        "--allow-partial", action="store_true", help="accept a copy whose sample counts differ from the published set"
+    )
+
+
+def _add_judge(parser: argparse.ArgumentParser) -> None:
+    judge = parser.add_argument_group("judge")
+    judge.add_argument(
+        "--judge", choices=("openai", "transformers"), default="openai",
+        help="openai: any OpenAI-compatible endpoint (default); transformers: a local VLM run in-process",
+    )
+    judge.add_argument("--judge-model", default="gpt-4.1", help="served model name, or the local VLM directory")
+    judge.add_argument("--base-url", help="endpoint root, e.g. http://localhost:8000/v1 (default: OPENAI_BASE_URL or OpenAI)")
+    judge.add_argument("--api-key-env", default="OPENAI_API_KEY", help="environment variable holding the API key")
+    judge.add_argument("--temperature", type=float, default=0.0, help="judge temperature (default 0)")
+    judge.add_argument("--concurrency", type=int, default=6, help="requests in flight at once (openai judge)")
+    judge.add_argument("--timeout", type=float, default=120.0, help="seconds before a judge call is abandoned")
+    judge.add_argument("--attempts", type=int, default=5, help="calls per question before it is recorded as failed")
+    judge.add_argument("--retry-delay", type=float, default=2.0, help="first backoff delay in seconds (doubles)")
+    judge.add_argument("--device", help="device of the transformers judge (default: device_map=auto)")
+    judge.add_argument("--retry-failed", action="store_true", help="ask again the samples recorded as failed")
 
 
 def register(subcommands: argparse._SubParsersAction) -> None:
     """Add the ``bench`` command group to the top-level parser."""
+    bench = subcommands.add_parser("bench", help="GEdit-Bench evaluation", description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = bench.add_subparsers(dest="bench_command", required=True, metavar="SUBCOMMAND")
+
+    generate = commands.add_parser("generate", help="edit every benchmark sample into the official results layout")
+    _add_selection(generate)
+    generate.add_argument("--model", help="model directory (default: the built-in model)")
+    generate.add_argument("--out", required=True, help="results root; edits go to OUT/NAME/fullset/<task>/<lang>/<key>.png")
+    generate.add_argument("--name", help="method name (default: the model directory's name)")
+    generate.add_argument("--seed", type=int, default=0)
+    generate.add_argument("--steps", type=int, default=28)
+    generate.add_argument("--guidance", type=float, default=6.0)
+    generate.add_argument("--size-level", type=int, default=1024)
+    generate.add_argument("--negative-prompt", default="")
+    generate.add_argument("--source", choices=("input_image", "input_image_raw"), default="input_image",
+                          help="dataset image to edit (default input_image, the pre-resized source)")
+    generate.add_argument("--device", help="device (default: this process's accelerate device)")
+    generate.add_argument("--overwrite", action="store_true", help="regenerate edits that already exist")
+    generate.set_defaults(handler=_generate)
+
+    judge = commands.add_parser("judge", help="score a results directory with VIEScore (resumable)")
+    _add_selection(judge)
+    judge.add_argument("--results", required=True, help="RESULTS/NAME directory of one model (any model's edits)")
+    judge.add_argument("--scores", required=True, help="scores file to append to (JSON lines)")
+    judge.add_argument("--image-prep", choices=("upstream", "snapshot"), default="upstream",
+                       help="upstream (default): raw source and edit each resized to ~512x512 area; "
+                            "snapshot: pre-resized source, edit resized to it")
+    _add_judge(judge)
+    judge.set_defaults(handler=_judge)
+
+    stats = commands.add_parser("stats", help="official GEdit-Bench statistics of a scores file")
+    stats.add_argument("scores", help="scores file (JSON lines)")
+    stats.add_argument("--json", action="store_true", help="print {lang: {full|intersection: {group: [SC, PQ, O]}}}")
+    stats.add_argument("--details", action="store_true", help="with --json: also failure counts and 95%% intervals")
+    stats.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the intervals")
+    stats.set_defaults(handler=_stats)
+
+    report = commands.add_parser("report", help="Markdown/HTML report with per-task charts and example grids")
+    report.add_argument("--scores", nargs="+", required=True, metavar="NAME=SCORES",
+                        help="one scores file per model, as NAME=PATH (NAME defaults to the file stem)")
+    report.add_argument("--out", required=True, help="report directory")
+    report.add_argument("--bench", help="GEdit-Bench copy, to draw example grids")
+    report.add_argument("--results-root", help="results root holding NAME/fullset/..., to draw example grids")
+    report.add_argument("--examples", type=int, default=2, help="example samples per task group")
+    report.add_argument("--allow-partial", action="store_true")
+    report.set_defaults(handler=_report)
+
+    pairwise = commands.add_parser("pairwise", help="side-by-side judging of two or more models, with Elo ratings")
+    _add_selection(pairwise)
+    pairwise.add_argument("--results", nargs="+", required=True, help="RESULTS/NAME directories of the models")
+    pairwise.add_argument("--out", required=True, help="pairwise judgements file to append to (JSON lines)")
+    _add_judge(pairwise)
+    pairwise.set_defaults(handler=_pairwise)
+
+
+def _load(args):
+    from .dataset import load_gedit
+
+    return load_gedit(args.bench, _names(args.lang), _names(args.tasks), allow_partial=args.allow_partial)
+
+
+def _make_judge(args):
+    import os
+
+    from .judging import RetryPolicy
+
+    if args.judge == "openai":
+        from .judges.openai_judge import OpenAIJudge
+
+        judge = OpenAIJudge(
+            model=args.judge_model, base_url=args.base_url, api_key=os.environ.get(args.api_key_env),
+            temperature=args.temperature, timeout=args.timeout, concurrency=args.concurrency,
+        )
+    else:
+        from .judges.transformers_judge import TransformersJudge
+
+        judge = TransformersJudge.from_pretrained(args.judge_model, device=args.device)
+    return judge, RetryPolicy(attempts=args.attempts, initial_delay=args.retry_delay)
+
+
+def _generate(args) -> int:
+    from accelerate import PartialState
+
+    from .generate import PipelineEditor, generate
+
+    samples = _load(args)
+    name = args.name or (Path(args.model).name if args.model else "step1x-edit")
+    state = PartialState()
+    editor = PipelineEditor.from_model(
+        args.model, device=args.device or str(state.device), num_inference_steps=args.steps,
+        guidance_scale=args.guidance, size_level=args.size_level, negative_prompt=args.negative_prompt,
+    )
+    summary = generate(samples, editor, Path(args.out) / name, seed=args.seed, source_column=args.source,
+                       settings=editor.settings(), overwrite=args.overwrite)
+    index, count = summary.shard
+    print(f"shard {index + 1}/{count}: wrote {summary.written} edits, {summary.skipped} already present "
+          f"-> {Path(args.out) / name}")
+    return 0
+
+
+def _judge(args) -> int:
+    from .judging import judge_results
+    from .stats import compute_statistics, format_statistics, read_scores
+
+    samples = _load(args)
+    judge, policy = _make_judge(args)
+    summary = judge_results(samples, args.results, judge, args.scores, image_prep=args.image_prep, policy=policy,
+                            retry_failed=args.retry_failed)
+    asked = ", ".join(f"{n} {status}" for status, n in sorted(summary.asked.items())) or "nothing"
+    print(f"judged: {asked}; {summary.skipped} already in {summary.scores_path}")
+    print(format_statistics(compute_statistics(read_scores(args.scores))), end="")
+    return 0
+
+
+def _stats(args) -> int:
+    from .stats import compute_statistics, format_statistics, read_scores
+
+    stats = compute_statistics(read_scores(args.scores), bootstrap=args.bootstrap)
+    if args.json:
+        print(json.dumps(stats.to_dict() if args.details else stats.scores, indent=1))
+    else:
+        print(format_statistics(stats), end="")
+    return 0
+
+
+def _report(args) -> int:
+    from ..errors import Step1XEditError
+    from .report import write_report
+
+    scores = {}
+    for item in args.scores:
+        name, _, path = item.rpartition("=")
+        scores[name or Path(path).stem] = path
+    samples = results_dirs = None
+    if args.bench and args.results_root:
+        from .dataset import load_gedit
+
+        samples = load_gedit(args.bench, allow_partial=args.allow_partial)
+        results_dirs = {name: Path(args.results_root) / name for name in scores}
+    elif args.bench or args.results_root:
+        raise Step1XEditError("example grids need both --bench and --results-root")
+    path = write_report(scores, args.out, samples, results_dirs, examples_per_task=args.examples)
+    print(f"wrote {path} and {path.with_suffix('.html')}")
+    return 0
+
+
+def _pairwise(args) -> int:
+    from .pairwise import judge_pairwise, pairwise_summary, read_pairwise
+
+    samples = _load(args)
+    judge, policy = _make_judge(args)
+    results = {Path(path).name: path for path in args.results}
+    statuses = judge_pairwise(samples, results, judge, args.out, policy=policy, retry_failed=args.retry_failed)
+    print(f"judged: {statuses or 'nothing new'}")
+    summary = pairwise_summary(read_pairwise(args.out))
+    print(f"{summary['games']} games, {summary['failed']} failed judgements")
+    for name, rating in summary["ratings"].items():
+        rates = ", ".join(f"{rate:.0%} vs {other}" for other, rate in summary["win_rates"].get(name, {}).items())
+        print(f"{name}: Elo {rating:.0f}  ({rates})")
+    return 0

@@ -1,0 +1,177 @@
+"""Generate GEdit-Bench edits with any editor into the official results layout, resumably and sharded.
+
+An :class:`Editor` is any callable ``(image, instruction, seed) -> PIL.Image``; :class:`PipelineEditor` adapts a
+:class:`~step1x_edit.pipeline.Step1XEditPipeline`. :func:`generate` skips samples whose edit already exists,
+writes each edit atomically (an interrupted run never leaves a truncated PNG), and records a run manifest
+(``RESULTS/<name>/manifest.json``: model, version, seed, sampler settings, software versions). A rerun with
+different settings is refused instead of mixing two configurations in one directory.
+
+Under ``accelerate launch`` (one process per GPU) every process edits its own shard of the samples.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+from PIL import Image
+
+from ..errors import Step1XEditError
+from .dataset import GEditSample
+from .layout import edit_path, find_edited_image
+
+MANIFEST_NAME = "manifest.json"
+
+
+@runtime_checkable
+class Editor(Protocol):
+    """Anything that edits an image: ``editor(image, instruction, seed) -> edited image``."""
+
+    def __call__(self, image: Image.Image, instruction: str, seed: int) -> Image.Image: ...
+
+
+class PipelineEditor:
+    """Edit with a Step1X-Edit pipeline and fixed sampler settings (recorded by :meth:`settings`)."""
+
+    def __init__(
+        self,
+        pipe,
+        num_inference_steps: int = 28,
+        guidance_scale: float = 6.0,
+        size_level: int = 1024,
+        negative_prompt: str = "",
+        model: str | None = None,
+    ):
+        self.pipe = pipe
+        self.num_inference_steps = num_inference_steps
+        self.guidance_scale = guidance_scale
+        self.size_level = size_level
+        self.negative_prompt = negative_prompt
+        self.model = model
+
+    @classmethod
+    def from_model(cls, model: str | None, device: str | None = None, torch_dtype=None, **settings) -> PipelineEditor:
+        """Load the pipeline from ``model`` (a model directory, or ``None`` for the built-in default)."""
+        from ..pipeline import load_pipeline
+
+        return cls(load_pipeline(model, device=device, torch_dtype=torch_dtype), model=model, **settings)
+
+    def __call__(self, image: Image.Image, instruction: str, seed: int) -> Image.Image:
+        import torch
+
+        output = self.pipe(
+            image=image,
+            prompt=instruction,
+            negative_prompt=self.negative_prompt,
+            num_inference_steps=self.num_inference_steps,
+            guidance_scale=self.guidance_scale,
+            size_level=self.size_level,
+            generator=torch.Generator().manual_seed(seed),
+        )
+        return output.images[0]
+
+    def settings(self) -> dict:
+        transformer = getattr(self.pipe, "transformer", None)
+        config = getattr(transformer, "config", None)
+        return {
+            "model": self.model or "default",
+            "version": getattr(config, "version", None),
+            "num_inference_steps": self.num_inference_steps,
+            "guidance_scale": self.guidance_scale,
+            "size_level": self.size_level,
+            "negative_prompt": self.negative_prompt,
+        }
+
+
+@dataclass(frozen=True)
+class GenerationSummary:
+    """Edits written by this process, samples skipped because their edit existed, and the shard it ran."""
+
+    written: int
+    skipped: int
+    shard: tuple[int, int]
+
+
+def software_versions() -> dict[str, str]:
+    """Versions of Python and of the packages that influence the edits."""
+    versions = {"python": platform.python_version()}
+    for package in ("step1x-edit", "torch", "diffusers", "transformers", "accelerate"):
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[package] = "not installed"
+    return versions
+
+
+def _write_manifest(results_dir: Path, run: dict, overwrite: bool) -> None:
+    path = results_dir / MANIFEST_NAME
+    if path.exists() and not overwrite:
+        previous = json.loads(path.read_text(encoding="utf-8"))
+        if previous.get("run") != run:
+            changed = sorted(k for k in set(run) | set(previous.get("run", {})) if previous["run"].get(k) != run.get(k))
+            raise Step1XEditError(
+                f"{results_dir} was generated with different settings ({', '.join(changed)}); use another "
+                "--name, or --overwrite to regenerate every edit"
+            )
+        return
+    manifest = {
+        "run": run,
+        "software": software_versions(),
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    results_dir.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+def _save_atomically(image: Image.Image, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.stem}.{os.getpid()}.partial.png")
+    image.save(partial, format="PNG")
+    os.replace(partial, path)
+
+
+def generate(
+    samples: list[GEditSample],
+    editor: Editor,
+    results_dir: str | os.PathLike,
+    seed: int = 0,
+    source_column: str = "input_image",
+    settings: dict | None = None,
+    overwrite: bool = False,
+    shard: tuple[int, int] | None = None,
+    progress: bool = True,
+) -> GenerationSummary:
+    """Edit every sample into ``results_dir`` (``RESULTS/<name>``), skipping edits that already exist.
+
+    ``seed`` seeds every sample's edit; ``source_column`` picks the dataset image that is edited; ``settings``
+    (e.g. :meth:`PipelineEditor.settings`) is recorded in the manifest. ``shard=(index, count)`` edits every
+    ``count``-th sample starting at ``index``; by default the shard comes from accelerate's process
+    state, so ``accelerate launch`` spreads the work over its processes.
+    """
+    from tqdm.auto import tqdm
+
+    results_dir = Path(results_dir)
+    if shard is None:
+        from accelerate import PartialState
+
+        state = PartialState()
+        shard = (state.process_index, state.num_processes)
+    index, count = shard
+    if not 0 <= index < count:
+        raise ValueError(f"shard index {index} is outside 0..{count - 1}")
+    run = {"seed": seed, "source_column": source_column, **(settings or {})}
+    if index == 0:
+        _write_manifest(results_dir, run, overwrite)
+    mine = samples[index::count]  # sharded before filtering, so every process sees the same split
+    pending = [s for s in mine if overwrite or find_edited_image(results_dir, s) is None]
+    for sample in tqdm(pending, desc=f"editing (shard {index + 1}/{count})", disable=not progress):
+        source = sample.source_image(source_column)
+        edited = editor(source, sample.instruction, seed)
+        _save_atomically(edited, edit_path(results_dir, sample))
+    return GenerationSummary(written=len(pending), skipped=len(mine) - len(pending), shard=shard)

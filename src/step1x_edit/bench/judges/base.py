@@ -1,0 +1,40 @@
+"""The judge interface: one call turns a prompt and images into the judge's raw reply text.
+
+Judges do transport only. Retrying, parsing and recording failures are done once for every judge by
+:mod:`step1x_edit.bench.judging`, so a judge raises :class:`JudgeCallError` for a call that produced no usable
+reply (network error, timeout, rate limit, server error) and :class:`JudgeRefusal` when the model declined.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol, runtime_checkable
+
+from PIL import Image
+
+
+class JudgeCallError(RuntimeError):
+    """A judge call that returned no reply (the caller retries it, then records a failure)."""
+
+
+class JudgeRefusal(JudgeCallError):
+    """The judge declined to answer (refusal message or content filter); ``reply`` holds what it said."""
+
+    def __init__(self, message: str, reply: str | None = None):
+        super().__init__(message)
+        self.reply = reply
+
+
+@runtime_checkable
+class Judge(Protocol):
+    """Anything that answers a multimodal prompt.
+
+    ``info`` identifies the judge in every judgement it produces (at least ``kind`` and ``model``; remote judges
+    add ``endpoint``). ``max_concurrency`` bounds how many calls may run at once (1 for in-process models).
+    """
+
+    info: dict[str, str]
+    max_concurrency: int
+
+    def complete(self, prompt: str, images: list[Image.Image]) -> str:
+        """Return the judge's reply to ``prompt`` about ``images`` (in order), or raise :class:`JudgeCallError`."""
+        ...
