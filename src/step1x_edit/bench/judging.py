@@ -158,8 +158,6 @@ def judge_results(
 ) -> JudgingSummary:
     """Judge the edits under ``results_dir`` (a ``RESULTS/<name>`` directory) for ``samples``, appending records
     to ``scores_path``; samples already judged there are skipped (see the module docstring)."""
-    from tqdm.auto import tqdm
-
     scores_path = Path(scores_path)
     previous = read_scores(scores_path) if scores_path.exists() else []
     _check_same_judge(previous, judge, image_prep, scores_path)
@@ -177,11 +175,22 @@ def judge_results(
             handle.write(json.dumps(record, ensure_ascii=False) + "\n")
             asked[record["status"]] += 1
 
-    with ThreadPoolExecutor(max_workers=max(1, judge.max_concurrency)) as pool:
-        futures = [pool.submit(run, sample) for sample in pending]
-        for future in tqdm(as_completed(futures), total=len(futures), desc="judging", disable=not progress):
-            future.result()
+    run_concurrently(run, pending, judge.max_concurrency, "judging", progress)
     return JudgingSummary(asked=dict(asked), skipped=len(samples) - len(pending), scores_path=scores_path)
+
+
+def run_concurrently(function: Callable[[Any], None], items: list, workers: int, desc: str, progress: bool) -> None:
+    """Call ``function`` on every item with ``workers`` threads; on any error or Ctrl-C, cancel what has not
+    started (records already written stay, so the run resumes from there) and re-raise."""
+    from tqdm.auto import tqdm
+
+    pool = ThreadPoolExecutor(max_workers=max(1, workers))
+    futures = [pool.submit(function, item) for item in items]
+    try:
+        for future in tqdm(as_completed(futures), total=len(futures), desc=desc, disable=not progress):
+            future.result()
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def terminate_last_line(path: Path) -> None:

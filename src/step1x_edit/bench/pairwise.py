@@ -20,7 +20,6 @@ import os
 import re
 import threading
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor, as_completed
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -29,7 +28,7 @@ from PIL import Image
 from ..errors import DataFormatError
 from .dataset import GEditSample
 from .judges.base import Judge
-from .judging import RetryPolicy, ask, terminate_last_line
+from .judging import RetryPolicy, ask, run_concurrently, terminate_last_line
 from .layout import find_edited_image
 from .viescore import resize_to_area
 
@@ -111,8 +110,6 @@ def judge_pairwise(
     """Judge every pair of models in ``results_dirs`` (name -> ``RESULTS/<name>``) on every sample both edited,
     appending records to ``out_path`` and skipping (sample, pair) already there (failed ones too, unless
     ``retry_failed``). Returns counts by status."""
-    from tqdm.auto import tqdm
-
     if len(results_dirs) < 2:
         raise DataFormatError("pairwise judging needs the results of at least two models")
     policy = policy or RetryPolicy()
@@ -139,10 +136,7 @@ def judge_pairwise(
             handle.write(json.dumps(record, ensure_ascii=False) + "\n")
             statuses[record["status"]] += 1
 
-    with ThreadPoolExecutor(max_workers=max(1, judge.max_concurrency)) as pool:
-        futures = [pool.submit(run, job) for job in jobs]
-        for future in tqdm(as_completed(futures), total=len(futures), desc="pairwise", disable=not progress):
-            future.result()
+    run_concurrently(run, jobs, judge.max_concurrency, "pairwise", progress)
     return dict(statuses)
 
 
