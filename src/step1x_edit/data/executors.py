@@ -1,0 +1,226 @@
+"""Executors: run a :class:`~step1x_edit.data.stages.Pipeline` over shards into a :class:`~.store.Store`.
+
+:class:`LocalExecutor` (default) processes shards in worker processes on this machine; :class:`RayExecutor`
+expresses the same pipeline as a Ray Data plan (plain stages as tasks, model stages as actor pools) and can join
+an existing cluster. Both skip shards whose completion marker matches, write each shard atomically, and sort
+rows by ``sample_id``, so the same input gives the same store with either executor.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from tqdm.auto import tqdm
+
+from .records import table_to_records
+from .stages import BatchFn, Pipeline, Record, apply_stage, check_batch
+from .store import Store
+
+
+@dataclass(frozen=True)
+class ShardSpec:
+    """One unit of work: an output shard ``name``, the ``key`` that identifies its input, and the input itself
+    (inline ``records`` such as generation seeds, or a Parquet ``input_path`` from another store)."""
+
+    name: str
+    key: str
+    records: tuple[Record, ...] | None = None
+    input_path: str | None = None
+
+    def load(self) -> list[Record]:
+        if self.records is not None:
+            return [dict(record) for record in self.records]
+        if self.input_path is None:
+            raise ValueError(f"shard {self.name} has neither records nor an input path")
+        return table_to_records(pq.read_table(self.input_path))
+
+
+def pending_shards(store: Store, shards: Sequence[ShardSpec]) -> list[ShardSpec]:
+    """The shards that have no valid completion marker yet."""
+    return [shard for shard in shards if not store.is_done(shard.name, shard.key)]
+
+
+def run_pipeline(
+    pipeline: Pipeline,
+    shards: Sequence[ShardSpec],
+    store: Store,
+    executor: LocalExecutor | RayExecutor | None = None,
+    progress: bool = True,
+) -> list[dict[str, Any]]:
+    """Process every unfinished shard of ``shards`` into ``store``; remove shards not in ``shards``.
+    Returns the markers of the shards written by this call."""
+    names = [shard.name for shard in shards]
+    if len(set(names)) != len(names):
+        raise ValueError("shard names must be unique")
+    store.remove_stale(set(names))
+    todo = pending_shards(store, shards)
+    if not todo:
+        return []
+    return (executor or LocalExecutor()).run(pipeline, todo, store, progress=progress)
+
+
+# -- local -----------------------------------------------------------------------------------------------
+_WORKER_FNS: list[BatchFn] | None = None
+
+
+def _init_worker(pipeline: Pipeline) -> None:
+    global _WORKER_FNS
+    _WORKER_FNS = [stage.build() for stage in pipeline.stages]
+
+
+def _process_shard(pipeline: Pipeline, fns: Sequence[BatchFn], shard: ShardSpec, store: Store) -> dict[str, Any]:
+    records = shard.load()
+    for stage, fn in zip(pipeline.stages, fns):
+        records = apply_stage(fn, stage, records)
+    return store.write_shard(shard.name, records, shard.key, store.config_hash)
+
+
+def _process_shard_in_worker(pipeline: Pipeline, shard: ShardSpec, store: Store) -> dict[str, Any]:
+    assert _WORKER_FNS is not None, "worker was not initialised"
+    return _process_shard(pipeline, _WORKER_FNS, shard, store)
+
+
+class LocalExecutor:
+    """Runs shards in ``workers`` processes (default: all cores); ``workers=1`` runs in this process."""
+
+    def __init__(self, workers: int | None = None):
+        if workers is not None and workers < 1:
+            raise ValueError(f"workers must be >= 1, got {workers}")
+        self.workers = workers or os.cpu_count() or 1
+
+    def run(self, pipeline: Pipeline, shards: Sequence[ShardSpec], store: Store, progress: bool = True):
+        bar = tqdm(total=sum(_shard_size(shard) for shard in shards), unit="sample", disable=not progress)
+        markers = []
+        with bar:
+            if self.workers == 1 or len(shards) == 1:
+                fns = [stage.build() for stage in pipeline.stages]
+                for shard in shards:
+                    markers.append(_process_shard(pipeline, fns, shard, store))
+                    bar.update(markers[-1]["rows"])
+                return markers
+            with ProcessPoolExecutor(
+                max_workers=min(self.workers, len(shards)), initializer=_init_worker, initargs=(pipeline,)
+            ) as pool:
+                futures = [pool.submit(_process_shard_in_worker, pipeline, shard, store) for shard in shards]
+                for future in as_completed(futures):
+                    markers.append(future.result())
+                    bar.update(markers[-1]["rows"])
+        return sorted(markers, key=lambda marker: marker["shard"])
+
+
+def _shard_size(shard: ShardSpec) -> int:
+    if shard.records is not None:
+        return len(shard.records)
+    return pq.ParquetFile(shard.input_path).metadata.num_rows
+
+
+# -- ray -------------------------------------------------------------------------------------------------
+# Rows travel through Ray as (shard index, row index, pickled record): records hold nested, sometimes empty,
+# maps that Arrow type inference would mangle, and the stage contract is defined on Python dicts.
+
+
+def _to_rows(shard_index: int, records: list[Record]) -> list[dict[str, Any]]:
+    return [
+        {"_shard": shard_index, "_row": row, "_payload": pickle.dumps(record)} for row, record in enumerate(records)
+    ]
+
+
+def _apply_to_table(stage, fn: BatchFn, table: pa.Table) -> pa.Table:
+    batch = [pickle.loads(payload) for payload in table.column("_payload").to_pylist()]
+    result = fn(batch)
+    check_batch(stage, batch, result)
+    payloads = pa.array([pickle.dumps(record) for record in result], type=pa.binary())
+    return table.set_column(table.schema.get_field_index("_payload"), "_payload", payloads)
+
+
+class _ShardLoader:
+    def __init__(self, shards: Sequence[ShardSpec]):
+        self.shards = list(shards)
+
+    def __call__(self, item: dict[str, Any]) -> list[dict[str, Any]]:
+        index = int(item["shard"])
+        return _to_rows(index, self.shards[index].load())
+
+
+class _TaskStage:
+    """A plain stage as a Ray task function."""
+
+    def __init__(self, stage):
+        self.stage = stage
+
+    def __call__(self, table: pa.Table) -> pa.Table:
+        return _apply_to_table(self.stage, self.stage.fn, table)
+
+
+class _ActorStage:
+    """A model stage as a Ray actor: the model is built once per actor."""
+
+    def __init__(self, stage):
+        self.stage = stage
+        self.fn = stage.build()
+
+    def __call__(self, table: pa.Table) -> pa.Table:
+        return _apply_to_table(self.stage, self.fn, table)
+
+
+class _ShardWriter:
+    def __init__(self, shards: Sequence[ShardSpec], store: Store, config_hash: str):
+        self.shards = list(shards)
+        self.store = store
+        self.config_hash = config_hash
+
+    def __call__(self, table: pa.Table) -> pa.Table:
+        table = table.sort_by("_row")
+        shard = self.shards[table.column("_shard")[0].as_py()]
+        records = [pickle.loads(payload) for payload in table.column("_payload").to_pylist()]
+        marker = self.store.write_shard(shard.name, records, shard.key, self.config_hash)
+        return pa.table({"shard": [marker["shard"]], "rows": [marker["rows"]]})
+
+
+class RayExecutor:
+    """Runs the pipeline with Ray Data. ``address=None`` starts a local Ray with ``num_cpus``; ``"auto"`` or
+    ``"ray://host:10001"`` joins an existing cluster (whose workers must see the output directory)."""
+
+    def __init__(self, address: str | None = None, num_cpus: int | None = None):
+        self.address = address
+        self.num_cpus = num_cpus
+
+    def _init(self):
+        try:
+            import ray
+        except ImportError as error:
+            raise ImportError('the Ray executor needs Ray Data: pip install "step1x-edit[ray]"') from error
+        if not ray.is_initialized():
+            kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False}
+            if self.address is None:
+                kwargs["num_cpus"] = self.num_cpus or os.cpu_count()
+            ray.init(address=self.address, **kwargs)
+        return ray
+
+    def run(self, pipeline: Pipeline, shards: Sequence[ShardSpec], store: Store, progress: bool = True):
+        ray = self._init()
+        context = ray.data.DataContext.get_current()
+        context.enable_progress_bars = progress
+        dataset = ray.data.from_items([{"shard": index} for index in range(len(shards))])
+        dataset = dataset.flat_map(_ShardLoader(shards))
+        for stage in pipeline.stages:
+            resources = stage.resources
+            common = {"batch_size": stage.batch_size, "batch_format": "pyarrow", "num_cpus": resources.cpus}
+            if resources.gpus:
+                common["num_gpus"] = resources.gpus
+            if resources.model:
+                dataset = dataset.map_batches(
+                    _ActorStage, fn_constructor_args=(stage,), concurrency=resources.concurrency, **common
+                )
+            else:
+                dataset = dataset.map_batches(_TaskStage(stage), **common)
+        writer = _ShardWriter(shards, store, store.config_hash)
+        rows = dataset.groupby("_shard").map_groups(writer, batch_format="pyarrow").take_all()
+        return [{"shard": row["shard"], "rows": row["rows"]} for row in sorted(rows, key=lambda row: row["shard"])]
