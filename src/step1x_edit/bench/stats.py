@@ -133,11 +133,16 @@ def format_statistics(stats: GEditStatistics) -> str:
             lines.append(
                 f"[{language}] {subset} ({total['scored']} scored, {total['failed']} failed)   SC, PQ, O   (95% CI of O)"
             )
-            for group, (sc, pq, o) in means.items():
+            for group in [g for g in counts if g != "total"] + ["average"]:
                 failed = counts.get(group, counts["total"])["failed"]
-                interval = f"[{ci[group][2][0]:.3f}, {ci[group][2][1]:.3f}]" if group in ci else ""
-                label = "Average" if group == "average" else group
                 note = f"   {failed} failed" if failed and group != "average" else ""
+                label = "Average" if group == "average" else group
+                if group not in means:
+                    if group != "average":
+                        lines.append(f"{label}: -, -, -   (no scored sample){note}")
+                    continue
+                sc, pq, o = means[group]
+                interval = f"[{ci[group][2][0]:.3f}, {ci[group][2][1]:.3f}]" if group in ci else ""
                 lines.append(f"{label}: {sc:.3f}, {pq:.3f}, {o:.3f}   {interval}{note}")
             lines.append("")
     return "\n".join(lines).rstrip() + "\n"
