@@ -70,6 +70,10 @@ def register(subcommands: argparse._SubParsersAction) -> None:
                           help="dataset image to edit (default input_image, the pre-resized source)")
     generate.add_argument("--device", help="device (default: this process's accelerate device)")
     generate.add_argument("--overwrite", action="store_true", help="regenerate edits that already exist")
+    generate.add_argument("--processes", type=int,
+                          help="worker processes, one per GPU (default: one per visible GPU; under accelerate "
+                               "launch, its processes)")
+    generate.add_argument("--shard", help="I/N: edit only shard I (0-based) of N (set for each worker process)")
     generate.set_defaults(handler=_generate)
 
     judge = commands.add_parser("judge", help="score a results directory with VIEScore (resumable)")
@@ -132,20 +136,69 @@ def _make_judge(args):
     return judge, RetryPolicy(attempts=args.attempts, initial_delay=args.retry_delay)
 
 
+def _parse_shard(text: str) -> tuple[int, int]:
+    from ..errors import Step1XEditError
+
+    index, _, count = text.partition("/")
+    if not (index.isdigit() and count.isdigit() and int(index) < int(count)):
+        raise Step1XEditError(f"--shard must be I/N with 0 <= I < N, got {text!r}")
+    return int(index), int(count)
+
+
+def _spawn_workers(args, processes: int) -> int:
+    """Run ``bench generate`` once per shard in parallel child processes, each on its own GPU if there are any."""
+    import os
+    import subprocess
+    import sys
+
+    import torch
+
+    from ..errors import Step1XEditError
+
+    gpus = os.environ.get("CUDA_VISIBLE_DEVICES", ",".join(map(str, range(torch.cuda.device_count())))).split(",")
+    gpus = [gpu for gpu in gpus if gpu]
+    options = {"--bench": args.bench, "--out": args.out, "--seed": args.seed, "--steps": args.steps,
+               "--guidance": args.guidance, "--size-level": args.size_level, "--negative-prompt": args.negative_prompt,
+               "--source": args.source, "--model": args.model, "--name": args.name, "--device": args.device}
+    argv = [sys.executable, "-m", "step1x_edit.cli", "bench", "generate"]
+    argv += [f"{flag}={value}" for flag, value in options.items() if value is not None]
+    for flag, values in (("--lang", args.lang), ("--tasks", args.tasks)):
+        if values:
+            argv += [flag, *values]
+    argv += ["--allow-partial"] * args.allow_partial + ["--overwrite"] * args.overwrite
+    workers = []
+    for index in range(processes):
+        env = dict(os.environ)
+        if gpus:
+            env["CUDA_VISIBLE_DEVICES"] = gpus[index % len(gpus)]
+        workers.append(subprocess.Popen([*argv, "--shard", f"{index}/{processes}"], env=env))
+    failed = [index for index, worker in enumerate(workers) if worker.wait() != 0]
+    if failed:
+        raise Step1XEditError(f"generation shard(s) {failed} of {processes} failed; rerun to resume")
+    return 0
+
+
 def _generate(args) -> int:
+    import torch
     from accelerate import PartialState
 
     from .generate import PipelineEditor, generate
 
+    shard = _parse_shard(args.shard) if args.shard else None
+    state = PartialState()
+    if shard is None and state.num_processes == 1:
+        processes = args.processes or max(1, torch.cuda.device_count())
+        if processes > 1:
+            return _spawn_workers(args, processes)
     samples = _load(args)
     name = args.name or (Path(args.model).name if args.model else "step1x-edit")
-    state = PartialState()
+    device = args.device or (None if shard else str(state.device))
     editor = PipelineEditor.from_model(
-        args.model, device=args.device or str(state.device), num_inference_steps=args.steps,
-        guidance_scale=args.guidance, size_level=args.size_level, negative_prompt=args.negative_prompt,
+        args.model, device=device, num_inference_steps=args.steps, guidance_scale=args.guidance,
+        size_level=args.size_level, negative_prompt=args.negative_prompt,
     )
     summary = generate(samples, editor, Path(args.out) / name, seed=args.seed, source_column=args.source,
-                       settings=editor.settings(), overwrite=args.overwrite)
+                       settings=editor.settings(), overwrite=args.overwrite, shard=shard)
     index, count = summary.shard
     print(f"shard {index + 1}/{count}: wrote {summary.written} edits, {summary.skipped} already present "
           f"-> {Path(args.out) / name}")

@@ -122,8 +122,9 @@ def judge_sample(
     }
     if edited_path is None:
         return record
+    raw = sample.input_image_raw if image_prep == "upstream" else None  # decoded only when it is used
     with Image.open(edited_path) as edited:
-        source, edit = prepare_images(edited, sample.input_image, sample.input_image_raw, image_prep)
+        source, edit = prepare_images(edited, sample.input_image, raw, image_prep)
     sc, record["attempts"]["sc"] = ask(judge, sc_prompt(sample.instruction), [source, edit], policy)
     pq, record["attempts"]["pq"] = ask(judge, pq_prompt(), [edit], policy)
     record.update(sc_scores=sc, pq_scores=pq, status="ok" if sc is not None and pq is not None else "failed")
