@@ -77,7 +77,7 @@ def _init_worker(pipeline: Pipeline) -> None:
 
 def _process_shard(pipeline: Pipeline, fns: Sequence[BatchFn], shard: ShardSpec, store: Store) -> dict[str, Any]:
     records = shard.load()
-    for stage, fn in zip(pipeline.stages, fns):
+    for stage, fn in zip(pipeline.stages, fns, strict=True):
         records = apply_stage(fn, stage, records)
     return store.write_shard(shard.name, records, shard.key, store.config_hash)
 

@@ -86,7 +86,7 @@ def check_batch(stage: Stage, batch: Sequence[Record], result: Sequence[Record])
     """Raise if a stage dropped, added or reordered rows."""
     if len(result) != len(batch):
         raise RuntimeError(f"stage {stage.name!r} returned {len(result)} rows for a batch of {len(batch)}")
-    for before, after in zip(batch, result):
+    for before, after in zip(batch, result, strict=True):
         if before.get("sample_id") != after.get("sample_id"):
             raise RuntimeError(
                 f"stage {stage.name!r} changed row order or ids ({before.get('sample_id')!r} -> "

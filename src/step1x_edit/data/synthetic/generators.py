@@ -166,7 +166,7 @@ def place_shapes(
     shapes: list[Shape] = []
     colors = list(COLORS)
     rng.shuffle(colors)
-    for attempt in range(count * 40):
+    for _ in range(count * 40):
         if len(shapes) == count:
             break
         radius = int(side * rng.uniform(*radius_range))

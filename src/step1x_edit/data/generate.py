@@ -1,0 +1,245 @@
+"""Building stores: synthetic generation, model-free edits of a photo folder, and derived stores.
+
+Each builder plans shards (deterministic ids and seeds; the task of sample ``i`` is ``tasks[i % len(tasks)]``),
+wraps the work in a :class:`~.stages.Pipeline` and hands it to an executor. Sample ids and seeds depend on the
+config and the sample index only, so a rerun of the same command redoes just the unfinished shards, and a run
+with a larger ``count`` keeps every sample of the smaller one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from ..errors import DataFormatError
+from .executors import LocalExecutor, RayExecutor, ShardSpec, run_pipeline
+from .records import make_record, stable_hash, stable_int
+from .stages import Pipeline, Record, Stage
+from .store import Store, deduplicate
+from .synthetic.generators import TASKS, generate_sample
+
+SYNTHETIC_GENERATOR = "step1x-edit-synthetic"
+SYNTHETIC_VERSION = "1.0"
+FOLDER_GENERATOR = "step1x-edit-photo-ops"
+FOLDER_VERSION = "1.0"
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
+
+
+def parse_tasks(tasks: str | Sequence[str]) -> tuple[str, ...]:
+    """``"all"`` or a comma-separated list (or a sequence) of task names, validated."""
+    names = list(TASKS) if tasks == "all" else [t.strip() for t in tasks.split(",")] if isinstance(tasks, str) else list(tasks)
+    unknown = [name for name in names if name not in TASKS]
+    if unknown or not names:
+        raise DataFormatError(f"unknown task(s) {unknown or names}; choose from: all, {', '.join(TASKS)}")
+    return tuple(dict.fromkeys(names))
+
+
+@dataclass(frozen=True)
+class SyntheticConfig:
+    """Everything that determines a synthetic dataset except its size."""
+
+    tasks: tuple[str, ...] = TASKS
+    resolution: tuple[int, int] = (128, 256)
+    aspect_ratios: tuple[float, ...] = (1.0,)
+    seed: int = 0
+    shard_size: int = 256
+
+    def __post_init__(self) -> None:
+        parse_tasks(self.tasks)
+        if self.shard_size < 1:
+            raise ValueError(f"shard_size must be >= 1, got {self.shard_size}")
+        if self.resolution[0] < 64 or self.resolution[1] < self.resolution[0]:
+            raise ValueError(f"resolution must be a range (min, max) with min >= 64, got {self.resolution}")
+        if not self.aspect_ratios or any(ratio <= 0 for ratio in self.aspect_ratios):
+            raise ValueError(f"aspect ratios must be positive, got {self.aspect_ratios}")
+
+
+class RenderSynthetic:
+    """Stage function: seed records (``sample_id``, ``task``, ``seed``) → full records."""
+
+    def __init__(self, config: SyntheticConfig, generator: dict[str, str]):
+        self.config = config
+        self.generator = generator
+
+    def __call__(self, batch: list[Record]) -> list[Record]:
+        out = []
+        for seed_record in batch:
+            sample = generate_sample(seed_record["task"], seed_record["seed"], self.config.resolution, self.config.aspect_ratios)
+            out.append(
+                make_record(
+                    sample_id=seed_record["sample_id"],
+                    task=sample.task,
+                    source=sample.source,
+                    target=sample.target,
+                    instruction_en=sample.instruction_en,
+                    instruction_zh=sample.instruction_zh,
+                    mask=sample.mask,
+                    generator=self.generator,
+                    seed=sample.seed,
+                    provenance={"license": "CC0-1.0 (procedurally generated)"},
+                    meta=sample.meta,
+                )
+            )
+        return out
+
+
+def synthetic_pipeline(config: SyntheticConfig) -> tuple[Pipeline, str]:
+    """The one-stage generation pipeline and its config hash."""
+    fingerprint = {"generator": SYNTHETIC_GENERATOR, "version": SYNTHETIC_VERSION, **asdict(config)}
+    config_hash = stable_hash(fingerprint, length=12)
+    generator = {"name": SYNTHETIC_GENERATOR, "version": SYNTHETIC_VERSION, "config_hash": config_hash}
+    stage = Stage("render_synthetic", RenderSynthetic(config, generator), version=SYNTHETIC_VERSION,
+                  config=fingerprint, batch_size=64)
+    return Pipeline((stage,)), config_hash
+
+
+def plan_synthetic(count: int, config: SyntheticConfig, config_hash: str) -> list[ShardSpec]:
+    """Shards of seed records for samples ``0 .. count-1``."""
+    if count < 1:
+        raise ValueError(f"count must be >= 1, got {count}")
+    shards = []
+    for start in range(0, count, config.shard_size):
+        indices = range(start, min(count, start + config.shard_size))
+        records = tuple(
+            {
+                "sample_id": f"{config_hash[:8]}-{index:08d}",
+                "task": config.tasks[index % len(config.tasks)],
+                "seed": stable_int(config.seed, index),
+            }
+            for index in indices
+        )
+        shards.append(ShardSpec(f"part-{start // config.shard_size:05d}", stable_hash(indices.start, indices.stop), records))
+    return shards
+
+
+def generate_dataset(
+    out_dir: str | os.PathLike,
+    count: int,
+    config: SyntheticConfig = SyntheticConfig(),
+    executor: LocalExecutor | RayExecutor | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> Store:
+    """Generate ``count`` synthetic triplets into ``out_dir`` (resumable; see the module docstring)."""
+    pipeline, config_hash = synthetic_pipeline(config)
+    manifest = {"config_hash": config_hash, "generator": SYNTHETIC_GENERATOR, "version": SYNTHETIC_VERSION,
+                "config": asdict(config), "pipeline": pipeline.fingerprint()[0]["name"]}
+    store = Store.create(out_dir, manifest, overwrite=overwrite)
+    run_pipeline(pipeline, plan_synthetic(count, config, config_hash), store, executor, progress)
+    deduplicate(store)
+    return store
+
+
+# -- photos ----------------------------------------------------------------------------------------------
+class RenderPhotoOps:
+    """Stage function: photo paths → tone or style triplets (the operation is drawn from the sample seed)."""
+
+    def __init__(self, generator: dict[str, str], max_side: int):
+        self.generator = generator
+        self.max_side = max_side
+
+    def __call__(self, batch: list[Record]) -> list[Record]:
+        import random
+
+        from ..image_io import load_image
+        from .tasks.style import STYLES, apply_style
+        from .tasks.tone import TONE_OPS, apply_tone
+
+        out = []
+        for item in batch:
+            image = load_image(item["path"])
+            image.thumbnail((self.max_side, self.max_side))
+            rng = random.Random(item["seed"])
+            if item["task"] == "tone_transformation":
+                op = rng.choice(list(TONE_OPS))
+                target, (_, en, zh) = apply_tone(image, op), TONE_OPS[op]
+            else:
+                op = rng.choice(list(STYLES))
+                target, (_, en, zh) = apply_style(image, op), STYLES[op]
+            out.append(
+                make_record(
+                    sample_id=item["sample_id"], task=item["task"], source=image, target=target,
+                    instruction_en=rng.choice(en), instruction_zh=rng.choice(zh), generator=self.generator,
+                    seed=item["seed"], provenance={"source_path": item["path"], "license": item.get("license")},
+                    meta={"op": op},
+                )
+            )
+        return out
+
+
+def generate_from_photos(
+    out_dir: str | os.PathLike,
+    photo_dir: str | os.PathLike,
+    tasks: Sequence[str] = ("tone_transformation", "style_transfer"),
+    seed: int = 0,
+    max_side: int = 1024,
+    shard_size: int = 64,
+    license: str | None = None,
+    executor: LocalExecutor | RayExecutor | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> Store:
+    """One tone and/or style triplet per photo of ``photo_dir`` (recursively), no model needed."""
+    allowed = {"tone_transformation", "style_transfer"}
+    if not set(tasks) <= allowed:
+        raise DataFormatError(f"photo folders support {sorted(allowed)} without a model; got {list(tasks)}")
+    root = Path(photo_dir)
+    if not root.is_dir():
+        raise DataFormatError(f"photo folder not found: {root}")
+    paths = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not paths:
+        raise DataFormatError(f"no images ({', '.join(IMAGE_SUFFIXES)}) under {root}")
+    fingerprint = {"generator": FOLDER_GENERATOR, "version": FOLDER_VERSION, "tasks": list(tasks), "seed": seed,
+                   "max_side": max_side, "shard_size": shard_size, "root": str(root.resolve())}
+    config_hash = stable_hash(fingerprint, length=12)
+    generator = {"name": FOLDER_GENERATOR, "version": FOLDER_VERSION, "config_hash": config_hash}
+    items = []
+    for path in paths:
+        relative = str(path.relative_to(root))
+        for task in tasks:
+            items.append({"sample_id": f"{config_hash[:8]}-{hashlib.sha1(f'{relative}:{task}'.encode()).hexdigest()[:16]}",
+                          "task": task, "seed": stable_int(seed, relative, task), "path": str(path), "license": license})
+    shards = []
+    for start in range(0, len(items), shard_size):
+        chunk = tuple(items[start : start + shard_size])
+        key = stable_hash([(item["path"], os.path.getsize(item["path"]), os.path.getmtime(item["path"]), item["task"]) for item in chunk])
+        shards.append(ShardSpec(f"part-{start // shard_size:05d}", key, chunk))
+    stage = Stage("photo_ops", RenderPhotoOps(generator, max_side), version=FOLDER_VERSION, config=fingerprint, batch_size=8)
+    store = Store.create(out_dir, {"config_hash": config_hash, "generator": FOLDER_GENERATOR, "config": fingerprint}, overwrite)
+    run_pipeline(Pipeline((stage,)), shards, store, executor, progress)
+    deduplicate(store)
+    return store
+
+
+# -- derived stores --------------------------------------------------------------------------------------
+def transform_store(
+    input_dir: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    pipeline: Pipeline,
+    executor: LocalExecutor | RayExecutor | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+    extra: dict[str, Any] | None = None,
+) -> Store:
+    """Apply ``pipeline`` to every shard of the store at ``input_dir`` and write the result to ``out_dir``
+    (same shard names; resumable). The output manifest records the parent store and the pipeline."""
+    source = Store(input_dir)
+    parent = source.manifest()
+    if Path(input_dir).resolve() == Path(out_dir).resolve():
+        raise DataFormatError("the output store must be a different directory from the input store")
+    config_hash = pipeline.config_hash({"parent": parent["config_hash"], **(extra or {})})
+    manifest = {"config_hash": config_hash, "parent": {"path": str(Path(input_dir).resolve()), "config_hash": parent["config_hash"]},
+                "pipeline": pipeline.fingerprint(), "generator": parent.get("generator")}
+    store = Store.create(out_dir, manifest, overwrite=overwrite)
+    shards = [ShardSpec(info.name, stable_hash(info.key, info.rows, _file_sha(source.marker_path(info.name))), input_path=str(info.path))
+              for info in source.shards()]
+    run_pipeline(pipeline, shards, store, executor, progress)
+    return store
+
+
+def _file_sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()

@@ -1,0 +1,42 @@
+"""Example source images with suggested instructions, for READMEs and first runs."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from .world import Face, Person, Scene, Shape, Sign, render, sign_font_size
+
+
+def example_scenes(resolution: int = 256) -> list[tuple[str, Scene, str, str]]:
+    """(name, scene, English instruction, Chinese instruction) for four hand-placed scenes."""
+    s = resolution
+    shapes = Scene(s, s, "light_blue", (
+        Shape("circle", "red", int(0.3 * s), int(0.35 * s), int(0.15 * s)),
+        Shape("square", "blue", int(0.7 * s), int(0.4 * s), int(0.15 * s)),
+        Shape("triangle", "yellow", int(0.5 * s), int(0.75 * s), int(0.14 * s)),
+    ))
+    box = (int(0.15 * s), int(0.38 * s), int(0.85 * s), int(0.62 * s))
+    sign = Scene(s, s, "cream", sign=Sign("OPEN", box, sign_font_size(["OPEN", "CLOSED"], box), (30, 110, 60), (255, 255, 255), (230, 230, 230)))
+    person = Scene(s, s, "meadow", person=Person(s // 2, int(0.92 * s), int(0.56 * s), "orange", "arms_down"))
+    face = Scene(s, s, "mint", face=Face(s // 2, s // 2, int(0.21 * s), (241, 194, 125), "brown", "blue"))
+    return [
+        ("shapes", shapes, "Make the red circle green.", "把红色圆形变成绿色。"),
+        ("sign", sign, 'Change the text "OPEN" to "CLOSED".', "把文字“OPEN”改成“CLOSED”。"),
+        ("person", person, "Make the person raise both arms.", "让这个人举起双臂。"),
+        ("portrait", face, "Add glasses to the person.", "给这个人戴上眼镜。"),
+    ]
+
+
+def render_example_images(out_dir: str | os.PathLike, resolution: int = 256) -> list[dict[str, str]]:
+    """Write ``NAME.png`` for each example scene and ``examples.json`` listing paths and instructions."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    entries = []
+    for name, scene, en, zh in example_scenes(resolution):
+        path = out / f"{name}.png"
+        render(scene).save(path)
+        entries.append({"path": str(path), "instruction_en": en, "instruction_zh": zh})
+    (out / "examples.json").write_text(json.dumps(entries, ensure_ascii=False, indent=2), encoding="utf-8")
+    return entries
