@@ -3,7 +3,14 @@
 import pytest
 from PIL import Image
 
-from step1x_edit.bench.viescore import parse_scores, prepare_images, prompt_hashes, sample_scores, sc_prompt
+from step1x_edit.bench.viescore import (
+    parse_scores,
+    prepare_images,
+    prompt_hashes,
+    sample_scores,
+    sc_prompt,
+    source_column,
+)
 from step1x_edit.protocol import protocol_sha256, protocol_text
 
 
@@ -55,10 +62,12 @@ def test_prompts_are_the_hash_checked_protocol_texts():
 
 def test_image_preparation_follows_both_official_scorers():
     source, raw, edited = Image.new("RGB", (416, 672)), Image.new("RGB", (1000, 1600)), Image.new("RGBA", (832, 1344))
-    snap_source, snap_edit = prepare_images(edited, source, raw, "snapshot")
+    assert source_column("snapshot") == "input_image"
+    snap_source, snap_edit = prepare_images(edited, source, "snapshot")
     assert snap_source.size == snap_edit.size == (416, 672) and snap_edit.mode == "RGB"
-    up_source, up_edit = prepare_images(edited, source, raw, "upstream")
+    assert source_column("upstream") == "input_image_raw"
+    up_source, up_edit = prepare_images(edited, raw, "upstream")
     assert up_source.size == (404, 646)  # w = int(sqrt(512*512*r)), h = int(w / r), r = 1000/1600
     assert up_edit.size == (402, 649)
     with pytest.raises(ValueError, match="unknown image preparation"):
-        prepare_images(edited, source, raw, "bilinear")
+        prepare_images(edited, source, "bilinear")

@@ -42,6 +42,7 @@ from .viescore import (
     prepare_images,
     prompt_hashes,
     sc_prompt,
+    source_column,
 )
 
 
@@ -122,9 +123,8 @@ def judge_sample(
     }
     if edited_path is None:
         return record
-    raw = sample.input_image_raw if image_prep == "upstream" else None  # decoded only when it is used
     with Image.open(edited_path) as edited:
-        source, edit = prepare_images(edited, sample.input_image, raw, image_prep)
+        source, edit = prepare_images(edited, sample.source_image(source_column(image_prep)), image_prep)
     sc, record["attempts"]["sc"] = ask(judge, sc_prompt(sample.instruction), [source, edit], policy)
     pq, record["attempts"]["pq"] = ask(judge, pq_prompt(), [edit], policy)
     record.update(sc_scores=sc, pq_scores=pq, status="ok" if sc is not None and pq is not None else "failed")

@@ -74,7 +74,7 @@ def judge_pair(
     judge: Judge, sample: GEditSample, edits: dict[str, Path], first: str, second: str, policy: RetryPolicy
 ) -> dict:
     """Judge ``first`` against ``second`` on ``sample`` in both orders; the record scores ``first``."""
-    source = resize_to_area(sample.input_image_raw or sample.input_image)
+    source = resize_to_area(sample.source_image("input_image_raw"))
     images = {}
     for name in (first, second):
         with Image.open(edits[name]) as edited:

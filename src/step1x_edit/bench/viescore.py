@@ -65,16 +65,20 @@ def resize_to_area(image: Image.Image, area: int = JUDGE_AREA) -> Image.Image:
     return image.resize((width, height))
 
 
-def prepare_images(
-    edited: Image.Image, input_image: Image.Image, input_image_raw: Image.Image | None, prep: ImagePrep
-) -> tuple[Image.Image, Image.Image]:
-    """Return the (source, edited) pair shown to the judge, following one of the two official scorers."""
-    edited = edited.convert("RGB")
+def source_column(prep: ImagePrep) -> str:
+    """The dataset image each scorer version compares against: ``input_image_raw`` (upstream) or ``input_image``."""
+    if prep not in IMAGE_PREPS:
+        raise ValueError(f"unknown image preparation {prep!r}; choose one of {IMAGE_PREPS}")
+    return "input_image_raw" if prep == "upstream" else "input_image"
+
+
+def prepare_images(edited: Image.Image, source: Image.Image, prep: ImagePrep) -> tuple[Image.Image, Image.Image]:
+    """Return the (source, edited) pair shown to the judge, following one of the two official scorers; ``source``
+    is the dataset image named by :func:`source_column`."""
+    edited, source = edited.convert("RGB"), source.convert("RGB")
     if prep == "snapshot":
-        source = input_image.convert("RGB")
         return source, edited.resize(source.size)
     if prep == "upstream":
-        source = (input_image_raw if input_image_raw is not None else input_image).convert("RGB")
         return resize_to_area(source), resize_to_area(edited)
     raise ValueError(f"unknown image preparation {prep!r}; choose one of {IMAGE_PREPS}")
 
