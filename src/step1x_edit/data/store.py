@@ -134,8 +134,7 @@ class Store:
 
     def shards(self) -> list[ShardInfo]:
         """Completed shards, in name order (unfinished or orphaned files are ignored)."""
-        if not self.shard_dir.is_dir():
-            return []
+        self.manifest()  # a clear error when this is not a store
         infos = []
         for marker in sorted(self.shard_dir.glob("*.done.json")):
             data = json.loads(marker.read_text(encoding="utf-8"))
