@@ -16,6 +16,7 @@ from step1x_edit.bench.pairwise import (
     parse_winner,
     read_pairwise,
 )
+from step1x_edit.cli import main
 
 FAST = RetryPolicy(attempts=2, initial_delay=0.0, max_delay=0.0)
 
@@ -110,3 +111,19 @@ def test_bradley_terry_recovers_known_strengths():
 )
 def test_winner_parsing(reply, winner):
     assert parse_winner(reply) == winner
+
+
+def test_cli_pairwise_over_http_reports_ratings(three_models, gedit_copy, chat_server, tmp_path, capsys):
+    _, results = three_models
+    reply = {"id": "x", "object": "chat.completion", "created": 0, "model": "m", "choices": [
+        {"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": '{"winner": "A"}'}}]}
+    server = chat_server(lambda request, call: (200, reply))
+    argv = ["bench", "pairwise", "--bench", str(gedit_copy), "--allow-partial", "--lang", "en", "--tasks",
+            "color_alter", "--results", str(results["bright"]), str(results["dark"]), "--out",
+            str(tmp_path / "pairs.jsonl"), "--base-url", server.url, "--judge-model", "m", "--retry-delay", "0"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "4 games, 0 failed judgements" in out
+    assert "bright: Elo 1000  (50% vs dark)" in out
+    assert len(server.requests) == 4
+    assert [c["type"] for c in server.requests[0]["messages"][0]["content"]] == ["text"] + ["image_url"] * 3

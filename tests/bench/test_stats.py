@@ -95,3 +95,17 @@ def test_last_record_of_a_sample_wins_and_cut_off_last_line_is_ignored(tmp_path)
     path.write_text("\n".join(lines) + '\n{"key": "b", "task_')
     records = read_scores(path)
     assert len(records) == 1 and records[0]["status"] == "ok"
+
+
+def test_cli_stats_prints_official_format_and_errors_cleanly(fixture_paths, tmp_path, capsys):
+    samples, _ = fixture_paths
+    assert main(["bench", "stats", samples, "--bootstrap", "50"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("[en] full (606 scored, 0 failed)")
+    assert "\nbackground_change: 3.150, 3.475, 2.638   [" in out
+    assert "\nAverage: 3.137, 3.045, 2.325   [" in out
+    assert main(["bench", "stats", str(tmp_path / "missing.jsonl")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    (tmp_path / "bad.jsonl").write_text('{"key": "a"}\n')
+    assert main(["bench", "stats", str(tmp_path / "bad.jsonl")]) == 2
+    assert "lacks field(s) ['task_type'" in capsys.readouterr().err
