@@ -17,6 +17,7 @@ from step1x_edit.bench.generate import generate
 from step1x_edit.bench.judges.transformers_judge import TransformersJudge
 from step1x_edit.bench.judging import RetryPolicy, judge_results
 from step1x_edit.bench.stats import compute_statistics, format_statistics, read_scores
+from step1x_edit.errors import CheckpointError, Step1XEditError
 
 SPECIAL = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>",
            "<|video_pad|>"]
@@ -106,3 +107,20 @@ def test_greedy_decoding_is_deterministic(tiny_judge):
     images = [Image.new("RGB", (64, 48), (200, 10, 10)), Image.new("RGB", (50, 50), (0, 90, 0))]
     first = tiny_judge.complete("Rate these images.", images)
     assert first == tiny_judge.complete("Rate these images.", images)
+
+
+def test_loading_a_saved_vlm_judge_works_or_names_the_missing_package(tmp_path):
+    processor = TinyQwenProcessor()
+    processor.tokenizer.save_pretrained(tmp_path)
+    processor.image_processor.save_pretrained(tmp_path)
+    tiny_qwen25_vl(processor.vocab).save_pretrained(tmp_path)
+    try:
+        import torchvision  # noqa: F401
+    except ImportError:
+        with pytest.raises(Step1XEditError, match="needs a package that is not installed.*torchvision"):
+            TransformersJudge.from_pretrained(str(tmp_path), device="cpu")
+    else:
+        judge = TransformersJudge.from_pretrained(str(tmp_path), device="cpu")
+        assert judge.info["model"] == str(tmp_path)
+    with pytest.raises(CheckpointError, match="cannot load a judge VLM"):
+        TransformersJudge.from_pretrained(str(tmp_path / "absent"), device="cpu")

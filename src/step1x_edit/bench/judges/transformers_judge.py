@@ -35,13 +35,18 @@ class TransformersJudge:
         """Load a VLM and its processor from a local directory (``device_map="auto"`` when ``device`` is None)."""
         from transformers import AutoModelForImageTextToText, AutoProcessor
 
-        from ...errors import CheckpointError
+        from ...errors import CheckpointError, Step1XEditError
 
         try:
             processor = AutoProcessor.from_pretrained(path)
             model = AutoModelForImageTextToText.from_pretrained(
                 path, dtype=torch_dtype or "auto", device_map=device or "auto"
             )
+        except ImportError as error:  # e.g. Qwen2.5-VL's processor needs torchvision for its video part
+            raise Step1XEditError(
+                f"the judge VLM in {path} needs a package that is not installed: {str(error).strip().splitlines()[0]} "
+                "(for torchvision, install the build that matches your torch)"
+            ) from error
         except (OSError, ValueError) as error:
             raise CheckpointError(f"cannot load a judge VLM from {path}: {error}") from error
         return cls(model.eval(), processor, name=str(path), max_new_tokens=max_new_tokens)
