@@ -5,6 +5,7 @@
     step1x-edit bench generate --bench GEdit-Bench --model MODEL --out results [--name NAME] [--lang en,cn]
     step1x-edit bench judge --bench GEdit-Bench --results results/NAME --scores NAME.jsonl [--base-url URL]
     step1x-edit bench stats NAME.jsonl [--json]
+    step1x-edit bench import-official OFFICIAL_CSV... --out NAME.jsonl
     step1x-edit bench report --scores NAME=NAME.jsonl ... --out report [--bench GEdit-Bench --results-root results]
     step1x-edit bench pairwise --bench GEdit-Bench --results results/A results/B --out pairs.jsonl
 """
@@ -92,6 +93,11 @@ def register(subcommands: argparse._SubParsersAction) -> None:
     stats.add_argument("--details", action="store_true", help="with --json: also failure counts and 95%% intervals")
     stats.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the intervals")
     stats.set_defaults(handler=_stats)
+
+    official = commands.add_parser("import-official", help="convert official per-group score CSVs to a scores file")
+    official.add_argument("csv", nargs="+", help="official *_vie_score.csv / *_gpt_score.csv files (one per group)")
+    official.add_argument("--out", required=True, help="scores file to write (JSON lines)")
+    official.set_defaults(handler=_import_official)
 
     report = commands.add_parser("report", help="Markdown/HTML report with per-task charts and example grids")
     report.add_argument("--scores", nargs="+", required=True, metavar="NAME=SCORES",
@@ -227,6 +233,17 @@ def _stats(args) -> int:
         print(json.dumps(stats.to_dict() if args.details else stats.scores, indent=1))
     else:
         print(format_statistics(stats), end="")
+    return 0
+
+
+def _import_official(args) -> int:
+    from .official import read_official_csv
+
+    records = [record for path in args.csv for record in read_official_csv(path)]
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    with open(args.out, "w", encoding="utf-8") as handle:
+        handle.writelines(json.dumps(record, ensure_ascii=False) + "\n" for record in records)
+    print(f"wrote {len(records)} judgements from {len(args.csv)} file(s) to {args.out}")
     return 0
 
 
