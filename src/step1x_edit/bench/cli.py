@@ -24,6 +24,13 @@ def _names(values: list[str] | None) -> list[str] | None:
     return [name for value in values for name in value.split(",") if name]
 
 
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def _add_selection(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--bench", required=True, help="local copy of the stepfun-ai/GEdit-Bench Parquet files")
     parser.add_argument("--lang", nargs="+", help="languages to use: en, cn (comma or space separated; default both)")
@@ -43,9 +50,9 @@ def _add_judge(parser: argparse.ArgumentParser) -> None:
     judge.add_argument("--base-url", help="endpoint root, e.g. http://localhost:8000/v1 (default: OPENAI_BASE_URL or OpenAI)")
     judge.add_argument("--api-key-env", default="OPENAI_API_KEY", help="environment variable holding the API key")
     judge.add_argument("--temperature", type=float, default=0.0, help="judge temperature (default 0)")
-    judge.add_argument("--concurrency", type=int, default=6, help="requests in flight at once (openai judge)")
+    judge.add_argument("--concurrency", type=_positive_int, default=6, help="requests in flight at once (openai judge)")
     judge.add_argument("--timeout", type=float, default=120.0, help="seconds before a judge call is abandoned")
-    judge.add_argument("--attempts", type=int, default=5, help="calls per question before it is recorded as failed")
+    judge.add_argument("--attempts", type=_positive_int, default=5, help="calls per question before it is recorded as failed")
     judge.add_argument("--retry-delay", type=float, default=2.0, help="first backoff delay in seconds (doubles)")
     judge.add_argument("--device", help="device of the transformers judge (default: device_map=auto)")
     judge.add_argument("--retry-failed", action="store_true", help="ask again the samples recorded as failed")
@@ -71,7 +78,7 @@ def register(subcommands: argparse._SubParsersAction) -> None:
                           help="dataset image to edit (default input_image, the pre-resized source)")
     generate.add_argument("--device", help="device (default: this process's accelerate device)")
     generate.add_argument("--overwrite", action="store_true", help="regenerate edits that already exist")
-    generate.add_argument("--processes", type=int,
+    generate.add_argument("--processes", type=_positive_int,
                           help="worker processes, one per GPU (default: one per visible GPU; under accelerate "
                                "launch, its processes)")
     generate.add_argument("--shard", help="I/N: edit only shard I (0-based) of N (set for each worker process)")

@@ -7,8 +7,8 @@ the judge refuses, or the reply cannot be parsed; after the last attempt the sam
 is recorded with ``status: "missing_image"``. Both statuses are excluded from the means and counted by
 :mod:`step1x_edit.bench.stats`.
 
-The scores file is resumable: a rerun asks only samples without a record (and, with ``retry_failed``, those
-that failed, plus missing images that have appeared since). Each record carries the judge id and endpoint, the
+The scores file is resumable: a rerun asks only the samples without a finished record. Samples recorded as
+``missing_image`` are looked for again on every run; ``failed`` ones are asked again only with ``retry_failed``. Each record carries the judge id and endpoint, the
 prompt hashes and the image preparation, so files judged differently are never silently mixed.
 """
 
@@ -54,6 +54,10 @@ class RetryPolicy:
     attempts: int = 5
     initial_delay: float = 2.0
     max_delay: float = 60.0
+
+    def __post_init__(self):
+        if self.attempts < 1 or self.initial_delay < 0 or self.max_delay < 0:
+            raise ValueError(f"invalid retry policy {self}: attempts must be >= 1 and delays >= 0")
 
     def delay(self, retry: int) -> float:
         return min(self.max_delay, self.initial_delay * 2**retry) * (0.5 + random.random() / 2)
