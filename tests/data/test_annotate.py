@@ -7,23 +7,43 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from step1x_edit.data import LocalExecutor, Pipeline, SyntheticConfig, generate_dataset, summarize, transform_store
+from step1x_edit.data import (
+    LocalExecutor,
+    Pipeline,
+    SyntheticConfig,
+    generate_dataset,
+    summarize,
+    transform_store,
+)
 from step1x_edit.data.annotate.client import AnnotationError, ChatClient, ChatEndpoint, parse_json_reply
 from step1x_edit.data.annotate.filters import checks_stage
 from step1x_edit.data.annotate.mllm import MLLMAnnotator, MLLMVerifier, verify_stage
 
 
 def _completion(content):
-    return {"id": "c", "object": "chat.completion", "created": 0, "model": "tiny",
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}],
-            "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}}
+    return {
+        "id": "c",
+        "object": "chat.completion",
+        "created": 0,
+        "model": "tiny",
+        "choices": [
+            {"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}
+        ],
+        "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
+    }
 
 
 def _default_reply(messages):
     last = messages[-1]["content"]
-    text = last if isinstance(last, str) else " ".join(part.get("text", "") for part in last if part["type"] == "text")
+    text = (
+        last
+        if isinstance(last, str)
+        else " ".join(part.get("text", "") for part in last if part["type"] == "text")
+    )
     if "instruction_en" in text:
-        return json.dumps({"instruction_en": "Make the red circle green.", "instruction_zh": "把红色圆形变成绿色。"})
+        return json.dumps(
+            {"instruction_en": "Make the red circle green.", "instruction_zh": "把红色圆形变成绿色。"}
+        )
     if '"score"' in text:
         return '```json\n{"score": 8, "reason": "The edit matches."}\n```'
     return f"round {sum(m['role'] == 'assistant' for m in messages) + 1}: a red circle on a blue background"
@@ -47,7 +67,9 @@ class ScriptedServer:
                 server.requests.append(body)
                 action = server.script.pop(0) if server.script else ("default", None)
                 if action[0] == "status":
-                    self._send(action[1], json.dumps({"error": {"message": "busy", "type": "server"}}).encode())
+                    self._send(
+                        action[1], json.dumps({"error": {"message": "busy", "type": "server"}}).encode()
+                    )
                     return
                 if action[0] == "slow":
                     time.sleep(action[1])
@@ -90,8 +112,13 @@ def server():
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
-    return generate_dataset(tmp_path_factory.mktemp("ann") / "s", 4, SyntheticConfig(resolution=(64, 64), shard_size=2),
-                            LocalExecutor(1), progress=False)
+    return generate_dataset(
+        tmp_path_factory.mktemp("ann") / "s",
+        4,
+        SyntheticConfig(resolution=(64, 64), shard_size=2),
+        LocalExecutor(1),
+        progress=False,
+    )
 
 
 def _endpoint(server, **overrides):
@@ -104,10 +131,15 @@ def test_annotator_runs_rounds_that_each_see_the_previous_reply(server, store):
     record = next(store.iter_records())
     annotator = MLLMAnnotator(ChatClient(_endpoint(server)), concurrency=1)
     [annotated] = annotator([record])
-    assert annotated["instruction_en"] == "Make the red circle green." and annotated["instruction_zh"] == "把红色圆形变成绿色。"
+    assert (
+        annotated["instruction_en"] == "Make the red circle green."
+        and annotated["instruction_zh"] == "把红色圆形变成绿色。"
+    )
     assert len(server.requests) == 3
     first_reply = "round 1: a red circle on a blue background"
-    assert any(m["role"] == "assistant" and m["content"] == first_reply for m in server.requests[1]["messages"])
+    assert any(
+        m["role"] == "assistant" and m["content"] == first_reply for m in server.requests[1]["messages"]
+    )
     final_prompt = server.requests[2]["messages"][-1]["content"]
     assert record["task"] in final_prompt and "- " in final_prompt  # in-context exemplars for the task
     meta = json.loads(annotated["meta"])["annotation"]
@@ -115,11 +147,20 @@ def test_annotator_runs_rounds_that_each_see_the_previous_reply(server, store):
 
 
 def test_rate_limits_server_errors_timeouts_and_malformed_replies_are_retried(server, store):
-    server.script = [("status", 429), ("status", 500), ("slow", 1.5), ("garbage", "not json at all"), ("text", "no json here")]
+    server.script = [
+        ("status", 429),
+        ("status", 500),
+        ("slow", 1.5),
+        ("garbage", "not json at all"),
+        ("text", "no json here"),
+    ]
     sleeps = []
     client = ChatClient(_endpoint(server, timeout=0.5, max_retries=6), sleep=sleeps.append)
     [verified] = MLLMVerifier(client, concurrency=1)([next(store.iter_records())])
-    assert verified["scores"]["mllm_verify"] == 8.0 and verified["score_reasons"]["mllm_verify"] == "The edit matches."
+    assert (
+        verified["scores"]["mllm_verify"] == 8.0
+        and verified["score_reasons"]["mllm_verify"] == "The edit matches."
+    )
     assert verified["reject_reasons"] == []
     assert sleeps == sorted(sleeps) and len(sleeps) == 5  # exponential backoff between six attempts
 
@@ -156,7 +197,11 @@ def test_filter_pipeline_scores_every_sample_into_a_new_store(server, store, tmp
     pipeline = Pipeline((checks_stage(), verify_stage(_endpoint(server), min_score=5, concurrency=1)))
     out = transform_store(store.root, tmp_path / "filtered", pipeline, LocalExecutor(1), progress=False)
     summary = summarize(out)
-    assert summary["total"] == 4 and summary["rejected"] == 1 and summary["reject_reasons"] == {"mllm_score_low": 1}
+    assert (
+        summary["total"] == 4
+        and summary["rejected"] == 1
+        and summary["reject_reasons"] == {"mllm_score_low": 1}
+    )
     assert all("changed_fraction" in r["scores"] and "mllm_verify" in r["scores"] for r in out.iter_records())
     assert out.manifest()["parent"]["config_hash"] == store.config_hash
 

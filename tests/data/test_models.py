@@ -11,8 +11,8 @@ from step1x_edit.data.annotate.models import (
     ModelRemoval,
     SamSegmenter,
     TransformersDetector,
-    remove_subject,
     removal_stage,
+    remove_subject,
 )
 
 torch = pytest.importorskip("torch")
@@ -20,18 +20,40 @@ torch = pytest.importorskip("torch")
 
 def tiny_sam():
     from transformers import SamConfig, SamModel, SamProcessor
-    from transformers.models.sam.configuration_sam import SamMaskDecoderConfig, SamPromptEncoderConfig, SamVisionConfig
+    from transformers.models.sam.configuration_sam import (
+        SamMaskDecoderConfig,
+        SamPromptEncoderConfig,
+        SamVisionConfig,
+    )
 
     try:
         from transformers import SamImageProcessorPil as ImageProcessor
     except ImportError:
         from transformers import SamImageProcessor as ImageProcessor
-    vision = SamVisionConfig(hidden_size=32, output_channels=16, num_hidden_layers=2, num_attention_heads=2, image_size=64,
-                             patch_size=16, mlp_dim=64, global_attn_indexes=[1], window_size=2, num_pos_feats=8)
+    vision = SamVisionConfig(
+        hidden_size=32,
+        output_channels=16,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        image_size=64,
+        patch_size=16,
+        mlp_dim=64,
+        global_attn_indexes=[1],
+        window_size=2,
+        num_pos_feats=8,
+    )
     prompt = SamPromptEncoderConfig(hidden_size=16, image_size=64, patch_size=16, mask_input_channels=4)
-    decoder = SamMaskDecoderConfig(hidden_size=16, num_hidden_layers=2, num_attention_heads=2, mlp_dim=32, iou_head_hidden_dim=16)
+    decoder = SamMaskDecoderConfig(
+        hidden_size=16, num_hidden_layers=2, num_attention_heads=2, mlp_dim=32, iou_head_hidden_dim=16
+    )
     torch.manual_seed(0)
-    model = SamModel(SamConfig(vision_config=vision.to_dict(), prompt_encoder_config=prompt.to_dict(), mask_decoder_config=decoder.to_dict()))
+    model = SamModel(
+        SamConfig(
+            vision_config=vision.to_dict(),
+            prompt_encoder_config=prompt.to_dict(),
+            mask_decoder_config=decoder.to_dict(),
+        )
+    )
     processor = SamProcessor(ImageProcessor(size={"longest_edge": 64}, pad_size={"height": 64, "width": 64}))
     return SamSegmenter(model, processor)
 
@@ -40,24 +62,59 @@ def tiny_inpainter():
     from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionInpaintPipeline, UNet2DConditionModel
 
     torch.manual_seed(0)
-    unet = UNet2DConditionModel(sample_size=8, in_channels=9, out_channels=4, layers_per_block=1, block_out_channels=(8, 16),
-                                down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-                                cross_attention_dim=8, attention_head_dim=2, norm_num_groups=4)
-    vae = AutoencoderKL(down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(8, 8),
-                        latent_channels=4, norm_num_groups=4, layers_per_block=1)
-    pipe = StableDiffusionInpaintPipeline(vae=vae, text_encoder=None, tokenizer=None, unet=unet, scheduler=DDIMScheduler(steps_offset=1),
-                                          safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    unet = UNet2DConditionModel(
+        sample_size=8,
+        in_channels=9,
+        out_channels=4,
+        layers_per_block=1,
+        block_out_channels=(8, 16),
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=8,
+        attention_head_dim=2,
+        norm_num_groups=4,
+    )
+    vae = AutoencoderKL(
+        down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2,
+        block_out_channels=(8, 8),
+        latent_channels=4,
+        norm_num_groups=4,
+        layers_per_block=1,
+    )
+    pipe = StableDiffusionInpaintPipeline(
+        vae=vae,
+        text_encoder=None,
+        tokenizer=None,
+        unet=unet,
+        scheduler=DDIMScheduler(steps_offset=1),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
     pipe.set_progress_bar_config(disable=True)
     embeds = torch.zeros(1, 4, 8)
-    return DiffusersInpainter(pipe, num_inference_steps=2, prompt_embeds=embeds, negative_prompt_embeds=embeds, guidance_scale=1.0)
+    return DiffusersInpainter(
+        pipe, num_inference_steps=2, prompt_embeds=embeds, negative_prompt_embeds=embeds, guidance_scale=1.0
+    )
 
 
 class FixedDetections:
     """Stands in for a transformers zero-shot-object-detection pipeline: same call and output format."""
 
     def __call__(self, image, candidate_labels, threshold):
-        return [{"label": candidate_labels[0], "score": 0.4, "box": {"xmin": 4, "ymin": 6, "xmax": 20, "ymax": 22}},
-                {"label": candidate_labels[-1], "score": 0.9, "box": {"xmin": 8, "ymin": 8, "xmax": 24, "ymax": 24}}]
+        return [
+            {
+                "label": candidate_labels[0],
+                "score": 0.4,
+                "box": {"xmin": 4, "ymin": 6, "xmax": 20, "ymax": 22},
+            },
+            {
+                "label": candidate_labels[-1],
+                "score": 0.9,
+                "box": {"xmin": 8, "ymin": 8, "xmax": 24, "ymax": 24},
+            },
+        ]
 
 
 def _photo():
@@ -80,11 +137,15 @@ def test_inpainter_regenerates_only_the_masked_region():
     mask.paste(255, (8, 8, 24, 24))
     result = np.asarray(tiny_inpainter().inpaint(photo, mask))
     keep = np.asarray(mask) == 0
-    assert np.array_equal(result[keep], np.asarray(photo)[keep]) and not np.array_equal(result[~keep], np.asarray(photo)[~keep])
+    assert np.array_equal(result[keep], np.asarray(photo)[keep]) and not np.array_equal(
+        result[~keep], np.asarray(photo)[~keep]
+    )
 
 
 def test_remove_subject_grows_the_mask_and_reports_the_detection():
-    target, mask, detection = remove_subject(_photo(), ["dog"], TransformersDetector(FixedDetections()), BoxSegmenter(), tiny_inpainter(), grow=2)
+    target, mask, detection = remove_subject(
+        _photo(), ["dog"], TransformersDetector(FixedDetections()), BoxSegmenter(), tiny_inpainter(), grow=2
+    )
     area = np.asarray(mask) > 0
     assert detection.label == "dog" and area[6:26, 6:26].all() and not area[:5].any()
     assert target.size == (32, 32)
@@ -92,7 +153,9 @@ def test_remove_subject_grows_the_mask_and_reports_the_detection():
 
 def _build_removal():
     generator = {"name": "test-removal", "version": "1", "config_hash": "t"}
-    return ModelRemoval(TransformersDetector(FixedDetections()), tiny_sam(), tiny_inpainter(), ["bird"], generator)
+    return ModelRemoval(
+        TransformersDetector(FixedDetections()), tiny_sam(), tiny_inpainter(), ["bird"], generator
+    )
 
 
 def test_removal_stage_turns_photos_into_masked_removal_triplets(tmp_path):
@@ -100,9 +163,19 @@ def test_removal_stage_turns_photos_into_masked_removal_triplets(tmp_path):
     photos.mkdir()
     for index in range(2):
         _photo().rotate(90 * index).save(photos / f"{index}.png")
-    source = generate_from_photos(tmp_path / "photos_store", photos, tasks=("tone_transformation",), executor=LocalExecutor(1), progress=False)
-    stage = removal_stage(_build_removal, {"detector": "fixed", "segmenter": "tiny-sam", "inpainter": "tiny-sd"})
-    out = transform_store(source.root, tmp_path / "removal", Pipeline((stage,)), LocalExecutor(1), progress=False)
+    source = generate_from_photos(
+        tmp_path / "photos_store",
+        photos,
+        tasks=("tone_transformation",),
+        executor=LocalExecutor(1),
+        progress=False,
+    )
+    stage = removal_stage(
+        _build_removal, {"detector": "fixed", "segmenter": "tiny-sam", "inpainter": "tiny-sd"}
+    )
+    out = transform_store(
+        source.root, tmp_path / "removal", Pipeline((stage,)), LocalExecutor(1), progress=False
+    )
     assert summarize(out)["per_task"] == {"subject_removal": 2}
     for record in out.iter_records():
         assert record["mask"] is not None and record["instruction_en"] == "Remove the bird."

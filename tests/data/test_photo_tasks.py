@@ -13,7 +13,9 @@ from step1x_edit.errors import DataFormatError, InvalidImageError
 
 def _photo(seed=0, size=(96, 72)):
     rng = np.random.default_rng(seed)
-    base = np.linspace(0, 255, size[0], dtype=np.float32)[None, :, None] * np.ones((size[1], 1, 3), np.float32)
+    base = np.linspace(0, 255, size[0], dtype=np.float32)[None, :, None] * np.ones(
+        (size[1], 1, 3), np.float32
+    )
     return Image.fromarray(np.clip(base + rng.normal(0, 20, base.shape), 0, 255).astype(np.uint8), "RGB")
 
 
@@ -64,11 +66,21 @@ def test_photo_folder_becomes_tone_and_style_triplets(tmp_path):
     for index in range(3):
         _photo(index).save(photos / f"p{index}.jpg")
     (tmp_path / "photos" / "notes.txt").write_text("not an image")
-    store = generate_from_photos(tmp_path / "store", tmp_path / "photos", license="CC-BY-4.0", executor=LocalExecutor(1), progress=False)
+    store = generate_from_photos(
+        tmp_path / "store",
+        tmp_path / "photos",
+        license="CC-BY-4.0",
+        executor=LocalExecutor(1),
+        progress=False,
+    )
     summary = summarize(store)
     assert summary["per_task"] == {"style_transfer": 3, "tone_transformation": 3}
     record = next(store.iter_records())
-    assert record["provenance"]["license"] == "CC-BY-4.0" and record["provenance"]["source_path"].endswith(".jpg")
+    assert record["provenance"]["license"] == "CC-BY-4.0" and record["provenance"]["source_path"].endswith(
+        ".jpg"
+    )
     assert all(sample.instruction_zh for sample in iter_samples(store.root, None))
     with pytest.raises(DataFormatError, match="without a model"):
-        generate_from_photos(tmp_path / "bad", tmp_path / "photos", tasks=("subject_removal",), progress=False)
+        generate_from_photos(
+            tmp_path / "bad", tmp_path / "photos", tasks=("subject_removal",), progress=False
+        )

@@ -37,7 +37,9 @@ SMALL = SyntheticConfig(resolution=(64, 96), shard_size=11)
 
 @pytest.fixture(scope="module")
 def small_store(tmp_path_factory):
-    return generate_dataset(tmp_path_factory.mktemp("store") / "synth", 44, SMALL, LocalExecutor(1), progress=False)
+    return generate_dataset(
+        tmp_path_factory.mktemp("store") / "synth", 44, SMALL, LocalExecutor(1), progress=False
+    )
 
 
 def test_generation_covers_all_eleven_categories_with_valid_pngs(small_store):
@@ -60,9 +62,27 @@ def test_two_workers_write_the_same_store_as_one(tmp_path, small_store):
 def test_killed_run_resumes_to_exactly_the_requested_samples(tmp_path):
     out = tmp_path / "killed"
     config = SyntheticConfig(resolution=(384, 384), shard_size=4)
-    command = [sys.executable, "-m", "step1x_edit.cli", "data", "generate", "--count", "40", "--out", str(out),
-               "--resolution", "384", "--shard-size", "4", "--workers", "1", "--quiet"]
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    command = [
+        sys.executable,
+        "-m",
+        "step1x_edit.cli",
+        "data",
+        "generate",
+        "--count",
+        "40",
+        "--out",
+        str(out),
+        "--resolution",
+        "384",
+        "--shard-size",
+        "4",
+        "--workers",
+        "1",
+        "--quiet",
+    ]
+    process = subprocess.Popen(
+        command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
     deadline = time.time() + 60
     while time.time() < deadline and process.poll() is None:
         if (out / "shards").is_dir() and any((out / "shards").glob("*.done.json")):
@@ -91,13 +111,21 @@ def test_rerun_skips_completed_shards_and_growing_count_keeps_old_samples(tmp_pa
     assert before == {p.name: p.stat().st_mtime_ns for p in (out / "shards").glob("*.parquet")}
     generate_dataset(out, 30, SMALL, LocalExecutor(1), progress=False)
     assert len(store) == 30
-    assert before == {p.name: p.stat().st_mtime_ns for p in (out / "shards").glob("*.parquet") if p.name in before}
+    assert before == {
+        p.name: p.stat().st_mtime_ns for p in (out / "shards").glob("*.parquet") if p.name in before
+    }
 
 
 def test_store_made_by_another_config_is_refused(tmp_path):
     generate_dataset(tmp_path / "s", 11, SMALL, LocalExecutor(1), progress=False)
     with pytest.raises(DataFormatError, match="different configuration"):
-        generate_dataset(tmp_path / "s", 11, SyntheticConfig(resolution=(64, 64), shard_size=11), LocalExecutor(1), progress=False)
+        generate_dataset(
+            tmp_path / "s",
+            11,
+            SyntheticConfig(resolution=(64, 64), shard_size=11),
+            LocalExecutor(1),
+            progress=False,
+        )
 
 
 def _identity(batch):
@@ -119,7 +147,9 @@ def test_split_is_deterministic_and_disjoint(small_store):
     train = {s.sample_id for s in iter_samples(small_store.root, "train", validation_fraction=0.3)}
     validation = {s.sample_id for s in iter_samples(small_store.root, "validation", validation_fraction=0.3)}
     assert train and validation and not train & validation and len(train | validation) == 44
-    assert validation == {s.sample_id for s in iter_samples(small_store.root, "validation", validation_fraction=0.3)}
+    assert validation == {
+        s.sample_id for s in iter_samples(small_store.root, "validation", validation_fraction=0.3)
+    }
     sample = next(iter_samples(small_store.root, None))
     assert isinstance(sample.source, Image.Image) and sample.source.mode == "RGB"
 
@@ -136,8 +166,12 @@ def test_official_json_export_imports_back_losslessly(tmp_path, small_store):
     for record in imported.iter_records():
         original = originals[os.path.basename(record["provenance"]["source_path"]).removesuffix("_src.png")]
         assert record["instruction_en"] == original["instruction_en"]
-        assert np.array_equal(np.asarray(decode_png(record["source_image"])), np.asarray(decode_png(original["source_image"])))
-        assert np.array_equal(np.asarray(decode_png(record["target_image"])), np.asarray(decode_png(original["target_image"])))
+        assert np.array_equal(
+            np.asarray(decode_png(record["source_image"])), np.asarray(decode_png(original["source_image"]))
+        )
+        assert np.array_equal(
+            np.asarray(decode_png(record["target_image"])), np.asarray(decode_png(original["target_image"]))
+        )
 
 
 def test_webdataset_export_writes_tar_shards_with_pngs_and_json(tmp_path, small_store):
@@ -156,7 +190,9 @@ def test_exact_duplicates_are_removed_by_content_hash(tmp_path):
     for name, color in (("a", (255, 0, 0)), ("b", (255, 0, 0)), ("c", (0, 0, 255))):
         Image.new("RGB", (64, 64), color).save(folder / "source" / f"{name}.png")
         Image.new("RGB", (64, 64), (0, 255, 0)).save(folder / "target" / f"{name}.png")
-    (folder / "instructions.jsonl").write_text("\n".join(json.dumps({"name": n, "instruction_en": "make it green"}) for n in "abc"))
+    (folder / "instructions.jsonl").write_text(
+        "\n".join(json.dumps({"name": n, "instruction_en": "make it green"}) for n in "abc")
+    )
     store = import_pair_folder(folder, tmp_path / "store", progress=False)
     assert len(store) == 2  # a and b are identical triplets
     assert deduplicate(store) == 0

@@ -54,7 +54,9 @@ def test_removed_object_reveals_exact_background():
         source, target = _arrays(sample)
         assert not np.array_equal(source[mask], target[mask])
         lone = Scene(160, 160, "light_gray", (Shape(**obj),))
-        assert (np.asarray(render(lone)) != np.asarray(render(replace(lone, shapes=())))).any(axis=2)[mask].all()
+        assert (
+            (np.asarray(render(lone)) != np.asarray(render(replace(lone, shapes=())))).any(axis=2)[mask].all()
+        )
 
 
 def test_color_alteration_recolours_exactly_the_object():
@@ -101,7 +103,9 @@ def test_resolution_and_aspect_ratio_are_configurable():
     sample = generate_sample("color_alteration", 1, resolution=256, aspect_ratios=(2.0,))
     width, height = sample.source.size
     assert width % 16 == 0 and height % 16 == 0 and width > height
-    sizes = {generate_sample("tone_transformation", seed, resolution=(128, 256)).source.size for seed in range(20)}
+    sizes = {
+        generate_sample("tone_transformation", seed, resolution=(128, 256)).source.size for seed in range(20)
+    }
     assert len(sizes) > 1 and all(128 <= w <= 256 for w, _ in sizes)
     with pytest.raises(ValueError, match="unknown task"):
         generate_sample("teleportation", 0)

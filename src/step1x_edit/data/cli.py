@@ -7,20 +7,37 @@ import json
 
 
 def _add_engine(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--engine", choices=("local", "ray"), default="local", help="executor (default: local processes)")
-    parser.add_argument("--workers", type=int, default=None, help="local worker processes (default: all cores)")
-    parser.add_argument("--ray-address", default=None, help="join an existing Ray cluster (e.g. 'auto' or ray://host:10001)")
-    parser.add_argument("--overwrite", action="store_true", help="replace an output store made with a different config")
+    parser.add_argument(
+        "--engine", choices=("local", "ray"), default="local", help="executor (default: local processes)"
+    )
+    parser.add_argument(
+        "--workers", type=int, default=None, help="local worker processes (default: all cores)"
+    )
+    parser.add_argument(
+        "--ray-address", default=None, help="join an existing Ray cluster (e.g. 'auto' or ray://host:10001)"
+    )
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace an output store made with a different config"
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
 def _add_endpoint(parser: argparse.ArgumentParser, required: bool) -> None:
-    parser.add_argument("--endpoint", required=required, help="OpenAI-compatible base URL, e.g. http://localhost:8000/v1")
+    parser.add_argument(
+        "--endpoint", required=required, help="OpenAI-compatible base URL, e.g. http://localhost:8000/v1"
+    )
     parser.add_argument("--model", default=None, help="model name served by the endpoint")
-    parser.add_argument("--api-key-env", default="OPENAI_API_KEY", help="environment variable holding the API key")
+    parser.add_argument(
+        "--api-key-env", default="OPENAI_API_KEY", help="environment variable holding the API key"
+    )
     parser.add_argument("--concurrency", type=int, default=8, help="requests in flight per worker")
     parser.add_argument("--timeout", type=float, default=120.0, help="seconds per request")
-    parser.add_argument("--max-retries", type=int, default=4, help="retries per request (timeouts, 429, 5xx, malformed replies)")
+    parser.add_argument(
+        "--max-retries",
+        type=int,
+        default=4,
+        help="retries per request (timeouts, 429, 5xx, malformed replies)",
+    )
 
 
 def _executor(args):
@@ -39,7 +56,9 @@ def _endpoint(args):
 
     if not args.model:
         raise Step1XEditError("--model is required with --endpoint")
-    return ChatEndpoint(args.endpoint, args.model, os.environ.get(args.api_key_env), args.timeout, args.max_retries)
+    return ChatEndpoint(
+        args.endpoint, args.model, os.environ.get(args.api_key_env), args.timeout, args.max_retries
+    )
 
 
 def _parse_resolution(text: str) -> tuple[int, int]:
@@ -71,13 +90,23 @@ def _generate(args) -> int:
     tasks = parse_tasks(args.tasks)
     if args.photos:
         photo_tasks = ("tone_transformation", "style_transfer") if args.tasks == "all" else tasks
-        store = generate_from_photos(args.out, args.photos, photo_tasks, args.seed, executor=_executor(args),
-                                     overwrite=args.overwrite, progress=not args.quiet, license=args.license)
+        store = generate_from_photos(
+            args.out,
+            args.photos,
+            photo_tasks,
+            args.seed,
+            executor=_executor(args),
+            overwrite=args.overwrite,
+            progress=not args.quiet,
+            license=args.license,
+        )
     else:
         if args.count is None:
             raise SystemExit("step1x-edit data generate: error: --count is required (or --photos DIR)")
         config = SyntheticConfig(tasks, args.resolution, args.aspect, args.seed, args.shard_size)
-        store = generate_dataset(args.out, args.count, config, _executor(args), args.overwrite, not args.quiet)
+        store = generate_dataset(
+            args.out, args.count, config, _executor(args), args.overwrite, not args.quiet
+        )
     summary = summarize(store)
     print(f"{summary['total']} samples in {summary['shards']} shards at {store.root}")
     return 0
@@ -89,7 +118,9 @@ def _annotate(args) -> int:
     from .stages import Pipeline
 
     stage = annotate_stage(_endpoint(args), concurrency=args.concurrency, actors=args.actors)
-    store = transform_store(args.input, args.out, Pipeline((stage,)), _executor(args), args.overwrite, not args.quiet)
+    store = transform_store(
+        args.input, args.out, Pipeline((stage,)), _executor(args), args.overwrite, not args.quiet
+    )
     print(f"annotated {len(store)} samples into {store.root}")
     return 0
 
@@ -103,10 +134,16 @@ def _filter(args) -> int:
 
     stages = [checks_stage(args.min_side, args.max_outside_change)]
     if args.endpoint:
-        stages.append(verify_stage(_endpoint(args), args.min_score, args.language, args.concurrency, args.actors))
-    store = transform_store(args.input, args.out, Pipeline(tuple(stages)), _executor(args), args.overwrite, not args.quiet)
+        stages.append(
+            verify_stage(_endpoint(args), args.min_score, args.language, args.concurrency, args.actors)
+        )
+    store = transform_store(
+        args.input, args.out, Pipeline(tuple(stages)), _executor(args), args.overwrite, not args.quiet
+    )
     summary = summarize(store)
-    print(f"{summary['total']} samples, {summary['rejected']} rejected: {json.dumps(summary['reject_reasons'])}")
+    print(
+        f"{summary['total']} samples, {summary['rejected']} rejected: {json.dumps(summary['reject_reasons'])}"
+    )
     return 0
 
 
@@ -123,7 +160,9 @@ def _inspect(args) -> int:
     if args.json:
         print(json.dumps(summary, indent=2, ensure_ascii=False))
         return 0
-    print(f"{store.root}: {summary['total']} samples in {summary['shards']} shards, {summary['rejected']} rejected")
+    print(
+        f"{store.root}: {summary['total']} samples in {summary['shards']} shards, {summary['rejected']} rejected"
+    )
     for task, count in summary["per_task"].items():
         print(f"  {task:24s} {count:8d}   rejected {summary['rejected_per_task'].get(task, 0)}")
     for reason, count in summary["reject_reasons"].items():
@@ -140,10 +179,19 @@ def _export(args) -> int:
 
     split = None if args.split == "all" else args.split
     if args.format == "webdataset":
-        paths = export_webdataset(args.store, args.out, args.samples_per_shard, args.include_rejected, split, progress=not args.quiet)
+        paths = export_webdataset(
+            args.store,
+            args.out,
+            args.samples_per_shard,
+            args.include_rejected,
+            split,
+            progress=not args.quiet,
+        )
         print(f"wrote {len(paths)} WebDataset shards to {args.out}")
     else:
-        path = export_official_json(args.store, args.out, args.language, args.include_rejected, split, progress=not args.quiet)
+        path = export_official_json(
+            args.store, args.out, args.language, args.include_rejected, split, progress=not args.quiet
+        )
         print(f"wrote {path}")
     return 0
 
@@ -152,9 +200,19 @@ def _import(args) -> int:
     from .interchange import import_official_json, import_pair_folder
 
     if args.format == "official-json":
-        store = import_official_json(args.source, args.out, args.task, args.language, args.license, overwrite=args.overwrite, progress=not args.quiet)
+        store = import_official_json(
+            args.source,
+            args.out,
+            args.task,
+            args.language,
+            args.license,
+            overwrite=args.overwrite,
+            progress=not args.quiet,
+        )
     else:
-        store = import_pair_folder(args.source, args.out, args.task, args.license, overwrite=args.overwrite, progress=not args.quiet)
+        store = import_pair_folder(
+            args.source, args.out, args.task, args.license, overwrite=args.overwrite, progress=not args.quiet
+        )
     print(f"imported {len(store)} samples into {store.root}")
     return 0
 
@@ -174,20 +232,42 @@ def register(subcommands: argparse._SubParsersAction) -> None:
     data = subcommands.add_parser("data", help="make, annotate, filter, inspect and export editing data")
     commands = data.add_subparsers(dest="data_command", required=True, metavar="DATA_COMMAND")
 
-    generate = commands.add_parser("generate", help="generate synthetic triplets (or model-free edits of a photo folder)")
-    generate.add_argument("--tasks", default="all", help=f"'all' or a comma-separated subset of: {', '.join(TASKS)}")
-    generate.add_argument("--count", type=int, default=None, help="number of triplets (the task of sample i is tasks[i % n])")
-    generate.add_argument("--out", required=True, help="output store directory (rerun the same command to resume)")
-    generate.add_argument("--resolution", type=_parse_resolution, default=(128, 256), help="side N or range MIN-MAX (default 128-256)")
-    generate.add_argument("--aspect", type=_parse_aspects, default=(1.0,), help="aspect ratios W:H, comma-separated (default 1:1)")
+    generate = commands.add_parser(
+        "generate", help="generate synthetic triplets (or model-free edits of a photo folder)"
+    )
+    generate.add_argument(
+        "--tasks", default="all", help=f"'all' or a comma-separated subset of: {', '.join(TASKS)}"
+    )
+    generate.add_argument(
+        "--count", type=int, default=None, help="number of triplets (the task of sample i is tasks[i % n])"
+    )
+    generate.add_argument(
+        "--out", required=True, help="output store directory (rerun the same command to resume)"
+    )
+    generate.add_argument(
+        "--resolution",
+        type=_parse_resolution,
+        default=(128, 256),
+        help="side N or range MIN-MAX (default 128-256)",
+    )
+    generate.add_argument(
+        "--aspect",
+        type=_parse_aspects,
+        default=(1.0,),
+        help="aspect ratios W:H, comma-separated (default 1:1)",
+    )
     generate.add_argument("--seed", type=int, default=0)
     generate.add_argument("--shard-size", type=int, default=256, help="samples per Parquet shard")
-    generate.add_argument("--photos", default=None, help="folder of photos: make tone/style triplets from them instead")
+    generate.add_argument(
+        "--photos", default=None, help="folder of photos: make tone/style triplets from them instead"
+    )
     generate.add_argument("--license", default=None, help="licence recorded for --photos sources")
     _add_engine(generate)
     generate.set_defaults(handler=_generate)
 
-    annotate = commands.add_parser("annotate", help="rewrite instructions with a multi-round MLLM conversation")
+    annotate = commands.add_parser(
+        "annotate", help="rewrite instructions with a multi-round MLLM conversation"
+    )
     annotate.add_argument("input", help="input store")
     annotate.add_argument("--out", required=True, help="output store")
     annotate.add_argument("--actors", type=int, default=1, help="model actors (Ray engine)")
@@ -195,13 +275,24 @@ def register(subcommands: argparse._SubParsersAction) -> None:
     _add_engine(annotate)
     annotate.set_defaults(handler=_annotate)
 
-    filter_ = commands.add_parser("filter", help="cheap checks, then an optional MLLM verifier; rejects keep their reasons")
+    filter_ = commands.add_parser(
+        "filter", help="cheap checks, then an optional MLLM verifier; rejects keep their reasons"
+    )
     filter_.add_argument("input", help="input store")
     filter_.add_argument("--out", required=True, help="output store")
     filter_.add_argument("--min-side", type=int, default=64)
-    filter_.add_argument("--max-outside-change", type=float, default=0.0, help="largest changed fraction allowed outside the mask")
-    filter_.add_argument("--min-score", type=float, default=6.0, help="MLLM score below which a sample is rejected")
-    filter_.add_argument("--language", choices=("en", "zh"), default="en", help="instruction shown to the verifier")
+    filter_.add_argument(
+        "--max-outside-change",
+        type=float,
+        default=0.0,
+        help="largest changed fraction allowed outside the mask",
+    )
+    filter_.add_argument(
+        "--min-score", type=float, default=6.0, help="MLLM score below which a sample is rejected"
+    )
+    filter_.add_argument(
+        "--language", choices=("en", "zh"), default="en", help="instruction shown to the verifier"
+    )
     filter_.add_argument("--actors", type=int, default=1, help="model actors (Ray engine)")
     _add_endpoint(filter_, required=False)
     _add_engine(filter_)
@@ -215,11 +306,15 @@ def register(subcommands: argparse._SubParsersAction) -> None:
     inspect.add_argument("--json", action="store_true", help="print the summary as JSON")
     inspect.set_defaults(handler=_inspect)
 
-    export = commands.add_parser("export", help="export to WebDataset shards or the official fine-tuning JSON")
+    export = commands.add_parser(
+        "export", help="export to WebDataset shards or the official fine-tuning JSON"
+    )
     export.add_argument("store")
     export.add_argument("--format", choices=("webdataset", "official-json"), required=True)
     export.add_argument("--out", required=True)
-    export.add_argument("--language", choices=("en", "zh"), default="en", help="caption language (official-json)")
+    export.add_argument(
+        "--language", choices=("en", "zh"), default="en", help="caption language (official-json)"
+    )
     export.add_argument("--split", choices=("all", "train", "validation"), default="all")
     export.add_argument("--samples-per-shard", type=int, default=1000)
     export.add_argument("--include-rejected", action="store_true")
@@ -231,7 +326,9 @@ def register(subcommands: argparse._SubParsersAction) -> None:
     import_.add_argument("--format", choices=("official-json", "pairs"), required=True)
     import_.add_argument("--out", required=True)
     import_.add_argument("--task", default="unknown", help="task recorded for every sample")
-    import_.add_argument("--language", choices=("en", "zh"), default="en", help="language of the captions (official-json)")
+    import_.add_argument(
+        "--language", choices=("en", "zh"), default="en", help="language of the captions (official-json)"
+    )
     import_.add_argument("--license", default=None)
     import_.add_argument("--overwrite", action="store_true")
     import_.add_argument("--quiet", action="store_true")

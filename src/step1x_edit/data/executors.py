@@ -8,6 +8,7 @@ rows by ``sample_id``, so the same input gives the same store with either execut
 
 from __future__ import annotations
 
+import functools
 import os
 import pickle
 from collections.abc import Sequence
@@ -75,7 +76,9 @@ def _init_worker(pipeline: Pipeline) -> None:
     _WORKER_FNS = [stage.build() for stage in pipeline.stages]
 
 
-def _process_shard(pipeline: Pipeline, fns: Sequence[BatchFn], shard: ShardSpec, store: Store) -> dict[str, Any]:
+def _process_shard(
+    pipeline: Pipeline, fns: Sequence[BatchFn], shard: ShardSpec, store: Store
+) -> dict[str, Any]:
     records = shard.load()
     for stage, fn in zip(pipeline.stages, fns, strict=True):
         records = apply_stage(fn, stage, records)
@@ -128,7 +131,8 @@ def _shard_size(shard: ShardSpec) -> int:
 
 def _to_rows(shard_index: int, records: list[Record]) -> list[dict[str, Any]]:
     return [
-        {"_shard": shard_index, "_row": row, "_payload": pickle.dumps(record)} for row, record in enumerate(records)
+        {"_shard": shard_index, "_row": row, "_payload": pickle.dumps(record)}
+        for row, record in enumerate(records)
     ]
 
 
@@ -140,23 +144,14 @@ def _apply_to_table(stage, fn: BatchFn, table: pa.Table) -> pa.Table:
     return table.set_column(table.schema.get_field_index("_payload"), "_payload", payloads)
 
 
-class _ShardLoader:
-    def __init__(self, shards: Sequence[ShardSpec]):
-        self.shards = list(shards)
-
-    def __call__(self, item: dict[str, Any]) -> list[dict[str, Any]]:
-        index = int(item["shard"])
-        return _to_rows(index, self.shards[index].load())
+def _load_shard(shards: Sequence[ShardSpec], item: dict[str, Any]) -> list[dict[str, Any]]:
+    index = int(item["shard"])
+    return _to_rows(index, shards[index].load())
 
 
-class _TaskStage:
-    """A plain stage as a Ray task function."""
-
-    def __init__(self, stage):
-        self.stage = stage
-
-    def __call__(self, table: pa.Table) -> pa.Table:
-        return _apply_to_table(self.stage, self.stage.fn, table)
+def _task_stage(stage, table: pa.Table) -> pa.Table:
+    """A plain stage as a Ray task."""
+    return _apply_to_table(stage, stage.fn, table)
 
 
 class _ActorStage:
@@ -170,18 +165,12 @@ class _ActorStage:
         return _apply_to_table(self.stage, self.fn, table)
 
 
-class _ShardWriter:
-    def __init__(self, shards: Sequence[ShardSpec], store: Store, config_hash: str):
-        self.shards = list(shards)
-        self.store = store
-        self.config_hash = config_hash
-
-    def __call__(self, table: pa.Table) -> pa.Table:
-        table = table.sort_by("_row")
-        shard = self.shards[table.column("_shard")[0].as_py()]
-        records = [pickle.loads(payload) for payload in table.column("_payload").to_pylist()]
-        marker = self.store.write_shard(shard.name, records, shard.key, self.config_hash)
-        return pa.table({"shard": [marker["shard"]], "rows": [marker["rows"]]})
+def _write_group(shards: Sequence[ShardSpec], store: Store, config_hash: str, table: pa.Table) -> pa.Table:
+    table = table.sort_by("_row")
+    shard = shards[table.column("_shard")[0].as_py()]
+    records = [pickle.loads(payload) for payload in table.column("_payload").to_pylist()]
+    marker = store.write_shard(shard.name, records, shard.key, config_hash)
+    return pa.table({"shard": [marker["shard"]], "rows": [marker["rows"]]})
 
 
 class RayExecutor:
@@ -209,7 +198,7 @@ class RayExecutor:
         context = ray.data.DataContext.get_current()
         context.enable_progress_bars = progress
         dataset = ray.data.from_items([{"shard": index} for index in range(len(shards))])
-        dataset = dataset.flat_map(_ShardLoader(shards))
+        dataset = dataset.flat_map(functools.partial(_load_shard, list(shards)))
         for stage in pipeline.stages:
             resources = stage.resources
             common = {"batch_size": stage.batch_size, "batch_format": "pyarrow", "num_cpus": resources.cpus}
@@ -220,7 +209,9 @@ class RayExecutor:
                     _ActorStage, fn_constructor_args=(stage,), concurrency=resources.concurrency, **common
                 )
             else:
-                dataset = dataset.map_batches(_TaskStage(stage), **common)
-        writer = _ShardWriter(shards, store, store.config_hash)
+                dataset = dataset.map_batches(functools.partial(_task_stage, stage), **common)
+        writer = functools.partial(_write_group, list(shards), store, store.config_hash)
         rows = dataset.groupby("_shard").map_groups(writer, batch_format="pyarrow").take_all()
-        return [{"shard": row["shard"], "rows": row["rows"]} for row in sorted(rows, key=lambda row: row["shard"])]
+        return [
+            {"shard": row["shard"], "rows": row["rows"]} for row in sorted(rows, key=lambda row: row["shard"])
+        ]

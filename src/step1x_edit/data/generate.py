@@ -31,7 +31,13 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 
 def parse_tasks(tasks: str | Sequence[str]) -> tuple[str, ...]:
     """``"all"`` or a comma-separated list (or a sequence) of task names, validated."""
-    names = list(TASKS) if tasks == "all" else [t.strip() for t in tasks.split(",")] if isinstance(tasks, str) else list(tasks)
+    names = (
+        list(TASKS)
+        if tasks == "all"
+        else [t.strip() for t in tasks.split(",")]
+        if isinstance(tasks, str)
+        else list(tasks)
+    )
     unknown = [name for name in names if name not in TASKS]
     if unknown or not names:
         raise DataFormatError(f"unknown task(s) {unknown or names}; choose from: all, {', '.join(TASKS)}")
@@ -68,7 +74,9 @@ class RenderSynthetic:
     def __call__(self, batch: list[Record]) -> list[Record]:
         out = []
         for seed_record in batch:
-            sample = generate_sample(seed_record["task"], seed_record["seed"], self.config.resolution, self.config.aspect_ratios)
+            sample = generate_sample(
+                seed_record["task"], seed_record["seed"], self.config.resolution, self.config.aspect_ratios
+            )
             out.append(
                 make_record(
                     sample_id=seed_record["sample_id"],
@@ -92,8 +100,13 @@ def synthetic_pipeline(config: SyntheticConfig) -> tuple[Pipeline, str]:
     fingerprint = {"generator": SYNTHETIC_GENERATOR, "version": SYNTHETIC_VERSION, **asdict(config)}
     config_hash = stable_hash(fingerprint, length=12)
     generator = {"name": SYNTHETIC_GENERATOR, "version": SYNTHETIC_VERSION, "config_hash": config_hash}
-    stage = Stage("render_synthetic", RenderSynthetic(config, generator), version=SYNTHETIC_VERSION,
-                  config=fingerprint, batch_size=64)
+    stage = Stage(
+        "render_synthetic",
+        RenderSynthetic(config, generator),
+        version=SYNTHETIC_VERSION,
+        config=fingerprint,
+        batch_size=64,
+    )
     return Pipeline((stage,)), config_hash
 
 
@@ -112,7 +125,11 @@ def plan_synthetic(count: int, config: SyntheticConfig, config_hash: str) -> lis
             }
             for index in indices
         )
-        shards.append(ShardSpec(f"part-{start // config.shard_size:05d}", stable_hash(indices.start, indices.stop), records))
+        shards.append(
+            ShardSpec(
+                f"part-{start // config.shard_size:05d}", stable_hash(indices.start, indices.stop), records
+            )
+        )
     return shards
 
 
@@ -126,8 +143,13 @@ def generate_dataset(
 ) -> Store:
     """Generate ``count`` synthetic triplets into ``out_dir`` (resumable; see the module docstring)."""
     pipeline, config_hash = synthetic_pipeline(config)
-    manifest = {"config_hash": config_hash, "generator": SYNTHETIC_GENERATOR, "version": SYNTHETIC_VERSION,
-                "config": asdict(config), "pipeline": pipeline.fingerprint()[0]["name"]}
+    manifest = {
+        "config_hash": config_hash,
+        "generator": SYNTHETIC_GENERATOR,
+        "version": SYNTHETIC_VERSION,
+        "config": asdict(config),
+        "pipeline": pipeline.fingerprint()[0]["name"],
+    }
     store = Store.create(out_dir, manifest, overwrite=overwrite)
     run_pipeline(pipeline, plan_synthetic(count, config, config_hash), store, executor, progress)
     deduplicate(store)
@@ -162,9 +184,15 @@ class RenderPhotoOps:
                 target, (_, en, zh) = apply_style(image, op), STYLES[op]
             out.append(
                 make_record(
-                    sample_id=item["sample_id"], task=item["task"], source=image, target=target,
-                    instruction_en=rng.choice(en), instruction_zh=rng.choice(zh), generator=self.generator,
-                    seed=item["seed"], provenance={"source_path": item["path"], "license": item.get("license")},
+                    sample_id=item["sample_id"],
+                    task=item["task"],
+                    source=image,
+                    target=target,
+                    instruction_en=rng.choice(en),
+                    instruction_zh=rng.choice(zh),
+                    generator=self.generator,
+                    seed=item["seed"],
+                    provenance={"source_path": item["path"], "license": item.get("license")},
                     meta={"op": op},
                 )
             )
@@ -193,23 +221,50 @@ def generate_from_photos(
     paths = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
     if not paths:
         raise DataFormatError(f"no images ({', '.join(IMAGE_SUFFIXES)}) under {root}")
-    fingerprint = {"generator": FOLDER_GENERATOR, "version": FOLDER_VERSION, "tasks": list(tasks), "seed": seed,
-                   "max_side": max_side, "shard_size": shard_size, "root": str(root.resolve())}
+    fingerprint = {
+        "generator": FOLDER_GENERATOR,
+        "version": FOLDER_VERSION,
+        "tasks": list(tasks),
+        "seed": seed,
+        "max_side": max_side,
+        "shard_size": shard_size,
+        "root": str(root.resolve()),
+    }
     config_hash = stable_hash(fingerprint, length=12)
     generator = {"name": FOLDER_GENERATOR, "version": FOLDER_VERSION, "config_hash": config_hash}
     items = []
     for path in paths:
         relative = str(path.relative_to(root))
         for task in tasks:
-            items.append({"sample_id": f"{config_hash[:8]}-{hashlib.sha1(f'{relative}:{task}'.encode()).hexdigest()[:16]}",
-                          "task": task, "seed": stable_int(seed, relative, task), "path": str(path), "license": license})
+            items.append(
+                {
+                    "sample_id": f"{config_hash[:8]}-{hashlib.sha1(f'{relative}:{task}'.encode()).hexdigest()[:16]}",
+                    "task": task,
+                    "seed": stable_int(seed, relative, task),
+                    "path": str(path),
+                    "license": license,
+                }
+            )
     shards = []
     for start in range(0, len(items), shard_size):
         chunk = tuple(items[start : start + shard_size])
-        key = stable_hash([(item["path"], os.path.getsize(item["path"]), os.path.getmtime(item["path"]), item["task"]) for item in chunk])
+        key = stable_hash(
+            [
+                (item["path"], os.path.getsize(item["path"]), os.path.getmtime(item["path"]), item["task"])
+                for item in chunk
+            ]
+        )
         shards.append(ShardSpec(f"part-{start // shard_size:05d}", key, chunk))
-    stage = Stage("photo_ops", RenderPhotoOps(generator, max_side), version=FOLDER_VERSION, config=fingerprint, batch_size=8)
-    store = Store.create(out_dir, {"config_hash": config_hash, "generator": FOLDER_GENERATOR, "config": fingerprint}, overwrite)
+    stage = Stage(
+        "photo_ops",
+        RenderPhotoOps(generator, max_side),
+        version=FOLDER_VERSION,
+        config=fingerprint,
+        batch_size=8,
+    )
+    store = Store.create(
+        out_dir, {"config_hash": config_hash, "generator": FOLDER_GENERATOR, "config": fingerprint}, overwrite
+    )
     run_pipeline(Pipeline((stage,)), shards, store, executor, progress)
     deduplicate(store)
     return store
@@ -232,11 +287,21 @@ def transform_store(
     if Path(input_dir).resolve() == Path(out_dir).resolve():
         raise DataFormatError("the output store must be a different directory from the input store")
     config_hash = pipeline.config_hash({"parent": parent["config_hash"], **(extra or {})})
-    manifest = {"config_hash": config_hash, "parent": {"path": str(Path(input_dir).resolve()), "config_hash": parent["config_hash"]},
-                "pipeline": pipeline.fingerprint(), "generator": parent.get("generator")}
+    manifest = {
+        "config_hash": config_hash,
+        "parent": {"path": str(Path(input_dir).resolve()), "config_hash": parent["config_hash"]},
+        "pipeline": pipeline.fingerprint(),
+        "generator": parent.get("generator"),
+    }
     store = Store.create(out_dir, manifest, overwrite=overwrite)
-    shards = [ShardSpec(info.name, stable_hash(info.key, info.rows, _file_sha(source.marker_path(info.name))), input_path=str(info.path))
-              for info in source.shards()]
+    shards = [
+        ShardSpec(
+            info.name,
+            stable_hash(info.key, info.rows, _file_sha(source.marker_path(info.name))),
+            input_path=str(info.path),
+        )
+        for info in source.shards()
+    ]
     run_pipeline(pipeline, shards, store, executor, progress)
     return store
 

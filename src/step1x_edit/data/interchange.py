@@ -27,7 +27,9 @@ IMPORT_GENERATOR = "step1x-edit-import"
 IMPORT_VERSION = "1.0"
 
 
-def _accepted(store: Store, include_rejected: bool, split: str | None, validation_fraction: float) -> Iterator[dict[str, Any]]:
+def _accepted(
+    store: Store, include_rejected: bool, split: str | None, validation_fraction: float
+) -> Iterator[dict[str, Any]]:
     for record in store.iter_records():
         if record["reject_reasons"] and not include_rejected:
             continue
@@ -54,7 +56,12 @@ def export_webdataset(
     tar: tarfile.TarFile | None = None
     count = 0
     try:
-        for record in tqdm(_accepted(store, include_rejected, split, validation_fraction), total=len(store), disable=not progress, unit="sample"):
+        for record in tqdm(
+            _accepted(store, include_rejected, split, validation_fraction),
+            total=len(store),
+            disable=not progress,
+            unit="sample",
+        ):
             if count % samples_per_shard == 0:
                 if tar is not None:
                     tar.close()
@@ -62,8 +69,23 @@ def export_webdataset(
                 paths.append(out / f"shard-{len(paths):05d}.tar")
                 tar = tarfile.open(paths[-1].with_suffix(".tar.tmp"), "w")
             key = record["sample_id"].replace(".", "_")
-            meta = {k: record[k] for k in ("sample_id", "task", "instruction_en", "instruction_zh", "generator", "seed",
-                                           "scores", "score_reasons", "reject_reasons", "provenance", "width", "height")}
+            meta = {
+                k: record[k]
+                for k in (
+                    "sample_id",
+                    "task",
+                    "instruction_en",
+                    "instruction_zh",
+                    "generator",
+                    "seed",
+                    "scores",
+                    "score_reasons",
+                    "reject_reasons",
+                    "provenance",
+                    "width",
+                    "height",
+                )
+            }
             meta["meta"] = json.loads(record["meta"] or "{}")
             members = [("src.png", record["source_image"]), ("tgt.png", record["target_image"])]
             if record["mask"] is not None:
@@ -99,7 +121,12 @@ def export_official_json(
     images = out / "images"
     images.mkdir(parents=True, exist_ok=True)
     metadata: dict[str, dict[str, str]] = {}
-    for record in tqdm(_accepted(store, include_rejected, split, validation_fraction), total=len(store), disable=not progress, unit="sample"):
+    for record in tqdm(
+        _accepted(store, include_rejected, split, validation_fraction),
+        total=len(store),
+        disable=not progress,
+        unit="sample",
+    ):
         caption = record[f"instruction_{language}"]
         if not caption:
             continue
@@ -112,9 +139,13 @@ def export_official_json(
     return path
 
 
-def _write_import(out_dir, records: list[dict[str, Any]], fingerprint: dict[str, Any], shard_size: int, overwrite: bool) -> Store:
+def _write_import(
+    out_dir, records: list[dict[str, Any]], fingerprint: dict[str, Any], shard_size: int, overwrite: bool
+) -> Store:
     config_hash = stable_hash(fingerprint, length=12)
-    store = Store.create(out_dir, {"config_hash": config_hash, "generator": IMPORT_GENERATOR, "config": fingerprint}, overwrite)
+    store = Store.create(
+        out_dir, {"config_hash": config_hash, "generator": IMPORT_GENERATOR, "config": fingerprint}, overwrite
+    )
     names = []
     for start in range(0, len(records), shard_size):
         name = f"part-{start // shard_size:05d}"
@@ -126,7 +157,16 @@ def _write_import(out_dir, records: list[dict[str, Any]], fingerprint: dict[str,
     return store
 
 
-def _import_record(source_path: Path, target_path: Path, en: str, zh: str, task: str, mask_path: Path | None, license: str | None, fingerprint_hash: str) -> dict[str, Any]:
+def _import_record(
+    source_path: Path,
+    target_path: Path,
+    en: str,
+    zh: str,
+    task: str,
+    mask_path: Path | None,
+    license: str | None,
+    fingerprint_hash: str,
+) -> dict[str, Any]:
     from ..image_io import load_image
 
     source, target = load_image(source_path), load_image(target_path)
@@ -139,9 +179,16 @@ def _import_record(source_path: Path, target_path: Path, en: str, zh: str, task:
         mask = Image.open(mask_path).convert("L").resize(source.size, Image.Resampling.NEAREST)
     generator = {"name": IMPORT_GENERATOR, "version": IMPORT_VERSION, "config_hash": fingerprint_hash}
     return make_record(
-        sample_id=f"import-{stable_hash(str(source_path), str(target_path), en)}", task=task, source=source, target=target,
-        instruction_en=en, instruction_zh=zh, generator=generator, mask=mask,
-        provenance={"source_path": str(source_path), "license": license}, meta={"target_path": str(target_path)},
+        sample_id=f"import-{stable_hash(str(source_path), str(target_path), en)}",
+        task=task,
+        source=source,
+        target=target,
+        instruction_en=en,
+        instruction_zh=zh,
+        generator=generator,
+        mask=mask,
+        provenance={"source_path": str(source_path), "license": license},
+        meta={"target_path": str(target_path)},
     )
 
 
@@ -163,7 +210,13 @@ def import_official_json(
         raise DataFormatError(f"cannot read metadata JSON {path}: {error}") from error
     if not isinstance(metadata, dict):
         raise DataFormatError(f"{path} must map target paths to {{'ref_image_path', 'caption'}} objects")
-    fingerprint = {"kind": "official-json", "path": str(path.resolve()), "task": task, "language": language, "license": license}
+    fingerprint = {
+        "kind": "official-json",
+        "path": str(path.resolve()),
+        "task": task,
+        "language": language,
+        "license": license,
+    }
     fp_hash = stable_hash(fingerprint, length=12)
     records = []
     for target, entry in tqdm(sorted(metadata.items()), disable=not progress, unit="sample"):
@@ -171,7 +224,18 @@ def import_official_json(
             raise DataFormatError(f"{path}: entry {target!r} needs 'ref_image_path' and 'caption'")
         caption = str(entry["caption"])
         en, zh = (caption, "") if language == "en" else ("", caption)
-        records.append(_import_record(path.parent / entry["ref_image_path"], path.parent / target, en, zh, task, None, license, fp_hash))
+        records.append(
+            _import_record(
+                path.parent / entry["ref_image_path"],
+                path.parent / target,
+                en,
+                zh,
+                task,
+                None,
+                license,
+                fp_hash,
+            )
+        )
     return _write_import(out_dir, records, fingerprint, shard_size, overwrite)
 
 
@@ -199,17 +263,31 @@ def import_pair_folder(
                     entry = json.loads(line)
                     instructions[str(entry["name"])] = entry
                 except (json.JSONDecodeError, KeyError, TypeError) as error:
-                    raise DataFormatError(f"{listing}:{number}: expected a JSON object with 'name': {error}") from error
+                    raise DataFormatError(
+                        f"{listing}:{number}: expected a JSON object with 'name': {error}"
+                    ) from error
     fingerprint = {"kind": "pair-folder", "path": str(root.resolve()), "task": task, "license": license}
     fp_hash = stable_hash(fingerprint, length=12)
     records = []
-    for source in tqdm(sorted(p for p in source_dir.iterdir() if p.is_file()), disable=not progress, unit="sample"):
+    for source in tqdm(
+        sorted(p for p in source_dir.iterdir() if p.is_file()), disable=not progress, unit="sample"
+    ):
         if source.stem not in targets:
             raise DataFormatError(f"{source} has no target with the same name in {target_dir}")
         entry = instructions.get(source.stem, {})
         mask = root / "masks" / f"{source.stem}.png"
-        records.append(_import_record(source, targets[source.stem], entry.get("instruction_en", ""), entry.get("instruction_zh", ""),
-                                      entry.get("task", task), mask if mask.is_file() else None, license, fp_hash))
+        records.append(
+            _import_record(
+                source,
+                targets[source.stem],
+                entry.get("instruction_en", ""),
+                entry.get("instruction_zh", ""),
+                entry.get("task", task),
+                mask if mask.is_file() else None,
+                license,
+                fp_hash,
+            )
+        )
     if not records:
         raise DataFormatError(f"no images in {source_dir}")
     return _write_import(out_dir, records, fingerprint, shard_size, overwrite)

@@ -86,7 +86,9 @@ class Store:
     def manifest(self) -> dict[str, Any]:
         path = self.root / MANIFEST
         if not path.is_file():
-            raise DataFormatError(f"{self.root} is not a data store (no {MANIFEST}); create one with `data generate`")
+            raise DataFormatError(
+                f"{self.root} is not a data store (no {MANIFEST}); create one with `data generate`"
+            )
         try:
             manifest = json.loads(path.read_text(encoding="utf-8"))
         except json.JSONDecodeError as error:
@@ -117,7 +119,9 @@ class Store:
             return False
         return data.get("key") == key and data.get("config_hash") == self.config_hash
 
-    def write_shard(self, name: str, records: list[dict[str, Any]], key: str, config_hash: str) -> dict[str, Any]:
+    def write_shard(
+        self, name: str, records: list[dict[str, Any]], key: str, config_hash: str
+    ) -> dict[str, Any]:
         """Write ``records`` as shard ``name`` atomically, then its marker. Returns the marker contents."""
         records = sorted(records, key=lambda record: record["sample_id"])
         table = records_to_table(records)
@@ -269,7 +273,9 @@ def summarize(store: Store) -> dict[str, Any]:
     }
 
 
-def contact_sheet(store: Store, path: str | os.PathLike, count: int = 12, seed: int = 0, cell: int = 160) -> Path:
+def contact_sheet(
+    store: Store, path: str | os.PathLike, count: int = 12, seed: int = 0, cell: int = 160
+) -> Path:
     """Write a PNG grid of ``count`` random samples (source | target, task and instruction underneath)."""
     from PIL import ImageDraw, ImageFont
 

@@ -42,7 +42,12 @@ class ChatEndpoint:
     max_tokens: int = 512
 
     def fingerprint(self) -> dict[str, Any]:
-        return {"base_url": self.base_url, "model": self.model, "temperature": self.temperature, "max_tokens": self.max_tokens}
+        return {
+            "base_url": self.base_url,
+            "model": self.model,
+            "temperature": self.temperature,
+            "max_tokens": self.max_tokens,
+        }
 
 
 def image_part(image: Image.Image) -> dict[str, Any]:
@@ -90,9 +95,19 @@ class ChatClient:
 
     def _retryable(self, error: Exception) -> bool:
         errors = self._openai
-        return isinstance(error, (errors.RateLimitError, errors.APITimeoutError, errors.APIConnectionError, errors.InternalServerError))
+        return isinstance(
+            error,
+            (
+                errors.RateLimitError,
+                errors.APITimeoutError,
+                errors.APIConnectionError,
+                errors.InternalServerError,
+            ),
+        )
 
-    def complete(self, messages: list[dict[str, Any]], parse: Callable[[str], Any] = lambda text: text) -> Any:
+    def complete(
+        self, messages: list[dict[str, Any]], parse: Callable[[str], Any] = lambda text: text
+    ) -> Any:
         """Send ``messages`` and return ``parse(reply_text)``; retry transient failures and parse errors."""
         last = "no attempt made"
         for attempt in range(self.endpoint.max_retries + 1):

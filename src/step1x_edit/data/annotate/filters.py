@@ -15,7 +15,12 @@ from ..stages import Record, Stage
 CHECKS_VERSION = "1"
 
 
-def check_triplets(batch: list[Record], min_side: int = 64, max_outside_change: float = 0.0, languages: tuple[str, ...] = ("en", "zh")) -> list[Record]:
+def check_triplets(
+    batch: list[Record],
+    min_side: int = 64,
+    max_outside_change: float = 0.0,
+    languages: tuple[str, ...] = ("en", "zh"),
+) -> list[Record]:
     """Add ``changed_fraction`` / ``changed_outside_mask`` scores and reject reasons to each record."""
     out = []
     for record in batch:
@@ -53,6 +58,14 @@ def check_triplets(batch: list[Record], min_side: int = 64, max_outside_change: 
     return out
 
 
-def checks_stage(min_side: int = 64, max_outside_change: float = 0.0, languages: tuple[str, ...] = ("en", "zh")) -> Stage:
+def checks_stage(
+    min_side: int = 64, max_outside_change: float = 0.0, languages: tuple[str, ...] = ("en", "zh")
+) -> Stage:
     config = {"min_side": min_side, "max_outside_change": max_outside_change, "languages": list(languages)}
-    return Stage("triplet_checks", functools.partial(check_triplets, **config), version=CHECKS_VERSION, config=config, batch_size=64)
+    return Stage(
+        "triplet_checks",
+        functools.partial(check_triplets, **config),
+        version=CHECKS_VERSION,
+        config=config,
+        batch_size=64,
+    )

@@ -53,9 +53,24 @@ def default_exemplars() -> dict[str, list[str]]:
     from ..tasks.style import STYLES
     from ..tasks.tone import TONE_OPS
 
-    values = {"obj": "red circle", "new": "a blue star", "where": "in the top left corner", "bg": "a sandy beach",
-              "color": "green", "material": "wooden", "old": "OPEN"}
-    values_zh = {"obj": "红色圆形", "new": "一个蓝色五角星", "where": "左上角", "bg": "沙滩", "color": "绿色", "material": "木头", "old": "OPEN"}
+    values = {
+        "obj": "red circle",
+        "new": "a blue star",
+        "where": "in the top left corner",
+        "bg": "a sandy beach",
+        "color": "green",
+        "material": "wooden",
+        "old": "OPEN",
+    }
+    values_zh = {
+        "obj": "红色圆形",
+        "new": "一个蓝色五角星",
+        "where": "左上角",
+        "bg": "沙滩",
+        "color": "绿色",
+        "material": "木头",
+        "old": "OPEN",
+    }
     examples: dict[str, list[str]] = {}
     for task in TASKS:
         if task in TEMPLATES:
@@ -63,8 +78,14 @@ def default_exemplars() -> dict[str, list[str]]:
             fill_en = dict(values, new="CLOSED") if task == "text_modification" else values
             fill_zh = dict(values_zh, new="CLOSED") if task == "text_modification" else values_zh
             examples[task] = [t.format(**fill_en) for t in en[:3]] + [t.format(**fill_zh) for t in zh[:2]]
-    examples["motion_change"] = POSE_PHRASES["arms_up"][0][:2] + ["Move the red circle to the left."] + POSE_PHRASES["arms_up"][1][:1]
-    examples["portrait_editing"] = PORTRAIT_PHRASES["smile"][0][:2] + PORTRAIT_PHRASES["add_glasses"][0][:1] + PORTRAIT_PHRASES["smile"][1][:1]
+    examples["motion_change"] = (
+        POSE_PHRASES["arms_up"][0][:2] + ["Move the red circle to the left."] + POSE_PHRASES["arms_up"][1][:1]
+    )
+    examples["portrait_editing"] = (
+        PORTRAIT_PHRASES["smile"][0][:2]
+        + PORTRAIT_PHRASES["add_glasses"][0][:1]
+        + PORTRAIT_PHRASES["smile"][1][:1]
+    )
     examples["style_transfer"] = [p for _, en, zh in STYLES.values() for p in (en[0], zh[0])]
     examples["tone_transformation"] = [p for _, en, zh in list(TONE_OPS.values())[:4] for p in (en[0], zh[0])]
     return examples
@@ -100,7 +121,9 @@ class MLLMAnnotator:
     """Batch function: rewrites ``instruction_en`` / ``instruction_zh`` from a multi-round conversation.
     The previous instructions and the intermediate rounds are kept in ``meta["annotation"]``."""
 
-    def __init__(self, client: ChatClient, exemplars: Mapping[str, Sequence[str]] | None = None, concurrency: int = 4):
+    def __init__(
+        self, client: ChatClient, exemplars: Mapping[str, Sequence[str]] | None = None, concurrency: int = 4
+    ):
         self.client = client
         self.exemplars = dict(exemplars) if exemplars is not None else default_exemplars()
         self.concurrency = concurrency
@@ -108,7 +131,10 @@ class MLLMAnnotator:
     def annotate(self, record: Record) -> Record:
         record = dict(record)
         meta = _meta(record)
-        images = [image_part(decode_png(record["source_image"])), image_part(decode_png(record["target_image"]))]
+        images = [
+            image_part(decode_png(record["source_image"])),
+            image_part(decode_png(record["target_image"])),
+        ]
         messages: list[dict[str, Any]] = [
             {"role": "system", "content": SYSTEM_PROMPT},
             {"role": "user", "content": [*images, {"type": "text", "text": ROUND_DESCRIBE}]},
@@ -121,19 +147,34 @@ class MLLMAnnotator:
                 messages.append({"role": "assistant", "content": reply})
                 if prompt is not None:
                     messages.append({"role": "user", "content": prompt})
-            examples = "\n".join(f"- {example}" for example in self.exemplars.get(record["task"], [])) or "- (none)"
-            messages.append({"role": "user", "content": ROUND_INSTRUCTION.format(task=record["task"], examples=examples)})
+            examples = (
+                "\n".join(f"- {example}" for example in self.exemplars.get(record["task"], [])) or "- (none)"
+            )
+            messages.append(
+                {"role": "user", "content": ROUND_INSTRUCTION.format(task=record["task"], examples=examples)}
+            )
             result = self.client.complete(messages, parse=_instruction_reply)
         except AnnotationError as error:
-            meta["annotation"] = {"status": "failed", "error": str(error), "rounds": rounds, "model": self.client.endpoint.model}
+            meta["annotation"] = {
+                "status": "failed",
+                "error": str(error),
+                "rounds": rounds,
+                "model": self.client.endpoint.model,
+            }
             record["meta"] = json.dumps(meta, sort_keys=True, ensure_ascii=False)
-            record["score_reasons"] = {**(record.get("score_reasons") or {}), "annotation": f"failed: {error}"}
+            record["score_reasons"] = {
+                **(record.get("score_reasons") or {}),
+                "annotation": f"failed: {error}",
+            }
             return record
         meta["annotation"] = {
             "status": "ok",
             "model": self.client.endpoint.model,
             "rounds": rounds,
-            "previous": {"instruction_en": record.get("instruction_en"), "instruction_zh": record.get("instruction_zh")},
+            "previous": {
+                "instruction_en": record.get("instruction_en"),
+                "instruction_zh": record.get("instruction_zh"),
+            },
         }
         record.update(result)
         record["meta"] = json.dumps(meta, sort_keys=True, ensure_ascii=False)
@@ -148,7 +189,9 @@ class MLLMVerifier:
     """Batch function: stores ``scores["mllm_verify"]`` and its reason; adds a reject reason below ``min_score``
     or when verification failed for good."""
 
-    def __init__(self, client: ChatClient, min_score: float = 6.0, language: str = "en", concurrency: int = 4):
+    def __init__(
+        self, client: ChatClient, min_score: float = 6.0, language: str = "en", concurrency: int = 4
+    ):
         self.client = client
         self.min_score = min_score
         self.language = language
@@ -162,8 +205,14 @@ class MLLMVerifier:
         instruction = record.get(f"instruction_{self.language}") or record.get("instruction_en") or ""
         messages = [
             {"role": "system", "content": SYSTEM_PROMPT},
-            {"role": "user", "content": [image_part(decode_png(record["source_image"])), image_part(decode_png(record["target_image"])),
-                                         {"type": "text", "text": VERIFY_PROMPT.format(instruction=instruction)}]},
+            {
+                "role": "user",
+                "content": [
+                    image_part(decode_png(record["source_image"])),
+                    image_part(decode_png(record["target_image"])),
+                    {"type": "text", "text": VERIFY_PROMPT.format(instruction=instruction)},
+                ],
+            },
         ]
         try:
             result = self.client.complete(messages, parse=_verify_reply)
@@ -174,7 +223,9 @@ class MLLMVerifier:
             scores["mllm_verify"] = result["score"]
             reasons["mllm_verify"] = result["reason"]
             if result["score"] < self.min_score:
-                rejects.append(f"mllm_score_low: {result['score']:g} < {self.min_score:g}: {result['reason']}")
+                rejects.append(
+                    f"mllm_score_low: {result['score']:g} < {self.min_score:g}: {result['reason']}"
+                )
         record.update(scores=scores, score_reasons=reasons, reject_reasons=rejects)
         return record
 
@@ -187,22 +238,54 @@ def _build_annotator(endpoint: ChatEndpoint, exemplars, concurrency: int) -> MLL
     return MLLMAnnotator(ChatClient(endpoint), exemplars, concurrency)
 
 
-def _build_verifier(endpoint: ChatEndpoint, min_score: float, language: str, concurrency: int) -> MLLMVerifier:
+def _build_verifier(
+    endpoint: ChatEndpoint, min_score: float, language: str, concurrency: int
+) -> MLLMVerifier:
     return MLLMVerifier(ChatClient(endpoint), min_score, language, concurrency)
 
 
-def annotate_stage(endpoint: ChatEndpoint, exemplars: Mapping[str, Sequence[str]] | None = None, concurrency: int = 4,
-                   actors: int = 1) -> Stage:
+def annotate_stage(
+    endpoint: ChatEndpoint,
+    exemplars: Mapping[str, Sequence[str]] | None = None,
+    concurrency: int = 4,
+    actors: int = 1,
+) -> Stage:
     """A model stage running :class:`MLLMAnnotator` (``concurrency`` requests in flight per worker)."""
     exemplars = dict(exemplars) if exemplars is not None else None
-    config = {**endpoint.fingerprint(), "prompt_version": PROMPT_VERSION,
-              "exemplars": stable_hash(exemplars if exemplars is not None else default_exemplars())}
-    return Stage("mllm_annotate", functools.partial(_build_annotator, endpoint, exemplars, concurrency),
-                 Resources(cpus=0.5, model=True, concurrency=actors), PROMPT_VERSION, config, batch_size=max(8, concurrency))
+    config = {
+        **endpoint.fingerprint(),
+        "prompt_version": PROMPT_VERSION,
+        "exemplars": stable_hash(exemplars if exemplars is not None else default_exemplars()),
+    }
+    return Stage(
+        "mllm_annotate",
+        functools.partial(_build_annotator, endpoint, exemplars, concurrency),
+        Resources(cpus=0.5, model=True, concurrency=actors),
+        PROMPT_VERSION,
+        config,
+        batch_size=max(8, concurrency),
+    )
 
 
-def verify_stage(endpoint: ChatEndpoint, min_score: float = 6.0, language: str = "en", concurrency: int = 4, actors: int = 1) -> Stage:
+def verify_stage(
+    endpoint: ChatEndpoint,
+    min_score: float = 6.0,
+    language: str = "en",
+    concurrency: int = 4,
+    actors: int = 1,
+) -> Stage:
     """A model stage running :class:`MLLMVerifier`."""
-    config = {**endpoint.fingerprint(), "prompt_version": PROMPT_VERSION, "min_score": min_score, "language": language}
-    return Stage("mllm_verify", functools.partial(_build_verifier, endpoint, min_score, language, concurrency),
-                 Resources(cpus=0.5, model=True, concurrency=actors), PROMPT_VERSION, config, batch_size=max(8, concurrency))
+    config = {
+        **endpoint.fingerprint(),
+        "prompt_version": PROMPT_VERSION,
+        "min_score": min_score,
+        "language": language,
+    }
+    return Stage(
+        "mllm_verify",
+        functools.partial(_build_verifier, endpoint, min_score, language, concurrency),
+        Resources(cpus=0.5, model=True, concurrency=actors),
+        PROMPT_VERSION,
+        config,
+        batch_size=max(8, concurrency),
+    )

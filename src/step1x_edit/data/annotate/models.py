@@ -59,7 +59,11 @@ class TransformersDetector:
     def detect(self, image: Image.Image, labels: Sequence[str]) -> list[Detection]:
         results = self.pipeline(image, candidate_labels=list(labels), threshold=self.threshold)
         detections = [
-            Detection(r["label"], float(r["score"]), (r["box"]["xmin"], r["box"]["ymin"], r["box"]["xmax"], r["box"]["ymax"]))
+            Detection(
+                r["label"],
+                float(r["score"]),
+                (r["box"]["xmin"], r["box"]["ymin"], r["box"]["xmax"], r["box"]["ymax"]),
+            )
             for r in results
         ]
         return sorted(detections, key=lambda detection: -detection.score)
@@ -97,11 +101,15 @@ class SamSegmenter:
     def segment(self, image: Image.Image, boxes: Sequence[Box]) -> list[np.ndarray]:
         if not boxes:
             return []
-        inputs = self.processor(images=image, input_boxes=[[list(map(float, box)) for box in boxes]], return_tensors="pt")
+        inputs = self.processor(
+            images=image, input_boxes=[[list(map(float, box)) for box in boxes]], return_tensors="pt"
+        )
         inputs = {key: value.to(self.device) for key, value in inputs.items()}
         with self._torch.no_grad():
             outputs = self.model(**inputs, multimask_output=False)
-        masks = self.processor.post_process_masks(outputs.pred_masks.cpu(), inputs["original_sizes"].cpu(), inputs["reshaped_input_sizes"].cpu())
+        masks = self.processor.post_process_masks(
+            outputs.pred_masks.cpu(), inputs["original_sizes"].cpu(), inputs["reshaped_input_sizes"].cpu()
+        )
         return [mask[0].numpy().astype(bool) for mask in masks[0]]  # masks[0]: (boxes, 1, H, W)
 
 
@@ -128,16 +136,26 @@ class DiffusersInpainter:
         if "prompt_embeds" not in kwargs:
             kwargs["prompt"] = prompt
         result = self.pipeline(
-            image=image, mask_image=mask, num_inference_steps=self.num_inference_steps,
-            generator=torch.Generator().manual_seed(self.seed), height=image.size[1], width=image.size[0], **kwargs,
+            image=image,
+            mask_image=mask,
+            num_inference_steps=self.num_inference_steps,
+            generator=torch.Generator().manual_seed(self.seed),
+            height=image.size[1],
+            width=image.size[0],
+            **kwargs,
         ).images[0]
         result = result.convert("RGB").resize(image.size)
         return Image.composite(result, image.convert("RGB"), mask.convert("L"))
 
 
 def remove_subject(
-    image: Image.Image, labels: Sequence[str], detector: Detector, segmenter: Segmenter, inpainter: Inpainter,
-    grow: int = 5, min_score: float = 0.0,
+    image: Image.Image,
+    labels: Sequence[str],
+    detector: Detector,
+    segmenter: Segmenter,
+    inpainter: Inpainter,
+    grow: int = 5,
+    min_score: float = 0.0,
 ) -> tuple[Image.Image, Image.Image, Detection] | None:
     """Detect the best of ``labels``, segment it, grow the mask by ``grow`` pixels and inpaint it.
     Returns (target, mask, detection), or ``None`` when nothing scores ``min_score`` or more."""
@@ -156,7 +174,14 @@ class ModelRemoval:
     """Batch function: photo records (``source_image`` holds the photo) → subject-removal triplets.
     A photo with no detection keeps target = source and gets the reject reason ``no_detection``."""
 
-    def __init__(self, detector: Detector, segmenter: Segmenter, inpainter: Inpainter, labels: Sequence[str], generator: dict[str, str]):
+    def __init__(
+        self,
+        detector: Detector,
+        segmenter: Segmenter,
+        inpainter: Inpainter,
+        labels: Sequence[str],
+        generator: dict[str, str],
+    ):
         self.detector, self.segmenter, self.inpainter = detector, segmenter, inpainter
         self.labels = list(labels)
         self.generator = generator
@@ -168,22 +193,54 @@ class ModelRemoval:
             result = remove_subject(image, self.labels, self.detector, self.segmenter, self.inpainter)
             provenance = {**(record.get("provenance") or {}), "parent_ids": [record["sample_id"]]}
             if result is None:
-                new = make_record(sample_id=record["sample_id"], task="subject_removal", source=image, target=image,
-                                  instruction_en="", instruction_zh="", generator=self.generator, provenance=provenance)
+                new = make_record(
+                    sample_id=record["sample_id"],
+                    task="subject_removal",
+                    source=image,
+                    target=image,
+                    instruction_en="",
+                    instruction_zh="",
+                    generator=self.generator,
+                    provenance=provenance,
+                )
                 new["reject_reasons"] = ["no_detection: none of " + ", ".join(self.labels)]
             else:
                 target, mask, detection = result
                 new = make_record(
-                    sample_id=record["sample_id"], task="subject_removal", source=image, target=target,
-                    instruction_en=f"Remove the {detection.label}.", instruction_zh="", generator=self.generator, mask=mask,
-                    provenance=provenance, meta={"detection": {"label": detection.label, "score": detection.score, "box": list(detection.box)}},
+                    sample_id=record["sample_id"],
+                    task="subject_removal",
+                    source=image,
+                    target=target,
+                    instruction_en=f"Remove the {detection.label}.",
+                    instruction_zh="",
+                    generator=self.generator,
+                    mask=mask,
+                    provenance=provenance,
+                    meta={
+                        "detection": {
+                            "label": detection.label,
+                            "score": detection.score,
+                            "box": list(detection.box),
+                        }
+                    },
                 )
                 new["scores"] = {"detection": detection.score}
-            new["meta"] = json.dumps({**json.loads(record.get("meta") or "{}"), **json.loads(new["meta"])}, sort_keys=True)
+            new["meta"] = json.dumps(
+                {**json.loads(record.get("meta") or "{}"), **json.loads(new["meta"])}, sort_keys=True
+            )
             out.append(new)
         return out
 
 
-def removal_stage(build: Callable[[], ModelRemoval], config: dict[str, Any], gpus: float = 0.0, actors: int = 1) -> Stage:
+def removal_stage(
+    build: Callable[[], ModelRemoval], config: dict[str, Any], gpus: float = 0.0, actors: int = 1
+) -> Stage:
     """A model stage from a zero-argument, picklable factory that loads the models once per worker."""
-    return Stage("model_removal", build, Resources(cpus=1, gpus=gpus, model=True, concurrency=actors), "1", config, batch_size=4)
+    return Stage(
+        "model_removal",
+        build,
+        Resources(cpus=1, gpus=gpus, model=True, concurrency=actors),
+        "1",
+        config,
+        batch_size=4,
+    )

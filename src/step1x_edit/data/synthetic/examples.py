@@ -12,13 +12,30 @@ from .world import Face, Person, Scene, Shape, Sign, render, sign_font_size
 def example_scenes(resolution: int = 256) -> list[tuple[str, Scene, str, str]]:
     """(name, scene, English instruction, Chinese instruction) for four hand-placed scenes."""
     s = resolution
-    shapes = Scene(s, s, "light_blue", (
-        Shape("circle", "red", int(0.3 * s), int(0.35 * s), int(0.15 * s)),
-        Shape("square", "blue", int(0.7 * s), int(0.4 * s), int(0.15 * s)),
-        Shape("triangle", "yellow", int(0.5 * s), int(0.75 * s), int(0.14 * s)),
-    ))
+    shapes = Scene(
+        s,
+        s,
+        "light_blue",
+        (
+            Shape("circle", "red", int(0.3 * s), int(0.35 * s), int(0.15 * s)),
+            Shape("square", "blue", int(0.7 * s), int(0.4 * s), int(0.15 * s)),
+            Shape("triangle", "yellow", int(0.5 * s), int(0.75 * s), int(0.14 * s)),
+        ),
+    )
     box = (int(0.15 * s), int(0.38 * s), int(0.85 * s), int(0.62 * s))
-    sign = Scene(s, s, "cream", sign=Sign("OPEN", box, sign_font_size(["OPEN", "CLOSED"], box), (30, 110, 60), (255, 255, 255), (230, 230, 230)))
+    sign = Scene(
+        s,
+        s,
+        "cream",
+        sign=Sign(
+            "OPEN",
+            box,
+            sign_font_size(["OPEN", "CLOSED"], box),
+            (30, 110, 60),
+            (255, 255, 255),
+            (230, 230, 230),
+        ),
+    )
     person = Scene(s, s, "meadow", person=Person(s // 2, int(0.92 * s), int(0.56 * s), "orange", "arms_down"))
     face = Scene(s, s, "mint", face=Face(s // 2, s // 2, int(0.21 * s), (241, 194, 125), "brown", "blue"))
     return [

@@ -54,11 +54,35 @@ TASKS: tuple[str, ...] = (
 LOCAL_TASKS = frozenset(TASKS) - {"style_transfer", "tone_transformation"}
 
 WORD_PAIRS: tuple[tuple[str, str], ...] = (
-    ("OPEN", "CLOSED"), ("SALE", "SOLD"), ("STOP", "GO"), ("HOT", "COLD"), ("YES", "NO"), ("IN", "OUT"),
-    ("EXIT", "ENTER"), ("DAY", "NIGHT"), ("CAFE", "BAR"), ("PUSH", "PULL"), ("LEFT", "RIGHT"), ("UP", "DOWN"),
-    ("WIN", "LOSE"), ("FAST", "SLOW"), ("NEW", "OLD"), ("ON", "OFF"), ("BOOKS", "TOYS"), ("HELLO", "BYE"),
-    ("MILK", "TEA"), ("PARK", "ZOO"), ("RAIN", "SUN"), ("FREE", "PAID"), ("LOVE", "HOPE"), ("CAT", "DOG"),
-    ("BAKERY", "FLOWERS"), ("HOTEL", "MOTEL"), ("NORTH", "SOUTH"), ("PIZZA", "PASTA"), ("2024", "2025"),
+    ("OPEN", "CLOSED"),
+    ("SALE", "SOLD"),
+    ("STOP", "GO"),
+    ("HOT", "COLD"),
+    ("YES", "NO"),
+    ("IN", "OUT"),
+    ("EXIT", "ENTER"),
+    ("DAY", "NIGHT"),
+    ("CAFE", "BAR"),
+    ("PUSH", "PULL"),
+    ("LEFT", "RIGHT"),
+    ("UP", "DOWN"),
+    ("WIN", "LOSE"),
+    ("FAST", "SLOW"),
+    ("NEW", "OLD"),
+    ("ON", "OFF"),
+    ("BOOKS", "TOYS"),
+    ("HELLO", "BYE"),
+    ("MILK", "TEA"),
+    ("PARK", "ZOO"),
+    ("RAIN", "SUN"),
+    ("FREE", "PAID"),
+    ("LOVE", "HOPE"),
+    ("CAT", "DOG"),
+    ("BAKERY", "FLOWERS"),
+    ("HOTEL", "MOTEL"),
+    ("NORTH", "SOUTH"),
+    ("PIZZA", "PASTA"),
+    ("2024", "2025"),
 )
 SIGN_STYLES: tuple[tuple[tuple[int, int, int], tuple[int, int, int], tuple[int, int, int]], ...] = (
     ((250, 250, 250), (20, 20, 20), (60, 60, 60)),
@@ -69,36 +93,85 @@ SIGN_STYLES: tuple[tuple[tuple[int, int, int], tuple[int, int, int], tuple[int, 
 )
 
 POSE_PHRASES: dict[str, tuple[list[str], list[str]]] = {
-    "arms_down": (["Make the person lower their arms.", "Have the person put their arms down.", "Let the person's arms hang down."],
-                  ["让这个人放下双臂。", "让人物把手臂放下来。", "让人物双臂自然下垂。"]),
-    "arms_up": (["Make the person raise both arms.", "Have the person put both hands up in the air.", "Make the person lift their arms above their head."],
-                ["让这个人举起双臂。", "让人物把双手举过头顶。", "让人物高举双手。"]),
-    "arms_out": (["Make the person stretch their arms out to the sides.", "Have the person spread both arms wide.", "Make the person hold their arms out horizontally."],
-                 ["让这个人向两侧伸开双臂。", "让人物张开双臂。", "让人物把双臂水平伸展。"]),
-    "wave": (["Make the person wave with one hand.", "Have the person raise one arm to wave.", "Make the person wave hello."],
-             ["让这个人挥手。", "让人物举起一只手打招呼。", "让人物挥手致意。"]),
+    "arms_down": (
+        [
+            "Make the person lower their arms.",
+            "Have the person put their arms down.",
+            "Let the person's arms hang down.",
+        ],
+        ["让这个人放下双臂。", "让人物把手臂放下来。", "让人物双臂自然下垂。"],
+    ),
+    "arms_up": (
+        [
+            "Make the person raise both arms.",
+            "Have the person put both hands up in the air.",
+            "Make the person lift their arms above their head.",
+        ],
+        ["让这个人举起双臂。", "让人物把双手举过头顶。", "让人物高举双手。"],
+    ),
+    "arms_out": (
+        [
+            "Make the person stretch their arms out to the sides.",
+            "Have the person spread both arms wide.",
+            "Make the person hold their arms out horizontally.",
+        ],
+        ["让这个人向两侧伸开双臂。", "让人物张开双臂。", "让人物把双臂水平伸展。"],
+    ),
+    "wave": (
+        [
+            "Make the person wave with one hand.",
+            "Have the person raise one arm to wave.",
+            "Make the person wave hello.",
+        ],
+        ["让这个人挥手。", "让人物举起一只手打招呼。", "让人物挥手致意。"],
+    ),
 }
 
 PORTRAIT_PHRASES: dict[str, tuple[list[str], list[str]]] = {
-    "smile": (["Make the person smile.", "Give the person a big smile.", "Make the face look happy."],
-              ["让这个人微笑。", "让人物露出笑容。", "把表情改成开心的笑脸。"]),
-    "neutral": (["Make the person stop smiling.", "Give the person a neutral expression."],
-                ["让这个人不要笑。", "把表情改成平静的样子。"]),
-    "surprised": (["Make the person look surprised.", "Give the face a surprised expression.", "Make the person open their mouth in surprise."],
-                  ["让这个人看起来很惊讶。", "把表情改成惊讶。", "让人物惊讶地张开嘴。"]),
-    "add_glasses": (["Add glasses to the person.", "Put a pair of glasses on the face.", "Give the person glasses."],
-                    ["给这个人戴上眼镜。", "给人物加一副眼镜。", "让人物戴上眼镜。"]),
-    "remove_glasses": (["Remove the glasses.", "Take off the person's glasses.", "Make the person not wear glasses."],
-                       ["去掉眼镜。", "摘掉人物的眼镜。", "让人物不戴眼镜。"]),
-    "hair": (["Dye the hair {color}.", "Change the hair color to {color}.", "Make the person's hair {color}."],
-             ["把头发染成{color}。", "将发色改为{color}。", "让人物的头发变成{color}。"]),
-    "hat": (["Put a {color} hat on the person.", "Add a {color} hat.", "Give the person a {color} top hat."],
-            ["给这个人戴上一顶{color}的帽子。", "加一顶{color}帽子。", "给人物戴一顶{color}礼帽。"]),
-    "close_eyes": (["Make the person close their eyes.", "Close the person's eyes.", "Make the eyes closed."],
-                   ["让这个人闭上眼睛。", "把眼睛改成闭着的。", "让人物闭眼。"]),
-    "open_eyes": (["Make the person open their eyes.", "Open the person's eyes."], ["让这个人睁开眼睛。", "把眼睛改成睁开的。"]),
-    "blush": (["Add rosy cheeks.", "Give the person blush on the cheeks.", "Add pink blush makeup."],
-              ["给脸颊加上腮红。", "让脸颊变得红润。", "给人物画上粉色腮红。"]),
+    "smile": (
+        ["Make the person smile.", "Give the person a big smile.", "Make the face look happy."],
+        ["让这个人微笑。", "让人物露出笑容。", "把表情改成开心的笑脸。"],
+    ),
+    "neutral": (
+        ["Make the person stop smiling.", "Give the person a neutral expression."],
+        ["让这个人不要笑。", "把表情改成平静的样子。"],
+    ),
+    "surprised": (
+        [
+            "Make the person look surprised.",
+            "Give the face a surprised expression.",
+            "Make the person open their mouth in surprise.",
+        ],
+        ["让这个人看起来很惊讶。", "把表情改成惊讶。", "让人物惊讶地张开嘴。"],
+    ),
+    "add_glasses": (
+        ["Add glasses to the person.", "Put a pair of glasses on the face.", "Give the person glasses."],
+        ["给这个人戴上眼镜。", "给人物加一副眼镜。", "让人物戴上眼镜。"],
+    ),
+    "remove_glasses": (
+        ["Remove the glasses.", "Take off the person's glasses.", "Make the person not wear glasses."],
+        ["去掉眼镜。", "摘掉人物的眼镜。", "让人物不戴眼镜。"],
+    ),
+    "hair": (
+        ["Dye the hair {color}.", "Change the hair color to {color}.", "Make the person's hair {color}."],
+        ["把头发染成{color}。", "将发色改为{color}。", "让人物的头发变成{color}。"],
+    ),
+    "hat": (
+        ["Put a {color} hat on the person.", "Add a {color} hat.", "Give the person a {color} top hat."],
+        ["给这个人戴上一顶{color}的帽子。", "加一顶{color}帽子。", "给人物戴一顶{color}礼帽。"],
+    ),
+    "close_eyes": (
+        ["Make the person close their eyes.", "Close the person's eyes.", "Make the eyes closed."],
+        ["让这个人闭上眼睛。", "把眼睛改成闭着的。", "让人物闭眼。"],
+    ),
+    "open_eyes": (
+        ["Make the person open their eyes.", "Open the person's eyes."],
+        ["让这个人睁开眼睛。", "把眼睛改成睁开的。"],
+    ),
+    "blush": (
+        ["Add rosy cheeks.", "Give the person blush on the cheeks.", "Add pink blush makeup."],
+        ["给脸颊加上腮红。", "让脸颊变得红润。", "给人物画上粉色腮红。"],
+    ),
 }
 
 MOVE_PHRASES = {
@@ -135,7 +208,9 @@ class _Edit:
 
 
 # -- scene building --------------------------------------------------------------------------------------
-def canvas_size(rng: random.Random, resolution: int | tuple[int, int], aspect_ratios: Sequence[float]) -> tuple[int, int]:
+def canvas_size(
+    rng: random.Random, resolution: int | tuple[int, int], aspect_ratios: Sequence[float]
+) -> tuple[int, int]:
     """Width and height, multiples of 16, with area near a side drawn from ``resolution`` (an int or a range)."""
     low, high = (resolution, resolution) if isinstance(resolution, int) else resolution
     if low < 64 or high < low:
@@ -149,7 +224,12 @@ def canvas_size(rng: random.Random, resolution: int | tuple[int, int], aspect_ra
 
 def _overlaps(cx: int, cy: int, radius: int, box: tuple[int, int, int, int], gap: int) -> bool:
     x0, y0, x1, y1 = box
-    return cx + radius + gap > x0 and cx - radius - gap < x1 and cy + radius + gap > y0 and cy - radius - gap < y1
+    return (
+        cx + radius + gap > x0
+        and cx - radius - gap < x1
+        and cy + radius + gap > y0
+        and cy - radius - gap < y1
+    )
 
 
 def place_shapes(
@@ -188,7 +268,9 @@ def _light_background(rng: random.Random) -> str:
     return rng.choice([name for name in BACKGROUNDS if name != "night_sky"])
 
 
-def _shape_scene(rng: random.Random, width: int, height: int, low: int = 2, high: int = 4, materials=("solid",)) -> Scene:
+def _shape_scene(
+    rng: random.Random, width: int, height: int, low: int = 2, high: int = 4, materials=("solid",)
+) -> Scene:
     for _ in range(20):
         shapes = place_shapes(rng, width, height, rng.randint(low, high), materials)
         if len(shapes) >= low:
@@ -234,7 +316,12 @@ def _random_scene(rng: random.Random, width: int, height: int) -> Scene:
         shapes = place_shapes(rng, width, height, rng.randint(0, 2), avoid=[sign.box])
         return Scene(width, height, _light_background(rng), tuple(shapes), sign=sign)
     if kind < 0.8:
-        return Scene(width, height, rng.choice(["meadow", "beach", "sky"]), person=_person(rng, width, height, rng.choice(list(POSES))))
+        return Scene(
+            width,
+            height,
+            rng.choice(["meadow", "beach", "sky"]),
+            person=_person(rng, width, height, rng.choice(list(POSES))),
+        )
     return Scene(width, height, _light_background(rng), face=_face(rng, width, height))
 
 
@@ -255,13 +342,22 @@ def _removal(rng: random.Random, width: int, height: int) -> _Edit:
     ref_en, ref_zh = refer(shape, others, rng)
     new_en, new_zh = shape_phrase(shape, with_article=True, size=size_name(shape.radius, width, height))
     where_en, where_zh = position_phrase(shape.cx, shape.cy, width, height)
-    addition = fill("subject_addition", rng, {"new": new_en, "where": where_en}, {"new": new_zh, "where": where_zh})
+    addition = fill(
+        "subject_addition", rng, {"new": new_en, "where": where_en}, {"new": new_zh, "where": where_zh}
+    )
     return _Edit(
         scene,
         cleared,
         fill("subject_removal", rng, {"obj": ref_en}, {"obj": ref_zh}),
         shape_region(shape, width, height),
-        {"object": shape.__dict__, "reverse": {"task": "subject_addition", "instruction_en": addition[0], "instruction_zh": addition[1]}},
+        {
+            "object": shape.__dict__,
+            "reverse": {
+                "task": "subject_addition",
+                "instruction_en": addition[0],
+                "instruction_zh": addition[1],
+            },
+        },
     )
 
 
@@ -270,9 +366,19 @@ def _addition(rng: random.Random, width: int, height: int) -> _Edit:
     reverse = removal.meta["reverse"]
     meta = {
         "object": removal.meta["object"],
-        "reverse": {"task": "subject_removal", "instruction_en": removal.instruction[0], "instruction_zh": removal.instruction[1]},
+        "reverse": {
+            "task": "subject_removal",
+            "instruction_en": removal.instruction[0],
+            "instruction_zh": removal.instruction[1],
+        },
     }
-    return _Edit(removal.target, removal.source, (reverse["instruction_en"], reverse["instruction_zh"]), removal.mask, meta)
+    return _Edit(
+        removal.target,
+        removal.source,
+        (reverse["instruction_en"], reverse["instruction_zh"]),
+        removal.mask,
+        meta,
+    )
 
 
 def _replacement(rng: random.Random, width: int, height: int) -> _Edit:
@@ -291,8 +397,13 @@ def _replacement(rng: random.Random, width: int, height: int) -> _Edit:
     ref_en, ref_zh = refer(shape, others, rng)
     new_en, new_zh = shape_phrase(new, with_article=True)
     mask = shape_region(shape, width, height) | shape_region(new, width, height)
-    return _Edit(scene, edited, fill("subject_replacement", rng, {"obj": ref_en, "new": new_en}, {"obj": ref_zh, "new": new_zh}), mask,
-                 {"object": shape.__dict__, "new": new.__dict__})
+    return _Edit(
+        scene,
+        edited,
+        fill("subject_replacement", rng, {"obj": ref_en, "new": new_en}, {"obj": ref_zh, "new": new_zh}),
+        mask,
+        {"object": shape.__dict__, "new": new.__dict__},
+    )
 
 
 def _background(rng: random.Random, width: int, height: int) -> _Edit:
@@ -303,8 +414,13 @@ def _background(rng: random.Random, width: int, height: int) -> _Edit:
     covered = np.zeros((height, width), dtype=bool)
     for shape in scene.shapes:
         covered |= shape_region(shape, width, height)
-    return _Edit(scene, replace(scene, background=new), fill("background_change", rng, {"bg": bg_en}, {"bg": bg_zh}), ~covered,
-                 {"from": scene.background, "to": new})
+    return _Edit(
+        scene,
+        replace(scene, background=new),
+        fill("background_change", rng, {"bg": bg_en}, {"bg": bg_zh}),
+        ~covered,
+        {"from": scene.background, "to": new},
+    )
 
 
 def _color(rng: random.Random, width: int, height: int) -> _Edit:
@@ -312,16 +428,40 @@ def _color(rng: random.Random, width: int, height: int) -> _Edit:
     index = rng.randrange(len(scene.shapes))
     shape = scene.shapes[index]
     others = [s for i, s in enumerate(scene.shapes) if i != index]
-    choices = [c for c in COLORS if c != shape.color and (c, shape.kind) not in {(s.color, s.kind) for s in others}]
+    choices = [
+        c for c in COLORS if c != shape.color and (c, shape.kind) not in {(s.color, s.kind) for s in others}
+    ]
     new = replace(shape, color=rng.choice(choices))
     edited = replace(scene, shapes=tuple(new if i == index else s for i, s in enumerate(scene.shapes)))
     ref_en, ref_zh = refer(shape, others, rng)
-    instruction = fill("color_alteration", rng, {"obj": ref_en, "color": new.color}, {"obj": ref_zh, "color": COLORS[new.color][1]})
+    instruction = fill(
+        "color_alteration",
+        rng,
+        {"obj": ref_en, "color": new.color},
+        {"obj": ref_zh, "color": COLORS[new.color][1]},
+    )
     back_en, back_zh = refer(new, others, rng)
-    reverse = fill("color_alteration", rng, {"obj": back_en, "color": shape.color}, {"obj": back_zh, "color": COLORS[shape.color][1]})
-    return _Edit(scene, edited, instruction, shape_region(shape, width, height),
-                 {"object": shape.__dict__, "new_color": new.color,
-                  "reverse": {"task": "color_alteration", "instruction_en": reverse[0], "instruction_zh": reverse[1]}})
+    reverse = fill(
+        "color_alteration",
+        rng,
+        {"obj": back_en, "color": shape.color},
+        {"obj": back_zh, "color": COLORS[shape.color][1]},
+    )
+    return _Edit(
+        scene,
+        edited,
+        instruction,
+        shape_region(shape, width, height),
+        {
+            "object": shape.__dict__,
+            "new_color": new.color,
+            "reverse": {
+                "task": "color_alteration",
+                "instruction_en": reverse[0],
+                "instruction_zh": reverse[1],
+            },
+        },
+    )
 
 
 def _material(rng: random.Random, width: int, height: int) -> _Edit:
@@ -337,8 +477,19 @@ def _material(rng: random.Random, width: int, height: int) -> _Edit:
     edited = replace(scene, shapes=tuple(new if i == index else s for i, s in enumerate(scene.shapes)))
     ref_en, ref_zh = refer(shape, others, rng)
     material_en, material_zh = MATERIALS[material]
-    instruction = fill("material_modification", rng, {"obj": ref_en, "material": material_en}, {"obj": ref_zh, "material": material_zh})
-    return _Edit(scene, edited, instruction, shape_region(shape, width, height), {"object": shape.__dict__, "material": material})
+    instruction = fill(
+        "material_modification",
+        rng,
+        {"obj": ref_en, "material": material_en},
+        {"obj": ref_zh, "material": material_zh},
+    )
+    return _Edit(
+        scene,
+        edited,
+        instruction,
+        shape_region(shape, width, height),
+        {"object": shape.__dict__, "material": material},
+    )
 
 
 def _text(rng: random.Random, width: int, height: int) -> _Edit:
@@ -351,23 +502,51 @@ def _text(rng: random.Random, width: int, height: int) -> _Edit:
     edited = replace(scene, sign=replace(sign, word=new))
     instruction = fill("text_modification", rng, {"old": old, "new": new}, {"old": old, "new": new})
     reverse = fill("text_modification", rng, {"old": new, "new": old}, {"old": new, "new": old})
-    return _Edit(scene, edited, instruction, _box_mask(sign.text_box(), width, height),
-                 {"old": old, "new": new, "box": list(sign.text_box()), "font_size": sign.font_size,
-                  "reverse": {"task": "text_modification", "instruction_en": reverse[0], "instruction_zh": reverse[1]}})
+    return _Edit(
+        scene,
+        edited,
+        instruction,
+        _box_mask(sign.text_box(), width, height),
+        {
+            "old": old,
+            "new": new,
+            "box": list(sign.text_box()),
+            "font_size": sign.font_size,
+            "reverse": {
+                "task": "text_modification",
+                "instruction_en": reverse[0],
+                "instruction_zh": reverse[1],
+            },
+        },
+    )
 
 
 def _motion(rng: random.Random, width: int, height: int) -> _Edit:
     if rng.random() < 0.5:
         start, end = rng.sample(list(POSES), 2)
         person = _person(rng, width, height, start)
-        shapes = place_shapes(rng, width, height, rng.randint(0, 2), avoid=[person.box()], radius_range=(0.07, 0.11))
+        shapes = place_shapes(
+            rng, width, height, rng.randint(0, 2), avoid=[person.box()], radius_range=(0.07, 0.11)
+        )
         scene = Scene(width, height, rng.choice(["meadow", "beach", "sky"]), tuple(shapes), person=person)
         edited = replace(scene, person=replace(person, pose=end))
         en, zh = POSE_PHRASES[end]
         back_en, back_zh = POSE_PHRASES[start]
-        return _Edit(scene, edited, (pick(rng, en), pick(rng, zh)), _box_mask(person.box(), width, height),
-                     {"pose_from": start, "pose_to": end,
-                      "reverse": {"task": "motion_change", "instruction_en": pick(rng, back_en), "instruction_zh": pick(rng, back_zh)}})
+        return _Edit(
+            scene,
+            edited,
+            (pick(rng, en), pick(rng, zh)),
+            _box_mask(person.box(), width, height),
+            {
+                "pose_from": start,
+                "pose_to": end,
+                "reverse": {
+                    "task": "motion_change",
+                    "instruction_en": pick(rng, back_en),
+                    "instruction_zh": pick(rng, back_zh),
+                },
+            },
+        )
     for _ in range(50):
         scene = _shape_scene(rng, width, height, 1, 3)
         index = rng.randrange(len(scene.shapes))
@@ -386,13 +565,35 @@ def _motion(rng: random.Random, width: int, height: int) -> _Edit:
             step = int(shape.radius * rng.uniform(1.5, 2.5))
             dx, dy = {"left": (-step, 0), "right": (step, 0), "up": (0, -step), "down": (0, step)}[direction]
             new = replace(shape, cx=shape.cx + dx, cy=shape.cy + dy)
-            inside = new.radius + 2 <= new.cx < width - new.radius - 2 and new.radius + 2 <= new.cy < height - new.radius - 2
-            clear = all((new.cx - s.cx) ** 2 + (new.cy - s.cy) ** 2 >= (new.radius + s.radius + 5) ** 2 for s in others)
+            inside = (
+                new.radius + 2 <= new.cx < width - new.radius - 2
+                and new.radius + 2 <= new.cy < height - new.radius - 2
+            )
+            clear = all(
+                (new.cx - s.cx) ** 2 + (new.cy - s.cy) ** 2 >= (new.radius + s.radius + 5) ** 2
+                for s in others
+            )
             if not (inside and clear):
                 continue
             move_en, move_zh = MOVE_PHRASES[direction]
-            instruction = pick(rng, [f"Move the {ref_en} {move_en}.", f"Shift the {ref_en} {move_en}.", f"Slide the {ref_en} {move_en}."]), \
-                pick(rng, [f"把{ref_zh}{move_zh}移动。", f"将{ref_zh}{move_zh}挪一点。", f"把{ref_zh}往{move_zh[1]}移。"])
+            instruction = (
+                pick(
+                    rng,
+                    [
+                        f"Move the {ref_en} {move_en}.",
+                        f"Shift the {ref_en} {move_en}.",
+                        f"Slide the {ref_en} {move_en}.",
+                    ],
+                ),
+                pick(
+                    rng,
+                    [
+                        f"把{ref_zh}{move_zh}移动。",
+                        f"将{ref_zh}{move_zh}挪一点。",
+                        f"把{ref_zh}往{move_zh[1]}移。",
+                    ],
+                ),
+            )
         edited = replace(scene, shapes=tuple(new if i == index else s for i, s in enumerate(scene.shapes)))
         mask = shape_region(shape, width, height) | shape_region(new, width, height)
         return _Edit(scene, edited, instruction, mask, {"object": shape.__dict__, "new": new.__dict__})
@@ -435,9 +636,17 @@ def _portrait(rng: random.Random, width: int, height: int) -> _Edit:
         new, phrase, feature = replace(face, blush=True), "blush", "cheeks"
     background = _light_background(rng)
     en, zh = PORTRAIT_PHRASES[phrase]
-    instruction = (pick(rng, en).format(color=words.get("en", "")), pick(rng, zh).format(color=words.get("zh", "")))
-    return _Edit(Scene(width, height, background, face=face), Scene(width, height, background, face=new), instruction,
-                 _box_mask(face.feature_box(feature), width, height), {"edit": phrase, "feature": feature})
+    instruction = (
+        pick(rng, en).format(color=words.get("en", "")),
+        pick(rng, zh).format(color=words.get("zh", "")),
+    )
+    return _Edit(
+        Scene(width, height, background, face=face),
+        Scene(width, height, background, face=new),
+        instruction,
+        _box_mask(face.feature_box(feature), width, height),
+        {"edit": phrase, "feature": feature},
+    )
 
 
 def _style(rng: random.Random, width: int, height: int) -> _Edit:
@@ -492,8 +701,17 @@ def generate_sample(
     source = edit.source if isinstance(edit.source, Image.Image) else render(edit.source)
     target = edit.target if isinstance(edit.target, Image.Image) else render(edit.target)
     mask = Image.fromarray(edit.mask.astype(np.uint8) * 255, "L") if edit.mask is not None else None
-    return EditSample(task, source, target, edit.instruction[0], edit.instruction[1], mask, seed, edit.meta,
-                      sample_id if sample_id is not None else f"{task}-{seed}")
+    return EditSample(
+        task,
+        source,
+        target,
+        edit.instruction[0],
+        edit.instruction[1],
+        mask,
+        seed,
+        edit.meta,
+        sample_id if sample_id is not None else f"{task}-{seed}",
+    )
 
 
 def reverse_sample(sample: EditSample) -> EditSample:
@@ -504,5 +722,14 @@ def reverse_sample(sample: EditSample) -> EditSample:
         raise ValueError(f"{sample.task} sample {sample.sample_id!r} has no meaningful reverse edit")
     meta = {key: value for key, value in sample.meta.items() if key != "reverse"}
     meta["reversed_from"] = sample.sample_id
-    return EditSample(reverse["task"], sample.target, sample.source, reverse["instruction_en"], reverse["instruction_zh"],
-                      sample.mask, sample.seed, meta, f"{sample.sample_id}-rev")
+    return EditSample(
+        reverse["task"],
+        sample.target,
+        sample.source,
+        reverse["instruction_en"],
+        reverse["instruction_zh"],
+        sample.mask,
+        sample.seed,
+        meta,
+        f"{sample.sample_id}-rev",
+    )

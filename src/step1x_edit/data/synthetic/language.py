@@ -14,36 +14,93 @@ Phrase = tuple[str, str]  # (English, Chinese)
 
 TEMPLATES: dict[str, tuple[list[str], list[str]]] = {
     "subject_addition": (
-        ["Add {new} {where}.", "Put {new} {where}.", "Place {new} {where}.", "Draw {new} {where}.", "Insert {new} {where}."],
+        [
+            "Add {new} {where}.",
+            "Put {new} {where}.",
+            "Place {new} {where}.",
+            "Draw {new} {where}.",
+            "Insert {new} {where}.",
+        ],
         ["在{where}添加{new}。", "在{where}放一个{new}。", "在{where}画上{new}。", "往{where}加入{new}。"],
     ),
     "subject_removal": (
-        ["Remove the {obj}.", "Delete the {obj}.", "Take away the {obj}.", "Erase the {obj} from the picture.", "Get rid of the {obj}."],
+        [
+            "Remove the {obj}.",
+            "Delete the {obj}.",
+            "Take away the {obj}.",
+            "Erase the {obj} from the picture.",
+            "Get rid of the {obj}.",
+        ],
         ["去掉{obj}。", "删除{obj}。", "把{obj}移除。", "从画面中擦掉{obj}。", "把{obj}拿走。"],
     ),
     "subject_replacement": (
-        ["Replace the {obj} with {new}.", "Swap the {obj} for {new}.", "Turn the {obj} into {new}.", "Change the {obj} to {new}."],
+        [
+            "Replace the {obj} with {new}.",
+            "Swap the {obj} for {new}.",
+            "Turn the {obj} into {new}.",
+            "Change the {obj} to {new}.",
+        ],
         ["把{obj}换成{new}。", "将{obj}替换为{new}。", "用{new}替换{obj}。", "把{obj}变成{new}。"],
     ),
     "background_change": (
-        ["Change the background to {bg}.", "Replace the background with {bg}.", "Put the objects in front of {bg}.", "Make the background {bg}."],
+        [
+            "Change the background to {bg}.",
+            "Replace the background with {bg}.",
+            "Put the objects in front of {bg}.",
+            "Make the background {bg}.",
+        ],
         ["把背景换成{bg}。", "将背景替换为{bg}。", "背景改成{bg}。", "把背景变为{bg}。"],
     ),
     "color_alteration": (
-        ["Make the {obj} {color}.", "Change the color of the {obj} to {color}.", "Paint the {obj} {color}.", "Recolor the {obj} {color}.", "Turn the {obj} {color}."],
-        ["把{obj}变成{color}。", "将{obj}的颜色改为{color}。", "把{obj}涂成{color}。", "把{obj}换成{color}。"],
+        [
+            "Make the {obj} {color}.",
+            "Change the color of the {obj} to {color}.",
+            "Paint the {obj} {color}.",
+            "Recolor the {obj} {color}.",
+            "Turn the {obj} {color}.",
+        ],
+        [
+            "把{obj}变成{color}。",
+            "将{obj}的颜色改为{color}。",
+            "把{obj}涂成{color}。",
+            "把{obj}换成{color}。",
+        ],
     ),
     "material_modification": (
-        ["Make the {obj} {material}.", "Give the {obj} a {material} look.", "Change the texture of the {obj} to {material}.", "Make the {obj} look {material}."],
-        ["把{obj}变成{material}材质。", "将{obj}的材质改为{material}。", "让{obj}看起来是{material}的。", "给{obj}换成{material}质感。"],
+        [
+            "Make the {obj} {material}.",
+            "Give the {obj} a {material} look.",
+            "Change the texture of the {obj} to {material}.",
+            "Make the {obj} look {material}.",
+        ],
+        [
+            "把{obj}变成{material}材质。",
+            "将{obj}的材质改为{material}。",
+            "让{obj}看起来是{material}的。",
+            "给{obj}换成{material}质感。",
+        ],
     ),
     "text_modification": (
-        ['Change the text "{old}" to "{new}".', 'Replace the word "{old}" with "{new}".', 'Make the sign say "{new}" instead of "{old}".', 'Edit the sign so it reads "{new}".'],
-        ["把文字“{old}”改成“{new}”。", "将“{old}”替换为“{new}”。", "让牌子上的字从“{old}”变成“{new}”。", "把招牌上的文字改为“{new}”。"],
+        [
+            'Change the text "{old}" to "{new}".',
+            'Replace the word "{old}" with "{new}".',
+            'Make the sign say "{new}" instead of "{old}".',
+            'Edit the sign so it reads "{new}".',
+        ],
+        [
+            "把文字“{old}”改成“{new}”。",
+            "将“{old}”替换为“{new}”。",
+            "让牌子上的字从“{old}”变成“{new}”。",
+            "把招牌上的文字改为“{new}”。",
+        ],
     ),
 }
 
-SIZES: dict[str, Phrase] = {"small": ("small", "小"), "medium": ("medium-sized", "中等大小的"), "large": ("large", "大")}
+SIZES: dict[str, Phrase] = {
+    "small": ("small", "小"),
+    "medium": ("medium-sized", "中等大小的"),
+    "large": ("large", "大"),
+}
 
 GRID_POSITIONS: dict[tuple[int, int], Phrase] = {
     (0, 0): ("in the top left corner", "左上角"),
@@ -69,7 +126,7 @@ def fill(task: str, rng: random.Random, en: dict[str, str], zh: dict[str, str]) 
 
 
 def shape_phrase(shape: Shape, with_article: bool = False, size: str | None = None) -> Phrase:
-    """"red circle" / "红色圆形" (optionally "a large red circle" / "一个大红色圆形")."""
+    """ "red circle" / "红色圆形" (optionally "a large red circle" / "一个大红色圆形")."""
     color_en, color_zh = shape.color, COLORS[shape.color][1]
     en = f"{color_en} {shape.kind}"
     zh = f"{color_zh}{SHAPES[shape.kind]}"

@@ -62,14 +62,25 @@ BACKGROUNDS: dict[str, tuple[str, tuple[RGB, ...], str, str]] = {
     "lavender": ("solid", ((230, 220, 246),), "a lavender background", "淡紫色背景"),
     "sunset": ("gradient", ((255, 196, 120), (236, 112, 150)), "a sunset gradient", "夕阳渐变背景"),
     "sky": ("gradient", ((110, 170, 235), (225, 242, 255)), "a clear blue sky", "晴朗的蓝天"),
-    "meadow": ("horizon", ((170, 215, 250), (110, 185, 85)), "a green meadow under a blue sky", "蓝天下的绿色草地"),
+    "meadow": (
+        "horizon",
+        ((170, 215, 250), (110, 185, 85)),
+        "a green meadow under a blue sky",
+        "蓝天下的绿色草地",
+    ),
     "beach": ("horizon", ((175, 218, 250), (236, 214, 160)), "a sandy beach", "沙滩"),
     "stripes": ("stripes", ((238, 238, 250), (205, 214, 240)), "striped wallpaper", "条纹壁纸"),
     "checker": ("checker", ((242, 242, 242), (205, 205, 205)), "a checkered floor pattern", "棋盘格图案"),
     "night_sky": ("gradient", ((22, 28, 72), (70, 66, 130)), "a dark night sky", "深色夜空"),
 }
 
-SKIN_TONES: tuple[RGB, ...] = ((255, 219, 172), (241, 194, 125), (224, 172, 105), (198, 134, 66), (141, 85, 36))
+SKIN_TONES: tuple[RGB, ...] = (
+    (255, 219, 172),
+    (241, 194, 125),
+    (224, 172, 105),
+    (198, 134, 66),
+    (141, 85, 36),
+)
 HAIR_COLORS: dict[str, tuple[RGB, str]] = {
     "black": ((30, 25, 25), "黑色"),
     "brown": ((101, 60, 30), "棕色"),
@@ -130,7 +141,12 @@ class Person:
     def box(self) -> tuple[int, int, int, int]:
         """A rectangle containing the person in any pose."""
         h = self.height
-        return (self.cx - int(0.55 * h), self.foot_y - int(1.2 * h), self.cx + int(0.55 * h) + 1, self.foot_y + h // 12 + 2)
+        return (
+            self.cx - int(0.55 * h),
+            self.foot_y - int(1.2 * h),
+            self.cx + int(0.55 * h) + 1,
+            self.foot_y + h // 12 + 2,
+        )
 
 
 @dataclass(frozen=True)
@@ -213,13 +229,29 @@ def _polygon(kind: str, radius: int, angle: int) -> list[tuple[float, float]]:
         points = [(radius, 30 + 60 * k) for k in range(6)]
     elif kind == "cross":
         a, b = 0.33 * radius, 0.95 * radius
-        corners = [(a, b), (a, a), (b, a), (b, -a), (a, -a), (a, -b), (-a, -b), (-a, -a), (-b, -a), (-b, a), (-a, a), (-a, b)]
+        corners = [
+            (a, b),
+            (a, a),
+            (b, a),
+            (b, -a),
+            (a, -a),
+            (a, -b),
+            (-a, -b),
+            (-a, -a),
+            (-b, -a),
+            (-b, a),
+            (-a, a),
+            (-a, b),
+        ]
         points = [(math.hypot(x, y), math.degrees(math.atan2(y, x))) for x, y in corners]
     else:
         raise ValueError(f"unknown shape {kind!r}")
     center = radius + 1
     return [
-        (center + r * math.cos(math.radians(theta + angle)), center - r * math.sin(math.radians(theta + angle)))
+        (
+            center + r * math.cos(math.radians(theta + angle)),
+            center - r * math.sin(math.radians(theta + angle)),
+        )
         for r, theta in points
     ]
 
@@ -265,7 +297,9 @@ def _sprite(kind: str, radius: int, angle: int, material: str, color: str) -> tu
         cell = period * 1.5
         dx = (xx % cell) - cell / 2
         dy = (yy % cell) - cell / 2
-        fill = np.where((dx * dx + dy * dy < (cell * 0.28) ** 2)[..., None], np.array((250, 250, 250), np.float32), base)
+        fill = np.where(
+            (dx * dx + dy * dy < (cell * 0.28) ** 2)[..., None], np.array((250, 250, 250), np.float32), base
+        )
     elif material == "metallic":
         t = (yy / max(1, size - 1))[..., None]
         shade = 1.25 - 0.75 * t
@@ -323,7 +357,9 @@ def _draw_sign(canvas: Image.Image, sign: Sign) -> None:
     tx0, ty0, tx1, ty1 = sign.text_box()
     patch = Image.new("RGB", (tx1 - tx0, ty1 - ty0), sign.board)
     font = ImageFont.load_default(size=sign.font_size)
-    ImageDraw.Draw(patch).text(((tx1 - tx0) / 2, (ty1 - ty0) / 2), sign.word, font=font, fill=sign.ink, anchor="mm")
+    ImageDraw.Draw(patch).text(
+        ((tx1 - tx0) / 2, (ty1 - ty0) / 2), sign.word, font=font, fill=sign.ink, anchor="mm"
+    )
     canvas.paste(patch, (tx0, ty0))
 
 
@@ -346,7 +382,9 @@ def _draw_person(canvas: Image.Image, person: Person) -> None:
         draw.line((sx, shoulder_y + limb // 2, ex, ey), fill=person.skin, width=max(2, limb - 1))
     draw.rectangle((cx - int(0.12 * h), shoulder_y, cx + int(0.12 * h), hip_y), fill=shirt)
     head_y = shoulder_y - head_r - 1
-    draw.ellipse((cx - head_r, head_y - head_r, cx + head_r, head_y + head_r), fill=person.skin, outline=(60, 40, 30))
+    draw.ellipse(
+        (cx - head_r, head_y - head_r, cx + head_r, head_y + head_r), fill=person.skin, outline=(60, 40, 30)
+    )
     eye = max(1, head_r // 5)
     for side in (-1, 1):
         ex = cx + side * head_r // 2
@@ -368,17 +406,35 @@ def _draw_face(canvas: Image.Image, face: Face) -> None:
     for side in (-1, 1):
         ex = cx + side * 0.4 * r
         if face.eyes_closed:
-            draw.arc((ex - 0.17 * r, eye_y - 0.12 * r, ex + 0.17 * r, eye_y + 0.12 * r), 0, 180, fill=dark, width=max(1, r // 18))
+            draw.arc(
+                (ex - 0.17 * r, eye_y - 0.12 * r, ex + 0.17 * r, eye_y + 0.12 * r),
+                0,
+                180,
+                fill=dark,
+                width=max(1, r // 18),
+            )
         else:
-            draw.ellipse((ex - 0.17 * r, eye_y - 0.12 * r, ex + 0.17 * r, eye_y + 0.12 * r), fill=(255, 255, 255), outline=dark)
+            draw.ellipse(
+                (ex - 0.17 * r, eye_y - 0.12 * r, ex + 0.17 * r, eye_y + 0.12 * r),
+                fill=(255, 255, 255),
+                outline=dark,
+            )
             draw.ellipse((ex - 0.07 * r, eye_y - 0.07 * r, ex + 0.07 * r, eye_y + 0.07 * r), fill=dark)
     draw.line((cx, cy, cx - 0.06 * r, cy + 0.18 * r), fill=_darker(face.skin, 0.35), width=max(1, r // 20))
     mouth_y = cy + 0.45 * r
     width = max(2, r // 14)
     if face.expression == "smile":
-        draw.arc((cx - 0.4 * r, mouth_y - 0.25 * r, cx + 0.4 * r, mouth_y + 0.2 * r), 10, 170, fill=(170, 40, 50), width=width)
+        draw.arc(
+            (cx - 0.4 * r, mouth_y - 0.25 * r, cx + 0.4 * r, mouth_y + 0.2 * r),
+            10,
+            170,
+            fill=(170, 40, 50),
+            width=width,
+        )
     elif face.expression == "surprised":
-        draw.ellipse((cx - 0.13 * r, mouth_y - 0.12 * r, cx + 0.13 * r, mouth_y + 0.18 * r), fill=(120, 30, 40))
+        draw.ellipse(
+            (cx - 0.13 * r, mouth_y - 0.12 * r, cx + 0.13 * r, mouth_y + 0.18 * r), fill=(120, 30, 40)
+        )
     else:
         draw.line((cx - 0.25 * r, mouth_y, cx + 0.25 * r, mouth_y), fill=(170, 40, 50), width=width)
     if face.blush:
@@ -389,10 +445,18 @@ def _draw_face(canvas: Image.Image, face: Face) -> None:
         lens = 0.25 * r
         for side in (-1, 1):
             ex = cx + side * 0.4 * r
-            draw.ellipse((ex - lens, eye_y - lens, ex + lens, eye_y + lens), outline=(20, 20, 20), width=max(2, r // 14))
+            draw.ellipse(
+                (ex - lens, eye_y - lens, ex + lens, eye_y + lens),
+                outline=(20, 20, 20),
+                width=max(2, r // 14),
+            )
         draw.line((cx - 0.15 * r, eye_y, cx + 0.15 * r, eye_y), fill=(20, 20, 20), width=max(2, r // 16))
         for side in (-1, 1):
-            draw.line((cx + side * 0.65 * r, eye_y, cx + side * 0.92 * r, eye_y - 0.1 * r), fill=(20, 20, 20), width=max(2, r // 16))
+            draw.line(
+                (cx + side * 0.65 * r, eye_y, cx + side * 0.92 * r, eye_y - 0.1 * r),
+                fill=(20, 20, 20),
+                width=max(2, r // 16),
+            )
     if face.hat is not None:
         color = COLORS[face.hat][0]
         draw.rectangle((cx - 0.75 * r, cy - 1.95 * r, cx + 0.75 * r, cy - 0.75 * r), fill=color)

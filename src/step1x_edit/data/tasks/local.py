@@ -16,14 +16,18 @@ from ...errors import InvalidImageError
 def _check_mask(image: Image.Image, mask: Image.Image | np.ndarray) -> np.ndarray:
     array = np.asarray(mask.convert("L") if isinstance(mask, Image.Image) else mask)
     if array.shape[:2] != (image.size[1], image.size[0]):
-        raise InvalidImageError(f"mask is {array.shape[1]}x{array.shape[0]} but the image is {image.size[0]}x{image.size[1]}")
+        raise InvalidImageError(
+            f"mask is {array.shape[1]}x{array.shape[0]} but the image is {image.size[0]}x{image.size[1]}"
+        )
     selected = array > 127 if array.dtype != bool else array
     if not selected.any():
         raise InvalidImageError("mask selects no pixels")
     return selected
 
 
-def recolor_region(image: Image.Image, mask: Image.Image | np.ndarray, color: tuple[int, int, int]) -> Image.Image:
+def recolor_region(
+    image: Image.Image, mask: Image.Image | np.ndarray, color: tuple[int, int, int]
+) -> Image.Image:
     """Give the masked region the hue of ``color`` while keeping each pixel's brightness (shading survives).
     Near-grey targets (white, black, grey) set saturation to zero and rescale brightness towards ``color``."""
     selected = _check_mask(image, mask)
@@ -45,7 +49,9 @@ def recolor_region(image: Image.Image, mask: Image.Image | np.ndarray, color: tu
     return Image.fromarray(out, "RGB")
 
 
-def fit_font(text: str, box_width: int, box_height: int, max_size: int | None = None) -> ImageFont.FreeTypeFont:
+def fit_font(
+    text: str, box_width: int, box_height: int, max_size: int | None = None
+) -> ImageFont.FreeTypeFont:
     """Pillow's built-in font at the largest size at which ``text`` fits the box (no font files needed)."""
     size = max_size or box_height
     while size > 6:
@@ -86,7 +92,9 @@ def replace_text(
     patch_image = Image.new("RGB", (x1 - x0, y1 - y0), background)
     margin = max(1, (y1 - y0) // 8)
     font = fit_font(text, x1 - x0 - 2 * margin, y1 - y0 - 2 * margin)
-    ImageDraw.Draw(patch_image).text(((x1 - x0) / 2, (y1 - y0) / 2), text, font=font, fill=text_color, anchor="mm")
+    ImageDraw.Draw(patch_image).text(
+        ((x1 - x0) / 2, (y1 - y0) / 2), text, font=font, fill=text_color, anchor="mm"
+    )
     out = rgb.copy()
     out.paste(patch_image, (x0, y0))  # drawing on a patch guarantees nothing outside the box changes
     return out

@@ -23,7 +23,9 @@ def posterize(image: Image.Image, bits: int = 2) -> Image.Image:
 def pencil_sketch(image: Image.Image, radius: float = 3.0) -> Image.Image:
     """Grey pencil drawing: colour-dodge of the greyscale image with its blurred negative."""
     grey = np.asarray(image.convert("L"), dtype=np.float32)
-    blurred = np.asarray(ImageOps.invert(image.convert("L")).filter(ImageFilter.GaussianBlur(radius)), dtype=np.float32)
+    blurred = np.asarray(
+        ImageOps.invert(image.convert("L")).filter(ImageFilter.GaussianBlur(radius)), dtype=np.float32
+    )
     sketch = np.clip(grey * 255.0 / np.maximum(255.0 - blurred, 1.0), 0, 255).astype(np.uint8)
     return Image.fromarray(sketch, "L").convert("RGB")
 
@@ -45,22 +47,38 @@ def apply_style(image: Image.Image, style: str) -> Image.Image:
 STYLES = {
     "pixel_art": (
         pixel_art,
-        ["Turn the image into pixel art", "Make it look like a retro 8-bit game", "Render the picture as pixel art"],
+        [
+            "Turn the image into pixel art",
+            "Make it look like a retro 8-bit game",
+            "Render the picture as pixel art",
+        ],
         ["把图片变成像素画", "让它看起来像复古8位游戏画面", "用像素风格重绘这张图"],
     ),
     "posterize": (
         posterize,
-        ["Posterize the image", "Make it look like a flat-color poster", "Reduce the image to a few bold colors"],
+        [
+            "Posterize the image",
+            "Make it look like a flat-color poster",
+            "Reduce the image to a few bold colors",
+        ],
         ["对图片做色调分离", "让它看起来像平涂海报", "把图片简化成几种鲜明的颜色"],
     ),
     "pencil_sketch": (
         pencil_sketch,
-        ["Turn the image into a pencil sketch", "Make it look hand-drawn in pencil", "Convert the picture to a sketch"],
+        [
+            "Turn the image into a pencil sketch",
+            "Make it look hand-drawn in pencil",
+            "Convert the picture to a sketch",
+        ],
         ["把图片变成铅笔素描", "让它看起来像铅笔手绘", "将图片转换为素描风格"],
     ),
     "emboss": (
         emboss,
-        ["Apply an emboss effect", "Make it look like a carved stone relief", "Give the image an embossed look"],
+        [
+            "Apply an emboss effect",
+            "Make it look like a carved stone relief",
+            "Give the image an embossed look",
+        ],
         ["添加浮雕效果", "让它看起来像石刻浮雕", "给图片做成浮雕风格"],
     ),
 }

@@ -47,7 +47,9 @@ def grade(image: Image.Image, look: str) -> Image.Image:
     raise ValueError(f"unknown grade {look!r}; choose sepia, black_and_white or teal_orange")
 
 
-def haze(image: Image.Image, density: float = 0.6, airlight: tuple[int, int, int] = (222, 224, 230)) -> Image.Image:
+def haze(
+    image: Image.Image, density: float = 0.6, airlight: tuple[int, int, int] = (222, 224, 230)
+) -> Image.Image:
     """Atmospheric haze ``I = J·t + A·(1 − t)`` with transmission falling towards the top of the frame
     (the top is treated as farther away when no depth map is available)."""
     rgb = _as_float(image)
@@ -80,7 +82,12 @@ def apply_tone(image: Image.Image, op: str) -> Image.Image:
 TONE_OPS = {
     "brighten": (
         lambda image: exposure(image, 0.8),
-        ["Brighten the image", "Increase the exposure", "Make the picture brighter", "Lighten the whole photo"],
+        [
+            "Brighten the image",
+            "Increase the exposure",
+            "Make the picture brighter",
+            "Lighten the whole photo",
+        ],
         ["把图片调亮", "提高曝光", "让画面更明亮", "整体提亮照片"],
     ),
     "darken": (
