@@ -14,7 +14,7 @@ from PIL import Image
 
 from step1x_edit.bench.dataset import load_gedit
 from step1x_edit.bench.generate import generate
-from step1x_edit.bench.judges.base import JudgeCallError
+from step1x_edit.bench.judges.base import JudgeCallError, JudgeUnavailable
 from step1x_edit.bench.judges.openai_judge import OpenAIJudge
 from step1x_edit.bench.judging import RetryPolicy, judge_results
 from step1x_edit.bench.layout import edit_path
@@ -221,3 +221,13 @@ def test_unreachable_endpoint_is_a_call_error(tmp_path):
     judge = OpenAIJudge(base_url="http://127.0.0.1:9/v1", api_key="k", timeout=0.5)
     with pytest.raises(JudgeCallError, match="Connection"):
         judge.complete("hello", [])
+
+
+def test_rejected_credentials_stop_the_run_instead_of_failing_every_sample(edited_bench, chat_server, tmp_path):
+    samples, results = edited_bench
+    server = chat_server(lambda request, call: (401, {"error": {"message": "Incorrect API key provided"}}))
+    judge = OpenAIJudge(model="judge-under-test", base_url=server.url, api_key="wrong", concurrency=1)
+    with pytest.raises(JudgeUnavailable, match="HTTP 401.*Incorrect API key"):
+        judge_results(samples, results, judge, tmp_path / "scores.jsonl", policy=FAST_RETRIES, progress=False)
+    assert len(server.requests) == 1
+    assert not (tmp_path / "scores.jsonl").exists() or not (tmp_path / "scores.jsonl").read_text()

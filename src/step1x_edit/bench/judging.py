@@ -189,8 +189,19 @@ def run_concurrently(function: Callable[[Any], None], items: list, workers: int,
     started (records already written stay, so the run resumes from there) and re-raise."""
     from tqdm.auto import tqdm
 
+    stop = threading.Event()
+
+    def guarded(item) -> None:
+        if stop.is_set():
+            return
+        try:
+            function(item)
+        except BaseException:
+            stop.set()  # jobs that have not started yet do nothing
+            raise
+
     pool = ThreadPoolExecutor(max_workers=max(1, workers))
-    futures = [pool.submit(function, item) for item in items]
+    futures = [pool.submit(guarded, item) for item in items]
     try:
         for future in tqdm(as_completed(futures), total=len(futures), desc=desc, disable=not progress):
             future.result()

@@ -2,7 +2,8 @@
 
 Judges do transport only. Retrying, parsing and recording failures are done once for every judge by
 :mod:`step1x_edit.bench.judging`, so a judge raises :class:`JudgeCallError` for a call that produced no usable
-reply (network error, timeout, rate limit, server error) and :class:`JudgeRefusal` when the model declined.
+reply (network error, timeout, rate limit, server error) and :class:`JudgeRefusal` when the model declined;
+:class:`JudgeUnavailable` stops the whole run (no request can succeed, e.g. a rejected API key).
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ from __future__ import annotations
 from typing import Protocol, runtime_checkable
 
 from PIL import Image
+
+from ...errors import Step1XEditError
 
 
 class JudgeCallError(RuntimeError):
@@ -22,6 +25,11 @@ class JudgeRefusal(JudgeCallError):
     def __init__(self, message: str, reply: str | None = None):
         super().__init__(message)
         self.reply = reply
+
+
+class JudgeUnavailable(Step1XEditError):
+    """The judge cannot answer any request (bad credentials, unknown model): the run stops instead of recording
+    every sample as failed."""
 
 
 @runtime_checkable

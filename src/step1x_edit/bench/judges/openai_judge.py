@@ -16,9 +16,11 @@ import os
 
 from PIL import Image
 
-from .base import JudgeCallError, JudgeRefusal
+from .base import JudgeCallError, JudgeRefusal, JudgeUnavailable
 
 DEFAULT_MODEL = "gpt-4.1"
+# Statuses that no retry can fix (credentials, permissions, unknown model): the run stops.
+UNRECOVERABLE_STATUS = (401, 403, 404)
 
 
 def jpeg_data_url(image: Image.Image) -> str:
@@ -78,6 +80,11 @@ class OpenAIJudge:
                 **options,
             )
         except openai.APIStatusError as error:
+            if error.status_code in UNRECOVERABLE_STATUS:
+                raise JudgeUnavailable(
+                    f"judge endpoint {self.info['endpoint']} refused model {self.model!r}: HTTP {error.status_code} "
+                    f"{error.message}"
+                ) from error
             raise JudgeCallError(f"HTTP {error.status_code}: {error.message}") from error
         except openai.APIError as error:  # timeouts, connection errors, malformed responses
             raise JudgeCallError(f"{type(error).__name__}: {error}") from error
