@@ -75,3 +75,11 @@ def test_judgements_by_another_judge_or_preparation_are_not_mixed(judged):
     with pytest.raises(DataFormatError, match="image prep upstream"):
         judge_results(samples, results, ScriptedJudge("judge-1"), scores, image_prep="snapshot", policy=NO_WAIT,
                       progress=False)
+
+
+def test_unreadable_edit_stops_with_its_path(judged):
+    samples, results, scores = judged
+    edit_path(results, samples[1]).write_bytes(b"not a png")
+    with pytest.raises(DataFormatError, match=f"edited image .*{samples[1].key}.png cannot be read"):
+        judge_results(samples, results, ScriptedJudge(), scores, policy=NO_WAIT, progress=False)
+    assert len(read_scores(scores)) == 1  # the sample before it was kept

@@ -127,8 +127,11 @@ def judge_sample(
     }
     if edited_path is None:
         return record
-    with Image.open(edited_path) as edited:
-        source, edit = prepare_images(edited, sample.source_image(source_column(image_prep)), image_prep)
+    try:
+        with Image.open(edited_path) as edited:
+            source, edit = prepare_images(edited, sample.source_image(source_column(image_prep)), image_prep)
+    except OSError as error:  # includes PIL's UnidentifiedImageError and truncated files
+        raise DataFormatError(f"edited image {edited_path} cannot be read ({error}); regenerate or remove it") from error
     sc, record["attempts"]["sc"] = ask(judge, sc_prompt(sample.instruction), [source, edit], policy)
     pq, record["attempts"]["pq"] = ask(judge, pq_prompt(), [edit], policy)
     record.update(sc_scores=sc, pq_scores=pq, status="ok" if sc is not None and pq is not None else "failed")
