@@ -1,0 +1,131 @@
+"""Tiny, deterministic stand-ins for the Step1X-Edit components: random weights, CPU, milliseconds, no network.
+
+They have the real architectures and interfaces at toy sizes, so tests and examples exercise the same code
+paths as the released models:
+
+* :func:`tiny_tokenizer`: a byte-level BPE with the Qwen2 pre-tokenizer, trained in a few milliseconds on a
+  built-in corpus (the prompt prefix and some instructions), with the Qwen special tokens after the regular
+  vocabulary, "!" as id 0 (so the official ``ids > 0`` mask quirk is exercised), the curly quotes as single
+  tokens and the stock Qwen2.5-VL chat template;
+* :func:`tiny_processor`: the Qwen2.5-VL processor around it, with the official image limits
+  (256-324 visual tokens);
+* :func:`tiny_text_encoder`: a random ``Qwen2_5_VLForConditionalGeneration`` (2 layers, 1 vision block)
+  whose special-token ids match the tiny tokenizer;
+* :func:`save_tiny_mllm`: both written with ``save_pretrained``, as a folder that
+  :func:`step1x_edit.models.mllm.load_text_encoder` and :func:`~step1x_edit.models.mllm.load_processor` read.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from pathlib import Path
+
+import torch
+from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+from transformers import PreTrainedTokenizerFast, Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+
+from ..models.mllm import QWEN2_5_VL_CHAT_TEMPLATE, build_processor
+from ..protocol import protocol_text
+
+# The Qwen2.5-VL special tokens, in the order of their ids (right after the regular vocabulary).
+QWEN_SPECIAL_TOKENS = [
+    "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|object_ref_start|>", "<|object_ref_end|>", "<|box_start|>",
+    "<|box_end|>", "<|quad_start|>", "<|quad_end|>", "<|vision_start|>", "<|vision_end|>", "<|vision_pad|>",
+    "<|image_pad|>", "<|video_pad|>",
+]
+# The Qwen2 pre-tokenizer split (letters, single digits, punctuation runs, newlines, spaces).
+QWEN_SPLIT_PATTERN = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+TINY_VOCAB_SIZE = 768  # regular tokens (the 256 byte symbols and the learned merges)
+_TRAINING_INSTRUCTIONS = [
+    "You are a helpful assistant.", "Picture 1:", "assistant", "user", "system",
+    "make the sky blue", "remove the cat", "add a red hat to the dog", "change the background to a beach",
+    "replace the girl's hat with a crown", "it's a sunny day", "turn the car into a bicycle",
+    "change the text “OPEN” to “CLOSED”", "write “A” on the wall", "add a sign that says “Hello World!”",
+    "把“你好”改成“再见”", "make it look like a watercolor painting", "increase the brightness",
+    "“ ” “1” “.” “!” “,” “?”", "0123456789",
+]
+
+
+@functools.cache
+def _tiny_tokenizer_json() -> str:
+    """Train the tiny BPE once per process (a few milliseconds) and return it serialized."""
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.normalizer = normalizers.NFC()
+    tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(QWEN_SPLIT_PATTERN), behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=False, use_regex=False),
+        ]
+    )
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=TINY_VOCAB_SIZE, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False
+    )
+    tokenizer.train_from_iterator([protocol_text("step1x_v1_prefix.txt")] + _TRAINING_INSTRUCTIONS * 4, trainer)
+    tokenizer.add_special_tokens(QWEN_SPECIAL_TOKENS)
+    return tokenizer.to_str()
+
+
+def tiny_tokenizer() -> PreTrainedTokenizerFast:
+    """A Qwen2-style byte-level BPE tokenizer of about 780 tokens ("!" = id 0, specials last)."""
+    return PreTrainedTokenizerFast(
+        tokenizer_object=Tokenizer.from_str(_tiny_tokenizer_json()),
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        additional_special_tokens=QWEN_SPECIAL_TOKENS[1:],
+        chat_template=QWEN2_5_VL_CHAT_TEMPLATE,
+        clean_up_tokenization_spaces=False,
+    )
+
+
+def tiny_processor():
+    """The Qwen2.5-VL processor (official image limits, stock chat template) around :func:`tiny_tokenizer`."""
+    return build_processor(tiny_tokenizer())
+
+
+def tiny_text_encoder(hidden_size: int = 32, seed: int = 0) -> Qwen2_5_VLForConditionalGeneration:
+    """A random Qwen2.5-VL (2 text layers of width ``hidden_size``, 1 vision block of width 16, 14-px patches,
+    2 x 2 merge) whose vocabulary and special-token ids are those of :func:`tiny_tokenizer`. Eval mode, float32."""
+    if hidden_size % 8:
+        raise ValueError(f"hidden_size must be a multiple of 8 (2 heads, 3-axis M-RoPE), got {hidden_size}")
+    tokenizer = tiny_tokenizer()
+    ids = {token: tokenizer.convert_tokens_to_ids(token) for token in QWEN_SPECIAL_TOKENS}
+    rotary_half = hidden_size // 4  # head_dim / 2 with 2 heads
+    spatial = 3 * rotary_half // 8
+    config = Qwen2_5_VLConfig(
+        text_config={
+            "vocab_size": len(tokenizer), "hidden_size": hidden_size, "intermediate_size": 2 * hidden_size,
+            "num_hidden_layers": 2, "num_attention_heads": 2, "num_key_value_heads": 1,
+            "max_position_embeddings": 32768, "rms_norm_eps": 1e-6, "bos_token_id": ids["<|endoftext|>"],
+            "eos_token_id": ids["<|im_end|>"], "pad_token_id": ids["<|endoftext|>"],
+            "rope_scaling": {"type": "mrope", "mrope_section": [rotary_half - 2 * spatial, spatial, spatial]},
+        },
+        vision_config={
+            "depth": 1, "hidden_size": 16, "intermediate_size": 32, "num_heads": 2, "out_hidden_size": hidden_size,
+            "patch_size": 14, "spatial_merge_size": 2, "temporal_patch_size": 2, "window_size": 112,
+            "fullatt_block_indexes": [0],
+        },
+        image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
+    )
+    config._attn_implementation = "sdpa"
+    generator_state = torch.random.get_rng_state()
+    torch.manual_seed(seed)
+    try:
+        model = Qwen2_5_VLForConditionalGeneration(config)
+    finally:
+        torch.random.set_rng_state(generator_state)
+    return model.eval().requires_grad_(False)
+
+
+def save_tiny_mllm(directory: str | os.PathLike, hidden_size: int = 32, seed: int = 0) -> Path:
+    """Write a tiny Qwen2.5-VL folder (weights, config, tokenizer, image processor, chat template) and return it."""
+    directory = Path(directory)
+    tiny_text_encoder(hidden_size, seed).save_pretrained(directory)
+    processor = tiny_processor()
+    processor.tokenizer.save_pretrained(directory)
+    processor.image_processor.save_pretrained(directory)
+    return directory
