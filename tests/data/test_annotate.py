@@ -136,6 +136,7 @@ def test_annotator_runs_rounds_that_each_see_the_previous_reply(server, store):
         and annotated["instruction_zh"] == "把红色圆形变成绿色。"
     )
     assert len(server.requests) == 3
+    assert len({request["seed"] for request in server.requests}) == 1  # one seed per sample, sent every round
     first_reply = "round 1: a red circle on a blue background"
     assert any(
         m["role"] == "assistant" and m["content"] == first_reply for m in server.requests[1]["messages"]

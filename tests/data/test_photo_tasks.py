@@ -5,10 +5,11 @@ import pytest
 from PIL import Image, ImageDraw
 
 from step1x_edit.data import LocalExecutor, generate_from_photos, iter_samples, summarize
+from step1x_edit.data.errors import DataConfigError
 from step1x_edit.data.tasks.local import recolor_region, replace_text
 from step1x_edit.data.tasks.style import STYLES, apply_style
 from step1x_edit.data.tasks.tone import TONE_OPS, apply_tone
-from step1x_edit.errors import DataFormatError, InvalidImageError
+from step1x_edit.errors import InvalidImageError
 
 
 def _photo(seed=0, size=(96, 72)):
@@ -80,7 +81,7 @@ def test_photo_folder_becomes_tone_and_style_triplets(tmp_path):
         ".jpg"
     )
     assert all(sample.instruction_zh for sample in iter_samples(store.root, None))
-    with pytest.raises(DataFormatError, match="without a model"):
+    with pytest.raises(DataConfigError, match="without a model"):
         generate_from_photos(
             tmp_path / "bad", tmp_path / "photos", tasks=("subject_removal",), progress=False
         )

@@ -84,6 +84,7 @@ def _parse_aspects(text: str) -> tuple[float, ...]:
 
 
 def _generate(args) -> int:
+    from .errors import DataConfigError
     from .generate import SyntheticConfig, generate_dataset, generate_from_photos, parse_tasks
     from .store import summarize
 
@@ -102,7 +103,7 @@ def _generate(args) -> int:
         )
     else:
         if args.count is None:
-            raise SystemExit("step1x-edit data generate: error: --count is required (or --photos DIR)")
+            raise DataConfigError("--count is required (or --photos DIR)")
         config = SyntheticConfig(tasks, args.resolution, args.aspect, args.seed, args.shard_size)
         store = generate_dataset(
             args.out, args.count, config, _executor(args), args.overwrite, not args.quiet

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import DataFormatError
+from .errors import DataConfigError
 from .executors import LocalExecutor, RayExecutor, ShardSpec, run_pipeline
 from .records import make_record, stable_hash, stable_int
 from .stages import Pipeline, Record, Stage
@@ -40,7 +41,7 @@ def parse_tasks(tasks: str | Sequence[str]) -> tuple[str, ...]:
     )
     unknown = [name for name in names if name not in TASKS]
     if unknown or not names:
-        raise DataFormatError(f"unknown task(s) {unknown or names}; choose from: all, {', '.join(TASKS)}")
+        raise DataConfigError(f"unknown task(s) {unknown or names}; choose from: all, {', '.join(TASKS)}")
     return tuple(dict.fromkeys(names))
 
 
@@ -57,11 +58,13 @@ class SyntheticConfig:
     def __post_init__(self) -> None:
         parse_tasks(self.tasks)
         if self.shard_size < 1:
-            raise ValueError(f"shard_size must be >= 1, got {self.shard_size}")
+            raise DataConfigError(f"shard_size must be >= 1, got {self.shard_size}")
         if self.resolution[0] < 64 or self.resolution[1] < self.resolution[0]:
-            raise ValueError(f"resolution must be a range (min, max) with min >= 64, got {self.resolution}")
+            raise DataConfigError(
+                f"resolution must be a range (min, max) with min >= 64, got {self.resolution}"
+            )
         if not self.aspect_ratios or any(ratio <= 0 for ratio in self.aspect_ratios):
-            raise ValueError(f"aspect ratios must be positive, got {self.aspect_ratios}")
+            raise DataConfigError(f"aspect ratios must be positive, got {self.aspect_ratios}")
 
 
 class RenderSynthetic:
@@ -113,7 +116,7 @@ def synthetic_pipeline(config: SyntheticConfig) -> tuple[Pipeline, str]:
 def plan_synthetic(count: int, config: SyntheticConfig, config_hash: str) -> list[ShardSpec]:
     """Shards of seed records for samples ``0 .. count-1``."""
     if count < 1:
-        raise ValueError(f"count must be >= 1, got {count}")
+        raise DataConfigError(f"count must be >= 1, got {count}")
     shards = []
     for start in range(0, count, config.shard_size):
         indices = range(start, min(count, start + config.shard_size))
@@ -142,6 +145,8 @@ def generate_dataset(
     progress: bool = True,
 ) -> Store:
     """Generate ``count`` synthetic triplets into ``out_dir`` (resumable; see the module docstring)."""
+    if count < 1:
+        raise DataConfigError(f"count must be >= 1, got {count}")
     pipeline, config_hash = synthetic_pipeline(config)
     manifest = {
         "config_hash": config_hash,
@@ -214,7 +219,7 @@ def generate_from_photos(
     """One tone and/or style triplet per photo of ``photo_dir`` (recursively), no model needed."""
     allowed = {"tone_transformation", "style_transfer"}
     if not set(tasks) <= allowed:
-        raise DataFormatError(f"photo folders support {sorted(allowed)} without a model; got {list(tasks)}")
+        raise DataConfigError(f"photo folders support {sorted(allowed)} without a model; got {list(tasks)}")
     root = Path(photo_dir)
     if not root.is_dir():
         raise DataFormatError(f"photo folder not found: {root}")

@@ -106,9 +106,14 @@ class ChatClient:
         )
 
     def complete(
-        self, messages: list[dict[str, Any]], parse: Callable[[str], Any] = lambda text: text
+        self,
+        messages: list[dict[str, Any]],
+        parse: Callable[[str], Any] = lambda text: text,
+        seed: int | None = None,
     ) -> Any:
-        """Send ``messages`` and return ``parse(reply_text)``; retry transient failures and parse errors."""
+        """Send ``messages`` and return ``parse(reply_text)``; retry transient failures and parse errors.
+        ``seed`` is forwarded to servers that support sampling seeds (vLLM, SGLang, OpenAI)."""
+        extra = {"seed": seed} if seed is not None else {}
         last = "no attempt made"
         for attempt in range(self.endpoint.max_retries + 1):
             if attempt:
@@ -119,6 +124,7 @@ class ChatClient:
                     messages=messages,
                     temperature=self.endpoint.temperature,
                     max_tokens=self.endpoint.max_tokens,
+                    **extra,
                 )
                 if not response.choices or response.choices[0].message.content is None:
                     raise ValueError("reply has no message content")

@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from ..records import decode_png, stable_hash
+from ..records import decode_png, stable_hash, stable_int
 from ..stages import Record, Resources, Stage
 from .client import AnnotationError, ChatClient, ChatEndpoint, image_part
 
@@ -140,9 +140,10 @@ class MLLMAnnotator:
             {"role": "user", "content": [*images, {"type": "text", "text": ROUND_DESCRIBE}]},
         ]
         rounds: list[str] = []
+        seed = stable_int(record["sample_id"], "mllm_annotate") % 2**31
         try:
             for prompt in (ROUND_DIFFERENCES, None):
-                reply = self.client.complete(messages)
+                reply = self.client.complete(messages, seed=seed)
                 rounds.append(reply)
                 messages.append({"role": "assistant", "content": reply})
                 if prompt is not None:
@@ -153,7 +154,7 @@ class MLLMAnnotator:
             messages.append(
                 {"role": "user", "content": ROUND_INSTRUCTION.format(task=record["task"], examples=examples)}
             )
-            result = self.client.complete(messages, parse=_instruction_reply)
+            result = self.client.complete(messages, parse=_instruction_reply, seed=seed)
         except AnnotationError as error:
             meta["annotation"] = {
                 "status": "failed",
@@ -215,7 +216,9 @@ class MLLMVerifier:
             },
         ]
         try:
-            result = self.client.complete(messages, parse=_verify_reply)
+            result = self.client.complete(
+                messages, parse=_verify_reply, seed=stable_int(record["sample_id"], "mllm_verify") % 2**31
+            )
         except AnnotationError as error:
             reasons["mllm_verify"] = f"failed: {error}"
             rejects.append(f"mllm_verify_failed: {error}")
