@@ -4,7 +4,7 @@
 
 - ``report.md`` and ``report.html``: per language, a table of G_SC / G_PQ / G_O averages with 95% intervals and
   failure counts, and a per-task table of G_O (full set);
-- ``scores_<lang>.png``: bar charts of SC, PQ and O per task group, one bar per model;
+- ``scores_<lang>.png``: bar charts of SC, PQ and O per task group, one bar per model, 95% intervals as error bars;
 - ``examples/<task>.png`` (when samples and results directories are given): rows of source | edit per model.
 """
 
@@ -25,7 +25,8 @@ THUMBNAIL_HEIGHT = 192
 
 
 def plot_scores(stats: dict[str, GEditStatistics], language: str, path: Path, subset: str = "full") -> None:
-    """Grouped bar charts (one panel per metric) of every task group's mean, one bar per model."""
+    """Grouped bar charts (one panel per metric) of every task group's mean, one bar per model, with the 95%
+    bootstrap intervals as error bars."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -39,9 +40,13 @@ def plot_scores(stats: dict[str, GEditStatistics], language: str, path: Path, su
     positions = np.arange(len(groups))
     for m, (name, stat) in enumerate(stats.items()):
         means = stat.scores.get(language, {}).get(subset, {})
+        ci = stat.ci95.get(language, {}).get(subset, {})
         for j, axis in enumerate(axes):
-            values = [means[g][j] if g in means else np.nan for g in groups]
-            axis.bar(positions + (m - (len(stats) - 1) / 2) * width, values, width, label=name)
+            values = np.array([means[g][j] if g in means else np.nan for g in groups])
+            bounds = np.array([ci[g][j] if g in ci else [np.nan, np.nan] for g in groups])  # (groups, 2)
+            errors = np.abs(np.stack([values - bounds[:, 0], bounds[:, 1] - values]))  # (2, groups)
+            offset = (m - (len(stats) - 1) / 2) * width
+            axis.bar(positions + offset, values, width, yerr=errors, capsize=2, label=name)
     for j, axis in enumerate(axes):
         axis.set_ylabel(f"G_{METRICS[j]}")
         axis.set_ylim(0, 10)
