@@ -173,6 +173,7 @@ class RenderPhotoOps:
         import random
 
         from ..image_io import load_image
+        from .synthetic.language import sentence
         from .tasks.style import STYLES, apply_style
         from .tasks.tone import TONE_OPS, apply_tone
 
@@ -187,14 +188,15 @@ class RenderPhotoOps:
             else:
                 op = rng.choice(list(STYLES))
                 target, (_, en, zh) = apply_style(image, op), STYLES[op]
+            instruction = sentence(rng.choice(en), rng.choice(zh))
             out.append(
                 make_record(
                     sample_id=item["sample_id"],
                     task=item["task"],
                     source=image,
                     target=target,
-                    instruction_en=rng.choice(en),
-                    instruction_zh=rng.choice(zh),
+                    instruction_en=instruction[0],
+                    instruction_zh=instruction[1],
                     generator=self.generator,
                     seed=item["seed"],
                     provenance={"source_path": item["path"], "license": item.get("license")},

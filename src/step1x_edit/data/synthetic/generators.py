@@ -17,7 +17,7 @@ from PIL import Image
 
 from ..tasks.style import STYLES, apply_style
 from ..tasks.tone import TONE_INVERSES, TONE_OPS, apply_tone
-from .language import fill, pick, position_phrase, refer, shape_phrase, size_name
+from .language import fill, pick, position_phrase, refer, sentence, shape_phrase, size_name
 from .world import (
     BACKGROUNDS,
     COLORS,
@@ -654,7 +654,9 @@ def _style(rng: random.Random, width: int, height: int) -> _Edit:
     style = rng.choice(list(STYLES))
     _, en, zh = STYLES[style]
     source = render(scene)
-    return _Edit(source, apply_style(source, style), (pick(rng, en), pick(rng, zh)), None, {"style": style})
+    return _Edit(
+        source, apply_style(source, style), sentence(pick(rng, en), pick(rng, zh)), None, {"style": style}
+    )
 
 
 def _tone(rng: random.Random, width: int, height: int) -> _Edit:
@@ -664,9 +666,11 @@ def _tone(rng: random.Random, width: int, height: int) -> _Edit:
     toned = apply_tone(clean, op)
     if op in TONE_INVERSES and rng.random() < 0.3:
         en, zh = TONE_INVERSES[op]
-        return _Edit(toned, clean, (pick(rng, en), pick(rng, zh)), None, {"tone": op, "inverse": True})
+        return _Edit(
+            toned, clean, sentence(pick(rng, en), pick(rng, zh)), None, {"tone": op, "inverse": True}
+        )
     _, en, zh = TONE_OPS[op]
-    return _Edit(clean, toned, (pick(rng, en), pick(rng, zh)), None, {"tone": op, "inverse": False})
+    return _Edit(clean, toned, sentence(pick(rng, en), pick(rng, zh)), None, {"tone": op, "inverse": False})
 
 
 _GENERATORS: dict[str, Callable[[random.Random, int, int], _Edit]] = {

@@ -21,7 +21,7 @@ TEMPLATES: dict[str, tuple[list[str], list[str]]] = {
             "Draw {new} {where}.",
             "Insert {new} {where}.",
         ],
-        ["在{where}添加{new}。", "在{where}放一个{new}。", "在{where}画上{new}。", "往{where}加入{new}。"],
+        ["在{where}添加{new}。", "在{where}放上{new}。", "在{where}画上{new}。", "往{where}加入{new}。"],
     ),
     "subject_removal": (
         [
@@ -46,7 +46,7 @@ TEMPLATES: dict[str, tuple[list[str], list[str]]] = {
         [
             "Change the background to {bg}.",
             "Replace the background with {bg}.",
-            "Put the objects in front of {bg}.",
+            "Switch the background to {bg}.",
             "Make the background {bg}.",
         ],
         ["把背景换成{bg}。", "将背景替换为{bg}。", "背景改成{bg}。", "把背景变为{bg}。"],
@@ -119,6 +119,11 @@ def pick(rng: random.Random, options: list[str]) -> str:
     return options[rng.randrange(len(options))]
 
 
+def sentence(en: str, zh: str) -> Phrase:
+    """End an English phrase with a period and a Chinese one with "。" (the task templates already do)."""
+    return (en if en.endswith((".", "!")) else en + "."), (zh if zh.endswith("。") else zh + "。")
+
+
 def fill(task: str, rng: random.Random, en: dict[str, str], zh: dict[str, str]) -> Phrase:
     """Fill a random English and a random Chinese template of ``task``."""
     en_templates, zh_templates = TEMPLATES[task]
@@ -155,7 +160,7 @@ def refer(shape: Shape, others: list[Shape], rng: random.Random) -> Phrase:
     color_zh, kind_zh = COLORS[shape.color][1], SHAPES[shape.kind]
     options: list[Phrase] = [shape_phrase(shape)]  # colour + shape is unique by construction
     if all(other.color != shape.color for other in others):
-        options.append((f"{shape.color} shape", f"{color_zh}的图形"))
+        options.append((f"{shape.color} shape", f"{color_zh}图形"))
         options.append((f"{shape.color} object", f"{color_zh}物体"))
     if all(other.kind != shape.kind for other in others):
         options.append((shape.kind, kind_zh))

@@ -55,11 +55,11 @@ MATERIALS: dict[str, tuple[str, str]] = {
 
 # Backgrounds: name -> (kind, colours, English phrase, Chinese phrase).
 BACKGROUNDS: dict[str, tuple[str, tuple[RGB, ...], str, str]] = {
-    "light_blue": ("solid", ((200, 225, 245),), "a plain light blue background", "纯浅蓝色"),
-    "cream": ("solid", ((246, 238, 218),), "a cream-colored background", "米白色"),
-    "light_gray": ("solid", ((222, 222, 222),), "a light gray background", "浅灰色"),
-    "mint": ("solid", ((205, 240, 218),), "a mint green background", "薄荷绿色"),
-    "lavender": ("solid", ((230, 220, 246),), "a lavender background", "淡紫色"),
+    "light_blue": ("solid", ((200, 225, 245),), "plain light blue", "纯浅蓝色"),
+    "cream": ("solid", ((246, 238, 218),), "cream", "米白色"),
+    "light_gray": ("solid", ((222, 222, 222),), "light gray", "浅灰色"),
+    "mint": ("solid", ((205, 240, 218),), "mint green", "薄荷绿色"),
+    "lavender": ("solid", ((230, 220, 246),), "lavender", "淡紫色"),
     "sunset": ("gradient", ((255, 196, 120), (236, 112, 150)), "a sunset gradient", "夕阳渐变色"),
     "sky": ("gradient", ((110, 170, 235), (225, 242, 255)), "a clear blue sky", "晴朗的蓝天"),
     "meadow": (
