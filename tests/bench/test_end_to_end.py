@@ -14,6 +14,8 @@ from step1x_edit.bench.stats import compute_statistics, read_scores
 from step1x_edit.cli import main
 
 tiny = pytest.importorskip("step1x_edit.testing.tiny", reason="the tiny pipeline components are not available")
+if not hasattr(tiny, "tiny_pipeline"):
+    pytest.skip("the tiny pipeline is not available yet", allow_module_level=True)
 
 STEPS = 2
 SIZE_LEVEL = 64
