@@ -33,20 +33,15 @@ class TransformersJudge:
         cls, path: str, device: str | None = None, torch_dtype=None, max_new_tokens: int = 512
     ) -> TransformersJudge:
         """Load a VLM and its processor from a local directory (``device_map="auto"`` when ``device`` is None)."""
-        from transformers import AutoModelForImageTextToText, AutoProcessor
+        from transformers import AutoModelForImageTextToText
 
-        from ...errors import CheckpointError, Step1XEditError
+        from ...errors import CheckpointError
 
         try:
-            processor = AutoProcessor.from_pretrained(path)
+            processor = _load_processor(path)
             model = AutoModelForImageTextToText.from_pretrained(
                 path, dtype=torch_dtype or "auto", device_map=device or "auto"
             )
-        except ImportError as error:  # e.g. Qwen2.5-VL's processor needs torchvision for its video part
-            raise Step1XEditError(
-                f"the judge VLM in {path} needs a package that is not installed: {str(error).strip().splitlines()[0]} "
-                "(for torchvision, install the build that matches your torch)"
-            ) from error
         except (OSError, ValueError) as error:
             raise CheckpointError(f"cannot load a judge VLM from {path}: {error}") from error
         return cls(model.eval(), processor, name=str(path), max_new_tokens=max_new_tokens)
@@ -67,3 +62,24 @@ class TransformersJudge:
                 raise JudgeCallError(f"{type(error).__name__}: {error}") from error
         new_tokens = output[:, inputs["input_ids"].shape[1] :]  # (1, generated)
         return self.processor.batch_decode(new_tokens, skip_special_tokens=True)[0]
+
+
+def _load_processor(path: str):
+    """The folder's processor. Qwen2.5-VL's also builds a video processor, which needs torchvision; without it,
+    the image-only variant is used (same tokenizer, image processor and chat template)."""
+    from transformers import AutoConfig, AutoProcessor, AutoTokenizer, Qwen2VLImageProcessorPil
+
+    from ...errors import Step1XEditError
+
+    try:
+        return AutoProcessor.from_pretrained(path)
+    except ImportError as error:
+        if AutoConfig.from_pretrained(path).model_type != "qwen2_5_vl":
+            raise Step1XEditError(
+                f"the judge VLM in {path} needs a package that is not installed: {str(error).strip().splitlines()[0]}"
+            ) from error
+    from ...models.mllm import ImageOnlyQwen2_5_VLProcessor
+
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    image_processor = Qwen2VLImageProcessorPil.from_pretrained(path)
+    return ImageOnlyQwen2_5_VLProcessor(image_processor, tokenizer, chat_template=tokenizer.chat_template)
