@@ -212,3 +212,10 @@ def test_json_is_found_inside_fences_and_prose():
     assert parse_json_reply('The answer is {"a": 2}.') == {"a": 2}
     with pytest.raises(ValueError):
         parse_json_reply("[1, 2]")
+
+
+def test_model_stage_in_two_spawned_workers_matches_one_worker(server, store, tmp_path):
+    pipeline = Pipeline((verify_stage(_endpoint(server), concurrency=2),))
+    one = transform_store(store.root, tmp_path / "one", pipeline, LocalExecutor(1), progress=False)
+    two = transform_store(store.root, tmp_path / "two", pipeline, LocalExecutor(2), progress=False)
+    assert list(two.iter_records()) == list(one.iter_records())

@@ -9,6 +9,7 @@ rows by ``sample_id``, so the same input gives the same store with either execut
 from __future__ import annotations
 
 import functools
+import multiprocessing
 import os
 import pickle
 from collections.abc import Sequence
@@ -108,8 +109,14 @@ class LocalExecutor:
                     markers.append(_process_shard(pipeline, fns, shard, store))
                     bar.update(markers[-1]["rows"])
                 return markers
+            # Model stages may hold CUDA or threaded runtimes that do not survive fork: start clean processes.
+            needs_spawn = any(stage.resources.model for stage in pipeline.stages)
+            context = multiprocessing.get_context("spawn") if needs_spawn else None
             with ProcessPoolExecutor(
-                max_workers=min(self.workers, len(shards)), initializer=_init_worker, initargs=(pipeline,)
+                max_workers=min(self.workers, len(shards)),
+                mp_context=context,
+                initializer=_init_worker,
+                initargs=(pipeline,),
             ) as pool:
                 futures = [pool.submit(_process_shard_in_worker, pipeline, shard, store) for shard in shards]
                 for future in as_completed(futures):

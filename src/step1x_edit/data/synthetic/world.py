@@ -50,7 +50,7 @@ MATERIALS: dict[str, tuple[str, str]] = {
     "checkered": ("checkered", "格子"),
     "metallic": ("metallic", "金属"),
     "wooden": ("wooden", "木头"),
-    "glass": ("transparent glass", "透明玻璃"),
+    "glass": ("glass-like", "透明玻璃"),
 }
 
 # Backgrounds: name -> (kind, colours, English phrase, Chinese phrase).
