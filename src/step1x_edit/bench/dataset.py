@@ -7,7 +7,8 @@ Hugging Face ``Image`` structs (``{"bytes", "path"}``).
 
 :func:`load_gedit` checks the copy before anything runs: required columns, every numbered shard present,
 no duplicate (key, language), and - unless ``allow_partial`` - exactly the published 606 samples per
-language with the published count per task group.
+language with the published count per task group. The selected samples keep their images encoded in memory
+(about the size of the Parquet files) and decode them on access.
 """
 
 from __future__ import annotations
@@ -76,7 +77,8 @@ class GEditSample:
         return None if self.input_image_raw_bytes is None else _decode(self.input_image_raw_bytes, self)
 
     def source_image(self, column: str = "input_image") -> Image.Image:
-        """The source image from ``column`` (``input_image`` or ``input_image_raw``)."""
+        """The source image from ``column`` (``input_image`` or ``input_image_raw``; the latter falls back to
+        ``input_image`` for a copy without raw images)."""
         if column == "input_image_raw" and self.input_image_raw_bytes is not None:
             return self.input_image_raw
         if column in ("input_image", "input_image_raw"):
