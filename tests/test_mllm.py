@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from diffusers import DiffusionPipeline
 from PIL import Image
 
 from step1x_edit.errors import CheckpointError, InvalidImageError, InvalidPromptError
@@ -200,6 +201,8 @@ def test_bad_inputs_raise_specific_errors(text_encoder, processor, image):
         mllm.encode_prompts(text_encoder, processor, ["not an image"], ["remove the cat"])
     with pytest.raises(ValueError, match="2 images for 1 prompts"):
         mllm.encode_prompts(text_encoder, processor, [image, image], ["remove the cat"])
+    with pytest.raises(ValueError, match="at least one"):
+        mllm.encode_prompts(text_encoder, processor, [], [])
 
 
 # ------------------------------------------------------------------------------------------ loading
@@ -210,6 +213,19 @@ def test_saved_tiny_mllm_reloads_with_identical_condition(tmp_path, text_encoder
     actual = _encode(reloaded_encoder, reloaded_processor, image, ['write "A" on the wall'])
     assert torch.equal(expected[0], actual[0]) and torch.equal(expected[1], actual[1])
     assert reloaded_encoder.config._attn_implementation == "sdpa"
+
+
+def test_processor_and_text_encoder_survive_a_diffusers_pipeline_round_trip(tmp_path, text_encoder, processor, image):
+    class Pipeline(DiffusionPipeline):
+        def __init__(self, text_encoder, processor):
+            super().__init__()
+            self.register_modules(text_encoder=text_encoder, processor=processor)
+
+    Pipeline(text_encoder, processor).save_pretrained(tmp_path / "pipeline")
+    reloaded = Pipeline.from_pretrained(tmp_path / "pipeline")
+    assert isinstance(reloaded.processor, mllm.ImageOnlyQwen2_5_VLProcessor)
+    expected = _encode(text_encoder, processor, image, ["remove the cat"])[0]
+    assert torch.equal(_encode(reloaded.text_encoder, reloaded.processor, image, ["remove the cat"])[0], expected)
 
 
 def test_missing_or_partial_qwen_folder_raises_checkpoint_error(tmp_path):

@@ -33,6 +33,7 @@ from PIL import Image
 from transformers import (
     AutoTokenizer,
     BatchFeature,
+    ProcessorMixin,
     Qwen2_5_VLForConditionalGeneration,
     Qwen2_5_VLProcessor,
     Qwen2VLImageProcessorPil,
@@ -88,6 +89,8 @@ class ImageOnlyQwen2_5_VLProcessor(Qwen2_5_VLProcessor):
     transformers' video processors need torchvision, and ``ProcessorMixin`` type-checks every sub-processor
     named in ``__init__``; a processor whose ``__init__`` names only ``image_processor`` and ``tokenizer``
     skips the video processor entirely (chat template, image-token expansion and saving work unchanged).
+    A diffusers pipeline reloads it through its base class, which it looks up in this module
+    (``ProcessorMixin`` is imported here for that, and for the annotations).
     """
 
     def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):
@@ -123,7 +126,7 @@ def _messages(instruction: str) -> list[dict]:
     ]
 
 
-def render_prompt(processor, instruction: str) -> str:
+def render_prompt(processor: ProcessorMixin, instruction: str) -> str:
     """The chat-template string of the official prompt, with one unexpanded ``<|image_pad|>``."""
     return processor.apply_chat_template(
         _messages(instruction), tokenize=False, add_generation_prompt=True, add_vision_id=True
@@ -171,8 +174,7 @@ def _segment_ids(tokenizer, segments: list[str]) -> list[int]:
     come out as their own tokens (they merge with some characters, e.g. “A, and then stay)."""
     open_id, close_id = _single_token_id(tokenizer, OPEN_QUOTE), _single_token_id(tokenizer, CLOSE_QUOTE)
     ids: list[int] = []
-    for segment in segments:
-        segment_ids = tokenizer(segment, add_special_tokens=False).input_ids
+    for segment_ids in tokenizer(segments, add_special_tokens=False).input_ids:
         if len(segment_ids) >= 2 and segment_ids[0] == open_id and segment_ids[-1] == close_id:
             segment_ids = segment_ids[1:-1]
         ids.extend(segment_ids)
@@ -230,7 +232,7 @@ def resize_for_mllm(image: Image.Image) -> Image.Image:
 
 
 # ---------------------------------------------------------------------------------------------- tokens
-def tokenize_prompt(processor, image: Image.Image, instruction: str) -> BatchFeature:
+def tokenize_prompt(processor: ProcessorMixin, image: Image.Image, instruction: str) -> BatchFeature:
     """Model inputs of one (image, instruction) pair, batch of one, exactly as the official embedder builds them.
 
     ``input_ids``: the processor's ids (image expanded) before the first ``<|vision_end|>``, then the
@@ -273,7 +275,7 @@ def _position_ids(text_encoder, inputs: BatchFeature) -> torch.Tensor:
 
 def encode_prompts(
     text_encoder: Qwen2_5_VLForConditionalGeneration,
-    processor,
+    processor: ProcessorMixin,
     images: list[Image.Image],
     prompts: list[str],
     max_length: int = MAX_LENGTH,
@@ -283,22 +285,22 @@ def encode_prompts(
     encoder's dtype and mask [B, max_length] int64.
 
     Each sample runs on its own, as in the official code: the last hidden layer after the final norm, minus the
-    first ``drop`` positions (default :func:`prefix_token_count`), written from position 0 into zeros; the mask
-    is 1 on the written positions. An empty instruction is valid (it is the CFG negative). Longer inputs keep
+    first ``drop`` positions (default :func:`prefix_token_count`), right-padded with zeros to ``max_length``; the
+    mask is 1 on the kept positions. An empty instruction is valid (it is the CFG negative). Longer inputs keep
     their first ``max_length`` positions and warn; since the model is causal, the ids past ``drop + max_length``
     are cut before the forward, which leaves the kept positions unchanged.
     """
     if len(images) != len(prompts):
         raise ValueError(f"got {len(images)} images for {len(prompts)} prompts")
+    if not prompts:
+        raise ValueError("encode_prompts needs at least one (image, prompt) pair")
     if max_length < 1:
         raise ValueError(f"max_length must be positive, got {max_length}")
     if drop is None:
         drop = prefix_token_count(processor.tokenizer)
     vision_end = processor.tokenizer.convert_tokens_to_ids("<|vision_end|>")
     device, dtype = text_encoder.device, text_encoder.dtype
-    embeddings = torch.zeros(len(prompts), max_length, text_encoder.config.text_config.hidden_size, dtype=dtype,
-                             device=device)
-    mask = torch.zeros(len(prompts), max_length, dtype=torch.long, device=device)
+    embeddings, masks = [], []
     with torch.inference_mode():
         for index, (image, prompt) in enumerate(zip(images, prompts, strict=True)):
             inputs = tokenize_prompt(processor, image, prompt)
@@ -323,10 +325,11 @@ def encode_prompts(
                 use_cache=False,
                 logits_to_keep=1,
             )
-            hidden = outputs.hidden_states[-1][0, drop : drop + max_length]  # [min(L - drop, max_length), hidden]
-            embeddings[index, : hidden.shape[0]] = hidden.to(device, dtype)
-            mask[index, : hidden.shape[0]] = 1
-    return embeddings, mask
+            hidden = outputs.hidden_states[-1][0, drop : drop + max_length]  # [n, hidden], n <= max_length
+            valid = hidden.shape[0]
+            embeddings.append(torch.nn.functional.pad(hidden, (0, 0, 0, max_length - valid)))  # [max_length, hidden]
+            masks.append((torch.arange(max_length, device=hidden.device) < valid).long())  # [max_length]
+    return torch.stack(embeddings), torch.stack(masks)
 
 
 # ---------------------------------------------------------------------------------------------- loading
