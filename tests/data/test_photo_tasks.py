@@ -1,5 +1,7 @@
 """Model-free edits of real images: tone and style on a folder of photos; recolouring and text given a mask/box."""
 
+import json
+
 import numpy as np
 import pytest
 from PIL import Image, ImageDraw
@@ -9,7 +11,7 @@ from step1x_edit.data.errors import DataConfigError
 from step1x_edit.data.tasks.local import recolor_region, replace_text
 from step1x_edit.data.tasks.style import STYLES, apply_style
 from step1x_edit.data.tasks.tone import TONE_OPS, apply_tone
-from step1x_edit.errors import InvalidImageError
+from step1x_edit.errors import DataFormatError, InvalidImageError
 
 
 def _photo(seed=0, size=(96, 72)):
@@ -85,3 +87,46 @@ def test_photo_folder_becomes_tone_and_style_triplets(tmp_path):
         generate_from_photos(
             tmp_path / "bad", tmp_path / "photos", tasks=("subject_removal",), progress=False
         )
+
+
+def test_region_spec_builds_colour_and_text_triplets_that_only_touch_the_region(tmp_path):
+    from step1x_edit.data.generate import generate_region_edits
+
+    photo = _photo(size=(120, 90))
+    photo.save(tmp_path / "photo.png")
+    mask = Image.new("L", photo.size, 0)
+    mask.paste(255, (10, 10, 50, 40))
+    mask.save(tmp_path / "mask.png")
+    lines = [
+        {
+            "image": "photo.png",
+            "task": "color_alteration",
+            "mask": "mask.png",
+            "color": "green",
+            "object": "car",
+            "object_zh": "汽车",
+        },
+        {
+            "image": "photo.png",
+            "task": "text_modification",
+            "box": [60, 50, 110, 80],
+            "text": "CLOSED",
+            "old_text": "OPEN",
+        },
+    ]
+    (tmp_path / "edits.jsonl").write_text("\n".join(json.dumps(line, ensure_ascii=False) for line in lines))
+    store = generate_region_edits(
+        tmp_path / "store", tmp_path / "edits.jsonl", executor=LocalExecutor(1), progress=False
+    )
+    samples = {s.task: s for s in iter_samples(store.root, None)}
+    assert samples["color_alteration"].instruction_zh == "把汽车变成绿色。"
+    assert samples["text_modification"].instruction_en == 'Change the text "OPEN" to "CLOSED".'
+    for sample in samples.values():
+        changed = (np.asarray(sample.source) != np.asarray(sample.target)).any(axis=2)
+        region = np.asarray(sample.mask) > 0
+        assert changed.any() and not (changed & ~region).any()
+    (tmp_path / "bad.jsonl").write_text(
+        json.dumps({"image": "photo.png", "task": "color_alteration", "mask": "mask.png"})
+    )
+    with pytest.raises(DataFormatError, match="needs color"):
+        generate_region_edits(tmp_path / "bad_store", tmp_path / "bad.jsonl", progress=False)

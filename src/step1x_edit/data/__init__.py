@@ -9,7 +9,13 @@ Typical use::
 """
 
 from .executors import LocalExecutor, RayExecutor, ShardSpec, run_pipeline
-from .generate import SyntheticConfig, generate_dataset, generate_from_photos, transform_store
+from .generate import (
+    SyntheticConfig,
+    generate_dataset,
+    generate_from_photos,
+    generate_region_edits,
+    transform_store,
+)
 from .interchange import export_official_json, export_webdataset, import_official_json, import_pair_folder
 from .records import SCHEMA, split_of
 from .stages import Pipeline, Resources, Stage
@@ -36,6 +42,7 @@ __all__ = [
     "export_webdataset",
     "generate_dataset",
     "generate_from_photos",
+    "generate_region_edits",
     "generate_sample",
     "import_official_json",
     "import_pair_folder",

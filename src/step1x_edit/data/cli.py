@@ -85,11 +85,25 @@ def _parse_aspects(text: str) -> tuple[float, ...]:
 
 def _generate(args) -> int:
     from .errors import DataConfigError
-    from .generate import SyntheticConfig, generate_dataset, generate_from_photos, parse_tasks
+    from .generate import (
+        SyntheticConfig,
+        generate_dataset,
+        generate_from_photos,
+        generate_region_edits,
+        parse_tasks,
+    )
     from .store import summarize
 
     tasks = parse_tasks(args.tasks)
-    if args.photos:
+    if args.regions:
+        store = generate_region_edits(
+            args.out,
+            args.regions,
+            executor=_executor(args),
+            overwrite=args.overwrite,
+            progress=not args.quiet,
+        )
+    elif args.photos:
         photo_tasks = ("tone_transformation", "style_transfer") if args.tasks == "all" else tasks
         store = generate_from_photos(
             args.out,
@@ -263,6 +277,11 @@ def register(subcommands: argparse._SubParsersAction) -> None:
         "--photos", default=None, help="folder of photos: make tone/style triplets from them instead"
     )
     generate.add_argument("--license", default=None, help="licence recorded for --photos sources")
+    generate.add_argument(
+        "--regions",
+        default=None,
+        help="JSON-lines spec of colour/text edits of real images with masks or boxes",
+    )
     _add_engine(generate)
     generate.set_defaults(handler=_generate)
 

@@ -9,6 +9,7 @@ with a larger ``count`` keeps every sample of the smaller one.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -22,11 +23,14 @@ from .records import make_record, stable_hash, stable_int
 from .stages import Pipeline, Record, Stage
 from .store import Store, deduplicate
 from .synthetic.generators import TASKS, generate_sample
+from .synthetic.world import COLORS
 
 SYNTHETIC_GENERATOR = "step1x-edit-synthetic"
 SYNTHETIC_VERSION = "1.0"
 FOLDER_GENERATOR = "step1x-edit-photo-ops"
 FOLDER_VERSION = "1.0"
+REGION_GENERATOR = "step1x-edit-region-ops"
+REGION_VERSION = "1.0"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 
 
@@ -252,16 +256,6 @@ def generate_from_photos(
                     "license": license,
                 }
             )
-    shards = []
-    for start in range(0, len(items), shard_size):
-        chunk = tuple(items[start : start + shard_size])
-        key = stable_hash(
-            [
-                (item["path"], os.path.getsize(item["path"]), os.path.getmtime(item["path"]), item["task"])
-                for item in chunk
-            ]
-        )
-        shards.append(ShardSpec(f"part-{start // shard_size:05d}", key, chunk))
     stage = Stage(
         "photo_ops",
         RenderPhotoOps(generator, max_side),
@@ -269,12 +263,181 @@ def generate_from_photos(
         config=fingerprint,
         batch_size=8,
     )
-    store = Store.create(
-        out_dir, {"config_hash": config_hash, "generator": FOLDER_GENERATOR, "config": fingerprint}, overwrite
-    )
+    return _run_items(out_dir, items, fingerprint, stage, shard_size, executor, overwrite, progress)
+
+
+def _run_items(out_dir, items, fingerprint, stage, shard_size, executor, overwrite, progress) -> Store:
+    """Shard ``items`` (each with a ``path`` whose size and mtime enter the shard key) and run ``stage``."""
+    shards = []
+    for start in range(0, len(items), shard_size):
+        chunk = tuple(items[start : start + shard_size])
+        key = stable_hash(
+            [(item, os.path.getsize(item["path"]), os.path.getmtime(item["path"])) for item in chunk]
+        )
+        shards.append(ShardSpec(f"part-{start // shard_size:05d}", key, chunk))
+    manifest = {
+        "config_hash": stable_hash(fingerprint, length=12),
+        "generator": fingerprint["generator"],
+        "config": fingerprint,
+    }
+    store = Store.create(out_dir, manifest, overwrite)
     run_pipeline(Pipeline((stage,)), shards, store, executor, progress)
     deduplicate(store)
     return store
+
+
+# Neutral colours are allowed for real images in addition to the synthetic palette: name -> (RGB, Chinese).
+REGION_COLORS = {
+    **COLORS,
+    "white": ((245, 245, 245), "白色"),
+    "black": ((25, 25, 25), "黑色"),
+    "gray": ((128, 128, 128), "灰色"),
+}
+
+
+class RenderRegionEdits:
+    """Stage function: region-edit specs (colour alteration with a mask, text replacement in a box) → triplets."""
+
+    def __init__(self, generator: dict[str, str], max_side: int):
+        self.generator = generator
+        self.max_side = max_side
+
+    def __call__(self, batch: list[Record]) -> list[Record]:
+        from PIL import Image
+
+        from ..image_io import load_image
+        from .tasks.local import recolor_region, replace_text
+
+        out = []
+        for item in batch:
+            image = load_image(item["path"])
+            scale = min(1.0, self.max_side / max(image.size))
+            size = (max(1, round(image.size[0] * scale)), max(1, round(image.size[1] * scale)))
+            image = image.resize(size, Image.Resampling.LANCZOS) if scale < 1 else image
+            if item["task"] == "color_alteration":
+                mask = Image.open(item["mask"]).convert("L").resize(image.size, Image.Resampling.NEAREST)
+                rgb, color_zh = REGION_COLORS[item["color"]]
+                target = recolor_region(image, mask, rgb)
+                obj_en, obj_zh = (
+                    item.get("object") or "selected object",
+                    item.get("object_zh") or "选中的物体",
+                )
+                instruction = (f"Make the {obj_en} {item['color']}.", f"把{obj_zh}变成{color_zh}。")
+            else:
+                box = tuple(round(value * scale) for value in item["box"])
+                target = replace_text(image, box, item["text"])
+                mask = Image.new("L", image.size, 0)
+                mask.paste(255, box)
+                old = item.get("old_text")
+                instruction = (
+                    (f'Change the text "{old}" to "{item["text"]}".', f"把文字“{old}”改成“{item['text']}”。")
+                    if old
+                    else (f'Change the text to "{item["text"]}".', f"把文字改成“{item['text']}”。")
+                )
+            out.append(
+                make_record(
+                    sample_id=item["sample_id"],
+                    task=item["task"],
+                    source=image,
+                    target=target,
+                    instruction_en=instruction[0],
+                    instruction_zh=instruction[1],
+                    mask=mask,
+                    generator=self.generator,
+                    seed=None,
+                    provenance={"source_path": item["path"], "license": item.get("license")},
+                    meta={
+                        key: item[key]
+                        for key in ("color", "object", "box", "text", "old_text")
+                        if item.get(key) is not None
+                    },
+                )
+            )
+        return out
+
+
+def generate_region_edits(
+    out_dir: str | os.PathLike,
+    spec_path: str | os.PathLike,
+    max_side: int = 1024,
+    shard_size: int = 64,
+    executor: LocalExecutor | RayExecutor | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> Store:
+    """Colour and text edits of real images from a JSON-lines spec, one edit per line (relative paths are
+    relative to the spec file)::
+
+        {"image": "car.jpg", "task": "color_alteration", "mask": "car_mask.png", "color": "green",
+         "object": "car", "object_zh": "汽车"}
+        {"image": "shop.jpg", "task": "text_modification", "box": [40, 10, 200, 60], "text": "CLOSED",
+         "old_text": "OPEN"}
+
+    Pixels outside the mask (or box) stay identical; ``license`` may be given per line.
+    """
+    spec = Path(spec_path)
+    try:
+        lines = spec.read_text(encoding="utf-8").splitlines()
+    except OSError as error:
+        raise DataFormatError(f"cannot read region-edit spec {spec}: {error}") from error
+    items = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        where = f"{spec}:{number}"
+        try:
+            entry = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise DataFormatError(f"{where}: not JSON: {error}") from error
+        task = entry.get("task")
+        required = {
+            "color_alteration": ("image", "mask", "color"),
+            "text_modification": ("image", "box", "text"),
+        }.get(task)
+        if required is None:
+            raise DataFormatError(
+                f"{where}: task must be color_alteration or text_modification, got {task!r}"
+            )
+        missing = [key for key in required if key not in entry]
+        if missing:
+            raise DataFormatError(f"{where}: {task} needs {', '.join(missing)}")
+        if task == "color_alteration" and entry["color"] not in REGION_COLORS:
+            raise DataFormatError(
+                f"{where}: color must be one of {', '.join(REGION_COLORS)}, got {entry['color']!r}"
+            )
+        if task == "text_modification" and (not isinstance(entry["box"], list) or len(entry["box"]) != 4):
+            raise DataFormatError(f"{where}: box must be [x0, y0, x1, y1]")
+        item = {key: value for key, value in entry.items() if key != "image"}
+        item["path"] = str(spec.parent / entry["image"])
+        if "mask" in item:
+            item["mask"] = str(spec.parent / item["mask"])
+        for key in ("path", "mask"):
+            if key in item and not Path(item[key]).is_file():
+                raise DataFormatError(f"{where}: file not found: {item[key]}")
+        item["sample_id"] = f"region-{stable_hash(item)}"
+        items.append(item)
+    if not items:
+        raise DataFormatError(f"{spec} lists no edits")
+    fingerprint = {
+        "generator": REGION_GENERATOR,
+        "version": REGION_VERSION,
+        "spec": str(spec.resolve()),
+        "max_side": max_side,
+        "shard_size": shard_size,
+    }
+    generator = {
+        "name": REGION_GENERATOR,
+        "version": REGION_VERSION,
+        "config_hash": stable_hash(fingerprint, length=12),
+    }
+    stage = Stage(
+        "region_edits",
+        RenderRegionEdits(generator, max_side),
+        version=REGION_VERSION,
+        config=fingerprint,
+        batch_size=8,
+    )
+    return _run_items(out_dir, items, fingerprint, stage, shard_size, executor, overwrite, progress)
 
 
 # -- derived stores --------------------------------------------------------------------------------------
