@@ -5,93 +5,68 @@ import json
 from step1x_edit.cli import main
 
 
-def test_generate_inspect_export_import_round_trip(tmp_path, capsys):
+def run(*args) -> int:
+    return main(["data", *map(str, args)])
+
+
+def test_generate_inspect_export_import_filter_round_trip(tmp_path, capsys):
     store = tmp_path / "store"
     assert (
-        main(
-            [
-                "data",
-                "generate",
-                "--tasks",
-                "all",
-                "--count",
-                "22",
-                "--out",
-                str(store),
-                "--resolution",
-                "64-96",
-                "--workers",
-                "1",
-                "--quiet",
-            ]
+        run(
+            "generate",
+            "--tasks",
+            "all",
+            "--count",
+            22,
+            "--out",
+            store,
+            "--resolution",
+            "64-96",
+            "--workers",
+            1,
+            "--quiet",
         )
         == 0
     )
-    assert main(["data", "inspect", str(store), "--json", "--samples", "4"]) == 0
+    assert run("inspect", store, "--json", "--samples", 4) == 0
     summary = json.loads(capsys.readouterr().out.split("\n", 1)[1])
     assert summary["total"] == 22 and len(summary["per_task"]) == 11
     assert (store / "contact_sheet.png").is_file()
+
+    official = tmp_path / "official"
     assert (
-        main(
-            [
-                "data",
-                "export",
-                str(store),
-                "--format",
-                "official-json",
-                "--out",
-                str(tmp_path / "official"),
-                "--quiet",
-            ]
+        run("export", store, "--format", "official-json", "--out", official, "--relative-paths", "--quiet")
+        == 0
+    )
+    target, entry = next(iter(json.loads((official / "metadata.json").read_text()).items()))
+    assert target.startswith("images/") and entry["ref_image_path"].startswith("images/")
+    assert (
+        run(
+            "import",
+            official / "metadata.json",
+            "--format",
+            "official-json",
+            "--out",
+            tmp_path / "imported",
+            "--quiet",
         )
         == 0
     )
-    assert (
-        main(
-            [
-                "data",
-                "export",
-                str(store),
-                "--format",
-                "webdataset",
-                "--out",
-                str(tmp_path / "wds"),
-                "--quiet",
-            ]
-        )
-        == 0
-    )
+
+    assert run("export", store, "--format", "webdataset", "--out", tmp_path / "wds", "--quiet") == 0
     assert list((tmp_path / "wds").glob("*.tar"))
-    assert (
-        main(
-            [
-                "data",
-                "import",
-                str(tmp_path / "official" / "metadata.json"),
-                "--format",
-                "official-json",
-                "--out",
-                str(tmp_path / "imported"),
-                "--quiet",
-            ]
-        )
-        == 0
-    )
-    assert (
-        main(["data", "filter", str(store), "--out", str(tmp_path / "filtered"), "--workers", "1", "--quiet"])
-        == 0
-    )
-    assert "22 samples, 0 rejected" in capsys.readouterr().out
+
+    assert run("filter", store, "--out", tmp_path / "filtered", "--workers", 1, "--quiet") == 0
+    output = capsys.readouterr().out
+    assert "imported 22 samples" in output and "22 samples, 0 rejected" in output
 
 
 def test_bad_task_name_is_reported_without_traceback(tmp_path, capsys):
-    assert (
-        main(["data", "generate", "--tasks", "teleport", "--count", "2", "--out", str(tmp_path / "x")]) == 2
-    )
+    assert run("generate", "--tasks", "teleport", "--count", 2, "--out", tmp_path / "x") == 2
     assert "unknown task" in capsys.readouterr().err
 
 
 def test_examples_writes_source_images_with_instructions(tmp_path):
-    assert main(["data", "examples", "--out", str(tmp_path / "ex"), "--resolution", "128"]) == 0
+    assert run("examples", "--out", tmp_path / "ex", "--resolution", 128) == 0
     entries = json.loads((tmp_path / "ex" / "examples.json").read_text())
     assert len(entries) == 4 and all(entry["instruction_en"] and entry["instruction_zh"] for entry in entries)

@@ -205,7 +205,13 @@ def _export(args) -> int:
         print(f"wrote {len(paths)} WebDataset shards to {args.out}")
     else:
         path = export_official_json(
-            args.store, args.out, args.language, args.include_rejected, split, progress=not args.quiet
+            args.store,
+            args.out,
+            args.language,
+            args.include_rejected,
+            split,
+            progress=not args.quiet,
+            absolute_paths=not args.relative_paths,
         )
         print(f"wrote {path}")
     return 0
@@ -223,6 +229,7 @@ def _import(args) -> int:
             args.license,
             overwrite=args.overwrite,
             progress=not args.quiet,
+            image_dir=args.image_dir,
         )
     else:
         store = import_pair_folder(
@@ -338,6 +345,11 @@ def register(subcommands: argparse._SubParsersAction) -> None:
     export.add_argument("--split", choices=("all", "train", "validation"), default="all")
     export.add_argument("--samples-per-shard", type=int, default=1000)
     export.add_argument("--include-rejected", action="store_true")
+    export.add_argument(
+        "--relative-paths",
+        action="store_true",
+        help="official-json: paths relative to --out (default absolute)",
+    )
     export.add_argument("--quiet", action="store_true")
     export.set_defaults(handler=_export)
 
@@ -350,6 +362,9 @@ def register(subcommands: argparse._SubParsersAction) -> None:
         "--language", choices=("en", "zh"), default="en", help="language of the captions (official-json)"
     )
     import_.add_argument("--license", default=None)
+    import_.add_argument(
+        "--image-dir", default=None, help="official-json: base of relative paths (default: its folder)"
+    )
     import_.add_argument("--overwrite", action="store_true")
     import_.add_argument("--quiet", action="store_true")
     import_.set_defaults(handler=_import)

@@ -1,8 +1,8 @@
 """Export a store to WebDataset shards or the official fine-tuning metadata JSON; import from that JSON or from
 a folder of pairs.
 
-Official metadata JSON: ``{target_path: {"ref_image_path": source_path, "caption": instruction}}``; relative
-paths are relative to the JSON file's directory. Folder of pairs: ``source/NAME.ext`` and ``target/NAME.ext``
+Official metadata JSON: ``{target_path: {"ref_image_path": source_path, "caption": instruction}}``; paths are
+absolute, or relative to an image directory (by default the JSON file's directory). Folder of pairs: ``source/NAME.ext`` and ``target/NAME.ext``
 (same NAME), optional ``masks/NAME.png``, and optional ``instructions.jsonl`` with lines
 ``{"name": ..., "instruction_en": ..., "instruction_zh": ..., "task": ...}``.
 """
@@ -111,9 +111,12 @@ def export_official_json(
     split: str | None = None,
     validation_fraction: float = 0.05,
     progress: bool = True,
+    absolute_paths: bool = True,
 ) -> Path:
     """Write ``images/ID_src.png``, ``images/ID_tgt.png`` and ``metadata.json`` in the official fine-tuning
-    format (paths relative to ``out_dir``). ``language`` picks the caption: ``en`` or ``zh``."""
+    format. Paths are absolute by default, as the official loader expects for ``ref_image_path``;
+    ``absolute_paths=False`` writes them relative to ``out_dir`` (portable, for :func:`import_official_json`).
+    ``language`` picks the caption: ``en`` or ``zh``."""
     if language not in ("en", "zh"):
         raise ValueError(f"language must be 'en' or 'zh', got {language!r}")
     store = Store(store_dir)
@@ -133,6 +136,8 @@ def export_official_json(
         source, target = f"images/{record['sample_id']}_src.png", f"images/{record['sample_id']}_tgt.png"
         (out / source).write_bytes(record["source_image"])
         (out / target).write_bytes(record["target_image"])
+        if absolute_paths:
+            source, target = str((out / source).resolve()), str((out / target).resolve())
         metadata[target] = {"ref_image_path": source, "caption": caption}
     path = out / "metadata.json"
     path.write_text(json.dumps(metadata, ensure_ascii=False, indent=1), encoding="utf-8")
@@ -201,9 +206,12 @@ def import_official_json(
     shard_size: int = 256,
     overwrite: bool = False,
     progress: bool = True,
+    image_dir: str | os.PathLike | None = None,
 ) -> Store:
-    """Read an official metadata JSON into a store (the caption goes to ``instruction_<language>``)."""
+    """Read an official metadata JSON into a store (the caption goes to ``instruction_<language>``). Relative
+    paths are resolved against ``image_dir`` (default: the JSON file's directory)."""
     path = Path(json_path)
+    base = Path(image_dir) if image_dir is not None else path.parent
     try:
         metadata = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as error:
@@ -226,8 +234,8 @@ def import_official_json(
         en, zh = (caption, "") if language == "en" else ("", caption)
         records.append(
             _import_record(
-                path.parent / entry["ref_image_path"],
-                path.parent / target,
+                base / entry["ref_image_path"],
+                base / target,
                 en,
                 zh,
                 task,
