@@ -279,11 +279,21 @@ def contact_sheet(
     """Write a PNG grid of ``count`` random samples (source | target, task and instruction underneath)."""
     from PIL import ImageDraw, ImageFont
 
-    ids = [record["sample_id"] for record in store.iter_records(["sample_id"])]
-    if not ids:
+    located = [
+        (shard.name, record["sample_id"])
+        for shard in store.shards()
+        for record in store.read_shard(shard.name, ["sample_id"])
+    ]
+    if not located:
         raise DataFormatError(f"{store.root} holds no samples")
-    chosen = set(random.Random(seed).sample(ids, min(count, len(ids))))
-    picked = [record for record in store.iter_records() if record["sample_id"] in chosen]
+    chosen = random.Random(seed).sample(located, min(count, len(located)))
+    wanted = {sample_id for _, sample_id in chosen}
+    picked = [
+        record
+        for name in sorted({name for name, _ in chosen})  # read only the shards that hold a chosen sample
+        for record in store.read_shard(name)
+        if record["sample_id"] in wanted
+    ]
     columns = 3
     caption = 34
     rows = (len(picked) + columns - 1) // columns
