@@ -351,6 +351,7 @@ def _removal(rng: random.Random, width: int, height: int) -> _Edit:
         fill("subject_removal", rng, {"obj": ref_en}, {"obj": ref_zh}),
         shape_region(shape, width, height),
         {
+            "background": scene.background,
             "object": shape.__dict__,
             "reverse": {
                 "task": "subject_addition",
@@ -365,6 +366,7 @@ def _addition(rng: random.Random, width: int, height: int) -> _Edit:
     removal = _removal(rng, width, height)
     reverse = removal.meta["reverse"]
     meta = {
+        "background": removal.meta["background"],
         "object": removal.meta["object"],
         "reverse": {
             "task": "subject_removal",
