@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -352,7 +352,7 @@ def _removal(rng: random.Random, width: int, height: int) -> _Edit:
         shape_region(shape, width, height),
         {
             "background": scene.background,
-            "object": shape.__dict__,
+            "object": asdict(shape),
             "reverse": {
                 "task": "subject_addition",
                 "instruction_en": addition[0],
@@ -404,7 +404,7 @@ def _replacement(rng: random.Random, width: int, height: int) -> _Edit:
         edited,
         fill("subject_replacement", rng, {"obj": ref_en, "new": new_en}, {"obj": ref_zh, "new": new_zh}),
         mask,
-        {"object": shape.__dict__, "new": new.__dict__},
+        {"object": asdict(shape), "new": asdict(new)},
     )
 
 
@@ -455,7 +455,7 @@ def _color(rng: random.Random, width: int, height: int) -> _Edit:
         instruction,
         shape_region(shape, width, height),
         {
-            "object": shape.__dict__,
+            "object": asdict(shape),
             "new_color": new.color,
             "reverse": {
                 "task": "color_alteration",
@@ -490,7 +490,7 @@ def _material(rng: random.Random, width: int, height: int) -> _Edit:
         edited,
         instruction,
         shape_region(shape, width, height),
-        {"object": shape.__dict__, "material": material},
+        {"object": asdict(shape), "material": material},
     )
 
 
@@ -598,7 +598,7 @@ def _motion(rng: random.Random, width: int, height: int) -> _Edit:
             )
         edited = replace(scene, shapes=tuple(new if i == index else s for i, s in enumerate(scene.shapes)))
         mask = shape_region(shape, width, height) | shape_region(new, width, height)
-        return _Edit(scene, edited, instruction, mask, {"object": shape.__dict__, "new": new.__dict__})
+        return _Edit(scene, edited, instruction, mask, {"object": asdict(shape), "new": asdict(new)})
     raise RuntimeError("could not find a free spot to move a shape")
 
 
