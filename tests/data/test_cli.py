@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from step1x_edit.cli import main
 
 
@@ -70,3 +72,10 @@ def test_examples_writes_source_images_with_instructions(tmp_path):
     assert run("examples", "--out", tmp_path / "ex", "--resolution", 128) == 0
     entries = json.loads((tmp_path / "ex" / "examples.json").read_text())
     assert len(entries) == 4 and all(entry["instruction_en"] and entry["instruction_zh"] for entry in entries)
+
+
+def test_every_data_command_has_working_help(capsys):
+    for command in ("generate", "annotate", "filter", "inspect", "export", "import", "examples"):
+        with pytest.raises(SystemExit) as exit_info:
+            run(command, "--help")
+        assert exit_info.value.code == 0 and "usage:" in capsys.readouterr().out

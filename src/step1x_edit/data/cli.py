@@ -261,7 +261,7 @@ def register(subcommands: argparse._SubParsersAction) -> None:
         "--tasks", default="all", help=f"'all' or a comma-separated subset of: {', '.join(TASKS)}"
     )
     generate.add_argument(
-        "--count", type=int, default=None, help="number of triplets (the task of sample i is tasks[i % n])"
+        "--count", type=int, default=None, help="number of triplets (the task of sample i is tasks[i %% n])"
     )
     generate.add_argument(
         "--out", required=True, help="output store directory (rerun the same command to resume)"
