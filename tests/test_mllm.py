@@ -177,6 +177,14 @@ def test_ten_thousand_character_instruction_is_truncated_with_a_warning(text_enc
     assert bool(mask.all())
 
 
+def test_max_length_shorter_than_the_image_keeps_the_first_positions(text_encoder, processor, image):
+    with pytest.warns(UserWarning, match="keeping the first 16"):
+        short, mask = _encode(text_encoder, processor, image, ["remove the cat"], max_length=16)
+    full, _ = _encode(text_encoder, processor, image, ["remove the cat"])
+    assert short.shape == (1, 16, 32) and bool(mask.all())
+    torch.testing.assert_close(short[0], full[0, :16], rtol=1e-5, atol=1e-6)
+
+
 def test_cutting_ids_before_the_forward_leaves_the_kept_positions_unchanged(text_encoder, processor, image):
     prompt = "paint the wall ! green " * 40
     with warnings.catch_warnings():
@@ -262,6 +270,10 @@ def test_missing_or_partial_qwen_folder_raises_checkpoint_error(tmp_path):
     with pytest.raises(CheckpointError, match="missing: model-00002-of-00002.safetensors"):
         mllm.load_text_encoder(folder)
     (folder / "model.safetensors.index.json").unlink()
-    (folder / "tokenizer.json").unlink()
-    with pytest.raises(CheckpointError, match="tokenizer.json .*model.safetensors"):
+    (folder / "config.json").unlink()
+    with pytest.raises(CheckpointError, match="missing: config.json, model.safetensors"):
         mllm.load_text_encoder(folder)
+    (folder / "tokenizer.json").unlink()
+    (folder / "preprocessor_config.json").unlink()
+    with pytest.raises(CheckpointError, match="missing: tokenizer.json .*, preprocessor_config.json"):
+        mllm.load_processor(folder)

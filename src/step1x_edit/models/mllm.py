@@ -338,20 +338,27 @@ def encode_prompts(
 
 
 # ---------------------------------------------------------------------------------------------- loading
-def _check_model_folder(path: Path) -> None:
+def _check_model_folder(path: Path, processor: bool) -> None:
+    """Raise :class:`CheckpointError` naming what the processor (``processor=True``) or the model needs and lacks."""
     if not path.is_dir():
         raise CheckpointError(
             f"Qwen2.5-VL folder {path} does not exist; download Qwen/Qwen2.5-VL-7B-Instruct from Hugging Face there"
         )
-    missing = [name for name in ("config.json", "preprocessor_config.json") if not (path / name).is_file()]
-    if not (path / "tokenizer.json").is_file() and not all((path / name).is_file() for name in ("vocab.json", "merges.txt")):
-        missing.append("tokenizer.json (or vocab.json and merges.txt)")
-    index = path / "model.safetensors.index.json"
-    if index.is_file():
-        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-        missing += [shard for shard in shards if not (path / shard).is_file()]
-    elif not (path / "model.safetensors").is_file():
-        missing.append("model.safetensors (or model.safetensors.index.json and its shards)")
+    missing = []
+    if processor:
+        if not (path / "tokenizer.json").is_file() and not all((path / n).is_file() for n in ("vocab.json", "merges.txt")):
+            missing.append("tokenizer.json (or vocab.json and merges.txt)")
+        if not any((path / name).is_file() for name in ("preprocessor_config.json", "processor_config.json")):
+            missing.append("preprocessor_config.json")
+    else:
+        if not (path / "config.json").is_file():
+            missing.append("config.json")
+        index = path / "model.safetensors.index.json"
+        if index.is_file():
+            shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+            missing += [shard for shard in shards if not (path / shard).is_file()]
+        elif not (path / "model.safetensors").is_file():
+            missing.append("model.safetensors (or model.safetensors.index.json and its shards)")
     if missing:
         raise CheckpointError(f"Qwen2.5-VL folder {path} is incomplete; missing: {', '.join(missing)}")
 
@@ -360,10 +367,7 @@ def load_processor(path: str | os.PathLike) -> ImageOnlyQwen2_5_VLProcessor:
     """The processor of a local Qwen2.5-VL folder (tokenizer + image processor) with the official image limits
     and the stock chat template. With the real Qwen vocabulary the prefix must be 217 tokens."""
     path = Path(path)
-    if not path.is_dir():
-        raise CheckpointError(
-            f"Qwen2.5-VL folder {path} does not exist; download Qwen/Qwen2.5-VL-7B-Instruct from Hugging Face there"
-        )
+    _check_model_folder(path, processor=True)
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
         image_processor = Qwen2VLImageProcessorPil.from_pretrained(path, min_pixels=MIN_PIXELS, max_pixels=MAX_PIXELS)
@@ -383,7 +387,7 @@ def load_text_encoder(
 ) -> Qwen2_5_VLForConditionalGeneration:
     """Qwen2.5-VL from a local folder (SDPA attention, eval mode, no gradients)."""
     path = Path(path)
-    _check_model_folder(path)
+    _check_model_folder(path, processor=False)
     try:
         model = Qwen2_5_VLForConditionalGeneration.from_pretrained(
             path, dtype=torch_dtype or torch.float32, attn_implementation="sdpa", device_map=device
