@@ -99,6 +99,33 @@ def tiny_inpainter():
     )
 
 
+def tiny_owlvit_pipeline():
+    from transformers import CLIPTokenizer, OwlViTConfig, OwlViTForObjectDetection, pipeline
+
+    try:
+        from transformers import OwlViTImageProcessorPil as ImageProcessor
+    except ImportError:
+        from transformers import OwlViTImageProcessor as ImageProcessor
+    vocab = {"!": 0, "<|startoftext|>": 1, "<|endoftext|>": 2}  # OWL-ViT masks queries whose first id is 0
+    for letter in "abcdefghijklmnopqrstuvwxyz":
+        vocab[letter] = len(vocab)
+        vocab[letter + "</w>"] = len(vocab)
+    small = {"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2}
+    config = OwlViTConfig(
+        text_config={**small, "vocab_size": len(vocab), "max_position_embeddings": 16},
+        vision_config={**small, "image_size": 32, "patch_size": 8},
+        projection_dim=16,
+    )
+    torch.manual_seed(0)
+    processor = ImageProcessor(size={"height": 32, "width": 32}, do_center_crop=False)
+    return pipeline(
+        "zero-shot-object-detection",
+        model=OwlViTForObjectDetection(config).eval(),
+        tokenizer=CLIPTokenizer(vocab=vocab, merges=[]),
+        image_processor=processor,
+    )
+
+
 class FixedDetections:
     """Stands in for a transformers zero-shot-object-detection pipeline: same call and output format."""
 
@@ -124,6 +151,14 @@ def _photo():
 def test_sam_segmenter_returns_one_full_size_mask_per_box():
     masks = tiny_sam().segment(Image.new("RGB", (48, 40), (200, 100, 50)), [(4, 4, 30, 30), (10, 10, 20, 20)])
     assert len(masks) == 2 and all(mask.shape == (40, 48) and mask.dtype == bool for mask in masks)
+
+
+def test_transformers_detector_runs_a_tiny_owlvit_and_clips_boxes():
+    image = Image.new("RGB", (64, 48), (200, 10, 10))
+    detections = TransformersDetector(tiny_owlvit_pipeline(), threshold=0.0).detect(image, ["cat", "dog"])
+    assert detections and {d.label for d in detections} <= {"cat", "dog"}
+    assert [d.score for d in detections] == sorted((d.score for d in detections), reverse=True)
+    assert all(0 <= x0 < x1 <= 64 and 0 <= y0 < y1 <= 48 for x0, y0, x1, y1 in (d.box for d in detections))
 
 
 def test_detector_ranks_detections_by_score():

@@ -57,15 +57,19 @@ class TransformersDetector:
         self.threshold = threshold
 
     def detect(self, image: Image.Image, labels: Sequence[str]) -> list[Detection]:
+        width, height = image.size
         results = self.pipeline(image, candidate_labels=list(labels), threshold=self.threshold)
-        detections = [
-            Detection(
-                r["label"],
-                float(r["score"]),
-                (r["box"]["xmin"], r["box"]["ymin"], r["box"]["xmax"], r["box"]["ymax"]),
+        detections = []
+        for result in results:
+            box = result["box"]
+            clipped = (  # models may predict boxes reaching past the border
+                float(min(max(box["xmin"], 0), width)),
+                float(min(max(box["ymin"], 0), height)),
+                float(min(max(box["xmax"], 0), width)),
+                float(min(max(box["ymax"], 0), height)),
             )
-            for r in results
-        ]
+            if clipped[2] > clipped[0] and clipped[3] > clipped[1]:
+                detections.append(Detection(result["label"], float(result["score"]), clipped))
         return sorted(detections, key=lambda detection: -detection.score)
 
 
