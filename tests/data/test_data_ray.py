@@ -49,26 +49,15 @@ def test_ray_runs_a_derived_pipeline_and_resumes(tmp_path, ray_executor):
     assert len(remote) == 22
 
 
-def test_model_stage_runs_as_an_actor_pool_with_the_same_results(tmp_path, ray_executor):
-    from test_annotate import ScriptedServer
-
+def test_model_stage_runs_as_an_actor_pool_with_the_same_results(tmp_path, ray_executor, chat_server):
     from step1x_edit.data.annotate.client import ChatEndpoint
     from step1x_edit.data.annotate.mllm import verify_stage
 
-    server = ScriptedServer()
-    try:
-        source = generate_dataset(
-            tmp_path / "src",
-            6,
-            SyntheticConfig(resolution=(64, 64), shard_size=3),
-            LocalExecutor(1),
-            progress=False,
-        )
-        endpoint = ChatEndpoint(server.url, "tiny", "key", timeout=5.0, backoff=0.001)
-        pipeline = Pipeline((verify_stage(endpoint, concurrency=2, actors=2),))
-        local = transform_store(source.root, tmp_path / "local", pipeline, LocalExecutor(1), progress=False)
-        remote = transform_store(source.root, tmp_path / "ray", pipeline, ray_executor, progress=False)
-    finally:
-        server.close()
+    config = SyntheticConfig(resolution=(64, 64), shard_size=3)
+    source = generate_dataset(tmp_path / "src", 6, config, LocalExecutor(1), progress=False)
+    endpoint = ChatEndpoint(chat_server.url, "tiny", "key", timeout=5.0, backoff=0.001)
+    pipeline = Pipeline((verify_stage(endpoint, concurrency=2, actors=2),))
+    local = transform_store(source.root, tmp_path / "local", pipeline, LocalExecutor(1), progress=False)
+    remote = transform_store(source.root, tmp_path / "ray", pipeline, ray_executor, progress=False)
     assert list(remote.iter_records()) == list(local.iter_records())
     assert all(record["scores"]["mllm_verify"] == 8.0 for record in remote.iter_records())
