@@ -9,6 +9,7 @@ rows by ``sample_id``, so the same input gives the same store with either execut
 from __future__ import annotations
 
 import functools
+import json
 import multiprocessing
 import os
 import pickle
@@ -219,6 +220,4 @@ class RayExecutor:
                 dataset = dataset.map_batches(functools.partial(_task_stage, stage), **common)
         writer = functools.partial(_write_group, list(shards), store, store.config_hash)
         rows = dataset.groupby("_shard").map_groups(writer, batch_format="pyarrow").take_all()
-        return [
-            {"shard": row["shard"], "rows": row["rows"]} for row in sorted(rows, key=lambda row: row["shard"])
-        ]
+        return [json.loads(store.marker_path(name).read_text()) for name in sorted(row["shard"] for row in rows)]
