@@ -8,49 +8,51 @@ Typical use::
         ...  # sample.source, sample.target (PIL), sample.instruction_en / _zh, sample.task, sample.sample_id
 """
 
-from .executors import LocalExecutor, RayExecutor, ShardSpec, run_pipeline
-from .generate import (
-    SyntheticConfig,
-    generate_dataset,
-    generate_from_photos,
-    generate_region_edits,
-    transform_store,
-)
-from .interchange import export_official_json, export_webdataset, import_official_json, import_pair_folder
-from .records import SCHEMA, split_of
-from .stages import Pipeline, Resources, Stage
-from .store import Store, TrainingSample, contact_sheet, deduplicate, iter_samples, summarize
-from .synthetic.examples import render_example_images
-from .synthetic.generators import TASKS, EditSample, generate_sample, reverse_sample
+import importlib
+from typing import Any
 
-__all__ = [
-    "SCHEMA",
-    "TASKS",
-    "EditSample",
-    "LocalExecutor",
-    "Pipeline",
-    "RayExecutor",
-    "Resources",
-    "ShardSpec",
-    "Stage",
-    "Store",
-    "SyntheticConfig",
-    "TrainingSample",
-    "contact_sheet",
-    "deduplicate",
-    "export_official_json",
-    "export_webdataset",
-    "generate_dataset",
-    "generate_from_photos",
-    "generate_region_edits",
-    "generate_sample",
-    "import_official_json",
-    "import_pair_folder",
-    "iter_samples",
-    "render_example_images",
-    "reverse_sample",
-    "run_pipeline",
-    "split_of",
-    "summarize",
-    "transform_store",
-]
+# Public name -> submodule. Attributes load on first use, so importing the package (the CLI does, to list
+# commands) stays cheap.
+_EXPORTS = {
+    "SCHEMA": "records",
+    "split_of": "records",
+    "TASKS": "taxonomy",
+    "EditSample": "synthetic.generators",
+    "generate_sample": "synthetic.generators",
+    "reverse_sample": "synthetic.generators",
+    "render_example_images": "synthetic.examples",
+    "LocalExecutor": "executors",
+    "RayExecutor": "executors",
+    "ShardSpec": "executors",
+    "run_pipeline": "executors",
+    "Pipeline": "stages",
+    "Resources": "stages",
+    "Stage": "stages",
+    "Store": "store",
+    "TrainingSample": "store",
+    "contact_sheet": "store",
+    "deduplicate": "store",
+    "iter_samples": "store",
+    "summarize": "store",
+    "SyntheticConfig": "generate",
+    "generate_dataset": "generate",
+    "generate_from_photos": "generate",
+    "generate_region_edits": "generate",
+    "transform_store": "generate",
+    "export_official_json": "interchange",
+    "export_webdataset": "interchange",
+    "import_official_json": "interchange",
+    "import_pair_folder": "interchange",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+
+
+def __dir__() -> list[str]:
+    return sorted(list(globals()) + __all__)

@@ -249,7 +249,7 @@ def _examples(args) -> int:
 
 def register(subcommands: argparse._SubParsersAction) -> None:
     """Add the ``data`` command group to the top-level parser."""
-    from .synthetic.generators import TASKS
+    from .taxonomy import TASKS
 
     data = subcommands.add_parser("data", help="make, annotate, filter, inspect and export editing data")
     commands = data.add_subparsers(dest="data_command", required=True, metavar="DATA_COMMAND")

@@ -220,4 +220,6 @@ class RayExecutor:
                 dataset = dataset.map_batches(functools.partial(_task_stage, stage), **common)
         writer = functools.partial(_write_group, list(shards), store, store.config_hash)
         rows = dataset.groupby("_shard").map_groups(writer, batch_format="pyarrow").take_all()
-        return [json.loads(store.marker_path(name).read_text()) for name in sorted(row["shard"] for row in rows)]
+        return [
+            json.loads(store.marker_path(name).read_text()) for name in sorted(row["shard"] for row in rows)
+        ]

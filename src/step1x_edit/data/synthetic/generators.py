@@ -17,6 +17,7 @@ from PIL import Image
 
 from ..tasks.style import STYLES, apply_style
 from ..tasks.tone import TONE_INVERSES, TONE_OPS, apply_tone
+from ..taxonomy import TASKS
 from .language import fill, pick, position_phrase, refer, sentence, shape_phrase, size_name
 from .world import (
     BACKGROUNDS,
@@ -34,20 +35,6 @@ from .world import (
     render,
     shape_region,
     sign_font_size,
-)
-
-TASKS: tuple[str, ...] = (
-    "subject_addition",
-    "subject_removal",
-    "subject_replacement",
-    "background_change",
-    "color_alteration",
-    "material_modification",
-    "text_modification",
-    "motion_change",
-    "portrait_editing",
-    "style_transfer",
-    "tone_transformation",
 )
 
 # Tasks whose edit is confined to the mask (every pixel outside it is identical in source and target).
