@@ -38,7 +38,7 @@ def _default_reply(messages):
 
 
 class ScriptedServer:
-    """Replies from ``script`` first (``("status", 429)``, ``("slow", seconds)``, ``("text", content)``,
+    """Replies from ``script`` first (``("status", 429)`` or ``("status", 429, {header: value})``, ``("slow", seconds)``, ``("text", content)``,
     ``("garbage", body)``), then well-formed answers."""
 
     def __init__(self):
@@ -55,9 +55,8 @@ class ScriptedServer:
                 server.requests.append(body)
                 action = server.script.pop(0) if server.script else ("default", None)
                 if action[0] == "status":
-                    self._send(
-                        action[1], json.dumps({"error": {"message": "busy", "type": "server"}}).encode()
-                    )
+                    error = json.dumps({"error": {"message": "busy", "type": "server"}}).encode()
+                    self._send(action[1], error, *action[2:])
                     return
                 if action[0] == "slow":
                     time.sleep(action[1])
@@ -71,11 +70,13 @@ class ScriptedServer:
                     content = _default_reply(body["messages"])
                 self._send(200, json.dumps(_completion(content)).encode())
 
-            def _send(self, status, payload):
+            def _send(self, status, payload, headers=None):
                 try:
                     self.send_response(status)
                     self.send_header("Content-Type", "application/json")
                     self.send_header("Content-Length", str(len(payload)))
+                    for name, value in (headers or {}).items():
+                        self.send_header(name, value)
                     self.end_headers()
                     self.wfile.write(payload)
                 except (BrokenPipeError, ConnectionResetError):

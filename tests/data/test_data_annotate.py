@@ -94,6 +94,14 @@ def test_low_score_becomes_a_reject_reason(chat_server, store):
     assert verified["reject_reasons"] == ["mllm_score_low: 3 < 6: the wrong object changed"]
 
 
+def test_retry_after_header_sets_the_wait(chat_server):
+    chat_server.script = [("status", 429, {"Retry-After": "3"}), ("status", 503)]
+    sleeps = []
+    client = ChatClient(_endpoint(chat_server, max_backoff=60.0), sleep=sleeps.append)
+    assert client.complete([{"role": "user", "content": "hi"}]).startswith("round 1")
+    assert sleeps == [3.0, 0.002]  # the server's wait, then our own backoff
+
+
 def test_a_refused_request_fails_fast(chat_server):
     chat_server.script = [("status", 400)]
     client = ChatClient(_endpoint(chat_server))

@@ -115,9 +115,12 @@ class ChatClient:
         ``seed`` is forwarded to servers that support sampling seeds (vLLM, SGLang, OpenAI)."""
         extra = {"seed": seed} if seed is not None else {}
         last = "no attempt made"
+        retry_after = 0.0
         for attempt in range(self.endpoint.max_retries + 1):
             if attempt:
-                self.sleep(min(self.endpoint.max_backoff, self.endpoint.backoff * 2 ** (attempt - 1)))
+                delay = max(retry_after, self.endpoint.backoff * 2 ** (attempt - 1))
+                self.sleep(min(self.endpoint.max_backoff, delay))
+            retry_after = 0.0
             try:
                 response = self._client.chat.completions.create(
                     model=self.endpoint.model,
@@ -135,4 +138,14 @@ class ChatClient:
                 if not self._retryable(error):
                     raise AnnotationError(f"{self.endpoint.base_url} refused the request: {error}") from error
                 last = f"{type(error).__name__}: {error}"
+                retry_after = _retry_after(error)
         raise AnnotationError(f"gave up after {self.endpoint.max_retries + 1} attempts; last error: {last}")
+
+
+def _retry_after(error: Exception) -> float:
+    """Seconds a server asked us to wait (``Retry-After`` header in seconds), or 0."""
+    response = getattr(error, "response", None)
+    try:
+        return max(0.0, float(response.headers.get("retry-after", 0))) if response is not None else 0.0
+    except ValueError:  # an HTTP date instead of seconds: fall back to our own backoff
+        return 0.0
