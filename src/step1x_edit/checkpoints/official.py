@@ -1,0 +1,570 @@
+"""Strict, streaming loading of the official Step1X-Edit checkpoint files, and the official key tables.
+
+Official files (safetensors only, never pickles):
+
+* ``step1x-edit-i1258.safetensors`` (v1.0) / ``step1x-edit-v1p1-official.safetensors`` (v1.1): the DiT and the
+  connector, FLUX naming (``double_blocks.*``, ``single_blocks.*``, ``connector.S.*``; v1.0 also has
+  ``connector.scale_factor``);
+* ``vae.safetensors``: the FLUX.1 autoencoder, original FLUX naming (``encoder.down.*``, ``decoder.up.*``).
+
+Every official tensor maps to one or more diffusers parameters through a :class:`KeyRule` (copy, split a fused
+tensor along dim 0, swap the two halves of the final adaLN, or squeeze a 1x1 conv into a linear). The tables are
+generated from the model config, so they work for every size; the same rules run backwards to write official
+files (:func:`transformer_state_dict_to_official`, :func:`vae_state_dict_to_official`).
+
+Loading builds the model on the meta device, reads one tensor at a time with ``safetensors.safe_open`` (the file
+is re-opened every few hundred MB so the mapped pages do not accumulate), converts it and assigns it with
+accelerate's ``set_module_tensor_to_device``: peak memory is about one copy of the weights. Every key must be
+consumed and every shape must match, otherwise :class:`~step1x_edit.errors.CheckpointError` names the keys.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import struct
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import init_empty_weights
+from accelerate.utils import set_module_tensor_to_device
+from safetensors import SafetensorError, safe_open
+from torch import nn
+
+from ..errors import CheckpointError
+from ..models.transformer import VERSIONS, Step1XEditTransformer2DModel
+from ..models.vae import OFFICIAL_VAE_FIELDS, autoencoder_from_official_config
+
+TRANSFORMER_FILE_NAMES = ("step1x-edit-v1p1-official.safetensors", "step1x-edit-i1258.safetensors")
+VAE_FILE_NAME = "vae.safetensors"
+MLLM_DIR_NAME = "Qwen2.5-VL-7B-Instruct"
+PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin", ".pkl")
+# Released values of what the tensor shapes cannot tell.
+RELEASED_AXES_DIM = (16, 56, 56)
+RELEASED_CONNECTOR_HEADS = 32
+RELEASED_THETA = 10000
+RELEASED_VAE_SCALE_FACTOR = 0.3611
+RELEASED_VAE_SHIFT_FACTOR = 0.1159
+# Re-open the file after this many bytes so that safetensors' memory map does not hold every page read so far.
+_REOPEN_BYTES = 256 * 2**20
+
+
+@dataclass(frozen=True)
+class KeyRule:
+    """How one official tensor becomes diffusers parameters.
+
+    ``kind`` is ``"copy"`` (one target), ``"split"`` (chunks of ``sizes`` along dim 0, one per target),
+    ``"swap"`` (the two halves along dim 0 exchanged) or ``"conv1x1"`` (a [C, C, 1, 1] conv weight as a linear).
+    """
+
+    official: str
+    targets: tuple[str, ...]
+    kind: str = "copy"
+    sizes: tuple[int, ...] = ()
+
+    def to_diffusers(self, tensor: torch.Tensor) -> list[torch.Tensor]:
+        """The target tensors, in the order of ``targets``."""
+        if self.kind == "split":
+            return [piece.clone() for piece in torch.split(tensor, list(self.sizes), dim=0)]
+        if self.kind == "swap":
+            first, second = tensor.chunk(2, dim=0)
+            return [torch.cat([second, first], dim=0)]
+        if self.kind == "conv1x1":
+            return [tensor.reshape(tensor.shape[0], tensor.shape[1])]
+        return [tensor]
+
+    def to_official(self, tensors: list[torch.Tensor]) -> torch.Tensor:
+        """The inverse of :meth:`to_diffusers`."""
+        if self.kind == "split":
+            return torch.cat(tensors, dim=0)
+        if self.kind == "swap":
+            first, second = tensors[0].chunk(2, dim=0)
+            return torch.cat([second, first], dim=0)
+        if self.kind == "conv1x1":
+            return tensors[0].reshape(*tensors[0].shape, 1, 1)
+        return tensors[0]
+
+
+@dataclass(frozen=True)
+class OfficialFiles:
+    """The files of an official model directory."""
+
+    transformer: Path
+    vae: Path
+    mllm_dir: Path | None
+
+
+def _linear(official: str, target: str, kind: str = "copy") -> list[KeyRule]:
+    return [KeyRule(f"{official}.weight", (f"{target}.weight",), kind),
+            KeyRule(f"{official}.bias", (f"{target}.bias",), kind)]
+
+
+def _split_linear(official: str, targets: Iterable[str], sizes: tuple[int, ...]) -> list[KeyRule]:
+    targets = tuple(targets)
+    return [KeyRule(f"{official}.{p}", tuple(f"{t}.{p}" for t in targets), "split", sizes) for p in ("weight", "bias")]
+
+
+def transformer_key_table(config: Mapping[str, Any]) -> list[KeyRule]:
+    """The official -> diffusers rules for a :class:`Step1XEditTransformer2DModel` with ``config``."""
+    hidden = config["hidden_size"]
+    mlp = int(hidden * config["mlp_ratio"])
+    context = config["context_in_dim"]
+    rules = [
+        *_linear("img_in", "x_embedder"),
+        *_linear("txt_in", "context_embedder"),
+        *_linear("time_in.in_layer", "time_text_embed.timestep_embedder.linear_1"),
+        *_linear("time_in.out_layer", "time_text_embed.timestep_embedder.linear_2"),
+        *_linear("vector_in.in_layer", "time_text_embed.text_embedder.linear_1"),
+        *_linear("vector_in.out_layer", "time_text_embed.text_embedder.linear_2"),
+    ]
+    for i in range(config["depth"]):
+        src, dst = f"double_blocks.{i}", f"transformer_blocks.{i}"
+        for stream, mod, qkv, norm, proj, ff in (
+            ("img", "norm1", ("to_q", "to_k", "to_v"), ("norm_q", "norm_k"), "to_out.0", "ff"),
+            ("txt", "norm1_context", ("add_q_proj", "add_k_proj", "add_v_proj"), ("norm_added_q", "norm_added_k"),
+             "to_add_out", "ff_context"),
+        ):
+            rules += _linear(f"{src}.{stream}_mod.lin", f"{dst}.{mod}.linear")
+            rules += _split_linear(f"{src}.{stream}_attn.qkv", (f"{dst}.attn.{t}" for t in qkv), (hidden,) * 3)
+            rules += [
+                KeyRule(f"{src}.{stream}_attn.norm.query_norm.scale", (f"{dst}.attn.{norm[0]}.weight",)),
+                KeyRule(f"{src}.{stream}_attn.norm.key_norm.scale", (f"{dst}.attn.{norm[1]}.weight",)),
+            ]
+            rules += _linear(f"{src}.{stream}_attn.proj", f"{dst}.attn.{proj}")
+            rules += _linear(f"{src}.{stream}_mlp.0", f"{dst}.{ff}.net.0.proj")
+            rules += _linear(f"{src}.{stream}_mlp.2", f"{dst}.{ff}.net.2")
+    for i in range(config["depth_single_blocks"]):
+        src, dst = f"single_blocks.{i}", f"single_transformer_blocks.{i}"
+        rules += _split_linear(
+            f"{src}.linear1",
+            (f"{dst}.attn.to_q", f"{dst}.attn.to_k", f"{dst}.attn.to_v", f"{dst}.proj_mlp"),
+            (hidden, hidden, hidden, mlp),
+        )
+        rules += _linear(f"{src}.linear2", f"{dst}.proj_out")
+        rules += _linear(f"{src}.modulation.lin", f"{dst}.norm.linear")
+        rules += [
+            KeyRule(f"{src}.norm.query_norm.scale", (f"{dst}.attn.norm_q.weight",)),
+            KeyRule(f"{src}.norm.key_norm.scale", (f"{dst}.attn.norm_k.weight",)),
+        ]
+    rules += _linear("final_layer.linear", "proj_out")
+    rules += _linear("final_layer.adaLN_modulation.1", "norm_out.linear", kind="swap")
+
+    src, dst = "connector.S", "connector.refiner"
+    rules += _linear(f"{src}.input_embedder", f"{dst}.proj_in")
+    rules += _linear(f"{src}.t_embedder.mlp.0", f"{dst}.time_text_embed.timestep_embedder.linear_1")
+    rules += _linear(f"{src}.t_embedder.mlp.2", f"{dst}.time_text_embed.timestep_embedder.linear_2")
+    rules += _linear(f"{src}.c_embedder.linear_1", f"{dst}.time_text_embed.text_embedder.linear_1")
+    rules += _linear(f"{src}.c_embedder.linear_2", f"{dst}.time_text_embed.text_embedder.linear_2")
+    for i in range(config["connector_depth"]):
+        block_src = f"{src}.individual_token_refiner.blocks.{i}"
+        block_dst = f"{dst}.token_refiner.refiner_blocks.{i}"
+        rules += _linear(f"{block_src}.norm1", f"{block_dst}.norm1")
+        rules += _split_linear(
+            f"{block_src}.self_attn_qkv", (f"{block_dst}.attn.to_{t}" for t in "qkv"), (context,) * 3
+        )
+        rules += _linear(f"{block_src}.self_attn_proj", f"{block_dst}.attn.to_out.0")
+        rules += _linear(f"{block_src}.norm2", f"{block_dst}.norm2")
+        rules += _linear(f"{block_src}.mlp.fc1", f"{block_dst}.ff.net.0.proj")
+        rules += _linear(f"{block_src}.mlp.fc2", f"{block_dst}.ff.net.2")
+        rules += _linear(f"{block_src}.adaLN_modulation.1", f"{block_dst}.norm_out.linear")
+    rules += _linear("connector.global_proj_out", "connector.global_proj_out")
+    if config["version"] == "v1.0":
+        rules.append(KeyRule("connector.scale_factor", ("connector.scale_factor",)))
+    return rules
+
+
+def _resnet(official: str, target: str, has_shortcut: bool) -> list[KeyRule]:
+    rules = []
+    for name in ("norm1", "conv1", "norm2", "conv2"):
+        rules += _linear(f"{official}.{name}", f"{target}.{name}")
+    if has_shortcut:
+        rules += _linear(f"{official}.nin_shortcut", f"{target}.conv_shortcut")
+    return rules
+
+
+def _mid_block(official: str, target: str) -> list[KeyRule]:
+    rules = _resnet(f"{official}.block_1", f"{target}.resnets.0", False)
+    rules += _linear(f"{official}.attn_1.norm", f"{target}.attentions.0.group_norm")
+    for src, dst in (("q", "to_q"), ("k", "to_k"), ("v", "to_v"), ("proj_out", "to_out.0")):
+        rules += [
+            KeyRule(f"{official}.attn_1.{src}.weight", (f"{target}.attentions.0.{dst}.weight",), "conv1x1"),
+            KeyRule(f"{official}.attn_1.{src}.bias", (f"{target}.attentions.0.{dst}.bias",)),
+        ]
+    rules += _resnet(f"{official}.block_2", f"{target}.resnets.1", False)
+    return rules
+
+
+def vae_key_table(official_config: Mapping[str, Any]) -> list[KeyRule]:
+    """The official FLUX autoencoder -> diffusers ``AutoencoderKL`` rules for the official ``AutoEncoder`` args."""
+    ch, mults, blocks = official_config["ch"], list(official_config["ch_mult"]), official_config["num_res_blocks"]
+    widths = [ch * m for m in mults]
+    levels = len(widths)
+    rules = _linear("encoder.conv_in", "encoder.conv_in")
+    previous = ch
+    for i, width in enumerate(widths):
+        for j in range(blocks):
+            has_shortcut = j == 0 and previous != width
+            rules += _resnet(f"encoder.down.{i}.block.{j}", f"encoder.down_blocks.{i}.resnets.{j}", has_shortcut)
+            previous = width
+        if i < levels - 1:
+            rules += _linear(f"encoder.down.{i}.downsample.conv", f"encoder.down_blocks.{i}.downsamplers.0.conv")
+    rules += _mid_block("encoder.mid", "encoder.mid_block")
+    rules += _linear("encoder.norm_out", "encoder.conv_norm_out")
+    rules += _linear("encoder.conv_out", "encoder.conv_out")
+
+    rules += _linear("decoder.conv_in", "decoder.conv_in")
+    rules += _mid_block("decoder.mid", "decoder.mid_block")
+    previous = widths[-1]
+    for i in reversed(range(levels)):  # official up.{i} is diffusers up_blocks.{levels - 1 - i}
+        width, up = widths[i], levels - 1 - i
+        for j in range(blocks + 1):
+            has_shortcut = j == 0 and previous != width
+            rules += _resnet(f"decoder.up.{i}.block.{j}", f"decoder.up_blocks.{up}.resnets.{j}", has_shortcut)
+            previous = width
+        if i > 0:
+            rules += _linear(f"decoder.up.{i}.upsample.conv", f"decoder.up_blocks.{up}.upsamplers.0.conv")
+    rules += _linear("decoder.norm_out", "decoder.conv_norm_out")
+    rules += _linear("decoder.conv_out", "decoder.conv_out")
+    return rules
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Reading files
+
+
+def _check_file(path: str | Path) -> Path:
+    path = Path(path)
+    if path.suffix.lower() in PICKLE_SUFFIXES:
+        raise CheckpointError(
+            f"{path}: refusing to load a pickle checkpoint ({path.suffix}); pickles can run arbitrary code. "
+            "Convert it to .safetensors first."
+        )
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint file not found: {path}")
+    with path.open("rb") as handle:
+        start = handle.read(8)
+    if start[:2] == b"PK" or start[:1] == b"\x80":
+        raise CheckpointError(f"{path} is a pickle/zip (torch.save) file, not safetensors; refusing to load it")
+    return path
+
+
+def read_shapes(path: str | Path) -> dict[str, tuple[int, ...]]:
+    """Every tensor name and shape in the safetensors file ``path`` (reads the header only).
+
+    Raises :class:`CheckpointError` for pickles, missing files and truncated or corrupt files.
+    """
+    path = _check_file(path)
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            return {key: tuple(handle.get_slice(key).get_shape()) for key in handle.keys()}
+    except (SafetensorError, OSError) as error:
+        raise CheckpointError(
+            f"{path} is not a complete safetensors file (truncated or interrupted download?): {error}"
+        ) from error
+
+
+def _tensor_bytes(path: Path) -> dict[str, int]:
+    with path.open("rb") as handle:
+        (header_size,) = struct.unpack("<Q", handle.read(8))
+        header = json.loads(handle.read(header_size))
+    return {k: v["data_offsets"][1] - v["data_offsets"][0] for k, v in header.items() if k != "__metadata__"}
+
+
+def _iter_tensors(path: Path, keys: list[str]) -> Iterator[tuple[str, torch.Tensor]]:
+    """Yield ``(key, tensor)`` one at a time, re-opening the file every ``_REOPEN_BYTES``."""
+    sizes = _tensor_bytes(path)
+    batch: list[str] = []
+    batch_bytes = 0
+    batches = []
+    for key in keys:
+        batch.append(key)
+        batch_bytes += sizes[key]
+        if batch_bytes >= _REOPEN_BYTES:
+            batches.append(batch)
+            batch, batch_bytes = [], 0
+    if batch:
+        batches.append(batch)
+    for batch in batches:
+        try:
+            with safe_open(str(path), framework="pt") as handle:
+                for key in batch:
+                    yield key, handle.get_tensor(key)
+        except SafetensorError as error:
+            raise CheckpointError(f"{path}: cannot read tensor data (corrupt file?): {error}") from error
+
+
+def _describe(keys: Iterable[str], limit: int = 5) -> str:
+    keys = sorted(keys)
+    shown = ", ".join(keys[:limit])
+    return f"{len(keys)} key(s): {shown}{', ...' if len(keys) > limit else ''}"
+
+
+def _check_keys(path: Path, shapes: Mapping[str, tuple[int, ...]], rules: list[KeyRule], hint: str) -> None:
+    expected = {rule.official for rule in rules}
+    missing = expected - set(shapes)
+    unexpected = set(shapes) - expected
+    if missing or unexpected:
+        parts = []
+        if missing:
+            parts.append(f"missing {_describe(missing)}")
+        if unexpected:
+            parts.append(f"unexpected {_describe(unexpected)}")
+        raise CheckpointError(f"{path} does not match the model: {'; '.join(parts)}.{hint}")
+
+
+def _stream_into(
+    model: nn.Module, path: Path, rules: list[KeyRule], torch_dtype: torch.dtype, device: str | torch.device
+) -> None:
+    """Assign every tensor of ``path`` to the meta-device ``model`` through ``rules``, checking every shape."""
+    params = dict(model.named_parameters())
+    by_key = {rule.official: rule for rule in rules}
+    for key, tensor in _iter_tensors(path, list(by_key)):
+        rule = by_key[key]
+        pieces = rule.to_diffusers(tensor) if rule.kind != "split" or tensor.shape[0] == sum(rule.sizes) else None
+        if pieces is None or any(tuple(p.shape) != tuple(params[t].shape) for p, t in zip(pieces, rule.targets)):
+            expected = [tuple(params[t].shape) for t in rule.targets]
+            raise CheckpointError(f"{path}: {key} has shape {tuple(tensor.shape)}, the model expects {expected}")
+        for piece, target in zip(pieces, rule.targets):
+            set_module_tensor_to_device(model, target, device, value=piece, dtype=torch_dtype)
+    still_empty = [name for name, param in model.named_parameters() if param.device.type == "meta"]
+    if still_empty:
+        raise CheckpointError(f"{path} left parameters unset: {_describe(still_empty)}")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Transformer
+
+
+def _count_blocks(shapes: Iterable[str], prefix: str) -> int:
+    pattern = re.compile(re.escape(prefix) + r"\.(\d+)\.")
+    indices = {int(m.group(1)) for key in shapes if (m := pattern.match(key))}
+    return max(indices) + 1 if indices else 0
+
+
+def detect_version(path: str | Path) -> str:
+    """``"v1.0"`` if the DiT file has ``connector.scale_factor``, else ``"v1.1"``."""
+    return _version_from_keys(read_shapes(path))
+
+
+def _version_from_keys(shapes: Mapping[str, Any]) -> str:
+    return "v1.0" if "connector.scale_factor" in shapes else "v1.1"
+
+
+def infer_transformer_config(
+    shapes: Mapping[str, tuple[int, ...]], version: str | None = None, config: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """The model config of an official DiT file from its tensor shapes.
+
+    Sizes come from the shapes; what shapes cannot tell (rotary ``axes_dim``, ``theta``, connector heads) comes
+    from ``config`` or else the released values. Fields given in ``config`` must agree with the shapes.
+    """
+    config = dict(config or {})
+    required = ("img_in.weight", "txt_in.weight", "vector_in.in_layer.weight", "final_layer.linear.weight",
+                "connector.S.input_embedder.weight")
+    absent = [key for key in required if key not in shapes]
+    if absent:
+        raise CheckpointError(
+            f"not a Step1X-Edit DiT checkpoint: {_describe(absent)} absent (is this a VAE or MLLM file?)"
+        )
+    hidden, in_channels = shapes["img_in.weight"]
+    depth = _count_blocks(shapes, "double_blocks")
+    single = _count_blocks(shapes, "single_blocks")
+    norm_key = "double_blocks.0.img_attn.norm.query_norm.scale" if depth else "single_blocks.0.norm.query_norm.scale"
+    head_dim = shapes[norm_key][0] if norm_key in shapes else hidden // config.get("num_heads", 24)
+    if depth:
+        mlp = shapes["double_blocks.0.img_mlp.0.weight"][0]
+    elif single:
+        mlp = shapes["single_blocks.0.linear1.weight"][0] - 3 * hidden
+    else:
+        mlp = int(hidden * config.get("mlp_ratio", 4.0))
+    context = shapes["txt_in.weight"][1]
+    inferred = {
+        "in_channels": in_channels,
+        "out_channels": shapes["final_layer.linear.weight"][0],
+        "vec_in_dim": shapes["vector_in.in_layer.weight"][1],
+        "context_in_dim": context,
+        "hidden_size": hidden,
+        "mlp_ratio": mlp / hidden,
+        "num_heads": hidden // head_dim,
+        "depth": depth,
+        "depth_single_blocks": single,
+        "mllm_hidden_size": shapes["connector.S.input_embedder.weight"][1],
+        "connector_depth": _count_blocks(shapes, "connector.S.individual_token_refiner.blocks"),
+        "version": _version_from_keys(shapes),
+    }
+    for field, value in inferred.items():
+        if field in config and config[field] != value and not (field == "mlp_ratio" and float(config[field]) == value):
+            raise CheckpointError(f"config says {field}={config[field]!r} but the checkpoint has {field}={value!r}")
+    if version is not None:
+        if version not in VERSIONS:
+            raise CheckpointError(f"unknown version {version!r}; expected one of {VERSIONS}")
+        if version != inferred["version"]:
+            if version == "v1.0":
+                cause = "checkpoint has no connector.scale_factor: this is a v1.1 file loaded as v1.0"
+            else:
+                cause = "checkpoint has connector.scale_factor: this is a v1.0 file loaded as v1.1"
+            raise CheckpointError(f"version mismatch: {cause}")
+    defaults = {
+        "axes_dim": RELEASED_AXES_DIM,
+        "theta": RELEASED_THETA,
+        "qkv_bias": True,
+        "connector_num_heads": RELEASED_CONNECTOR_HEADS,
+    }
+    result = {**defaults, **config, **inferred}
+    if sum(result["axes_dim"]) != head_dim:
+        raise CheckpointError(
+            f"the checkpoint's head dim is {head_dim} but axes_dim {tuple(result['axes_dim'])} sums to "
+            f"{sum(result['axes_dim'])}; pass config={{'axes_dim': ...}} for this non-released size"
+        )
+    if context % result["connector_num_heads"]:
+        raise CheckpointError(
+            f"connector width {context} is not divisible by {result['connector_num_heads']} heads; pass "
+            "config={'connector_num_heads': ...} for this non-released size"
+        )
+    result["axes_dim"] = tuple(result["axes_dim"])
+    return result
+
+
+def load_official_transformer(
+    path: str | Path,
+    version: str | None = None,
+    config: Mapping[str, Any] | None = None,
+    torch_dtype: torch.dtype = torch.float32,
+    device: str | torch.device = "cpu",
+) -> Step1XEditTransformer2DModel:
+    """Load an official DiT + connector file strictly and streaming.
+
+    Args:
+        path: ``step1x-edit-*.safetensors``.
+        version: ``"v1.0"``/``"v1.1"``; detected from the keys when ``None``, checked against them otherwise.
+        config: model config fields (see :class:`Step1XEditTransformer2DModel`) for what the shapes cannot tell
+            (``axes_dim``, ``theta``, ``connector_num_heads``); sizes are inferred from the shapes.
+        torch_dtype: dtype of the loaded parameters.
+        device: where the parameters are placed.
+    """
+    path = _check_file(path)
+    shapes = read_shapes(path)
+    model_config = infer_transformer_config(shapes, version, config)
+    with init_empty_weights():
+        model = Step1XEditTransformer2DModel(**model_config)
+    rules = transformer_key_table(model.config)
+    hint = ""
+    if model_config["version"] == "v1.0" and "connector.scale_factor" not in shapes:
+        hint = " (checkpoint has no connector.scale_factor: this is a v1.1 file loaded as v1.0)"
+    _check_keys(path, shapes, rules, hint)
+    _stream_into(model, path, rules, torch_dtype, device)
+    return model.eval()
+
+
+def transformer_state_dict_to_official(model: Step1XEditTransformer2DModel) -> dict[str, torch.Tensor]:
+    """The official-format state dict of ``model`` (inverse of :func:`load_official_transformer`)."""
+    return _to_official(model.state_dict(), transformer_key_table(model.config))
+
+
+def _to_official(state: Mapping[str, torch.Tensor], rules: list[KeyRule]) -> dict[str, torch.Tensor]:
+    used = {target for rule in rules for target in rule.targets}
+    missing = used - set(state)
+    extra = set(state) - used
+    if missing or extra:
+        raise CheckpointError(
+            f"model state does not match the official key table: missing {_describe(missing)}, "
+            f"unmapped {_describe(extra)}"
+        )
+    return {rule.official: rule.to_official([state[t] for t in rule.targets]).contiguous() for rule in rules}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# VAE
+
+
+def infer_vae_config(shapes: Mapping[str, tuple[int, ...]], config: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The official ``AutoEncoder`` arguments of a FLUX VAE file from its shapes (``config`` fills the rest)."""
+    if "encoder.conv_in.weight" not in shapes or "decoder.conv_in.weight" not in shapes:
+        raise CheckpointError("not a FLUX autoencoder checkpoint: encoder.conv_in / decoder.conv_in absent")
+    ch, in_channels = shapes["encoder.conv_in.weight"][:2]
+    levels = _count_blocks(shapes, "encoder.down")
+    mults = [shapes[f"encoder.down.{i}.block.0.conv1.weight"][0] // ch for i in range(levels)]
+    inferred = {
+        "in_channels": in_channels,
+        "ch": ch,
+        "out_ch": shapes["decoder.conv_out.weight"][0],
+        "ch_mult": mults,
+        "num_res_blocks": _count_blocks(shapes, "encoder.down.0.block"),
+        "z_channels": shapes["decoder.conv_in.weight"][1],
+    }
+    config = dict(config or {})
+    unknown = sorted(set(config) - set(OFFICIAL_VAE_FIELDS))
+    if unknown:
+        raise CheckpointError(f"unknown VAE config field(s) {unknown}; valid: {list(OFFICIAL_VAE_FIELDS)}")
+    for field, value in inferred.items():
+        if field in config and (list(config[field]) if field == "ch_mult" else config[field]) != value:
+            raise CheckpointError(f"VAE config says {field}={config[field]!r} but the checkpoint has {value!r}")
+    defaults = {
+        "resolution": 256,
+        "scale_factor": RELEASED_VAE_SCALE_FACTOR,
+        "shift_factor": RELEASED_VAE_SHIFT_FACTOR,
+    }
+    return {**defaults, **config, **inferred}
+
+
+def load_official_vae(
+    path: str | Path,
+    config: Mapping[str, Any] | None = None,
+    torch_dtype: torch.dtype = torch.float32,
+    device: str | torch.device = "cpu",
+):
+    """Load the official ``vae.safetensors`` (FLUX naming) into a diffusers ``AutoencoderKL``, strictly.
+
+    ``config`` holds official ``AutoEncoder`` arguments; sizes are inferred from the shapes and the latent
+    ``scale_factor``/``shift_factor`` default to the released 0.3611 / 0.1159.
+    """
+    path = _check_file(path)
+    shapes = read_shapes(path)
+    official_config = infer_vae_config(shapes, config)
+    with init_empty_weights():
+        vae = autoencoder_from_official_config(official_config)
+    rules = vae_key_table(official_config)
+    _check_keys(path, shapes, rules, "")
+    _stream_into(vae, path, rules, torch_dtype, device)
+    return vae.eval()
+
+
+def vae_state_dict_to_official(vae, official_config: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+    """The official FLUX-format state dict of a diffusers ``AutoencoderKL`` built with ``official_config``."""
+    return _to_official(vae.state_dict(), vae_key_table(official_config))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Model directory
+
+
+def find_official_files(model_dir: str | Path) -> OfficialFiles:
+    """Locate the DiT, VAE and (optional) Qwen2.5-VL folder in an official Step1X-Edit model directory.
+
+    The DiT file is ``step1x-edit-v1p1-official.safetensors`` or ``step1x-edit-i1258.safetensors`` (the
+    v1.1 file wins when both are present), else the single ``step1x-edit*.safetensors`` in the directory.
+    """
+    model_dir = Path(model_dir)
+    if not model_dir.is_dir():
+        raise CheckpointError(f"model directory not found: {model_dir}")
+    transformer = next((model_dir / name for name in TRANSFORMER_FILE_NAMES if (model_dir / name).is_file()), None)
+    if transformer is None:
+        candidates = sorted(model_dir.glob("step1x-edit*.safetensors"))
+        if len(candidates) > 1:
+            names = ", ".join(p.name for p in candidates)
+            raise CheckpointError(f"{model_dir} holds several DiT files ({names}); pass the one to use explicitly")
+        if not candidates:
+            pickles = sorted(p.name for p in model_dir.glob("step1x-edit*") if p.suffix.lower() in PICKLE_SUFFIXES)
+            extra = f" (found pickle files {pickles}, which are refused; use the .safetensors release)" if pickles else ""
+            raise CheckpointError(
+                f"{model_dir} has no Step1X-Edit DiT file (expected one of {TRANSFORMER_FILE_NAMES}){extra}"
+            )
+        transformer = candidates[0]
+    vae = model_dir / VAE_FILE_NAME
+    if not vae.is_file():
+        raise CheckpointError(f"{model_dir} has no {VAE_FILE_NAME} (the FLUX.1 autoencoder)")
+    mllm_dir = model_dir / MLLM_DIR_NAME
+    return OfficialFiles(transformer=transformer, vae=vae, mllm_dir=mllm_dir if mllm_dir.is_dir() else None)

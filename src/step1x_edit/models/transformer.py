@@ -1,0 +1,191 @@
+"""The Step1X-Edit DiT + connector as one diffusers model: :class:`Step1XEditTransformer2DModel`.
+
+The DiT is the FLUX.1 architecture without guidance embedding, assembled from diffusers' FLUX building blocks
+(``FluxTransformerBlock``, ``FluxSingleTransformerBlock``, ``FluxPosEmbed``, ``CombinedTimestepTextProjEmbeddings``,
+``AdaLayerNormContinuous``); the connector (:class:`~step1x_edit.models.connector.Step1XConnector`) runs inside
+every forward call with the current timestep. The token sequence is ``[context ; noisy ; reference]`` and the
+DiT attention has no mask (padded context positions take part, as in the released model).
+
+Module names follow diffusers' ``FluxTransformer2DModel`` (so diffusers attention processors, LoRA targets and
+hooks apply unchanged), plus ``connector.*``::
+
+    x_embedder, context_embedder, time_text_embed.{timestep_embedder,text_embedder}.linear_{1,2}
+    transformer_blocks.{i}.{norm1.linear, norm1_context.linear, attn.{to_q,to_k,to_v,to_out.0,
+        add_q_proj,add_k_proj,add_v_proj,to_add_out,norm_q,norm_k,norm_added_q,norm_added_k},
+        ff.net.{0.proj,2}, ff_context.net.{0.proj,2}}
+    single_transformer_blocks.{i}.{norm.linear, attn.{to_q,to_k,to_v,norm_q,norm_k}, proj_mlp, proj_out}
+    norm_out.linear, proj_out, connector.*
+
+The official checkpoint layout and the key table between the two are in :mod:`step1x_edit.checkpoints.official`.
+"""
+
+from __future__ import annotations
+
+import torch
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.loaders import PeftAdapterMixin
+from diffusers.models.attention import AttentionMixin, FeedForward
+from diffusers.models.embeddings import CombinedTimestepTextProjEmbeddings
+from diffusers.models.modeling_utils import ModelMixin
+from diffusers.models.normalization import AdaLayerNormContinuous
+from diffusers.models.transformers.transformer_flux import (
+    FluxPosEmbed,
+    FluxSingleTransformerBlock,
+    FluxTransformerBlock,
+)
+from torch import nn
+
+from .connector import Step1XConnector
+
+VERSIONS = ("v1.0", "v1.1")
+
+
+class Step1XEditTransformer2DModel(ModelMixin, ConfigMixin, PeftAdapterMixin, AttentionMixin):
+    """FLUX-style DiT (no guidance embedding) with the Step1X-Edit connector in front of it.
+
+    The config fields mirror the official ``Step1XParams`` plus the connector: ``mllm_hidden_size`` is the MLLM
+    width the connector reads, ``connector_num_heads``/``connector_depth`` its refiner, and its output width is
+    ``context_in_dim``. ``version`` selects the connector variant (``"v1.0"`` has ``scale_factor``).
+    """
+
+    _supports_gradient_checkpointing = True
+    _no_split_modules = ["FluxTransformerBlock", "FluxSingleTransformerBlock"]
+    _skip_layerwise_casting_patterns = ["pos_embed", "norm"]
+    _repeated_blocks = ["FluxTransformerBlock", "FluxSingleTransformerBlock"]
+
+    @register_to_config
+    def __init__(
+        self,
+        in_channels: int = 64,
+        out_channels: int = 64,
+        vec_in_dim: int = 768,
+        context_in_dim: int = 4096,
+        hidden_size: int = 3072,
+        mlp_ratio: float = 4.0,
+        num_heads: int = 24,
+        depth: int = 19,
+        depth_single_blocks: int = 38,
+        axes_dim: tuple[int, ...] = (16, 56, 56),
+        theta: int = 10000,
+        qkv_bias: bool = True,
+        mllm_hidden_size: int = 3584,
+        connector_num_heads: int = 32,
+        connector_depth: int = 2,
+        version: str = "v1.1",
+    ) -> None:
+        super().__init__()
+        if version not in VERSIONS:
+            raise ValueError(f"version must be one of {VERSIONS}, got {version!r}")
+        if hidden_size % num_heads:
+            raise ValueError(f"hidden_size {hidden_size} is not divisible by num_heads {num_heads}")
+        head_dim = hidden_size // num_heads
+        if sum(axes_dim) != head_dim:
+            raise ValueError(f"sum(axes_dim) = {sum(axes_dim)} must equal the head dim {head_dim}")
+        if any(dim % 2 for dim in axes_dim):
+            raise ValueError(f"every axes_dim entry must be even (rotary pairs), got {tuple(axes_dim)}")
+        if not qkv_bias:
+            raise ValueError("qkv_bias=False is not supported: diffusers' FLUX blocks always have q/k/v biases")
+        if min(depth, depth_single_blocks, connector_depth) < 0:
+            raise ValueError("block counts must not be negative")
+
+        self.pos_embed = FluxPosEmbed(theta=theta, axes_dim=list(axes_dim))
+        self.time_text_embed = CombinedTimestepTextProjEmbeddings(
+            embedding_dim=hidden_size, pooled_projection_dim=vec_in_dim
+        )
+        self.context_embedder = nn.Linear(context_in_dim, hidden_size)
+        self.x_embedder = nn.Linear(in_channels, hidden_size)
+        self.transformer_blocks = nn.ModuleList(
+            [
+                FluxTransformerBlock(dim=hidden_size, num_attention_heads=num_heads, attention_head_dim=head_dim)
+                for _ in range(depth)
+            ]
+        )
+        if mlp_ratio != 4.0:  # diffusers' FLUX double block fixes its MLP width at 4x; resize both streams
+            for block in self.transformer_blocks:
+                block.ff = FeedForward(hidden_size, dim_out=hidden_size, mult=mlp_ratio, activation_fn="gelu-approximate")
+                block.ff_context = FeedForward(
+                    hidden_size, dim_out=hidden_size, mult=mlp_ratio, activation_fn="gelu-approximate"
+                )
+        self.single_transformer_blocks = nn.ModuleList(
+            [
+                FluxSingleTransformerBlock(
+                    dim=hidden_size, num_attention_heads=num_heads, attention_head_dim=head_dim, mlp_ratio=mlp_ratio
+                )
+                for _ in range(depth_single_blocks)
+            ]
+        )
+        self.norm_out = AdaLayerNormContinuous(hidden_size, hidden_size, elementwise_affine=False, eps=1e-6)
+        self.proj_out = nn.Linear(hidden_size, out_channels)
+        self.connector = Step1XConnector(
+            in_channels=mllm_hidden_size,
+            hidden_size=context_in_dim,
+            num_heads=connector_num_heads,
+            depth=connector_depth,
+            pooled_dim=vec_in_dim,
+            use_scale_factor=version == "v1.0",
+        )
+        self.gradient_checkpointing = False
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        timestep: torch.Tensor,
+        encoder_hidden_states: torch.Tensor,
+        encoder_attention_mask: torch.Tensor,
+        img_ids: torch.Tensor,
+        txt_ids: torch.Tensor,
+    ) -> torch.Tensor:
+        """Predict the velocity of every image token.
+
+        Args:
+            hidden_states: [B, 2N, in_channels] packed noisy tokens followed by the packed reference tokens.
+            timestep: [B] flow time t in [0, 1] (1 = pure noise); cast to the model dtype before embedding.
+            encoder_hidden_states: [B, L, mllm_hidden_size] MLLM hidden states (padded to L).
+            encoder_attention_mask: [B, L], 1 for valid positions; used by the connector only.
+            img_ids: [2N, 3] (or [B, 2N, 3], rows identical) rotary position ids of the image tokens.
+            txt_ids: [L, 3] (or [B, L, 3]) rotary position ids of the context tokens.
+
+        Returns:
+            [B, 2N, out_channels]; the first N rows are the noisy tokens' velocity.
+        """
+        if hidden_states.ndim != 3 or encoder_hidden_states.ndim != 3:
+            raise ValueError(
+                "hidden_states and encoder_hidden_states must be [batch, sequence, channels], got "
+                f"{tuple(hidden_states.shape)} and {tuple(encoder_hidden_states.shape)}"
+            )
+        if encoder_attention_mask.shape != encoder_hidden_states.shape[:2]:
+            raise ValueError(
+                f"encoder_attention_mask {tuple(encoder_attention_mask.shape)} does not match the MLLM states "
+                f"{tuple(encoder_hidden_states.shape[:2])}"
+            )
+        img_ids = img_ids[0] if img_ids.ndim == 3 else img_ids
+        txt_ids = txt_ids[0] if txt_ids.ndim == 3 else txt_ids
+        if img_ids.shape[0] != hidden_states.shape[1] or txt_ids.shape[0] != encoder_hidden_states.shape[1]:
+            raise ValueError(
+                f"position ids ({img_ids.shape[0]} image, {txt_ids.shape[0]} text) do not match the sequence lengths "
+                f"({hidden_states.shape[1]} image, {encoder_hidden_states.shape[1]} text)"
+            )
+        dtype = hidden_states.dtype
+        timestep = timestep.to(dtype)
+
+        context, pooled = self.connector(encoder_hidden_states.to(dtype), timestep, encoder_attention_mask)
+        temb = self.time_text_embed(timestep * 1000, pooled)
+        hidden_states = self.x_embedder(hidden_states)
+        encoder_hidden_states = self.context_embedder(context)
+        image_rotary_emb = self.pos_embed(torch.cat((txt_ids, img_ids), dim=0))
+
+        for block in [*self.transformer_blocks, *self.single_transformer_blocks]:
+            if torch.is_grad_enabled() and self.gradient_checkpointing:
+                encoder_hidden_states, hidden_states = self._gradient_checkpointing_func(
+                    block, hidden_states, encoder_hidden_states, temb, image_rotary_emb
+                )
+            else:
+                encoder_hidden_states, hidden_states = block(
+                    hidden_states=hidden_states,
+                    encoder_hidden_states=encoder_hidden_states,
+                    temb=temb,
+                    image_rotary_emb=image_rotary_emb,
+                )
+
+        hidden_states = self.norm_out(hidden_states, temb)
+        return self.proj_out(hidden_states)

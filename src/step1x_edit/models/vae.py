@@ -1,0 +1,71 @@
+"""The FLUX.1 autoencoder used by Step1X-Edit, as a diffusers ``AutoencoderKL``, and the latent helpers.
+
+The official ``AutoEncoder`` arguments (``resolution, in_channels, ch, out_ch, ch_mult, num_res_blocks,
+z_channels, scale_factor, shift_factor``) map onto ``AutoencoderKL`` with ``block_out_channels = ch * ch_mult``,
+``layers_per_block = num_res_blocks``, ``latent_channels = z_channels``, no quant convs and the FLUX latent
+normalisation (scale 0.3611, shift 0.1159 for the released VAE). The official-key table is in
+:mod:`step1x_edit.checkpoints.official`.
+
+Latents are ``scale * (z - shift)`` of the posterior **mode** (the official encoder samples; the mode keeps
+edits deterministic and is what the parity fixtures use).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from diffusers import AutoencoderKL
+
+OFFICIAL_VAE_FIELDS = (
+    "resolution", "in_channels", "ch", "out_ch", "ch_mult", "num_res_blocks", "z_channels", "scale_factor",
+    "shift_factor",
+)
+
+
+def diffusers_vae_config(official: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``AutoencoderKL`` config equivalent to the official ``AutoEncoder`` arguments ``official``."""
+    missing = [field for field in OFFICIAL_VAE_FIELDS if field not in official]
+    unknown = sorted(set(official) - set(OFFICIAL_VAE_FIELDS))
+    if missing or unknown:
+        raise ValueError(f"official VAE config: missing fields {missing}, unknown fields {unknown}")
+    widths = [official["ch"] * mult for mult in official["ch_mult"]]
+    if any(width % 32 for width in widths):
+        raise ValueError(f"every VAE width must be a multiple of 32 (GroupNorm groups), got {widths}")
+    levels = len(widths)
+    return {
+        "in_channels": official["in_channels"],
+        "out_channels": official["out_ch"],
+        "down_block_types": ("DownEncoderBlock2D",) * levels,
+        "up_block_types": ("UpDecoderBlock2D",) * levels,
+        "block_out_channels": tuple(widths),
+        "layers_per_block": official["num_res_blocks"],
+        "act_fn": "silu",
+        "latent_channels": official["z_channels"],
+        "norm_num_groups": 32,
+        "sample_size": official["resolution"],
+        "scaling_factor": official["scale_factor"],
+        "shift_factor": official["shift_factor"],
+        "use_quant_conv": False,
+        "use_post_quant_conv": False,
+        "mid_block_add_attention": True,
+    }
+
+
+def autoencoder_from_official_config(official: Mapping[str, Any]) -> AutoencoderKL:
+    """A randomly initialised ``AutoencoderKL`` with the layout of the official ``AutoEncoder(**official)``."""
+    return AutoencoderKL(**diffusers_vae_config(official))
+
+
+def encode_latents(vae: AutoencoderKL, pixels: torch.Tensor) -> torch.Tensor:
+    """Encode ``pixels`` [B, 3, H, W] in [-1, 1] to normalised latents [B, z, H/8, W/8] (posterior mode)."""
+    pixels = pixels.to(device=vae.device, dtype=vae.dtype)
+    z = vae.encode(pixels).latent_dist.mode()
+    return vae.config.scaling_factor * (z - vae.config.shift_factor)
+
+
+def decode_latents(vae: AutoencoderKL, latents: torch.Tensor) -> torch.Tensor:
+    """Decode normalised ``latents`` [B, z, h, w] to pixels [B, 3, 8h, 8w] (about [-1, 1], not clamped)."""
+    z = latents.to(device=vae.device, dtype=vae.dtype) / vae.config.scaling_factor + vae.config.shift_factor
+    return vae.decode(z).sample
