@@ -22,6 +22,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
+from ..errors import Step1XEditError
 from .records import table_to_records
 from .stages import BatchFn, Pipeline, Record, apply_stage, check_batch
 from .store import Store
@@ -193,12 +194,14 @@ class RayExecutor:
         try:
             import ray
         except ImportError as error:
-            raise ImportError('the Ray executor needs Ray Data: pip install "step1x-edit[ray]"') from error
+            raise Step1XEditError('the Ray engine needs Ray Data: pip install "step1x-edit[ray]"') from error
         if not ray.is_initialized():
-            kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False}
-            if self.address is None:
-                kwargs["num_cpus"] = self.num_cpus or os.cpu_count()
-            ray.init(address=self.address, **kwargs)
+            if self.address is None:  # a private local Ray, quiet and sized to this machine
+                ray.init(
+                    num_cpus=self.num_cpus or os.cpu_count(), include_dashboard=False, log_to_driver=False
+                )
+            else:  # an existing cluster brings its own resources and settings
+                ray.init(address=self.address)
         return ray
 
     def run(self, pipeline: Pipeline, shards: Sequence[ShardSpec], store: Store, progress: bool = True):
