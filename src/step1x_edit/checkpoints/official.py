@@ -302,7 +302,10 @@ def _describe(keys: Iterable[str], limit: int = 5) -> str:
     return f"{len(keys)} key(s): {shown}{', ...' if len(keys) > limit else ''}"
 
 
-def _check_keys(path: Path, shapes: Mapping[str, tuple[int, ...]], rules: list[KeyRule], hint: str) -> None:
+def _check_keys(
+    path: Path, shapes: Mapping[str, tuple[int, ...]], rules: list[KeyRule], model: nn.Module, hint: str
+) -> None:
+    """Every official key present, none unexpected, every shape as the (meta-device) ``model`` expects."""
     expected = {rule.official for rule in rules}
     missing = expected - set(shapes)
     unexpected = set(shapes) - expected
@@ -313,21 +316,25 @@ def _check_keys(path: Path, shapes: Mapping[str, tuple[int, ...]], rules: list[K
         if unexpected:
             parts.append(f"unexpected {_describe(unexpected)}")
         raise CheckpointError(f"{path} does not match the model: {'; '.join(parts)}.{hint}")
+    params = dict(model.named_parameters())
+    wrong = []
+    for rule in rules:
+        wanted = tuple(rule.to_official([params[target] for target in rule.targets]).shape)
+        if shapes[rule.official] != wanted:
+            wrong.append(f"{rule.official} {shapes[rule.official]} (expected {wanted})")
+    if wrong:
+        shown = ", ".join(wrong[:5])
+        raise CheckpointError(f"{path}: {len(wrong)} tensor(s) have the wrong shape: {shown}{hint}")
 
 
 def _stream_into(
     model: nn.Module, path: Path, rules: list[KeyRule], torch_dtype: torch.dtype, device: str | torch.device
 ) -> None:
-    """Assign every tensor of ``path`` to the meta-device ``model`` through ``rules``, checking every shape."""
-    params = dict(model.named_parameters())
+    """Assign every tensor of ``path`` to the meta-device ``model`` through ``rules`` (keys and shapes checked)."""
     by_key = {rule.official: rule for rule in rules}
     for key, tensor in _iter_tensors(path, list(by_key)):
         rule = by_key[key]
-        pieces = rule.to_diffusers(tensor) if rule.kind != "split" or tensor.shape[0] == sum(rule.sizes) else None
-        if pieces is None or any(tuple(p.shape) != tuple(params[t].shape) for p, t in zip(pieces, rule.targets)):
-            expected = [tuple(params[t].shape) for t in rule.targets]
-            raise CheckpointError(f"{path}: {key} has shape {tuple(tensor.shape)}, the model expects {expected}")
-        for piece, target in zip(pieces, rule.targets):
+        for piece, target in zip(rule.to_diffusers(tensor), rule.targets, strict=True):
             set_module_tensor_to_device(model, target, device, value=piece, dtype=torch_dtype)
     still_empty = [name for name, param in model.named_parameters() if param.device.type == "meta"]
     if still_empty:
@@ -454,7 +461,7 @@ def load_official_transformer(
     hint = ""
     if model_config["version"] == "v1.0" and "connector.scale_factor" not in shapes:
         hint = " (checkpoint has no connector.scale_factor: this is a v1.1 file loaded as v1.0)"
-    _check_keys(path, shapes, rules, hint)
+    _check_keys(path, shapes, rules, model, hint)
     _stream_into(model, path, rules, torch_dtype, device)
     return model.eval()
 
@@ -527,7 +534,7 @@ def load_official_vae(
     with init_empty_weights():
         vae = autoencoder_from_official_config(official_config)
     rules = vae_key_table(official_config)
-    _check_keys(path, shapes, rules, "")
+    _check_keys(path, shapes, rules, vae, "")
     _stream_into(vae, path, rules, torch_dtype, device)
     return vae.eval()
 

@@ -1,0 +1,182 @@
+"""The Step1X-Edit sampler as pure functions, exactly as the official inference code does it.
+
+Input resizing to a ``size_level`` area, the resolution-shifted rectified-flow schedule, 2x2 latent packing,
+the rotary position ids of each version, classifier-free guidance with the v1.1 "renorm", and the Euler loop
+that updates the noisy tokens while the reference tokens stay fixed. No devices, offloading or progress bars
+here: the pipeline owns those (it gets a per-step ``callback``).
+
+Rectified flow: ``x_t = (1 - t) * x0 + t * noise``; the model predicts ``noise - x0``; t goes from 1 to 0.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+
+import torch
+from PIL import Image
+
+from .models.transformer import VERSIONS
+
+# CFG renorm applies while t > threshold: never in v1.0 (t <= 1), the first steps in v1.1.
+RENORM_THRESHOLD = {"v1.0": 1.0, "v1.1": 0.93}
+RESIZE_FILTER = {"v1.0": Image.Resampling.BICUBIC, "v1.1": Image.Resampling.LANCZOS}
+LATENT_CHANNELS = 16
+PATCH = 2  # latent pixels per token side
+PIXELS_PER_TOKEN = 16  # VAE /8 times PATCH
+
+
+def _check_version(version: str) -> None:
+    if version not in VERSIONS:
+        raise ValueError(f"version must be one of {VERSIONS}, got {version!r}")
+
+
+def resize_dimensions(width: int, height: int, size_level: int) -> tuple[int, int]:
+    """The model input size for an image of ``width`` x ``height``: about ``size_level``² pixels, same aspect.
+
+    The longer side is fitted first with ceilings, then both sides are floored to multiples of 16.
+    """
+    if width <= 0 or height <= 0 or size_level <= 0:
+        raise ValueError(f"width, height and size_level must be positive, got {width}, {height}, {size_level}")
+    ratio = width / height
+    if width > height:
+        new_width = math.ceil(math.sqrt(size_level * size_level * ratio))
+        new_height = math.ceil(new_width / ratio)
+    else:
+        new_height = math.ceil(math.sqrt(size_level * size_level / ratio))
+        new_width = math.ceil(new_height * ratio)
+    new_width, new_height = new_width // 16 * 16, new_height // 16 * 16
+    if new_width == 0 or new_height == 0:
+        raise ValueError(f"a {width}x{height} image is too elongated for size_level {size_level}")
+    return new_width, new_height
+
+
+def resize_for_model(image: Image.Image, size_level: int, version: str) -> Image.Image:
+    """``image`` resized to :func:`resize_dimensions` with the version's filter (v1.0 bicubic, v1.1 Lanczos)."""
+    _check_version(version)
+    size = resize_dimensions(image.width, image.height, size_level)
+    return image.resize(size, RESIZE_FILTER[version])
+
+
+def get_schedule(
+    num_steps: int,
+    image_seq_len: int,
+    base_shift: float = 0.5,
+    max_shift: float = 1.15,
+    base_seq_len: int = 256,
+    max_seq_len: int = 4096,
+) -> list[float]:
+    """The ``num_steps + 1`` flow times from 1 to 0, shifted towards 1 for long sequences.
+
+    ``image_seq_len`` counts the noisy tokens only, (H/16)(W/16). mu is linear through (base_seq_len, base_shift)
+    and (max_seq_len, max_shift), extrapolated outside; t -> e^mu / (e^mu + (1/t - 1)). Float32, like the
+    official code, so the values match it bit for bit.
+    """
+    if num_steps < 1:
+        raise ValueError(f"num_steps must be at least 1, got {num_steps}")
+    slope = (max_shift - base_shift) / (max_seq_len - base_seq_len)
+    mu = slope * image_seq_len + (base_shift - slope * base_seq_len)
+    timesteps = torch.linspace(1, 0, num_steps + 1)
+    timesteps = math.exp(mu) / (math.exp(mu) + (1 / timesteps - 1) ** 1.0)
+    return timesteps.tolist()
+
+
+def pack_latents(latents: torch.Tensor) -> torch.Tensor:
+    """[B, C, h, w] latents -> [B, (h/2)(w/2), 4C] tokens, feature index c*4 + ph*2 + pw, tokens row-major."""
+    batch, channels, height, width = latents.shape
+    if height % PATCH or width % PATCH:
+        raise ValueError(f"latent height and width must be even, got {height}x{width}")
+    tokens = latents.reshape(batch, channels, height // PATCH, PATCH, width // PATCH, PATCH)  # b c h ph w pw
+    tokens = tokens.permute(0, 2, 4, 1, 3, 5)  # b h w c ph pw
+    return tokens.reshape(batch, (height // PATCH) * (width // PATCH), channels * PATCH * PATCH)
+
+
+def unpack_latents(tokens: torch.Tensor, latent_height: int, latent_width: int) -> torch.Tensor:
+    """The inverse of :func:`pack_latents`: [B, (h/2)(w/2), 4C] -> [B, C, latent_height, latent_width]."""
+    batch, length, features = tokens.shape
+    rows, cols = latent_height // PATCH, latent_width // PATCH
+    if latent_height % PATCH or latent_width % PATCH or length != rows * cols or features % (PATCH * PATCH):
+        raise ValueError(
+            f"cannot unpack {length} tokens of width {features} into a {latent_height}x{latent_width} latent"
+        )
+    latents = tokens.reshape(batch, rows, cols, features // (PATCH * PATCH), PATCH, PATCH)  # b h w c ph pw
+    latents = latents.permute(0, 3, 1, 4, 2, 5)  # b c h ph w pw
+    return latents.reshape(batch, features // (PATCH * PATCH), latent_height, latent_width)
+
+
+def position_ids(
+    latent_height: int, latent_width: int, text_length: int, version: str
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rotary ids ``(img_ids [2N, 3], txt_ids [L, 3])`` for ``[noisy ; reference]`` image tokens and the text.
+
+    Text ids are 0; the noisy token at packed (row r, col c) is (0, r, c); the reference token is (0, r, c) in
+    v1.0 (identical to the noisy ids) and (1, r + 1, c + 1) in v1.1.
+    """
+    _check_version(version)
+    rows, cols = latent_height // PATCH, latent_width // PATCH
+    grid_rows, grid_cols = torch.meshgrid(torch.arange(rows), torch.arange(cols), indexing="ij")
+    noisy = torch.stack([torch.zeros_like(grid_rows), grid_rows, grid_cols], dim=-1).reshape(rows * cols, 3)
+    reference = noisy.clone() if version == "v1.0" else noisy + 1
+    img_ids = torch.cat([noisy, reference], dim=0).float()  # [2N, 3]
+    return img_ids, torch.zeros(text_length, 3)
+
+
+def guided_velocity(
+    cond: torch.Tensor,
+    uncond: torch.Tensor,
+    guidance_scale: float,
+    t: float,
+    renorm_threshold: float,
+    renorm_power: float = 0.4,
+) -> torch.Tensor:
+    """Classifier-free guidance ``uncond + g * (cond - uncond) / d``.
+
+    While ``t > renorm_threshold``, d = ||cond - uncond||^renorm_power per token (L2 over the last dimension)
+    where that norm exceeds 1, else 1; afterwards d = 1.
+    """
+    difference = cond - uncond
+    if t > renorm_threshold:
+        norm = difference.norm(dim=-1, keepdim=True)
+        difference = difference / torch.where(norm > 1, norm**renorm_power, torch.ones_like(norm))
+    return uncond + guidance_scale * difference
+
+
+def denoise(
+    model_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    noisy_tokens: torch.Tensor,
+    reference_tokens: torch.Tensor,
+    timesteps: Sequence[float],
+    guidance_scale: float,
+    renorm_threshold: float,
+    renorm_power: float = 0.4,
+    callback: Callable[[int, float, torch.Tensor], None] | None = None,
+) -> torch.Tensor:
+    """Euler integration of the noisy tokens [B, N, 64] from ``timesteps[0]`` to ``timesteps[-1]``.
+
+    ``model_fn(tokens [k*B, 2N, 64], t [k*B]) -> [k*B, 2N, 64]`` sees ``[noisy ; reference]`` tokens; with
+    ``guidance_scale > 1``, k = 2 and the batch is the B conditional rows, then the B unconditional rows;
+    otherwise k = 1 (conditional only). The reference tokens never change. ``callback(step_index, t, tokens)``
+    runs after every step. Returns the final noisy tokens.
+    """
+    if noisy_tokens.shape != reference_tokens.shape:
+        raise ValueError(
+            f"noisy {tuple(noisy_tokens.shape)} and reference {tuple(reference_tokens.shape)} tokens differ in shape"
+        )
+    guided = guidance_scale > 1
+    tokens = noisy_tokens
+    num_noisy = tokens.shape[1]
+    for step, (t_curr, t_prev) in enumerate(zip(timesteps[:-1], timesteps[1:], strict=True)):
+        model_input = torch.cat([tokens, reference_tokens], dim=1)  # [B, 2N, 64]
+        if guided:
+            model_input = torch.cat([model_input, model_input], dim=0)  # [2B, 2N, 64]
+        t_vec = torch.full((model_input.shape[0],), t_curr, dtype=tokens.dtype, device=tokens.device)
+        prediction = model_fn(model_input, t_vec)[:, :num_noisy]
+        if guided:
+            cond, uncond = prediction.chunk(2, dim=0)
+            velocity = guided_velocity(cond, uncond, guidance_scale, t_curr, renorm_threshold, renorm_power)
+        else:
+            velocity = prediction
+        tokens = tokens + (t_prev - t_curr) * velocity
+        if callback is not None:
+            callback(step, t_curr, tokens)
+    return tokens
