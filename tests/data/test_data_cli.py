@@ -57,6 +57,24 @@ def test_generate_inspect_export_import_filter_round_trip(tmp_path, capsys):
 
     assert run("export", store, "--format", "webdataset", "--out", tmp_path / "wds", "--quiet") == 0
     assert list((tmp_path / "wds").glob("*.tar"))
+    validation = tmp_path / "validation"
+    assert (
+        run(
+            "export",
+            store,
+            "--format",
+            "official-json",
+            "--out",
+            validation,
+            "--split",
+            "validation",
+            "--validation-fraction",
+            0.5,
+            "--quiet",
+        )
+        == 0
+    )
+    assert 0 < len(json.loads((validation / "metadata.json").read_text())) < 22
 
     assert run("filter", store, "--out", tmp_path / "filtered", "--workers", 1, "--quiet") == 0
     output = capsys.readouterr().out

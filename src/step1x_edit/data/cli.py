@@ -200,6 +200,7 @@ def _export(args) -> int:
             args.samples_per_shard,
             args.include_rejected,
             split,
+            args.validation_fraction,
             progress=not args.quiet,
         )
         print(f"wrote {len(paths)} WebDataset shards to {args.out}")
@@ -210,6 +211,7 @@ def _export(args) -> int:
             args.language,
             args.include_rejected,
             split,
+            args.validation_fraction,
             progress=not args.quiet,
             absolute_paths=not args.relative_paths,
         )
@@ -343,6 +345,9 @@ def register(subcommands: argparse._SubParsersAction) -> None:
         "--language", choices=("en", "zh"), default="en", help="caption language (official-json)"
     )
     export.add_argument("--split", choices=("all", "train", "validation"), default="all")
+    export.add_argument(
+        "--validation-fraction", type=float, default=0.05, help="share of samples (by id hash) in validation"
+    )
     export.add_argument("--samples-per-shard", type=int, default=1000)
     export.add_argument("--include-rejected", action="store_true")
     export.add_argument(
