@@ -7,6 +7,7 @@ import pytest
 from step1x_edit.data import (
     LocalExecutor,
     Pipeline,
+    Store,
     SyntheticConfig,
     generate_dataset,
     summarize,
@@ -136,3 +137,31 @@ def test_model_stage_in_two_spawned_workers_matches_one_worker(chat_server, stor
     one = transform_store(store.root, tmp_path / "one", pipeline, LocalExecutor(1), progress=False)
     two = transform_store(store.root, tmp_path / "two", pipeline, LocalExecutor(2), progress=False)
     assert list(two.iter_records()) == list(one.iter_records())
+
+
+def test_annotate_and_filter_commands_talk_to_the_endpoint(chat_server, store, tmp_path, capsys):
+    from step1x_edit.cli import main
+
+    annotated, filtered = tmp_path / "annotated", tmp_path / "filtered"
+    common = [
+        "--endpoint",
+        chat_server.url,
+        "--model",
+        "tiny",
+        "--workers",
+        "1",
+        "--quiet",
+        "--max-retries",
+        "1",
+    ]
+    assert main(["data", "annotate", str(store.root), "--out", str(annotated), *common]) == 0
+    assert {r["instruction_zh"] for r in Store(annotated).iter_records()} == {"把红色圆形变成绿色。"}
+    chat_server.script = [("text", '{"score": 1, "reason": "wrong"}')]
+    assert main(["data", "filter", str(annotated), "--out", str(filtered), "--min-score", "5", *common]) == 0
+    assert "4 samples, 1 rejected" in capsys.readouterr().out
+    assert (
+        main(
+            ["data", "annotate", str(store.root), "--out", str(tmp_path / "x"), "--endpoint", chat_server.url]
+        )
+        == 2
+    )
