@@ -303,7 +303,7 @@ def _describe(keys: Iterable[str], limit: int = 5) -> str:
 
 
 def _check_keys(
-    path: Path, shapes: Mapping[str, tuple[int, ...]], rules: list[KeyRule], model: nn.Module, hint: str
+    source: str, shapes: Mapping[str, tuple[int, ...]], rules: list[KeyRule], model: nn.Module, hint: str
 ) -> None:
     """Every official key present, none unexpected, every shape as the (meta-device) ``model`` expects."""
     expected = {rule.official for rule in rules}
@@ -315,7 +315,7 @@ def _check_keys(
             parts.append(f"missing {_describe(missing)}")
         if unexpected:
             parts.append(f"unexpected {_describe(unexpected)}")
-        raise CheckpointError(f"{path} does not match the model: {'; '.join(parts)}.{hint}")
+        raise CheckpointError(f"{source} does not match the model: {'; '.join(parts)}.{hint}")
     params = dict(model.named_parameters())
     wrong = []
     for rule in rules:
@@ -324,7 +324,7 @@ def _check_keys(
             wrong.append(f"{rule.official} {shapes[rule.official]} (expected {wanted})")
     if wrong:
         shown = ", ".join(wrong[:5])
-        raise CheckpointError(f"{path}: {len(wrong)} tensor(s) have the wrong shape: {shown}{hint}")
+        raise CheckpointError(f"{source}: {len(wrong)} tensor(s) have the wrong shape: {shown}{hint}")
 
 
 def _stream_into(
@@ -453,17 +453,29 @@ def load_official_transformer(
         device: where the parameters are placed.
     """
     path = _check_file(path)
-    shapes = read_shapes(path)
+    model = empty_transformer_for(read_shapes(path), version, config, source=str(path))
+    _stream_into(model, path, transformer_key_table(model.config), torch_dtype, device)
+    return model.eval()
+
+
+def empty_transformer_for(
+    shapes: Mapping[str, tuple[int, ...]],
+    version: str | None = None,
+    config: Mapping[str, Any] | None = None,
+    source: str = "checkpoint",
+) -> Step1XEditTransformer2DModel:
+    """A meta-device model that accepts exactly the official tensors ``shapes`` (name -> shape).
+
+    Raises :class:`CheckpointError` naming missing/unexpected keys or wrong shapes; ``source`` names the file.
+    """
     model_config = infer_transformer_config(shapes, version, config)
     with init_empty_weights():
         model = Step1XEditTransformer2DModel(**model_config)
-    rules = transformer_key_table(model.config)
     hint = ""
     if model_config["version"] == "v1.0" and "connector.scale_factor" not in shapes:
         hint = " (checkpoint has no connector.scale_factor: this is a v1.1 file loaded as v1.0)"
-    _check_keys(path, shapes, rules, model, hint)
-    _stream_into(model, path, rules, torch_dtype, device)
-    return model.eval()
+    _check_keys(source, shapes, transformer_key_table(model.config), model, hint)
+    return model
 
 
 def transformer_state_dict_to_official(model: Step1XEditTransformer2DModel) -> dict[str, torch.Tensor]:
@@ -531,12 +543,20 @@ def load_official_vae(
     path = _check_file(path)
     shapes = read_shapes(path)
     official_config = infer_vae_config(shapes, config)
+    vae = empty_vae_for(shapes, official_config, source=str(path))
+    _stream_into(vae, path, vae_key_table(official_config), torch_dtype, device)
+    return vae.eval()
+
+
+def empty_vae_for(
+    shapes: Mapping[str, tuple[int, ...]], config: Mapping[str, Any] | None = None, source: str = "checkpoint"
+):
+    """A meta-device ``AutoencoderKL`` that accepts exactly the official FLUX VAE tensors ``shapes``."""
+    official_config = infer_vae_config(shapes, config)
     with init_empty_weights():
         vae = autoencoder_from_official_config(official_config)
-    rules = vae_key_table(official_config)
-    _check_keys(path, shapes, rules, vae, "")
-    _stream_into(vae, path, rules, torch_dtype, device)
-    return vae.eval()
+    _check_keys(source, shapes, vae_key_table(official_config), vae, "")
+    return vae
 
 
 def vae_state_dict_to_official(vae, official_config: Mapping[str, Any]) -> dict[str, torch.Tensor]:

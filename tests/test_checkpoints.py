@@ -1,0 +1,206 @@
+"""Official checkpoint loading: full-size key tables, strict errors, version detection, round trips."""
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from step1x_edit.checkpoints.official import (
+    detect_version,
+    empty_transformer_for,
+    empty_vae_for,
+    find_official_files,
+    load_official_transformer,
+    load_official_vae,
+    transformer_state_dict_to_official,
+    vae_state_dict_to_official,
+)
+from step1x_edit.errors import CheckpointError
+from step1x_edit.models.presets import build_transformer, build_vae, vae_config
+
+
+@pytest.fixture(scope="module")
+def full_size(shared_dir):
+    with open(os.path.join(shared_dir, "fixtures", "step1x_official", "full_size_keys.json")) as handle:
+        return json.load(handle)
+
+
+@pytest.fixture(scope="module")
+def fixture_dir(shared_dir):
+    return Path(shared_dir, "fixtures", "step1x_official")
+
+
+def _fixture_config(fixture_dir, version):
+    config = json.loads((fixture_dir / version / "config.json").read_text())
+    return {"axes_dim": config["dit"]["axes_dim"], "connector_num_heads": config["connector"]["heads_num"]}
+
+
+def _count(model):
+    return sum(parameter.numel() for parameter in model.parameters())
+
+
+def test_full_size_model_accepts_every_released_v1_0_key_and_shape(full_size):
+    shapes = {key: tuple(shape) for key, shape in full_size["dit"].items()}
+    model = empty_transformer_for(shapes)
+    assert model.config.version == "v1.0"
+    assert _count(model) == full_size["dit_params"] == 12_427_800_385
+
+
+def test_full_size_v1_1_model_has_no_scale_factor_and_one_parameter_fewer(full_size):
+    shapes = {key: tuple(shape) for key, shape in full_size["dit"].items() if key != "connector.scale_factor"}
+    model = empty_transformer_for(shapes)
+    assert model.config.version == "v1.1"
+    assert model.config.hidden_size == 3072 and model.config.depth == 19 and model.config.depth_single_blocks == 38
+    assert _count(model) == full_size["dit_params"] - 1
+
+
+def test_full_size_vae_accepts_every_released_key_and_shape(full_size):
+    vae = empty_vae_for({key: tuple(shape) for key, shape in full_size["vae"].items()})
+    assert _count(vae) == full_size["vae_params"] == 83_819_683
+    assert vae.config.block_out_channels == (128, 256, 512, 512)
+    assert vae.config.scaling_factor == 0.3611 and vae.config.shift_factor == 0.1159
+
+
+def test_full_preset_vae_has_the_released_parameter_count():
+    with torch.device("meta"):
+        assert _count(build_vae("full")) == 83_819_683
+
+
+@pytest.mark.parametrize("version", ["v1.0", "v1.1"])
+def test_official_file_round_trips_through_diffusers_layout(fixture_dir, version, tmp_path):
+    path = fixture_dir / version / "dit_official.safetensors"
+    model = load_official_transformer(path, config=_fixture_config(fixture_dir, version))
+    original = load_file(path)
+    converted = transformer_state_dict_to_official(model)
+    assert converted.keys() == original.keys()
+    assert all(torch.equal(converted[key], original[key]) for key in original)
+    save_file(converted, tmp_path / "again.safetensors")
+    assert detect_version(tmp_path / "again.safetensors") == version
+
+
+def test_vae_round_trips_through_diffusers_layout(fixture_dir):
+    path = fixture_dir / "v1.0" / "vae_official.safetensors"
+    config = json.loads((fixture_dir / "v1.0" / "config.json").read_text())["vae"]
+    vae = load_official_vae(path, config=config)
+    original = load_file(path)
+    converted = vae_state_dict_to_official(vae, config)
+    assert converted.keys() == original.keys()
+    assert all(torch.equal(converted[key], original[key]) for key in original)
+
+
+def test_version_is_detected_from_the_scale_factor_key(fixture_dir):
+    assert detect_version(fixture_dir / "v1.0" / "dit_official.safetensors") == "v1.0"
+    assert detect_version(fixture_dir / "v1.1" / "dit_official.safetensors") == "v1.1"
+
+
+def test_v1_1_file_loaded_as_v1_0_names_the_likely_cause(fixture_dir):
+    with pytest.raises(CheckpointError, match="no connector.scale_factor: this is a v1.1 file loaded as v1.0"):
+        load_official_transformer(
+            fixture_dir / "v1.1" / "dit_official.safetensors", version="v1.0",
+            config=_fixture_config(fixture_dir, "v1.1"),
+        )
+
+
+@pytest.fixture(scope="module")
+def tiny_official():
+    """A tiny random v1.0 model and its official-format state dict."""
+    torch.manual_seed(0)
+    model = build_transformer("tiny", version="v1.0")
+    return model, transformer_state_dict_to_official(model)
+
+
+def test_missing_key_is_named(tiny_official, tmp_path):
+    state = dict(tiny_official[1])
+    del state["single_blocks.0.linear2.bias"]
+    save_file(state, tmp_path / "step1x-edit-missing.safetensors")
+    with pytest.raises(CheckpointError, match=r"missing 1 key\(s\): single_blocks.0.linear2.bias"):
+        load_official_transformer(tmp_path / "step1x-edit-missing.safetensors", config={"axes_dim": (8, 12, 12)})
+
+
+def test_unexpected_key_is_named(tiny_official, tmp_path):
+    state = {**tiny_official[1], "guidance_in.in_layer.weight": torch.zeros(64, 256)}
+    save_file(state, tmp_path / "extra.safetensors")
+    with pytest.raises(CheckpointError, match=r"unexpected 1 key\(s\): guidance_in.in_layer.weight"):
+        load_official_transformer(tmp_path / "extra.safetensors", config={"axes_dim": (8, 12, 12)})
+
+
+def test_wrong_shape_is_named_before_any_data_is_read(tiny_official, tmp_path):
+    state = {**tiny_official[1], "double_blocks.0.img_attn.proj.bias": torch.zeros(65)}
+    save_file(state, tmp_path / "bad.safetensors")
+    with pytest.raises(CheckpointError, match=r"double_blocks.0.img_attn.proj.bias \(65,\) \(expected \(64,\)\)"):
+        load_official_transformer(tmp_path / "bad.safetensors", config={"axes_dim": (8, 12, 12)})
+
+
+def test_truncated_file_is_refused_clearly(tiny_official, tmp_path):
+    save_file(tiny_official[1], tmp_path / "full.safetensors")
+    data = (tmp_path / "full.safetensors").read_bytes()
+    (tmp_path / "cut.safetensors").write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="not a complete safetensors file"):
+        load_official_transformer(tmp_path / "cut.safetensors")
+
+
+def test_pickle_checkpoints_are_refused(tiny_official, tmp_path):
+    torch.save(tiny_official[1], tmp_path / "model.pt")
+    with pytest.raises(CheckpointError, match="refusing to load a pickle"):
+        load_official_transformer(tmp_path / "model.pt")
+    (tmp_path / "renamed.safetensors").write_bytes((tmp_path / "model.pt").read_bytes())
+    with pytest.raises(CheckpointError, match="not safetensors"):
+        load_official_transformer(tmp_path / "renamed.safetensors")
+
+
+def test_missing_file_is_reported():
+    with pytest.raises(CheckpointError, match="not found"):
+        load_official_transformer("/nonexistent/step1x-edit-i1258.safetensors")
+
+
+def test_loaded_model_reproduces_the_saved_model_in_the_requested_dtype(tiny_official, tmp_path):
+    model, state = tiny_official
+    save_file(state, tmp_path / "tiny.safetensors")
+    loaded = load_official_transformer(tmp_path / "tiny.safetensors", config={"axes_dim": (8, 12, 12)},
+                                       torch_dtype=torch.bfloat16)
+    assert loaded.config.version == "v1.0" and loaded.dtype == torch.bfloat16
+    reference = {k: v.to(torch.bfloat16) for k, v in model.state_dict().items()}
+    assert all(torch.equal(loaded.state_dict()[k], reference[k]) for k in reference)
+
+
+def test_non_released_sizes_need_the_rotary_axes(tiny_official, tmp_path):
+    save_file(tiny_official[1], tmp_path / "tiny.safetensors")
+    with pytest.raises(CheckpointError, match="axes_dim"):
+        load_official_transformer(tmp_path / "tiny.safetensors")
+
+
+def test_config_contradicting_the_shapes_is_refused(tiny_official, tmp_path):
+    save_file(tiny_official[1], tmp_path / "tiny.safetensors")
+    with pytest.raises(CheckpointError, match="hidden_size=128 but the checkpoint has hidden_size=64"):
+        load_official_transformer(tmp_path / "tiny.safetensors", config={"axes_dim": (8, 12, 12), "hidden_size": 128})
+
+
+def test_vae_file_is_not_mistaken_for_a_dit(fixture_dir):
+    with pytest.raises(CheckpointError, match="not a Step1X-Edit DiT checkpoint"):
+        load_official_transformer(fixture_dir / "v1.0" / "vae_official.safetensors")
+
+
+def test_model_directory_files_are_found(tmp_path):
+    vae = build_vae("tiny")
+    save_file(vae_state_dict_to_official(vae, vae_config("tiny")), tmp_path / "vae.safetensors")
+    save_file({"x": torch.zeros(1)}, tmp_path / "step1x-edit-i1258.safetensors")
+    files = find_official_files(tmp_path)
+    assert files.transformer.name == "step1x-edit-i1258.safetensors" and files.mllm_dir is None
+    save_file({"x": torch.zeros(1)}, tmp_path / "step1x-edit-v1p1-official.safetensors")
+    (tmp_path / "Qwen2.5-VL-7B-Instruct").mkdir()
+    files = find_official_files(tmp_path)
+    assert files.transformer.name == "step1x-edit-v1p1-official.safetensors"
+    assert files.mllm_dir == tmp_path / "Qwen2.5-VL-7B-Instruct"
+    assert load_official_vae(files.vae).config.block_out_channels == (32, 32, 32, 32)
+
+
+def test_model_directory_without_weights_is_explained(tmp_path):
+    torch.save({}, tmp_path / "step1x-edit-i1258.pt")
+    with pytest.raises(CheckpointError, match="pickle files"):
+        find_official_files(tmp_path)
+    save_file({"x": torch.zeros(1)}, tmp_path / "step1x-edit-custom.safetensors")
+    with pytest.raises(CheckpointError, match="no vae.safetensors"):
+        find_official_files(tmp_path)
