@@ -161,6 +161,18 @@ PORTRAIT_PHRASES: dict[str, tuple[list[str], list[str]]] = {
     ),
 }
 
+# Rotations that visibly change a shape: kind -> degrees (180 reads as "upside down").
+ROTATIONS = {
+    "triangle": 180,
+    "star": 180,
+    "heart": 180,
+    "house": 180,
+    "cross": 45,
+    "square": 45,
+    "diamond": 90,
+    "arrow": 90,
+}
+
 MOVE_PHRASES = {
     "left": ("to the left", "向左"),
     "right": ("to the right", "向右"),
@@ -542,10 +554,10 @@ def _motion(rng: random.Random, width: int, height: int) -> _Edit:
         shape = scene.shapes[index]
         others = [s for i, s in enumerate(scene.shapes) if i != index]
         ref_en, ref_zh = refer(shape, others, rng)
-        if shape.kind in ("triangle", "star", "cross", "square", "diamond") and rng.random() < 0.35:
-            angle = {"triangle": 180, "star": 180, "cross": 45, "square": 45, "diamond": 90}[shape.kind]
+        if shape.kind in ROTATIONS and rng.random() < 0.35:
+            angle = ROTATIONS[shape.kind]
             new = replace(shape, angle=angle)
-            if shape.kind in ("triangle", "star"):
+            if angle == 180:
                 instruction = (f"Turn the {ref_en} upside down.", f"把{ref_zh}上下颠倒过来。")
             else:
                 instruction = (f"Rotate the {ref_en} by {angle} degrees.", f"把{ref_zh}旋转{angle}度。")

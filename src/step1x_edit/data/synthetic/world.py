@@ -40,6 +40,10 @@ SHAPES: dict[str, str] = {
     "diamond": "菱形",
     "hexagon": "六边形",
     "cross": "十字形",
+    "heart": "爱心",
+    "moon": "月牙",
+    "arrow": "箭头",
+    "house": "房子",
 }
 
 # Materials: name -> (English phrase, Chinese phrase) used in instructions.
@@ -216,6 +220,36 @@ def _background(name: str, width: int, height: int) -> Image.Image:
 
 
 # -- shapes ----------------------------------------------------------------------------------------------
+# Polygon outlines as (x, y) corners in units of the radius, y pointing up, all within the unit circle.
+_A, _B = 0.33, 0.95
+_CORNERS: dict[str, list[tuple[float, float]]] = {
+    "cross": [
+        (_A, _B),
+        (_A, _A),
+        (_B, _A),
+        (_B, -_A),
+        (_A, -_A),
+        (_A, -_B),
+        (-_A, -_B),
+        (-_A, -_A),
+        (-_B, -_A),
+        (-_B, _A),
+        (-_A, _A),
+        (-_A, _B),
+    ],
+    "arrow": [
+        (-0.95, 0.22),
+        (0.25, 0.22),
+        (0.25, 0.6),
+        (0.95, 0.0),
+        (0.25, -0.6),
+        (0.25, -0.22),
+        (-0.95, -0.22),
+    ],
+    "house": [(-0.6, -0.75), (0.6, -0.75), (0.6, 0.05), (0.0, 0.95), (-0.6, 0.05)],
+}
+
+
 def _polygon(kind: str, radius: int, angle: int) -> list[tuple[float, float]]:
     if kind == "square":
         points = [(radius, 45 + 90 * k) for k in range(4)]
@@ -227,22 +261,8 @@ def _polygon(kind: str, radius: int, angle: int) -> list[tuple[float, float]]:
         points = [(radius * (0.72 if k % 2 == 0 else 1.0), 90 * k) for k in range(4)]
     elif kind == "hexagon":
         points = [(radius, 30 + 60 * k) for k in range(6)]
-    elif kind == "cross":
-        a, b = 0.33 * radius, 0.95 * radius
-        corners = [
-            (a, b),
-            (a, a),
-            (b, a),
-            (b, -a),
-            (a, -a),
-            (a, -b),
-            (-a, -b),
-            (-a, -a),
-            (-b, -a),
-            (-b, a),
-            (-a, a),
-            (-a, b),
-        ]
+    elif kind in _CORNERS:
+        corners = [(x * radius, y * radius) for x, y in _CORNERS[kind]]
         points = [(math.hypot(x, y), math.degrees(math.atan2(y, x))) for x, y in corners]
     else:
         raise ValueError(f"unknown shape {kind!r}")
@@ -262,11 +282,27 @@ def shape_mask(kind: str, radius: int, angle: int) -> Image.Image:
     size = 2 * radius + 3
     mask = Image.new("L", (size, size), 0)
     draw = ImageDraw.Draw(mask)
+    c, r = radius + 1, radius
     if kind == "circle":
         draw.ellipse((1, 1, 2 * radius + 1, 2 * radius + 1), fill=255)
+    elif kind == "heart":  # two lobes and a point, drawn upright then rotated
+        for side in (-1, 1):
+            x = c + side * 0.42 * r
+            draw.ellipse((x - 0.48 * r, c - 0.78 * r, x + 0.48 * r, c + 0.18 * r), fill=255)
+        draw.polygon(
+            [(c - 0.88 * r, c - 0.12 * r), (c + 0.88 * r, c - 0.12 * r), (c, c + 0.92 * r)], fill=255
+        )
+    elif kind == "moon":  # a disc with an offset disc cut away
+        draw.ellipse((c - 0.92 * r, c - 0.92 * r, c + 0.92 * r, c + 0.92 * r), fill=255)
+        x, y = c + 0.42 * r, c - 0.2 * r
+        draw.ellipse((x - 0.78 * r, y - 0.78 * r, x + 0.78 * r, y + 0.78 * r), fill=0)
+    elif kind == "house":  # walls and roof with a door cut out
+        draw.polygon(_polygon(kind, radius, 0), fill=255)
+        draw.rectangle((c - 0.13 * r, c + 0.38 * r, c + 0.13 * r, c + 0.75 * r), fill=0)
     else:
         draw.polygon(_polygon(kind, radius, angle), fill=255)
-    return mask
+        return mask
+    return mask.rotate(angle, resample=Image.Resampling.NEAREST, center=(c, c)) if angle else mask
 
 
 def _lighter(color: RGB, amount: float) -> RGB:
