@@ -118,7 +118,9 @@ def _generate(args) -> int:
     else:
         if args.count is None:
             raise DataConfigError("--count is required (or --photos DIR)")
-        config = SyntheticConfig(tasks, args.resolution, args.aspect, args.seed, args.shard_size)
+        config = SyntheticConfig(
+            tasks, args.resolution, args.aspect, args.seed, args.shard_size, args.antialias
+        )
         store = generate_dataset(
             args.out, args.count, config, _executor(args), args.overwrite, not args.quiet
         )
@@ -282,6 +284,9 @@ def register(subcommands: argparse._SubParsersAction) -> None:
     )
     generate.add_argument("--seed", type=int, default=0)
     generate.add_argument("--shard-size", type=int, default=256, help="samples per Parquet shard")
+    generate.add_argument(
+        "--antialias", action="store_true", help="smooth edges (drawn at 2x, averaged down)"
+    )
     generate.add_argument(
         "--photos", default=None, help="folder of photos: make tone/style triplets from them instead"
     )

@@ -58,6 +58,7 @@ class SyntheticConfig:
     aspect_ratios: tuple[float, ...] = (1.0,)
     seed: int = 0
     shard_size: int = 256
+    antialias: bool = False
 
     def __post_init__(self) -> None:
         parse_tasks(self.tasks)
@@ -81,8 +82,13 @@ class RenderSynthetic:
     def __call__(self, batch: list[Record]) -> list[Record]:
         out = []
         for seed_record in batch:
+            config = self.config
             sample = generate_sample(
-                seed_record["task"], seed_record["seed"], self.config.resolution, self.config.aspect_ratios
+                seed_record["task"],
+                seed_record["seed"],
+                config.resolution,
+                config.aspect_ratios,
+                antialias=config.antialias,
             )
             out.append(
                 make_record(

@@ -32,8 +32,8 @@ from .world import (
     Scene,
     Shape,
     Sign,
+    edit_region,
     render,
-    shape_region,
     sign_font_size,
 )
 
@@ -199,11 +199,14 @@ class EditSample:
 
 @dataclass(frozen=True)
 class _Edit:
-    source: Scene | Image.Image
-    target: Scene | Image.Image
+    """Two scenes and what turns one into the other. For global edits both scenes are the same and
+    ``global_op`` is ("style" | "tone", name, inverse): the rendered source is transformed instead."""
+
+    source: Scene
+    target: Scene
     instruction: tuple[str, str]
-    mask: np.ndarray | None
     meta: dict[str, Any]
+    global_op: tuple[str, str, bool] | None = None
 
 
 # -- scene building --------------------------------------------------------------------------------------
@@ -324,13 +327,6 @@ def _random_scene(rng: random.Random, width: int, height: int) -> Scene:
     return Scene(width, height, _light_background(rng), face=_face(rng, width, height))
 
 
-def _box_mask(box: tuple[int, int, int, int], width: int, height: int) -> np.ndarray:
-    mask = np.zeros((height, width), dtype=bool)
-    x0, y0, x1, y1 = box
-    mask[max(0, y0) : max(0, y1), max(0, x0) : max(0, x1)] = True
-    return mask
-
-
 # -- the tasks -------------------------------------------------------------------------------------------
 def _removal(rng: random.Random, width: int, height: int) -> _Edit:
     scene = _shape_scene(rng, width, height, 2, 4)
@@ -348,7 +344,6 @@ def _removal(rng: random.Random, width: int, height: int) -> _Edit:
         scene,
         cleared,
         fill("subject_removal", rng, {"obj": ref_en}, {"obj": ref_zh}),
-        shape_region(shape, width, height),
         {
             "background": scene.background,
             "object": asdict(shape),
@@ -377,7 +372,6 @@ def _addition(rng: random.Random, width: int, height: int) -> _Edit:
         removal.target,
         removal.source,
         (reverse["instruction_en"], reverse["instruction_zh"]),
-        removal.mask,
         meta,
     )
 
@@ -397,12 +391,10 @@ def _replacement(rng: random.Random, width: int, height: int) -> _Edit:
     edited = replace(scene, shapes=tuple(new if i == index else s for i, s in enumerate(scene.shapes)))
     ref_en, ref_zh = refer(shape, others, rng)
     new_en, new_zh = shape_phrase(new, with_article=True)
-    mask = shape_region(shape, width, height) | shape_region(new, width, height)
     return _Edit(
         scene,
         edited,
         fill("subject_replacement", rng, {"obj": ref_en, "new": new_en}, {"obj": ref_zh, "new": new_zh}),
-        mask,
         {"object": asdict(shape), "new": asdict(new)},
     )
 
@@ -412,14 +404,10 @@ def _background(rng: random.Random, width: int, height: int) -> _Edit:
     scene = _shape_scene(rng, width, height, 1, 4, materials)
     new = rng.choice([name for name in BACKGROUNDS if name != scene.background])
     _, _, bg_en, bg_zh = BACKGROUNDS[new]
-    covered = np.zeros((height, width), dtype=bool)
-    for shape in scene.shapes:
-        covered |= shape_region(shape, width, height)
     return _Edit(
         scene,
         replace(scene, background=new),
         fill("background_change", rng, {"bg": bg_en}, {"bg": bg_zh}),
-        ~covered,
         {"from": scene.background, "to": new},
     )
 
@@ -452,7 +440,6 @@ def _color(rng: random.Random, width: int, height: int) -> _Edit:
         scene,
         edited,
         instruction,
-        shape_region(shape, width, height),
         {
             "object": asdict(shape),
             "new_color": new.color,
@@ -488,7 +475,6 @@ def _material(rng: random.Random, width: int, height: int) -> _Edit:
         scene,
         edited,
         instruction,
-        shape_region(shape, width, height),
         {"object": asdict(shape), "material": material},
     )
 
@@ -507,7 +493,6 @@ def _text(rng: random.Random, width: int, height: int) -> _Edit:
         scene,
         edited,
         instruction,
-        _box_mask(sign.text_box(), width, height),
         {
             "old": old,
             "new": new,
@@ -537,7 +522,6 @@ def _motion(rng: random.Random, width: int, height: int) -> _Edit:
             scene,
             edited,
             (pick(rng, en), pick(rng, zh)),
-            _box_mask(person.box(), width, height),
             {
                 "pose_from": start,
                 "pose_to": end,
@@ -596,8 +580,7 @@ def _motion(rng: random.Random, width: int, height: int) -> _Edit:
                 ),
             )
         edited = replace(scene, shapes=tuple(new if i == index else s for i, s in enumerate(scene.shapes)))
-        mask = shape_region(shape, width, height) | shape_region(new, width, height)
-        return _Edit(scene, edited, instruction, mask, {"object": asdict(shape), "new": asdict(new)})
+        return _Edit(scene, edited, instruction, {"object": asdict(shape), "new": asdict(new)})
     raise RuntimeError("could not find a free spot to move a shape")
 
 
@@ -645,7 +628,6 @@ def _portrait(rng: random.Random, width: int, height: int) -> _Edit:
         Scene(width, height, background, face=face),
         Scene(width, height, background, face=new),
         instruction,
-        _box_mask(face.feature_box(feature), width, height),
         {"edit": phrase, "feature": feature},
     )
 
@@ -654,24 +636,17 @@ def _style(rng: random.Random, width: int, height: int) -> _Edit:
     scene = _random_scene(rng, width, height)
     style = rng.choice(list(STYLES))
     _, en, zh = STYLES[style]
-    source = render(scene)
-    return _Edit(
-        source, apply_style(source, style), sentence(pick(rng, en), pick(rng, zh)), None, {"style": style}
-    )
+    instruction = sentence(pick(rng, en), pick(rng, zh))
+    return _Edit(scene, scene, instruction, {"style": style}, ("style", style, False))
 
 
 def _tone(rng: random.Random, width: int, height: int) -> _Edit:
     scene = _random_scene(rng, width, height)
     op = rng.choice(list(TONE_OPS))
-    clean = render(scene)
-    toned = apply_tone(clean, op)
-    if op in TONE_INVERSES and rng.random() < 0.3:
-        en, zh = TONE_INVERSES[op]
-        return _Edit(
-            toned, clean, sentence(pick(rng, en), pick(rng, zh)), None, {"tone": op, "inverse": True}
-        )
-    _, en, zh = TONE_OPS[op]
-    return _Edit(clean, toned, sentence(pick(rng, en), pick(rng, zh)), None, {"tone": op, "inverse": False})
+    inverse = op in TONE_INVERSES and rng.random() < 0.3
+    en, zh = TONE_INVERSES[op] if inverse else TONE_OPS[op][1:]
+    instruction = sentence(pick(rng, en), pick(rng, zh))
+    return _Edit(scene, scene, instruction, {"tone": op, "inverse": inverse}, ("tone", op, inverse))
 
 
 _GENERATORS: dict[str, Callable[[random.Random, int, int], _Edit]] = {
@@ -695,17 +670,29 @@ def generate_sample(
     resolution: int | tuple[int, int] = (128, 256),
     aspect_ratios: Sequence[float] = (1.0,),
     sample_id: str | None = None,
+    antialias: bool = False,
 ) -> EditSample:
     """Make one triplet of ``task`` from ``seed``. ``resolution`` is a side length or a (min, max) range
-    (multiples of 16 are used); ``aspect_ratios`` are width/height ratios to draw from."""
+        (multiples of 16 are used); ``aspect_ratios`` are width/height ratios to draw from. ``antialias`` draws at
+        twice the size and averages down (smooth edges). The mask of a local task is derived from the two scenes
+    (:func:`~.world.edit_region`) at the drawing resolution, so it is exact either way."""
     if task not in _GENERATORS:
         raise ValueError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
     rng = random.Random(seed)
     width, height = canvas_size(rng, resolution, aspect_ratios)
     edit = _GENERATORS[task](rng, width, height)
-    source = edit.source if isinstance(edit.source, Image.Image) else render(edit.source)
-    target = edit.target if isinstance(edit.target, Image.Image) else render(edit.target)
-    mask = Image.fromarray(edit.mask.astype(np.uint8) * 255, "L") if edit.mask is not None else None
+    supersample = 2 if antialias else 1
+    source = render(edit.source, supersample)
+    if edit.global_op is None:
+        target = render(edit.target, supersample)
+    else:
+        kind, name, inverse = edit.global_op
+        transformed = apply_style(source, name) if kind == "style" else apply_tone(source, name)
+        source, target = (transformed, source) if inverse else (source, transformed)
+    mask = None
+    if task in LOCAL_TASKS:
+        region = edit_region(edit.source, edit.target, supersample)
+        mask = Image.fromarray(region.astype(np.uint8) * 255, "L")
     return EditSample(
         task,
         source,

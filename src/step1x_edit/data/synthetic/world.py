@@ -9,7 +9,7 @@ uncovers is exactly what the scene renders there. Drawing uses no anti-aliasing,
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 
 import numpy as np
@@ -499,15 +499,109 @@ def _draw_face(canvas: Image.Image, face: Face) -> None:
         draw.rectangle((cx - 1.4 * r, cy - 0.85 * r, cx + 1.4 * r, cy - 0.45 * r), fill=_darker(color, 0.25))
 
 
-def render(scene: Scene) -> Image.Image:
-    """Draw ``scene`` as an RGB image (deterministic: same scene, same pixels)."""
-    canvas = _background(scene.background, scene.width, scene.height).copy()
-    for shape in scene.shapes:
+def _scaled(scene: Scene, factor: int) -> Scene:
+    """The same scene drawn ``factor`` times larger (every coordinate and size multiplied)."""
+    f = factor
+    sign = scene.sign
+    if sign is not None:
+        sign = replace(sign, box=tuple(v * f for v in sign.box), font_size=sign.font_size * f)
+    person = scene.person
+    if person is not None:
+        person = replace(person, cx=person.cx * f, foot_y=person.foot_y * f, height=person.height * f)
+    face = scene.face
+    if face is not None:
+        face = replace(face, cx=face.cx * f, cy=face.cy * f, radius=face.radius * f)
+    shapes = tuple(replace(s, cx=s.cx * f, cy=s.cy * f, radius=s.radius * f) for s in scene.shapes)
+    return replace(
+        scene,
+        width=scene.width * f,
+        height=scene.height * f,
+        shapes=shapes,
+        sign=sign,
+        person=person,
+        face=face,
+    )
+
+
+def render(scene: Scene, supersample: int = 1) -> Image.Image:
+    """Draw ``scene`` as an RGB image (deterministic: same scene, same pixels). ``supersample > 1`` draws it that
+    many times larger and averages down, for anti-aliased edges; a pixel then changes under an edit only if it
+    touches the edited region (see :func:`grow_mask`)."""
+    if supersample < 1:
+        raise ValueError(f"supersample must be >= 1, got {supersample}")
+    large = _scaled(scene, supersample) if supersample > 1 else scene
+    canvas = _background(large.background, large.width, large.height).copy()
+    for shape in large.shapes:
         _draw_shape(canvas, shape)
-    if scene.sign is not None:
-        _draw_sign(canvas, scene.sign)
-    if scene.person is not None:
-        _draw_person(canvas, scene.person)
-    if scene.face is not None:
-        _draw_face(canvas, scene.face)
-    return canvas
+    if large.sign is not None:
+        _draw_sign(canvas, large.sign)
+    if large.person is not None:
+        _draw_person(canvas, large.person)
+    if large.face is not None:
+        _draw_face(canvas, large.face)
+    return canvas.reduce(supersample) if supersample > 1 else canvas
+
+
+_FACE_FEATURES = {
+    "expression": "mouth",
+    "eyes_closed": "eyes",
+    "glasses": "glasses",
+    "hair": "hair",
+    "hat": "hat",
+    "blush": "cheeks",
+}
+
+
+def _box(region: np.ndarray, box: tuple[int, int, int, int]) -> None:
+    x0, y0, x1, y1 = box
+    region[max(0, y0) : max(0, y1), max(0, x0) : max(0, x1)] = True
+
+
+def edit_region(before: Scene, after: Scene, supersample: int = 1) -> np.ndarray:
+    """Boolean (H, W) mask of every pixel the edit ``before`` → ``after`` may change, derived from the scenes:
+    shapes that differ, the sign's text box, the person's box, the face features that differ, and for a new
+    background everything not hidden by an opaque shape. With ``supersample > 1`` it is computed at the drawing
+    resolution and a pixel is included when any of its sub-pixels is."""
+    if (before.width, before.height) != (after.width, after.height):
+        raise ValueError("the two scenes differ in size")
+    if supersample > 1:
+        before, after = _scaled(before, supersample), _scaled(after, supersample)
+    width, height = before.width, before.height
+    region = np.zeros((height, width), dtype=bool)
+    for shape in set(before.shapes) ^ set(after.shapes):
+        region |= shape_region(shape, width, height)
+    if before.background != after.background:
+        covered = np.zeros_like(region)
+        for shape in set(before.shapes) & set(after.shapes):
+            if shape.material != "glass":
+                covered |= shape_region(shape, width, height)
+        region |= ~covered
+    if before.sign != after.sign:
+        only_word = (
+            before.sign is not None
+            and after.sign is not None
+            and replace(before.sign, word=after.sign.word) == after.sign
+        )
+        for sign in (before.sign, after.sign):
+            if sign is not None:
+                _box(region, sign.text_box() if only_word else sign.box)
+    if before.person != after.person:
+        for person in (before.person, after.person):
+            if person is not None:
+                _box(region, person.box())
+    if before.face != after.face:
+        if before.face is None or after.face is None:
+            raise ValueError("adding or removing a whole face is not a supported edit")
+        for name, feature in _FACE_FEATURES.items():
+            if getattr(before.face, name) != getattr(after.face, name):
+                _box(region, before.face.feature_box(feature))
+        changed = {
+            f for f in before.face.__dataclass_fields__ if getattr(before.face, f) != getattr(after.face, f)
+        }
+        if changed - set(_FACE_FEATURES):
+            raise ValueError(f"face edits of {sorted(changed - set(_FACE_FEATURES))} are not supported")
+    if supersample > 1:
+        region = region.reshape(height // supersample, supersample, width // supersample, supersample).any(
+            axis=(1, 3)
+        )
+    return region
