@@ -13,8 +13,9 @@ generated from the model config, so they work for every size; the same rules run
 files (:func:`transformer_state_dict_to_official`, :func:`vae_state_dict_to_official`).
 
 Loading builds the model on the meta device, reads one tensor at a time with ``safetensors.safe_open`` (the file
-is re-opened every few hundred MB so the mapped pages do not accumulate), converts it and assigns it with
-accelerate's ``set_module_tensor_to_device``: peak memory is about one copy of the weights. Every key must be
+is re-opened every 64 MB so the mapped pages do not accumulate), converts it into an owned tensor of the
+requested dtype and device and assigns it with accelerate's ``set_module_tensor_to_device``: peak memory is
+about one copy of the weights (plus at most 64 MB of mapped file). Every key must be
 consumed and every shape must match, otherwise :class:`~step1x_edit.errors.CheckpointError` names the keys.
 """
 
@@ -49,7 +50,7 @@ RELEASED_THETA = 10000
 RELEASED_VAE_SCALE_FACTOR = 0.3611
 RELEASED_VAE_SHIFT_FACTOR = 0.1159
 # Re-open the file after this many bytes so that safetensors' memory map does not hold every page read so far.
-_REOPEN_BYTES = 256 * 2**20
+_REOPEN_BYTES = 64 * 2**20
 
 
 @dataclass(frozen=True)
@@ -66,9 +67,9 @@ class KeyRule:
     sizes: tuple[int, ...] = ()
 
     def to_diffusers(self, tensor: torch.Tensor) -> list[torch.Tensor]:
-        """The target tensors, in the order of ``targets``."""
+        """The target tensors, in the order of ``targets`` (possibly views of ``tensor``)."""
         if self.kind == "split":
-            return [piece.clone() for piece in torch.split(tensor, list(self.sizes), dim=0)]
+            return list(torch.split(tensor, list(self.sizes), dim=0))
         if self.kind == "swap":
             first, second = tensor.chunk(2, dim=0)
             return [torch.cat([second, first], dim=0)]
@@ -335,6 +336,9 @@ def _stream_into(
     for key, tensor in _iter_tensors(path, list(by_key)):
         rule = by_key[key]
         for piece, target in zip(rule.to_diffusers(tensor), rule.targets, strict=True):
+            # An owned copy: never a view of the file's memory map (or of a fused tensor), so the map is
+            # released when its batch closes and the parameters stay valid whatever happens to the file.
+            piece = piece.to(device=device, dtype=torch_dtype, copy=True)
             set_module_tensor_to_device(model, target, device, value=piece, dtype=torch_dtype)
     still_empty = [name for name, param in model.named_parameters() if param.device.type == "meta"]
     if still_empty:
