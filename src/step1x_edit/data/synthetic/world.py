@@ -9,7 +9,7 @@ uncovers is exactly what the scene renders there. Drawing uses no anti-aliasing,
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from functools import lru_cache
 
 import numpy as np
@@ -596,7 +596,7 @@ def edit_region(before: Scene, after: Scene, supersample: int = 1) -> np.ndarray
             if getattr(before.face, name) != getattr(after.face, name):
                 _box(region, before.face.feature_box(feature))
         changed = {
-            f for f in before.face.__dataclass_fields__ if getattr(before.face, f) != getattr(after.face, f)
+            f.name for f in fields(before.face) if getattr(before.face, f.name) != getattr(after.face, f.name)
         }
         if changed - set(_FACE_FEATURES):
             raise ValueError(f"face edits of {sorted(changed - set(_FACE_FEATURES))} are not supported")
