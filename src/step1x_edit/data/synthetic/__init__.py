@@ -1,7 +1,7 @@
 """The synthetic world: procedurally drawn scenes from which all 11 editing tasks are made with exact ground truth."""
 
 from .generators import TASKS, EditSample, generate_sample, reverse_sample
-from .world import Face, Person, Scene, Shape, Sign, render
+from .world import Face, Person, Scene, Shape, Sign, edit_region, render
 
 __all__ = [
     "TASKS",
@@ -11,6 +11,7 @@ __all__ = [
     "Scene",
     "Shape",
     "Sign",
+    "edit_region",
     "generate_sample",
     "render",
     "reverse_sample",
