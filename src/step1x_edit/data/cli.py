@@ -246,7 +246,7 @@ def _import(args) -> int:
 def _examples(args) -> int:
     from .synthetic.examples import render_example_images
 
-    for example in render_example_images(args.out, args.resolution):
+    for example in render_example_images(args.out, args.resolution, args.antialias):
         print(f"{example['path']}: {example['instruction_en']}")
     return 0
 
@@ -382,4 +382,5 @@ def register(subcommands: argparse._SubParsersAction) -> None:
     examples = commands.add_parser("examples", help="write example source images with suggested instructions")
     examples.add_argument("--out", required=True)
     examples.add_argument("--resolution", type=int, default=256)
+    examples.add_argument("--antialias", action="store_true", help="smooth edges (match the training data)")
     examples.set_defaults(handler=_examples)

@@ -46,14 +46,17 @@ def example_scenes(resolution: int = 256) -> list[tuple[str, Scene, str, str]]:
     ]
 
 
-def render_example_images(out_dir: str | os.PathLike, resolution: int = 256) -> list[dict[str, str]]:
-    """Write ``NAME.png`` for each example scene and ``examples.json`` listing paths and instructions."""
+def render_example_images(
+    out_dir: str | os.PathLike, resolution: int = 256, antialias: bool = False
+) -> list[dict[str, str]]:
+    """Write ``NAME.png`` for each example scene and ``examples.json`` listing paths and instructions.
+    Use the same ``antialias`` setting as the data a model was trained on, to stay in its distribution."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     entries = []
     for name, scene, en, zh in example_scenes(resolution):
         path = out / f"{name}.png"
-        render(scene).save(path)
+        render(scene, 2 if antialias else 1).save(path)
         entries.append({"path": str(path), "instruction_en": en, "instruction_zh": zh})
     (out / "examples.json").write_text(json.dumps(entries, ensure_ascii=False, indent=2), encoding="utf-8")
     return entries
