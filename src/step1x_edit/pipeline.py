@@ -13,6 +13,7 @@ Loading: :meth:`Step1XEditPipeline.from_pretrained` reads the diffusers layout (
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +42,10 @@ SCHEDULER_CONFIG = {
     "use_dynamic_shifting": True,
     "time_shift_type": "exponential",
 }
+
+# Optional file in an official model directory with transformer config fields the weights cannot tell
+# (``axes_dim``, ``theta``, ``connector_num_heads``); only needed for non-released sizes.
+OFFICIAL_CONFIG_FILE = "transformer_config.json"
 
 # Longest instruction accepted, in characters. The MLLM condition is truncated at 640 tokens anyway; this only
 # stops absurd inputs (a pasted file) before they reach the tokenizer.
@@ -108,6 +113,8 @@ class Step1XEditPipeline(DiffusionPipeline):
 
         ``version`` is detected from the checkpoint when not given (``connector.scale_factor`` exists only in
         v1.0); a mismatch raises :class:`CheckpointError`. ``mllm_dir`` overrides where Qwen2.5-VL is read from.
+        A ``transformer_config.json`` beside the weights, if present, supplies the config fields that shapes cannot
+        tell (rotary ``axes_dim``, ``theta``, ``connector_num_heads``) for non-released sizes.
         """
         from .checkpoints.official import find_official_files, load_official_transformer, load_official_vae
         from .models.mllm import load_processor, load_text_encoder
@@ -121,12 +128,27 @@ class Step1XEditPipeline(DiffusionPipeline):
                 f"no Qwen2.5-VL folder in {model_dir}: expected {Path(model_dir) / 'Qwen2.5-VL-7B-Instruct'} "
                 "(download Qwen/Qwen2.5-VL-7B-Instruct there) or pass mllm_dir"
             )
-        transformer = load_official_transformer(files.transformer, version=version, torch_dtype=torch_dtype)
+        config_file = Path(model_dir) / OFFICIAL_CONFIG_FILE
+        try:
+            config = json.loads(config_file.read_text()) if config_file.is_file() else None
+        except json.JSONDecodeError as error:
+            raise CheckpointError(f"{config_file} is not valid JSON: {error}") from error
+        transformer = load_official_transformer(
+            files.transformer, version=version, config=config, torch_dtype=torch_dtype
+        )
         vae = load_official_vae(files.vae, torch_dtype=torch.float32)
         text_encoder = load_text_encoder(mllm_path, torch_dtype=torch_dtype)
         processor = load_processor(mllm_path)
         pipe = cls(transformer, vae, text_encoder, processor, FlowMatchEulerDiscreteScheduler(**SCHEDULER_CONFIG))
-        return pipe.to(device)
+        return pipe.place(device, torch_dtype)
+
+    def place(self, device: str | torch.device, torch_dtype: torch.dtype) -> Step1XEditPipeline:
+        """Move every component to ``device``: the transformer and the MLLM in ``torch_dtype``, the VAE in
+        float32 (as the official code runs it; it is small and its decode is precision-sensitive)."""
+        self.transformer.to(device=device, dtype=torch_dtype)
+        self.text_encoder.to(device=device, dtype=torch_dtype)
+        self.vae.to(device=device, dtype=torch.float32)
+        return self
 
     # ------------------------------------------------------------------ inputs
     def _check_inputs(self, images, prompts, negative_prompts, prompt_embeds, size_level, num_inference_steps):
@@ -209,12 +231,10 @@ class Step1XEditPipeline(DiffusionPipeline):
         # 1. Read and resize the inputs to the working size (area ~ size_level**2, sides multiples of 16).
         originals = [load_image(item) for item in images]
         for item in originals:
-            working = sampling.resize_dimensions(item.width, item.height, size_level)
-            if min(working) < 16:
-                raise InvalidImageError(
-                    f"a {item.width}x{item.height} image resizes to {working[0]}x{working[1]} at size_level "
-                    f"{size_level}: its aspect ratio is too extreme; crop or pad it first"
-                )
+            try:
+                sampling.resize_dimensions(item.width, item.height, size_level)
+            except ValueError as error:
+                raise InvalidImageError(f"{error} (its aspect ratio is too extreme); crop or pad it first") from error
         resized = [sampling.resize_for_model(item, size_level, self.version) for item in originals]
         working_sizes = {item.size for item in resized}
         if len(working_sizes) > 1:
@@ -321,7 +341,7 @@ class Step1XEditPipeline(DiffusionPipeline):
         array = (pixels.permute(0, 2, 3, 1).cpu().numpy() * 255.0).round().astype(np.uint8)  # [B, H, W, 3]
         resample = sampling.RESIZE_FILTER[self.version]
         images = [Image.fromarray(item) for item in array]
-        return [item if item.size == size else item.resize(size, resample) for item, size in zip(images, sizes)]
+        return [item if item.size == size else item.resize(size, resample) for item, size in zip(images, sizes, strict=True)]
 
 
 def load_pipeline(
@@ -340,7 +360,7 @@ def load_pipeline(
     if model is None:
         from .testing.tiny import tiny_pipeline
 
-        return tiny_pipeline().to(device)
+        return tiny_pipeline().place(device, torch_dtype)
     path = Path(model)
     if not path.exists():
         raise CheckpointError(f"model directory not found: {path}")
@@ -348,8 +368,8 @@ def load_pipeline(
         if version is not None:
             raise ValueError("version applies to official checkpoints only; a diffusers folder records its version")
         try:
-            pipe = Step1XEditPipeline.from_pretrained(path, torch_dtype=torch_dtype)
+            pipe = Step1XEditPipeline.from_pretrained(path)
         except (OSError, ValueError, KeyError) as error:
             raise CheckpointError(f"cannot load the diffusers-layout model in {path}: {error}") from error
-        return pipe.to(device)
+        return pipe.place(device, torch_dtype)
     return Step1XEditPipeline.from_official(path, version=version, torch_dtype=torch_dtype, device=device)

@@ -12,12 +12,15 @@ paths as the released models:
 * :func:`tiny_text_encoder`: a random ``Qwen2_5_VLForConditionalGeneration`` (2 layers, 1 vision block)
   whose special-token ids match the tiny tokenizer;
 * :func:`save_tiny_mllm`: both written with ``save_pretrained``, as a folder that
-  :func:`step1x_edit.models.mllm.load_text_encoder` and :func:`~step1x_edit.models.mllm.load_processor` read.
+  :func:`step1x_edit.models.mllm.load_text_encoder` and :func:`~step1x_edit.models.mllm.load_processor` read;
+* :func:`tiny_pipeline`: a whole :class:`~step1x_edit.pipeline.Step1XEditPipeline` from the ``tiny`` presets;
+* :func:`save_tiny_official`: a model folder in the released layout (official key names), for loader tests.
 """
 
 from __future__ import annotations
 
 import functools
+import json
 import os
 from pathlib import Path
 
@@ -128,4 +131,62 @@ def save_tiny_mllm(directory: str | os.PathLike, hidden_size: int = 32, seed: in
     processor = tiny_processor()
     processor.tokenizer.save_pretrained(directory)
     processor.image_processor.save_pretrained(directory)
+    return directory
+
+
+def _seeded(seed: int, build):
+    """Run ``build()`` with the global torch RNG seeded, restoring the caller's RNG state afterwards."""
+    state = torch.random.get_rng_state()
+    torch.manual_seed(seed)
+    try:
+        return build()
+    finally:
+        torch.random.set_rng_state(state)
+
+
+def tiny_pipeline(seed: int = 0, version: str = "v1.1"):
+    """A :class:`~step1x_edit.pipeline.Step1XEditPipeline` of tiny random components (float32, CPU).
+
+    The same ``seed`` always gives the same weights; ``version`` selects the v1.0 or v1.1 behaviour
+    (connector scale factor, reference position ids, CFG renorm, resize filter).
+    """
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    from ..models.presets import build_transformer, build_vae
+    from ..pipeline import SCHEDULER_CONFIG, Step1XEditPipeline
+
+    text_encoder = tiny_text_encoder(seed=seed)
+    transformer = _seeded(seed + 1, lambda: build_transformer(
+        "tiny", version=version, mllm_hidden_size=text_encoder.config.text_config.hidden_size))
+    vae = _seeded(seed + 2, lambda: build_vae("tiny"))
+    scheduler = FlowMatchEulerDiscreteScheduler(**SCHEDULER_CONFIG)
+    return Step1XEditPipeline(transformer.eval(), vae.eval(), text_encoder, tiny_processor(), scheduler)
+
+
+def save_tiny_official(directory: str | os.PathLike, seed: int = 0, version: str = "v1.1") -> Path:
+    """Write a tiny model in the released layout: ``step1x-edit-*.safetensors`` (official DiT + connector
+    keys), ``vae.safetensors`` (official FLUX autoencoder keys) and ``Qwen2.5-VL-7B-Instruct/``."""
+    from safetensors.torch import save_file
+
+    from ..checkpoints.official import (
+        MLLM_DIR_NAME,
+        TRANSFORMER_FILE_NAMES,
+        VAE_FILE_NAME,
+        transformer_state_dict_to_official,
+        vae_state_dict_to_official,
+    )
+    from ..models.presets import vae_config
+    from ..pipeline import OFFICIAL_CONFIG_FILE
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    pipe = tiny_pipeline(seed=seed, version=version)
+    file_name = TRANSFORMER_FILE_NAMES[0] if version == "v1.1" else TRANSFORMER_FILE_NAMES[1]
+    save_file(transformer_state_dict_to_official(pipe.transformer), directory / file_name)
+    save_file(vae_state_dict_to_official(pipe.vae, vae_config("tiny")), directory / VAE_FILE_NAME)
+    save_tiny_mllm(directory / MLLM_DIR_NAME, seed=seed)
+    config = pipe.transformer.config
+    unreadable_from_weights = {"axes_dim": list(config.axes_dim), "theta": config.theta,
+                               "connector_num_heads": config.connector_num_heads}
+    (directory / OFFICIAL_CONFIG_FILE).write_text(json.dumps(unreadable_from_weights, indent=1))
     return directory

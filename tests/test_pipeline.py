@@ -1,0 +1,177 @@
+"""End-to-end editing with tiny components: the CLI, both checkpoint layouts, batching and bad input."""
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from step1x_edit import sampling
+from step1x_edit.cli import main
+from step1x_edit.errors import CheckpointError, InvalidImageError, InvalidPromptError
+from step1x_edit.pipeline import load_pipeline
+from step1x_edit.testing.tiny import save_tiny_official, tiny_pipeline
+
+FAST = dict(num_inference_steps=2, size_level=64)
+
+
+@pytest.fixture(scope="module")
+def official_dir(tmp_path_factory):
+    return save_tiny_official(tmp_path_factory.mktemp("official") / "v1.1", version="v1.1")
+
+
+@pytest.fixture(scope="module")
+def diffusers_dir(tmp_path_factory, official_dir):
+    out = tmp_path_factory.mktemp("diffusers") / "model"
+    assert main(["convert", str(official_dir), str(out), "--dtype", "fp32"]) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    return tiny_pipeline()
+
+
+@pytest.fixture()
+def photo(tmp_path):
+    path = tmp_path / "photo.png"
+    pixels = np.random.default_rng(0).integers(0, 255, (50, 77, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(path)
+    return path
+
+
+def _edit(args):
+    return main(["edit", *map(str, args), "--steps", "2", "--size-level", "64"])
+
+
+def test_cli_edit_keeps_input_size_and_same_seed_gives_same_image(tmp_path, photo, diffusers_dir):
+    first, second, other = tmp_path / "a.png", tmp_path / "b.png", tmp_path / "c.png"
+    for out, seed in ((first, 1), (second, 1), (other, 2)):
+        assert _edit([photo, "make it blue", "-o", out, "--model", diffusers_dir, "--seed", seed]) == 0
+    a, b, c = (np.asarray(Image.open(path)) for path in (first, second, other))
+    assert Image.open(first).size == (77, 50)
+    assert np.array_equal(a, b)
+    assert not np.array_equal(a, c)
+
+
+def test_cli_edit_without_model_says_the_builtin_model_is_random(tmp_path, photo, capsys):
+    assert _edit([photo, "make it blue", "-o", tmp_path / "out.png"]) == 0
+    assert "random weights" in capsys.readouterr().err
+    assert Image.open(tmp_path / "out.png").size == (77, 50)
+
+
+def test_official_and_converted_diffusers_layouts_edit_identically(official_dir, diffusers_dir, photo):
+    results = []
+    for model in (official_dir, diffusers_dir):
+        pipe = load_pipeline(model, device="cpu")
+        assert pipe.version == "v1.1"
+        image = pipe(image=photo, prompt="make it blue", generator=torch.Generator().manual_seed(0), **FAST).images[0]
+        results.append(np.asarray(image))
+    assert np.array_equal(results[0], results[1])
+
+
+def test_cli_info_reports_version_and_parameter_counts(official_dir, diffusers_dir, capsys):
+    assert main(["info", str(official_dir)]) == 0
+    official = capsys.readouterr().out
+    assert "official layout" in official and "v1.1" in official and "parameters" in official
+    assert main(["info", str(diffusers_dir)]) == 0
+    assert "diffusers layout" in capsys.readouterr().out
+
+
+def test_wrong_version_is_an_error_naming_the_cause(official_dir, photo, tmp_path, capsys):
+    code = _edit([photo, "x", "-o", tmp_path / "o.png", "--model", official_dir, "--version", "v1.0"])
+    assert code == 2
+    assert "v1.1 file loaded as v1.0" in capsys.readouterr().err
+
+
+def test_missing_and_partial_model_directories_are_reported(official_dir, tmp_path, photo, capsys):
+    assert _edit([photo, "x", "--model", tmp_path / "absent"]) == 2
+    assert "not found" in capsys.readouterr().err
+    partial = tmp_path / "partial"
+    partial.mkdir()
+    for item in official_dir.iterdir():
+        if item.name != "vae.safetensors":
+            (partial / item.name).symlink_to(item)
+    assert _edit([photo, "x", "--model", partial]) == 2
+    assert "vae.safetensors" in capsys.readouterr().err
+
+
+def test_pickle_checkpoint_is_refused(tmp_path):
+    (tmp_path / "step1x-edit-i1258.ckpt").write_bytes(b"\x80\x04pickle")
+    (tmp_path / "vae.safetensors").write_bytes(b"")
+    with pytest.raises(CheckpointError, match="pickle"):
+        load_pipeline(tmp_path, device="cpu")
+
+
+def test_empty_instruction_is_refused(pipe, photo, tmp_path, capsys):
+    with pytest.raises(InvalidPromptError, match="empty"):
+        pipe(image=photo, prompt="   ", **FAST)
+    assert _edit([photo, "", "-o", tmp_path / "o.png"]) == 2
+    assert "instruction is empty" in capsys.readouterr().err
+
+
+def test_ten_thousand_character_instruction_is_truncated_with_a_warning(pipe, photo):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        image = pipe(image=photo, prompt="make the sky darker " * 500, **FAST).images[0]
+    assert image.size == (77, 50)
+    assert any("keeping the first 640" in str(item.message) for item in caught)
+
+
+def test_image_smaller_than_one_patch_is_upscaled_and_returned_at_its_size(pipe):
+    image = pipe(image=Image.new("RGB", (8, 6), (200, 10, 10)), prompt="make it green", **FAST).images[0]
+    assert image.size == (8, 6)
+
+
+def test_extreme_aspect_ratio_is_refused(pipe):
+    with pytest.raises(InvalidImageError, match="aspect ratio"):
+        pipe(image=Image.new("RGB", (1, 2000)), prompt="make it green", **FAST)
+
+
+def test_unreadable_image_is_refused_by_the_cli(tmp_path, capsys):
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"not a jpeg")
+    assert _edit([bad, "make it blue"]) == 2
+    assert "not an image" in capsys.readouterr().err
+
+
+def test_batch_matches_one_by_one_edits(pipe, photo):
+    prompts = ["make it blue", "add a hat"]
+    noise = torch.randn(2, 16, 6, 10, generator=torch.Generator().manual_seed(3))
+    batch = pipe(image=photo, prompt=prompts, latents=noise, output_type="pt", **FAST).images
+    for index, prompt in enumerate(prompts):
+        single = pipe(image=photo, prompt=prompt, latents=noise[index : index + 1], output_type="pt", **FAST).images
+        torch.testing.assert_close(batch[index : index + 1], single, atol=1e-4, rtol=1e-4)
+
+
+def test_precomputed_embeddings_give_the_same_edit(pipe, photo):
+    generator = torch.Generator().manual_seed(0)
+    direct = pipe(image=photo, prompt="make it blue", generator=generator, output_type="pt", **FAST).images
+    # The embeddings are computed from the working-size image, exactly as the pipeline does.
+    working = sampling.resize_for_model(Image.open(photo).convert("RGB"), 64, pipe.version)
+    embeds, mask = pipe.encode_prompt([working], ["make it blue"])
+    negative, negative_mask = pipe.encode_prompt([working], [""])
+    generator = torch.Generator().manual_seed(0)
+    precomputed = pipe(
+        image=photo, prompt_embeds=embeds, prompt_attention_mask=mask, negative_prompt_embeds=negative,
+        negative_prompt_attention_mask=negative_mask, generator=generator, output_type="pt", **FAST,
+    ).images
+    torch.testing.assert_close(direct, precomputed)
+
+
+def test_guidance_scale_one_runs_one_model_call_per_step_without_negative(pipe, photo):
+    batch_sizes = []
+    original = pipe.transformer.forward
+
+    def counting_forward(*args, **kwargs):
+        batch_sizes.append(kwargs["hidden_states"].shape[0])
+        return original(*args, **kwargs)
+
+    pipe.transformer.forward = counting_forward
+    try:
+        pipe(image=photo, prompt="make it blue", guidance_scale=1.0, **FAST)
+        pipe(image=photo, prompt="make it blue", guidance_scale=6.0, **FAST)
+    finally:
+        del pipe.transformer.forward
+    assert batch_sizes == [1, 1, 2, 2]
