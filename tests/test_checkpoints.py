@@ -204,3 +204,12 @@ def test_model_directory_without_weights_is_explained(tmp_path):
     save_file({"x": torch.zeros(1)}, tmp_path / "step1x-edit-custom.safetensors")
     with pytest.raises(CheckpointError, match="no vae.safetensors"):
         find_official_files(tmp_path)
+
+
+def test_fp8_checkpoint_is_up_cast_on_load(tiny_official, tmp_path):
+    model, state = tiny_official
+    save_file({key: value.to(torch.float8_e4m3fn) for key, value in state.items()}, tmp_path / "fp8.safetensors")
+    loaded = load_official_transformer(tmp_path / "fp8.safetensors", config={"axes_dim": (8, 12, 12)})
+    assert loaded.dtype == torch.float32
+    weight = model.transformer_blocks[0].attn.to_q.weight
+    assert torch.equal(loaded.transformer_blocks[0].attn.to_q.weight, weight.to(torch.float8_e4m3fn).float())

@@ -147,3 +147,21 @@ def test_mismatched_inputs_are_refused(tiny):
         tiny(tokens, t, states, mask, img_ids[:-1], txt_ids)
     with pytest.raises(ValueError, match="encoder_attention_mask"):
         tiny(tokens, t, states, mask[:, :-1], img_ids, txt_ids)
+
+
+def test_bfloat16_model_embeds_bfloat16_rounded_times():
+    torch.manual_seed(0)
+    model = build_transformer("tiny").to(torch.bfloat16).eval()
+    tokens, _, states, mask, img_ids, txt_ids = _inputs(model, batch=1)
+    with torch.no_grad():
+        exact = model(tokens.bfloat16(), torch.tensor([0.9]), states, mask, img_ids, txt_ids)
+        rounded = model(tokens.bfloat16(), torch.tensor([0.8984375]), states, mask, img_ids, txt_ids)
+        scalar = model(tokens.bfloat16(), torch.tensor(0.9), states, mask, img_ids, txt_ids)
+    assert torch.equal(exact, rounded) and torch.equal(exact, scalar)
+
+
+def test_mask_without_valid_positions_is_refused(tiny):
+    tokens, t, states, mask, img_ids, txt_ids = _inputs(tiny)
+    mask[1] = 0
+    with pytest.raises(ValueError, match="at least one valid position"):
+        tiny(tokens, t, states, mask, img_ids, txt_ids)

@@ -67,7 +67,10 @@ class Step1XConnector(nn.Module):
         Returns the context tokens [B, L, hidden_size] and the pooled vector [B, pooled_dim].
         """
         mask = attention_mask.to(hidden_states.dtype).unsqueeze(-1)  # [B, L, 1]
-        mean = (hidden_states * mask).sum(dim=1) / mask.sum(dim=1)  # [B, C]
+        counts = mask.sum(dim=1)  # [B, 1]
+        if bool((counts == 0).any()):
+            raise ValueError("every row of the MLLM attention mask needs at least one valid position")
+        mean = (hidden_states * mask).sum(dim=1) / counts  # [B, C]
         pooled_input = mean if self.scale_factor is None else mean * (1 + self.scale_factor)
         pooled = self.global_proj_out(pooled_input)
         tokens = self.refiner(hidden_states, timestep.to(hidden_states.dtype) * 1000, attention_mask)

@@ -139,7 +139,8 @@ class Step1XEditTransformer2DModel(ModelMixin, ConfigMixin, PeftAdapterMixin, At
 
         Args:
             hidden_states: [B, 2N, in_channels] packed noisy tokens followed by the packed reference tokens.
-            timestep: [B] flow time t in [0, 1] (1 = pure noise); cast to the model dtype before embedding.
+            timestep: [B] (or a scalar) flow time t in [0, 1] (1 = pure noise); cast to the model dtype before
+                embedding, so a bf16 model sees bf16-rounded times as the official code does.
             encoder_hidden_states: [B, L, mllm_hidden_size] MLLM hidden states (padded to L).
             encoder_attention_mask: [B, L], 1 for valid positions; used by the connector only.
             img_ids: [2N, 3] (or [B, 2N, 3], rows identical) rotary position ids of the image tokens.
@@ -166,7 +167,7 @@ class Step1XEditTransformer2DModel(ModelMixin, ConfigMixin, PeftAdapterMixin, At
                 f"({hidden_states.shape[1]} image, {encoder_hidden_states.shape[1]} text)"
             )
         dtype = hidden_states.dtype
-        timestep = timestep.to(dtype)
+        timestep = torch.as_tensor(timestep, device=hidden_states.device).to(dtype).expand(hidden_states.shape[0])
 
         context, pooled = self.connector(encoder_hidden_states.to(dtype), timestep, encoder_attention_mask)
         temb = self.time_text_embed(timestep * 1000, pooled)
