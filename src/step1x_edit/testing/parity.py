@@ -72,8 +72,9 @@ def transformer_config_from_fixture(config: Mapping[str, Any]) -> dict[str, Any]
 def check_fixture(directory: str | Path) -> dict[str, float]:
     """Rerun a fixture directory's recorded computations; the relative max error of each output.
 
-    Keys: ``dit_out``, ``connector_txt``, ``connector_vec`` (one DiT forward), ``denoise`` (the whole CFG loop
-    with this project's schedule and position ids), ``vae_encode``, ``vae_decode``, ``schedules``, ``resize``.
+    Keys: ``dit_out``, ``connector_txt``, ``connector_vec`` (one DiT forward), ``denoise`` (the whole loop over
+    the recorded timesteps, with this project's position ids and CFG), ``vae_encode``, ``vae_decode``,
+    ``schedules`` (the config's table and the recorded loop's timesteps), ``resize``.
     """
     directory = Path(directory)
     absent = [name for name in FIXTURE_FILES if not (directory / name).is_file()]
@@ -101,10 +102,10 @@ def check_fixture(directory: str | Path) -> dict[str, float]:
     latent_height, latent_width = config["latent_hw"]
     embedding, mask = loop["llm_embedding"], loop["mask"]
     img_ids, txt_ids = position_ids(latent_height, latent_width, embedding.shape[1], version)
-    timesteps = get_schedule(config["steps"], (latent_height // 2) * (latent_width // 2))
+    timesteps = loop["timesteps"].tolist()
 
     def model_fn(tokens: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        rows = tokens.shape[0]
+        rows = tokens.shape[0]  # [cond ; uncond] with guidance, cond only without
         return model(tokens, t, embedding[:rows], mask[:rows], img_ids, txt_ids)
 
     with torch.no_grad():
@@ -120,11 +121,12 @@ def check_fixture(directory: str | Path) -> dict[str, float]:
         results["vae_encode"] = relative_error(encode_latents(vae, vae_io["pixels"]), vae_io["latent_mean"])
         results["vae_decode"] = relative_error(decode_latents(vae, vae_io["latent_mean"]), vae_io["decoded"])
 
-    schedule_errors = []
+    image_seq_len = (latent_height // 2) * (latent_width // 2)
+    schedule_errors = [relative_error(torch.tensor(get_schedule(len(timesteps) - 1, image_seq_len)), loop["timesteps"])]
     for key, reference in config["schedules"].items():
         num_steps, seq_len = (int(part) for part in key.split("_"))
         schedule_errors.append(relative_error(torch.tensor(get_schedule(num_steps, seq_len)), torch.tensor(reference)))
-    results["schedules"] = max(schedule_errors, default=0.0)
+    results["schedules"] = max(schedule_errors)
 
     resize_errors = []
     for case in config["resize"]:
