@@ -213,3 +213,13 @@ def test_fp8_checkpoint_is_up_cast_on_load(tiny_official, tmp_path):
     assert loaded.dtype == torch.float32
     weight = model.transformer_blocks[0].attn.to_q.weight
     assert torch.equal(loaded.transformer_blocks[0].attn.to_q.weight, weight.to(torch.float8_e4m3fn).float())
+
+
+def test_version_in_config_is_honoured_and_checked(fixture_dir):
+    config = {**_fixture_config(fixture_dir, "v1.1"), "version": "v1.0"}
+    with pytest.raises(CheckpointError, match="this is a v1.1 file loaded as v1.0"):
+        load_official_transformer(fixture_dir / "v1.1" / "dit_official.safetensors", config=config)
+    with pytest.raises(CheckpointError, match="contradicts"):
+        load_official_transformer(fixture_dir / "v1.1" / "dit_official.safetensors", version="v1.1", config=config)
+    with pytest.raises(CheckpointError, match="unknown transformer config field"):
+        load_official_transformer(fixture_dir / "v1.1" / "dit_official.safetensors", config={"heads": 4})

@@ -36,6 +36,7 @@ from safetensors import SafetensorError, safe_open
 from torch import nn
 
 from ..errors import CheckpointError
+from ..models.presets import transformer_config
 from ..models.transformer import VERSIONS, Step1XEditTransformer2DModel
 from ..models.vae import OFFICIAL_VAE_FIELDS, autoencoder_from_official_config
 
@@ -373,6 +374,13 @@ def infer_transformer_config(
     from ``config`` or else the released values. Fields given in ``config`` must agree with the shapes.
     """
     config = dict(config or {})
+    unknown = sorted(set(config) - set(transformer_config("full")))
+    if unknown:
+        raise CheckpointError(f"unknown transformer config field(s) {unknown}; valid: {sorted(transformer_config('full'))}")
+    config_version = config.pop("version", None)
+    if version is not None and config_version is not None and version != config_version:
+        raise CheckpointError(f"version={version!r} contradicts the config's version={config_version!r}")
+    version = version if version is not None else config_version
     required = ("img_in.weight", "txt_in.weight", "vector_in.in_layer.weight", "final_layer.linear.weight",
                 "connector.S.input_embedder.weight")
     absent = [key for key in required if key not in shapes]
