@@ -179,7 +179,7 @@ def test_config_contradicting_the_shapes_is_refused(tiny_official, tmp_path):
 
 
 def test_vae_file_is_not_mistaken_for_a_dit(fixture_dir):
-    with pytest.raises(CheckpointError, match="not a Step1X-Edit DiT checkpoint"):
+    with pytest.raises(CheckpointError, match="not an official Step1X-Edit DiT checkpoint"):
         load_official_transformer(fixture_dir / "v1.0" / "vae_official.safetensors")
 
 
@@ -223,3 +223,10 @@ def test_version_in_config_is_honoured_and_checked(fixture_dir):
         load_official_transformer(fixture_dir / "v1.1" / "dit_official.safetensors", version="v1.1", config=config)
     with pytest.raises(CheckpointError, match="unknown transformer config field"):
         load_official_transformer(fixture_dir / "v1.1" / "dit_official.safetensors", config={"heads": 4})
+
+
+def test_diffusers_format_file_is_pointed_to_from_pretrained(tiny_official, tmp_path):
+    model = tiny_official[0]
+    model.save_pretrained(tmp_path)
+    with pytest.raises(CheckpointError, match="diffusers-format file"):
+        load_official_transformer(tmp_path / "diffusion_pytorch_model.safetensors")

@@ -385,9 +385,11 @@ def infer_transformer_config(
                 "connector.S.input_embedder.weight")
     absent = [key for key in required if key not in shapes]
     if absent:
-        raise CheckpointError(
-            f"not a Step1X-Edit DiT checkpoint: {_describe(absent)} absent (is this a VAE or MLLM file?)"
-        )
+        if any(key.startswith("transformer_blocks.") for key in shapes):
+            cause = "this looks like a diffusers-format file: load its folder with Step1XEditTransformer2DModel.from_pretrained"
+        else:
+            cause = "is this a VAE or MLLM file?"
+        raise CheckpointError(f"not an official Step1X-Edit DiT checkpoint: {_describe(absent)} absent ({cause})")
     hidden, in_channels = shapes["img_in.weight"]
     depth = _count_blocks(shapes, "double_blocks")
     single = _count_blocks(shapes, "single_blocks")
