@@ -31,7 +31,8 @@ def judge_reply(request, call):
     elif len(content) == 2 and call % 2 == 0:
         return 500, {"error": {"message": "overloaded"}}
     else:
-        message = {"role": "assistant", "content": '{"score": [6, 8], "reasoning": "fine"}'}
+        scores = [9, 8] if len(content) == 2 else [6, 8]  # PQ = 8, SC = 6
+        message = {"role": "assistant", "content": json.dumps({"score": scores, "reasoning": "fine"})}
     choice = {"index": 0, "message": message, "finish_reason": "stop"}
     return 200, {"id": "x", "object": "chat.completion", "created": 0, "model": "m", "choices": [choice]}
 
