@@ -61,12 +61,12 @@ def test_rate_limits_server_errors_timeouts_and_malformed_replies_are_retried(ch
     chat_server.script = [
         ("status", 429),
         ("status", 500),
-        ("slow", 1.5),
+        ("slow", 3.0),
         ("garbage", "not json at all"),
         ("text", "no json here"),
     ]
     sleeps = []
-    client = ChatClient(_endpoint(chat_server, timeout=0.5, max_retries=6), sleep=sleeps.append)
+    client = ChatClient(_endpoint(chat_server, timeout=1.0, max_retries=6), sleep=sleeps.append)
     [verified] = MLLMVerifier(client, concurrency=1)([next(store.iter_records())])
     assert (
         verified["scores"]["mllm_verify"] == 8.0
