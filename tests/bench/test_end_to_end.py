@@ -38,17 +38,18 @@ def judge_reply(request, call):
 
 
 def test_tiny_pipeline_edits_are_judged_and_failures_counted(gedit_copy, chat_server, tmp_path):
-    samples = load_gedit(gedit_copy, languages=["en"], allow_partial=True)
+    samples = load_gedit(gedit_copy, languages=["en"], tasks=["color_alter", "subject-add"], allow_partial=True)
     pipe = tiny.tiny_pipeline(seed=0)
     editor = PipelineEditor(pipe, num_inference_steps=STEPS, size_level=SIZE_LEVEL, model="tiny")
     results = tmp_path / "results" / "tiny"
     summary = generate(samples, editor, results, seed=3, settings=editor.settings(), shard=(0, 1), progress=False)
-    assert summary.written == len(samples) == 6
+    assert summary.written == len(samples) == 4
     for sample in samples:
         edited = Image.open(results / "fullset" / sample.task_type / "en" / f"{sample.key}.png")
         assert edited.size == sample.input_image.size
     manifest = json.loads((results / "manifest.json").read_text())
     assert manifest["run"]["num_inference_steps"] == STEPS and manifest["run"]["seed"] == 3
+    assert manifest["run"]["version"] == "v1.1" and manifest["run"]["model"] == "tiny"
 
     # The same seed reproduces the same edit.
     again = editor(samples[0].input_image, samples[0].instruction, seed=3)
@@ -59,7 +60,7 @@ def test_tiny_pipeline_edits_are_judged_and_failures_counted(gedit_copy, chat_se
     judge = OpenAIJudge(model="m", base_url=server.url, api_key="k", timeout=5, concurrency=1)
     scores = tmp_path / "tiny.jsonl"
     policy = RetryPolicy(attempts=2, initial_delay=0.0, max_delay=0.0)
-    assert judge_results(samples, results, judge, scores, policy=policy, progress=False).asked == {"ok": 5, "failed": 1}
+    assert judge_results(samples, results, judge, scores, policy=policy, progress=False).asked == {"ok": 3, "failed": 1}
     stats = compute_statistics(read_scores(scores), bootstrap=100)
     assert stats.counts["en"]["full"]["subject-add"] == {"scored": 1, "failed": 1}
     assert stats.scores["en"]["full"]["average"] == pytest.approx([6.0, 8.0, (6 * 8) ** 0.5])
@@ -68,11 +69,13 @@ def test_tiny_pipeline_edits_are_judged_and_failures_counted(gedit_copy, chat_se
 
 def test_cli_generates_with_the_built_in_model_and_resumes(gedit_copy, tmp_path, capsys):
     argv = ["bench", "generate", "--bench", str(gedit_copy), "--allow-partial", "--out", str(tmp_path / "results"),
-            "--lang", "en", "--tasks", "color_alter,subject-add", "--steps", str(STEPS),
+            "--lang", "en", "--tasks", "color_alter", "--steps", str(STEPS),
             "--size-level", str(SIZE_LEVEL), "--device", "cpu", "--processes", "1"]
     assert main(argv) == 0
-    assert "wrote 4 edits, 0 already present" in capsys.readouterr().out
+    assert "wrote 2 edits, 0 already present" in capsys.readouterr().out
     edits = sorted((tmp_path / "results" / "step1x-edit" / "fullset").rglob("*.png"))
-    assert len(edits) == 4
+    assert [path.parent.parent.name for path in edits] == ["color_alter", "color_alter"]
+    manifest = json.loads((tmp_path / "results" / "step1x-edit" / "manifest.json").read_text())
+    assert manifest["run"]["model"] == "default" and manifest["run"]["size_level"] == SIZE_LEVEL
     assert main(argv) == 0
-    assert "wrote 0 edits, 4 already present" in capsys.readouterr().out
+    assert "wrote 0 edits, 2 already present" in capsys.readouterr().out
