@@ -194,11 +194,14 @@ def test_exact_duplicates_are_removed_by_content_hash(tmp_path):
     assert deduplicate(store) == 0
 
 
-def test_pair_folder_without_matching_target_is_a_clear_error(tmp_path):
+def test_pair_folder_with_missing_or_mismatched_target_is_a_clear_error(tmp_path):
     (tmp_path / "p" / "source").mkdir(parents=True)
     (tmp_path / "p" / "target").mkdir()
     Image.new("RGB", (8, 8)).save(tmp_path / "p" / "source" / "x.png")
     with pytest.raises(DataFormatError, match="no target"):
+        import_pair_folder(tmp_path / "p", tmp_path / "out", progress=False)
+    Image.new("RGB", (8, 9)).save(tmp_path / "p" / "target" / "x.png")
+    with pytest.raises(DataFormatError, match="must share one size"):
         import_pair_folder(tmp_path / "p", tmp_path / "out", progress=False)
 
 

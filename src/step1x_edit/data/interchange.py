@@ -176,7 +176,10 @@ def _import_record(
 
     source, target = load_image(source_path), load_image(target_path)
     if source.size != target.size:
-        target = target.resize(source.size)
+        raise DataFormatError(
+            f"{source_path} is {source.size[0]}x{source.size[1]} but its target {target_path} is "
+            f"{target.size[0]}x{target.size[1]}; an editing pair must share one size"
+        )
     mask = None
     if mask_path is not None:
         from PIL import Image
