@@ -321,7 +321,7 @@ class RenderRegionEdits:
             size = (max(1, round(image.size[0] * scale)), max(1, round(image.size[1] * scale)))
             image = image.resize(size, Image.Resampling.LANCZOS) if scale < 1 else image
             if item["task"] == "color_alteration":
-                mask = Image.open(item["mask"]).convert("L").resize(image.size, Image.Resampling.NEAREST)
+                mask = load_image(item["mask"]).convert("L").resize(image.size, Image.Resampling.NEAREST)
                 rgb, color_zh = REGION_COLORS[item["color"]]
                 target = recolor_region(image, mask, rgb)
                 obj_en, obj_zh = (

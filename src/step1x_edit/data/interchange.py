@@ -184,7 +184,7 @@ def _import_record(
     if mask_path is not None:
         from PIL import Image
 
-        mask = Image.open(mask_path).convert("L").resize(source.size, Image.Resampling.NEAREST)
+        mask = load_image(mask_path).convert("L").resize(source.size, Image.Resampling.NEAREST)
     generator = {"name": IMPORT_GENERATOR, "version": IMPORT_VERSION, "config_hash": fingerprint_hash}
     return make_record(
         sample_id=f"import-{stable_hash(str(source_path), str(target_path), en)}",
