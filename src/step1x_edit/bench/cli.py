@@ -184,6 +184,8 @@ def _spawn_workers(args, processes: int) -> int:
         env = dict(os.environ)
         if gpus:
             env["CUDA_VISIBLE_DEVICES"] = gpus[index % len(gpus)]
+        else:  # CPU workers share the cores instead of each starting one thread per core
+            env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // processes)))
         workers.append(subprocess.Popen([*argv, "--shard", f"{index}/{processes}"], env=env))
     failed = [index for index, worker in enumerate(workers) if worker.wait() != 0]
     if failed:
