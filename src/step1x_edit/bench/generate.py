@@ -37,7 +37,10 @@ class Editor(Protocol):
 
 
 class PipelineEditor:
-    """Edit with a Step1X-Edit pipeline and fixed sampler settings (recorded by :meth:`settings`)."""
+    """Edit with a Step1X-Edit pipeline and fixed sampler settings (recorded by :meth:`settings`).
+
+    The pipeline's per-step progress bar is turned off: :func:`generate` shows one bar over the samples.
+    """
 
     def __init__(
         self,
@@ -49,6 +52,8 @@ class PipelineEditor:
         model: str | None = None,
     ):
         self.pipe = pipe
+        if hasattr(pipe, "set_progress_bar_config"):
+            pipe.set_progress_bar_config(disable=True)
         self.num_inference_steps = num_inference_steps
         self.guidance_scale = guidance_scale
         self.size_level = size_level
