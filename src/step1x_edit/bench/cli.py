@@ -60,8 +60,13 @@ def _add_judge(parser: argparse.ArgumentParser) -> None:
 
 def register(subcommands: argparse._SubParsersAction) -> None:
     """Add the ``bench`` command group to the top-level parser."""
-    bench = subcommands.add_parser("bench", help="GEdit-Bench evaluation", description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+    bench = subcommands.add_parser(
+        "bench",
+        help="GEdit-Bench evaluation",
+        description="GEdit-Bench: generate edits, judge them with VIEScore, statistics, reports, pairwise ranking.",
+        epilog="typical run:\n" + __doc__.split("::", 1)[1].rstrip(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     commands = bench.add_subparsers(dest="bench_command", required=True, metavar="SUBCOMMAND")
 
     generate = commands.add_parser("generate", help="edit every benchmark sample into the official results layout")
