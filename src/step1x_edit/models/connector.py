@@ -68,7 +68,7 @@ class Step1XConnector(nn.Module):
         """
         mask = attention_mask.to(hidden_states.dtype).unsqueeze(-1)  # [B, L, 1]
         counts = mask.sum(dim=1)  # [B, 1]
-        if bool((counts == 0).any()):
+        if not torch.compiler.is_compiling() and bool((counts == 0).any()):
             raise ValueError("every row of the MLLM attention mask needs at least one valid position")
         mean = (hidden_states * mask).sum(dim=1) / counts  # [B, C]
         pooled_input = mean if self.scale_factor is None else mean * (1 + self.scale_factor)
