@@ -230,3 +230,18 @@ def test_diffusers_format_file_is_pointed_to_from_pretrained(tiny_official, tmp_
     model.save_pretrained(tmp_path)
     with pytest.raises(CheckpointError, match="diffusers-format file"):
         load_official_transformer(tmp_path / "diffusion_pytorch_model.safetensors")
+
+
+def test_official_modules_map_to_diffusers_modules_with_their_splits():
+    from step1x_edit.checkpoints.official import official_module_targets
+    from step1x_edit.models.presets import transformer_config
+
+    targets = official_module_targets(transformer_config("full"))
+    assert targets["double_blocks.3.img_attn.qkv"] == (
+        ("transformer_blocks.3.attn.to_q", "transformer_blocks.3.attn.to_k", "transformer_blocks.3.attn.to_v"),
+        (3072, 3072, 3072),
+    )
+    assert targets["single_blocks.10.linear1"][1] == (3072, 3072, 3072, 12288)
+    assert targets["single_blocks.10.modulation.lin"] == (("single_transformer_blocks.10.norm.linear",), ())
+    lora_targets = [name for name in targets if name.startswith(("double_blocks.", "single_blocks."))]
+    assert len(lora_targets) == 19 * 10 + 38 * 3  # the 304 modules the official LoRA trainer targets

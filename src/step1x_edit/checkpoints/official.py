@@ -178,6 +178,21 @@ def transformer_key_table(config: Mapping[str, Any]) -> list[KeyRule]:
     return rules
 
 
+def official_module_targets(config: Mapping[str, Any]) -> dict[str, tuple[tuple[str, ...], tuple[int, ...]]]:
+    """Official module name -> (diffusers module names, output sizes they split into; () when not split).
+
+    From :func:`transformer_key_table`, for modules with a ``.weight``; what a converter of kohya-style LoRA
+    files (``lora_unet_double_blocks_0_img_attn_qkv`` ...) needs to find the modules and split fused outputs.
+    The final adaLN (halves swapped) maps as ``(("norm_out.linear",), ())`` and needs the same swap.
+    """
+    targets = {}
+    for rule in transformer_key_table(config):
+        if rule.official.endswith(".weight"):
+            modules = tuple(target.removesuffix(".weight") for target in rule.targets)
+            targets[rule.official.removesuffix(".weight")] = (modules, rule.sizes)
+    return targets
+
+
 def _resnet(official: str, target: str, has_shortcut: bool) -> list[KeyRule]:
     rules = []
     for name in ("norm1", "conv1", "norm2", "conv2"):
