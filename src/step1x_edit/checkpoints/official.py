@@ -261,10 +261,6 @@ def _check_file(path: str | Path) -> Path:
         )
     if not path.is_file():
         raise CheckpointError(f"checkpoint file not found: {path}")
-    with path.open("rb") as handle:
-        start = handle.read(8)
-    if start[:2] == b"PK" or start[:1] == b"\x80":
-        raise CheckpointError(f"{path} is a pickle/zip (torch.save) file, not safetensors; refusing to load it")
     return path
 
 
@@ -278,6 +274,12 @@ def read_shapes(path: str | Path) -> dict[str, tuple[int, ...]]:
         with safe_open(str(path), framework="pt") as handle:
             return {key: tuple(handle.get_slice(key).get_shape()) for key in handle.keys()}
     except (SafetensorError, OSError) as error:
+        with path.open("rb") as handle:
+            start = handle.read(2)
+        if start == b"PK" or start[:1] == b"\x80":  # torch.save zip archive or a raw pickle
+            raise CheckpointError(
+                f"{path} is a pickle/zip (torch.save) file, not safetensors; refusing to load it"
+            ) from error
         raise CheckpointError(
             f"{path} is not a complete safetensors file (truncated or interrupted download?): {error}"
         ) from error
