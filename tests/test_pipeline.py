@@ -175,3 +175,10 @@ def test_guidance_scale_one_runs_one_model_call_per_step_without_negative(pipe, 
     finally:
         del pipe.transformer.forward
     assert batch_sizes == [1, 1, 2, 2]
+
+
+def test_directory_with_both_releases_loads_the_requested_version(official_dir, tmp_path):
+    both = save_tiny_official(tmp_path / "both", version="v1.0")
+    (both / "step1x-edit-v1p1-official.safetensors").symlink_to(official_dir / "step1x-edit-v1p1-official.safetensors")
+    assert load_pipeline(both, device="cpu").version == "v1.1"
+    assert load_pipeline(both, device="cpu", version="v1.0").version == "v1.0"

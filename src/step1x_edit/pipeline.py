@@ -121,7 +121,7 @@ class Step1XEditPipeline(DiffusionPipeline):
 
         device = torch.device(device) if device is not None else default_device()
         torch_dtype = torch_dtype or default_dtype(device)
-        files = find_official_files(model_dir)
+        files = find_official_files(model_dir, version)
         mllm_path = Path(mllm_dir) if mllm_dir is not None else files.mllm_dir
         if mllm_path is None:
             raise CheckpointError(
@@ -337,11 +337,14 @@ class Step1XEditPipeline(DiffusionPipeline):
         return torch.from_numpy(array).permute(0, 3, 1, 2) / 127.5 - 1.0  # [B, 3, H, W]
 
     def _to_pil(self, pixels: torch.Tensor, sizes: list[tuple[int, int]]) -> list[Image.Image]:
-        """Tensor [B, 3, H, W] in [0, 1] -> PIL images resized back to ``sizes`` (width, height)."""
+        """Tensor [B, 3, H, W] in [0, 1] -> PIL images resized back to ``sizes`` (width, height), bicubic as the
+        official code does for both versions."""
         array = (pixels.permute(0, 2, 3, 1).cpu().numpy() * 255.0).round().astype(np.uint8)  # [B, H, W, 3]
-        resample = sampling.RESIZE_FILTER[self.version]
         images = [Image.fromarray(item) for item in array]
-        return [item if item.size == size else item.resize(size, resample) for item, size in zip(images, sizes, strict=True)]
+        return [
+            item if item.size == size else item.resize(size, Image.Resampling.BICUBIC)
+            for item, size in zip(images, sizes, strict=True)
+        ]
 
 
 def load_pipeline(

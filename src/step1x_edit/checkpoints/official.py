@@ -599,16 +599,20 @@ def vae_state_dict_to_official(vae, official_config: Mapping[str, Any]) -> dict[
 # Model directory
 
 
-def find_official_files(model_dir: str | Path) -> OfficialFiles:
+def find_official_files(model_dir: str | Path, version: str | None = None) -> OfficialFiles:
     """Locate the DiT, VAE and (optional) Qwen2.5-VL folder in an official Step1X-Edit model directory.
 
-    The DiT file is ``step1x-edit-v1p1-official.safetensors`` or ``step1x-edit-i1258.safetensors`` (the
-    v1.1 file wins when both are present), else the single ``step1x-edit*.safetensors`` in the directory.
+    The DiT file is ``step1x-edit-v1p1-official.safetensors`` or ``step1x-edit-i1258.safetensors`` (the file
+    of ``version`` when given and present, else the v1.1 file when both are present), else the single
+    ``step1x-edit*.safetensors`` in the directory.
     """
     model_dir = Path(model_dir)
     if not model_dir.is_dir():
         raise CheckpointError(f"model directory not found: {model_dir}")
-    transformer = next((model_dir / name for name in TRANSFORMER_FILE_NAMES if (model_dir / name).is_file()), None)
+    names = TRANSFORMER_FILE_NAMES
+    if version == "v1.0":
+        names = tuple(reversed(names))
+    transformer = next((model_dir / name for name in names if (model_dir / name).is_file()), None)
     if transformer is None:
         candidates = sorted(model_dir.glob("step1x-edit*.safetensors"))
         if len(candidates) > 1:
