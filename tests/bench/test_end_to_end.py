@@ -2,10 +2,15 @@
 HTTP by a local OpenAI-compatible server that also misbehaves, statistics and report through the CLI."""
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 from PIL import Image
 
+import step1x_edit
 from step1x_edit.bench.dataset import load_gedit
 from step1x_edit.bench.generate import PipelineEditor, generate
 from step1x_edit.bench.judges.openai_judge import OpenAIJudge
@@ -79,3 +84,17 @@ def test_cli_generates_with_the_built_in_model_and_resumes(gedit_copy, tmp_path,
     assert manifest["run"]["model"] == "default" and manifest["run"]["size_level"] == SIZE_LEVEL
     assert main(argv) == 0
     assert "wrote 0 edits, 2 already present" in capsys.readouterr().out
+
+
+def test_torchrun_processes_split_the_samples(gedit_copy, tmp_path):
+    source_root = Path(step1x_edit.__file__).parents[1]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(source_root), os.environ.get("PYTHONPATH")])),
+           "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "step1x_edit.cli",
+               "bench", "generate", "--bench", str(gedit_copy), "--allow-partial", "--out", str(tmp_path / "results"),
+               "--lang", "en", "--tasks", "color_alter,subject-add", "--steps", str(STEPS),
+               "--size-level", str(SIZE_LEVEL)]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "shard 1/2: wrote 2 edits" in done.stdout and "shard 2/2: wrote 2 edits" in done.stdout
+    assert len(list((tmp_path / "results" / "step1x-edit" / "fullset").rglob("*.png"))) == 4

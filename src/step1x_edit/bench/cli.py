@@ -200,12 +200,11 @@ def _spawn_workers(args, processes: int) -> int:
 
 def _generate(args) -> int:
     import torch
-    from accelerate import PartialState
 
-    from .generate import PipelineEditor, generate
+    from .generate import PipelineEditor, generate, process_state
 
     shard = _parse_shard(args.shard) if args.shard else None
-    state = PartialState()
+    state = process_state()
     if shard is None and state.num_processes == 1:
         processes = args.processes or max(1, torch.cuda.device_count())
         if processes > 1:

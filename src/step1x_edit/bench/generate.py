@@ -6,7 +6,8 @@ writes each edit atomically (an interrupted run never leaves a truncated PNG), a
 (``RESULTS/<name>/manifest.json``: model, version, seed, sampler settings, software versions). A rerun with
 different settings is refused instead of mixing two configurations in one directory.
 
-Under ``accelerate launch`` (one process per GPU) every process edits its own shard of the samples.
+Under ``accelerate launch`` or ``torchrun`` (one process per GPU) every process edits its own shard of the
+samples.
 """
 
 from __future__ import annotations
@@ -103,6 +104,15 @@ class GenerationSummary:
     shard: tuple[int, int]
 
 
+def process_state():
+    """accelerate's state of this process (rank, world size, device) under ``accelerate launch`` or ``torchrun``;
+    without GPUs it is asked to look for CPU processes, which it otherwise ignores."""
+    import torch
+    from accelerate import PartialState
+
+    return PartialState(cpu=not torch.cuda.is_available())
+
+
 def software_versions() -> dict[str, str]:
     """Versions of Python and of the packages that influence the edits."""
     versions = {"python": platform.python_version()}
@@ -157,15 +167,13 @@ def generate(
     ``seed`` seeds every sample's edit; ``source_column`` picks the dataset image that is edited; ``settings``
     (e.g. :meth:`PipelineEditor.settings`) is recorded in the manifest. ``shard=(index, count)`` edits every
     ``count``-th sample starting at ``index``; by default the shard comes from accelerate's process
-    state, so ``accelerate launch`` spreads the work over its processes.
+    state, so ``accelerate launch`` or ``torchrun`` spreads the work over its processes.
     """
     from tqdm.auto import tqdm
 
     results_dir = Path(results_dir)
     if shard is None:
-        from accelerate import PartialState
-
-        state = PartialState()
+        state = process_state()
         shard = (state.process_index, state.num_processes)
     index, count = shard
     if not 0 <= index < count:
