@@ -145,9 +145,10 @@ class Step1XEditPipeline(DiffusionPipeline):
     def place(self, device: str | torch.device, torch_dtype: torch.dtype) -> Step1XEditPipeline:
         """Move every component to ``device``: the transformer and the MLLM in ``torch_dtype``, the VAE in
         float32 (as the official code runs it; it is small and its decode is precision-sensitive)."""
-        self.transformer.to(device=device, dtype=torch_dtype)
-        self.text_encoder.to(device=device, dtype=torch_dtype)
-        self.vae.to(device=device, dtype=torch.float32)
+        for module, dtype in ((self.transformer, torch_dtype), (self.text_encoder, torch_dtype), (self.vae, torch.float32)):
+            if module.dtype != dtype:
+                module.to(dtype=dtype)
+            module.to(device=device)
         return self
 
     # ------------------------------------------------------------------ inputs
