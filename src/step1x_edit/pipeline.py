@@ -152,7 +152,18 @@ class Step1XEditPipeline(DiffusionPipeline):
         return self
 
     # ------------------------------------------------------------------ inputs
-    def _check_inputs(self, images, prompts, negative_prompts, prompt_embeds, size_level, num_inference_steps):
+    def _check_inputs(
+        self,
+        images,
+        prompts,
+        negative_prompts,
+        prompt_embeds,
+        prompt_attention_mask,
+        negative_prompt_embeds,
+        negative_prompt_attention_mask,
+        size_level,
+        num_inference_steps,
+    ):
         if prompt_embeds is None:
             for prompt in prompts:
                 if not isinstance(prompt, str):
@@ -165,6 +176,10 @@ class Step1XEditPipeline(DiffusionPipeline):
                     )
             if len(negative_prompts) != len(prompts):
                 raise ValueError(f"got {len(negative_prompts)} negative prompts for {len(prompts)} prompts")
+        elif prompt_attention_mask is None:
+            raise ValueError("prompt_embeds needs its prompt_attention_mask (both come from encode_prompt)")
+        if negative_prompt_embeds is not None and negative_prompt_attention_mask is None:
+            raise ValueError("negative_prompt_embeds needs its negative_prompt_attention_mask")
         if len(images) != len(prompts):
             raise ValueError(f"got {len(images)} images for {len(prompts)} prompts")
         if not isinstance(size_level, int) or size_level < 16:
@@ -227,7 +242,17 @@ class Step1XEditPipeline(DiffusionPipeline):
         if any(item is None for item in images):
             raise InvalidImageError("pass the image to edit")
         negative_prompts = self._as_list(negative_prompt, len(prompts))
-        self._check_inputs(images, prompts, negative_prompts, prompt_embeds, size_level, num_inference_steps)
+        self._check_inputs(
+            images,
+            prompts,
+            negative_prompts,
+            prompt_embeds,
+            prompt_attention_mask,
+            negative_prompt_embeds,
+            negative_prompt_attention_mask,
+            size_level,
+            num_inference_steps,
+        )
 
         # 1. Read and resize the inputs to the working size (area ~ size_level**2, sides multiples of 16).
         originals = [load_image(item) for item in images]
@@ -243,7 +268,6 @@ class Step1XEditPipeline(DiffusionPipeline):
                 "images of one batch must share an aspect ratio (they resize to "
                 f"{sorted(working_sizes)}); call the pipeline once per image instead"
             )
-        width, height = resized[0].size
         device = self._execution_device
         dtype = self.transformer.dtype
 
