@@ -152,19 +152,8 @@ class Step1XEditPipeline(DiffusionPipeline):
         return self
 
     # ------------------------------------------------------------------ inputs
-    def _check_inputs(
-        self,
-        images,
-        prompts,
-        negative_prompts,
-        prompt_embeds,
-        prompt_attention_mask,
-        negative_prompt_embeds,
-        negative_prompt_attention_mask,
-        size_level,
-        num_inference_steps,
-    ):
-        if prompt_embeds is None:
+    def _check_inputs(self, images, prompts, negative_prompts, precomputed: bool, size_level, num_inference_steps):
+        if not precomputed:
             for prompt in prompts:
                 if not isinstance(prompt, str):
                     raise InvalidPromptError(f"prompt must be a string, got {type(prompt).__name__}")
@@ -176,10 +165,6 @@ class Step1XEditPipeline(DiffusionPipeline):
                     )
             if len(negative_prompts) != len(prompts):
                 raise ValueError(f"got {len(negative_prompts)} negative prompts for {len(prompts)} prompts")
-        elif prompt_attention_mask is None:
-            raise ValueError("prompt_embeds needs its prompt_attention_mask (both come from encode_prompt)")
-        if negative_prompt_embeds is not None and negative_prompt_attention_mask is None:
-            raise ValueError("negative_prompt_embeds needs its negative_prompt_attention_mask")
         if len(images) != len(prompts):
             raise ValueError(f"got {len(images)} images for {len(prompts)} prompts")
         if not isinstance(size_level, int) or size_level < 16:
@@ -242,17 +227,13 @@ class Step1XEditPipeline(DiffusionPipeline):
         if any(item is None for item in images):
             raise InvalidImageError("pass the image to edit")
         negative_prompts = self._as_list(negative_prompt, len(prompts))
-        self._check_inputs(
-            images,
-            prompts,
-            negative_prompts,
-            prompt_embeds,
-            prompt_attention_mask,
-            negative_prompt_embeds,
-            negative_prompt_attention_mask,
-            size_level,
-            num_inference_steps,
-        )
+        self._check_inputs(images, prompts, negative_prompts, prompt_embeds is not None, size_level, num_inference_steps)
+        for embeds, mask, name in (
+            (prompt_embeds, prompt_attention_mask, "prompt"),
+            (negative_prompt_embeds, negative_prompt_attention_mask, "negative_prompt"),
+        ):
+            if embeds is not None and mask is None:
+                raise ValueError(f"{name}_embeds needs its {name}_attention_mask (both come from encode_prompt)")
 
         # 1. Read and resize the inputs to the working size (area ~ size_level**2, sides multiples of 16).
         originals = [load_image(item) for item in images]
