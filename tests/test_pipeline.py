@@ -1,5 +1,6 @@
 """End-to-end editing with tiny components: the CLI, both checkpoint layouts, batching and bad input."""
 
+import json
 import warnings
 
 import numpy as np
@@ -182,3 +183,20 @@ def test_directory_with_both_releases_loads_the_requested_version(official_dir, 
     (both / "step1x-edit-v1p1-official.safetensors").symlink_to(official_dir / "step1x-edit-v1p1-official.safetensors")
     assert load_pipeline(both, device="cpu").version == "v1.1"
     assert load_pipeline(both, device="cpu", version="v1.0").version == "v1.0"
+
+
+def test_info_of_an_official_folder_shows_the_architecture(official_dir, capsys):
+    assert main(["info", str(official_dir), "--json"]) == 0
+    transformer = json.loads(capsys.readouterr().out)["components"]["transformer"]
+    assert (transformer["hidden_size"], transformer["depth"], transformer["depth_single_blocks"]) == (64, 1, 1)
+
+
+def test_malformed_transformer_config_file_is_reported(official_dir, tmp_path):
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    for item in official_dir.iterdir():
+        if item.name != "transformer_config.json":
+            (broken / item.name).symlink_to(item)
+    (broken / "transformer_config.json").write_text("{axes_dim: [8, 12, 12]")
+    with pytest.raises(CheckpointError, match="not valid JSON"):
+        load_pipeline(broken, device="cpu")

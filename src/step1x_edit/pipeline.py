@@ -13,7 +13,6 @@ Loading: :meth:`Step1XEditPipeline.from_pretrained` reads the diffusers layout (
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,10 +41,6 @@ SCHEDULER_CONFIG = {
     "use_dynamic_shifting": True,
     "time_shift_type": "exponential",
 }
-
-# Optional file in an official model directory with transformer config fields the weights cannot tell
-# (``axes_dim``, ``theta``, ``connector_num_heads``); only needed for non-released sizes.
-OFFICIAL_CONFIG_FILE = "transformer_config.json"
 
 # Longest instruction accepted, in characters. The MLLM condition is truncated at 640 tokens anyway; this only
 # stops absurd inputs (a pasted file) before they reach the tokenizer.
@@ -128,13 +123,8 @@ class Step1XEditPipeline(DiffusionPipeline):
                 f"no Qwen2.5-VL folder in {model_dir}: expected {Path(model_dir) / 'Qwen2.5-VL-7B-Instruct'} "
                 "(download Qwen/Qwen2.5-VL-7B-Instruct there) or pass mllm_dir"
             )
-        config_file = Path(model_dir) / OFFICIAL_CONFIG_FILE
-        try:
-            config = json.loads(config_file.read_text()) if config_file.is_file() else None
-        except json.JSONDecodeError as error:
-            raise CheckpointError(f"{config_file} is not valid JSON: {error}") from error
         transformer = load_official_transformer(
-            files.transformer, version=version, config=config, torch_dtype=torch_dtype
+            files.transformer, version=version, config=files.transformer_config, torch_dtype=torch_dtype
         )
         vae = load_official_vae(files.vae, torch_dtype=torch.float32)
         text_encoder = load_text_encoder(mllm_path, torch_dtype=torch_dtype)

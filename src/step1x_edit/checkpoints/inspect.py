@@ -16,6 +16,9 @@ from safetensors import safe_open
 
 from ..errors import CheckpointError
 
+# Transformer config fields worth showing: the sizes that tell the released model from a smaller one.
+ARCHITECTURE_FIELDS = ("hidden_size", "depth", "depth_single_blocks", "num_heads", "mllm_hidden_size")
+
 
 def describe_safetensors(paths: list[Path]) -> dict:
     """Parameter count and dtype(s) of the tensors stored in ``paths`` (safetensors files)."""
@@ -43,11 +46,16 @@ def describe_model(model_dir: str | os.PathLike) -> dict:
         raise CheckpointError(f"model directory not found: {path}")
     if (path / "model_index.json").is_file():
         return _describe_diffusers(path)
-    from .official import detect_version, find_official_files
+    from .official import find_official_files, infer_transformer_config, read_shapes
 
     files = find_official_files(path)
+    config = infer_transformer_config(read_shapes(files.transformer), config=files.transformer_config)
     components = {
-        "transformer": {"file": files.transformer.name, **describe_safetensors([files.transformer])},
+        "transformer": {
+            "file": files.transformer.name,
+            **{field: config[field] for field in ARCHITECTURE_FIELDS},
+            **describe_safetensors([files.transformer]),
+        },
         "vae": {"file": files.vae.name, **describe_safetensors([files.vae])},
     }
     if files.mllm_dir is not None:
@@ -55,7 +63,7 @@ def describe_model(model_dir: str | os.PathLike) -> dict:
             "folder": files.mllm_dir.name,
             **describe_safetensors(sorted(files.mllm_dir.glob("*.safetensors"))),
         }
-    return {"layout": "official", "version": detect_version(files.transformer), "components": components}
+    return {"layout": "official", "version": config["version"], "components": components}
 
 
 def _describe_diffusers(path: Path) -> dict:
@@ -67,9 +75,13 @@ def _describe_diffusers(path: Path) -> dict:
             continue
         folder = path / name
         weights = sorted(folder.glob("*.safetensors"))
-        if weights:
-            components[name] = {"class": spec[1], **describe_safetensors(weights)}
+        if not weights:
+            continue
+        components[name] = {"class": spec[1]}
         config_file = folder / "config.json"
         if name == "transformer" and config_file.is_file():
-            version = json.loads(config_file.read_text()).get("version", version)
+            config = json.loads(config_file.read_text())
+            version = config.get("version", version)
+            components[name].update({field: config[field] for field in ARCHITECTURE_FIELDS if field in config})
+        components[name].update(describe_safetensors(weights))
     return {"layout": "diffusers", "version": version, "components": components}

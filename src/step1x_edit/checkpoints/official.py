@@ -43,6 +43,9 @@ from ..models.vae import OFFICIAL_VAE_FIELDS, autoencoder_from_official_config
 TRANSFORMER_FILE_NAMES = ("step1x-edit-v1p1-official.safetensors", "step1x-edit-i1258.safetensors")
 VAE_FILE_NAME = "vae.safetensors"
 MLLM_DIR_NAME = "Qwen2.5-VL-7B-Instruct"
+# Optional: transformer config fields the weights cannot tell (``axes_dim``, ``theta``, ``connector_num_heads``),
+# needed only for non-released sizes. Not part of the official release.
+TRANSFORMER_CONFIG_FILE_NAME = "transformer_config.json"
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin", ".pkl")
 # Released values of what the tensor shapes cannot tell.
 RELEASED_AXES_DIM = (16, 56, 56)
@@ -92,11 +95,13 @@ class KeyRule:
 
 @dataclass(frozen=True)
 class OfficialFiles:
-    """The files of an official model directory."""
+    """The files of an official model directory. ``transformer_config`` holds the fields of the optional
+    ``transformer_config.json`` (what shapes cannot tell for non-released sizes), else ``None``."""
 
     transformer: Path
     vae: Path
     mllm_dir: Path | None
+    transformer_config: dict[str, Any] | None = None
 
 
 def _linear(official: str, target: str, kind: str = "copy") -> list[KeyRule]:
@@ -629,4 +634,16 @@ def find_official_files(model_dir: str | Path, version: str | None = None) -> Of
     if not vae.is_file():
         raise CheckpointError(f"{model_dir} has no {VAE_FILE_NAME} (the FLUX.1 autoencoder)")
     mllm_dir = model_dir / MLLM_DIR_NAME
-    return OfficialFiles(transformer=transformer, vae=vae, mllm_dir=mllm_dir if mllm_dir.is_dir() else None)
+    config_file = model_dir / TRANSFORMER_CONFIG_FILE_NAME
+    try:
+        config = json.loads(config_file.read_text()) if config_file.is_file() else None
+    except json.JSONDecodeError as error:
+        raise CheckpointError(f"{config_file} is not valid JSON: {error}") from error
+    if config is not None and not isinstance(config, dict):
+        raise CheckpointError(f"{config_file} must hold a JSON object of transformer config fields")
+    return OfficialFiles(
+        transformer=transformer,
+        vae=vae,
+        mllm_dir=mllm_dir if mllm_dir.is_dir() else None,
+        transformer_config=config,
+    )

@@ -170,13 +170,13 @@ def save_tiny_official(directory: str | os.PathLike, seed: int = 0, version: str
 
     from ..checkpoints.official import (
         MLLM_DIR_NAME,
+        TRANSFORMER_CONFIG_FILE_NAME,
         TRANSFORMER_FILE_NAMES,
         VAE_FILE_NAME,
         transformer_state_dict_to_official,
         vae_state_dict_to_official,
     )
     from ..models.presets import vae_config
-    from ..pipeline import OFFICIAL_CONFIG_FILE
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
@@ -188,5 +188,5 @@ def save_tiny_official(directory: str | os.PathLike, seed: int = 0, version: str
     config = pipe.transformer.config
     unreadable_from_weights = {"axes_dim": list(config.axes_dim), "theta": config.theta,
                                "connector_num_heads": config.connector_num_heads}
-    (directory / OFFICIAL_CONFIG_FILE).write_text(json.dumps(unreadable_from_weights, indent=1))
+    (directory / TRANSFORMER_CONFIG_FILE_NAME).write_text(json.dumps(unreadable_from_weights, indent=1))
     return directory
