@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import io
-import json
-import threading
-import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from PIL import Image
+
+from step1x_edit.testing.chat_server import ChatServer
 
 TASKS = ("background_change", "color_alter", "subject-add")
 
@@ -73,62 +71,14 @@ def gedit_copy(tmp_path):
     return root
 
 
-class ChatServer:
-    """An OpenAI-compatible ``/v1/chat/completions`` server on 127.0.0.1 with scripted replies.
-
-    ``reply(request, call)`` returns ``(status, body)`` or ``(status, body, delay_seconds)`` for the ``call``-th
-    request (0-based) with the same ``route(request)``; every request body is kept in ``requests``.
-    """
-
-    def __init__(self, reply, route=lambda request: None):
-        self.reply = reply
-        self.route = route
-        self.requests: list[dict] = []
-        self.calls: dict = {}
-        self.lock = threading.Lock()
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
-            def do_POST(self):
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                with server.lock:
-                    server.requests.append(body)
-                    route = server.route(body)
-                    call = server.calls.get(route, 0)
-                    server.calls[route] = call + 1
-                status, payload, *delay = server.reply(body, call)
-                if delay:
-                    time.sleep(delay[0])
-                data = json.dumps(payload).encode()
-                try:
-                    self.send_response(status)
-                    self.send_header("Content-Type", "application/json")
-                    self.send_header("Content-Length", str(len(data)))
-                    self.end_headers()
-                    self.wfile.write(data)
-                except (BrokenPipeError, ConnectionResetError):
-                    pass  # the client gave up (timeout)
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-        threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True).start()
-
-    def close(self):
-        self.httpd.shutdown()
-        self.httpd.server_close()
-
-
 @pytest.fixture
 def chat_server():
-    """``chat_server(reply, route=None)`` starts a :class:`ChatServer`; it is shut down after the test."""
+    """``chat_server(reply, route=None)`` starts a :class:`~step1x_edit.testing.chat_server.ChatServer` answering
+    ``reply(request, call) -> (status, body[, delay])``; it is shut down after the test."""
     servers = []
 
     def start(reply, route=lambda request: None):
-        servers.append(ChatServer(reply, route))
+        servers.append(ChatServer(reply, route=route))
         return servers[-1]
 
     yield start
