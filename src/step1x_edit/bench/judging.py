@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import threading
 import time
 from collections import Counter
@@ -29,6 +28,7 @@ from typing import Any
 
 from PIL import Image
 
+from ..chat import backoff_delay
 from ..errors import DataFormatError
 from .dataset import GEditSample
 from .judges.base import Judge, JudgeCallError, JudgeRefusal
@@ -60,7 +60,7 @@ class RetryPolicy:
             raise ValueError(f"invalid retry policy {self}: attempts must be >= 1 and delays >= 0")
 
     def delay(self, retry: int) -> float:
-        return min(self.max_delay, self.initial_delay * 2**retry) * (0.5 + random.random() / 2)
+        return backoff_delay(retry, self.initial_delay, self.max_delay, jitter=True)
 
 
 @dataclass(frozen=True)

@@ -10,24 +10,18 @@ The client's own retries are disabled; :mod:`step1x_edit.bench.judging` retries 
 
 from __future__ import annotations
 
-import base64
-import io
-import os
-
 from PIL import Image
 
+from ...chat import UNRECOVERABLE_STATUS, classify, data_url, image_part, make_client
 from .base import JudgeCallError, JudgeRefusal, JudgeUnavailable
 
 DEFAULT_MODEL = "gpt-4.1"
-# Statuses that no retry can fix (credentials, permissions, unknown model): the run stops.
-UNRECOVERABLE_STATUS = (401, 403, 404)
+__all__ = ["DEFAULT_MODEL", "UNRECOVERABLE_STATUS", "OpenAIJudge", "jpeg_data_url"]
 
 
 def jpeg_data_url(image: Image.Image) -> str:
     """``image`` as a base64 JPEG data URL, as the official judge sends it."""
-    buffer = io.BytesIO()
-    image.convert("RGB").save(buffer, format="JPEG")
-    return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+    return data_url(image, "JPEG")
 
 
 class OpenAIJudge:
@@ -54,14 +48,11 @@ class OpenAIJudge:
         timeout: float = 120.0,
         concurrency: int = 6,
     ):
-        import openai
-
         self.model = model
         self.temperature = temperature
         self.max_tokens = max_tokens
         self.max_concurrency = concurrency
-        api_key = api_key or os.environ.get("OPENAI_API_KEY") or "EMPTY"
-        self.client = openai.OpenAI(base_url=base_url, api_key=api_key, timeout=timeout, max_retries=0)
+        self.client = make_client(base_url, api_key, timeout)
         self.info = {"kind": "openai", "model": model, "endpoint": str(self.client.base_url)}
         if temperature is not None:
             self.info["temperature"] = str(temperature)
@@ -70,7 +61,7 @@ class OpenAIJudge:
         import openai
 
         content = [{"type": "text", "text": prompt}]
-        content += [{"type": "image_url", "image_url": {"url": jpeg_data_url(image)}} for image in images]
+        content += [image_part(image, "JPEG") for image in images]
         options = {} if self.temperature is None else {"temperature": self.temperature}
         try:
             response = self.client.chat.completions.create(
@@ -79,15 +70,16 @@ class OpenAIJudge:
                 max_tokens=self.max_tokens,
                 **options,
             )
-        except openai.APIStatusError as error:
-            if error.status_code in UNRECOVERABLE_STATUS:
+        except openai.APIError as error:  # every one is retried by the caller, except an unusable endpoint
+            failure = classify(error)
+            if failure.unrecoverable:
                 raise JudgeUnavailable(
-                    f"judge endpoint {self.info['endpoint']} refused model {self.model!r}: HTTP {error.status_code} "
+                    f"judge endpoint {self.info['endpoint']} refused model {self.model!r}: HTTP {failure.status} "
                     f"{error.message}"
                 ) from error
-            raise JudgeCallError(f"HTTP {error.status_code}: {error.message}") from error
-        except openai.APIError as error:  # timeouts, connection errors, malformed responses
-            raise JudgeCallError(f"{type(error).__name__}: {error}") from error
+            if failure.status is not None:
+                raise JudgeCallError(f"HTTP {failure.status}: {error.message}") from error
+            raise JudgeCallError(f"{type(error).__name__}: {error}") from error  # timeouts, dropped connections
         if not response.choices:
             raise JudgeCallError("response has no choices")
         choice = response.choices[0]

@@ -7,19 +7,17 @@ JSON, wrong fields) are retried with exponential backoff; after ``max_retries`` 
 
 from __future__ import annotations
 
-import base64
-import io
 import json
-import os
 import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from PIL import Image
-
+from ...chat import backoff_delay, classify, image_part, make_client
 from ...errors import Step1XEditError
+
+__all__ = ["AnnotationError", "ChatClient", "ChatEndpoint", "image_part", "parse_json_reply"]
 
 
 class AnnotationError(Step1XEditError):
@@ -50,14 +48,6 @@ class ChatEndpoint:
         }
 
 
-def image_part(image: Image.Image) -> dict[str, Any]:
-    """A chat content part holding ``image`` as a PNG data URL."""
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    url = "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
-    return {"type": "image_url", "image_url": {"url": url}}
-
-
 _FENCE = re.compile(r"```(?:json)?\s*(.*?)```", re.DOTALL)
 
 
@@ -81,29 +71,9 @@ class ChatClient:
     """Thin wrapper over ``openai.OpenAI`` (its own retries are off; ours are explicit and bounded)."""
 
     def __init__(self, endpoint: ChatEndpoint, sleep: Callable[[float], None] = time.sleep):
-        import openai
-
         self.endpoint = endpoint
         self.sleep = sleep
-        self._openai = openai
-        self._client = openai.OpenAI(
-            base_url=endpoint.base_url,
-            api_key=endpoint.api_key or os.environ.get("OPENAI_API_KEY") or "EMPTY",
-            timeout=endpoint.timeout,
-            max_retries=0,
-        )
-
-    def _retryable(self, error: Exception) -> bool:
-        errors = self._openai
-        return isinstance(
-            error,
-            (
-                errors.RateLimitError,
-                errors.APITimeoutError,
-                errors.APIConnectionError,
-                errors.InternalServerError,
-            ),
-        )
+        self._client = make_client(endpoint.base_url, endpoint.api_key, endpoint.timeout)
 
     def complete(
         self,
@@ -113,13 +83,16 @@ class ChatClient:
     ) -> Any:
         """Send ``messages`` and return ``parse(reply_text)``; retry transient failures and parse errors.
         ``seed`` is forwarded to servers that support sampling seeds (vLLM, SGLang, OpenAI)."""
+        import openai
+
         extra = {"seed": seed} if seed is not None else {}
         last = "no attempt made"
         retry_after = 0.0
         for attempt in range(self.endpoint.max_retries + 1):
             if attempt:
-                delay = max(retry_after, self.endpoint.backoff * 2 ** (attempt - 1))
-                self.sleep(min(self.endpoint.max_backoff, delay))
+                self.sleep(
+                    backoff_delay(attempt - 1, self.endpoint.backoff, self.endpoint.max_backoff, retry_after)
+                )
             retry_after = 0.0
             try:
                 response = self._client.chat.completions.create(
@@ -134,18 +107,10 @@ class ChatClient:
                 return parse(response.choices[0].message.content)
             except (ValueError, KeyError, TypeError) as error:
                 last = f"malformed reply: {error}"
-            except self._openai.APIError as error:
-                if not self._retryable(error):
+            except openai.APIError as error:
+                failure = classify(error)
+                if not failure.retryable:
                     raise AnnotationError(f"{self.endpoint.base_url} refused the request: {error}") from error
                 last = f"{type(error).__name__}: {error}"
-                retry_after = _retry_after(error)
+                retry_after = failure.retry_after
         raise AnnotationError(f"gave up after {self.endpoint.max_retries + 1} attempts; last error: {last}")
-
-
-def _retry_after(error: Exception) -> float:
-    """Seconds a server asked us to wait (``Retry-After`` header in seconds), or 0."""
-    response = getattr(error, "response", None)
-    try:
-        return max(0.0, float(response.headers.get("retry-after", 0))) if response is not None else 0.0
-    except ValueError:  # an HTTP date instead of seconds: fall back to our own backoff
-        return 0.0
