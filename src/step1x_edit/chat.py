@@ -92,8 +92,10 @@ def _retry_after(error: Exception) -> float:
 def backoff_delay(
     retry: int, initial: float, maximum: float, retry_after: float = 0.0, jitter: bool = False
 ) -> float:
-    """Seconds to wait before retry ``retry`` (0 = the first retry): ``initial * 2**retry`` or the server's
-    ``retry_after`` if longer, capped at ``maximum``; with ``jitter``, a random 50-100% of that, so parallel
-    workers do not retry in lockstep."""
-    delay = min(maximum, max(retry_after, initial * 2**retry))
-    return delay * (0.5 + random.random() / 2) if jitter else delay
+    """Seconds to wait before retry ``retry`` (0 = the first retry): ``initial * 2**retry``, with ``jitter`` a
+    random 50-100% of it (so parallel workers do not retry in lockstep), capped at ``maximum``; never shorter
+    than the server's ``retry_after`` (which is also capped at ``maximum``)."""
+    delay = initial * 2**retry
+    if jitter:
+        delay *= 0.5 + random.random() / 2
+    return min(maximum, max(retry_after, delay))

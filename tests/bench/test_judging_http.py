@@ -231,3 +231,22 @@ def test_rejected_credentials_stop_the_run_instead_of_failing_every_sample(edite
         judge_results(samples, results, judge, tmp_path / "scores.jsonl", policy=FAST_RETRIES, progress=False)
     assert len(server.requests) == 1
     assert not (tmp_path / "scores.jsonl").exists() or not (tmp_path / "scores.jsonl").read_text()
+
+
+def test_judge_waits_as_long_as_the_server_asks_after_a_rate_limit(chat_server, monkeypatch):
+    from step1x_edit.bench import judging
+    from step1x_edit.testing.chat_server import Reply
+
+    server = chat_server(
+        lambda request, call: Reply(429, {"error": {"message": "slow down"}}, headers={"Retry-After": "0.25"})
+        if call == 0
+        else chat_reply('{"score": [7, 8], "reasoning": "fine"}')
+    )
+    waits = []
+    monkeypatch.setattr(judging.time, "sleep", waits.append)
+    judge = OpenAIJudge(model="judge", base_url=server.url, api_key="k", timeout=5)
+    policy = RetryPolicy(attempts=3, initial_delay=0.01, max_delay=1.0)
+    answer, attempts = judging.ask(judge, "prompt", [Image.new("RGB", (8, 8))], policy)
+    assert answer == [7, 8]
+    assert len(attempts) == 2 and "429" in attempts[0]["error"]
+    assert waits == [0.25]  # the server's Retry-After, not the policy's 0.01 s backoff

@@ -59,8 +59,8 @@ class RetryPolicy:
         if self.attempts < 1 or self.initial_delay < 0 or self.max_delay < 0:
             raise ValueError(f"invalid retry policy {self}: attempts must be >= 1 and delays >= 0")
 
-    def delay(self, retry: int) -> float:
-        return backoff_delay(retry, self.initial_delay, self.max_delay, jitter=True)
+    def delay(self, retry: int, retry_after: float = 0.0) -> float:
+        return backoff_delay(retry, self.initial_delay, self.max_delay, retry_after=retry_after, jitter=True)
 
 
 @dataclass(frozen=True)
@@ -82,9 +82,11 @@ def ask(
     """Ask one question with retries; return the parsed answer (``None`` if every attempt failed) and the log of
     attempts, each ``{"reply": str | None, "error": str | None}``. ``parse`` returns ``None`` for a bad reply."""
     attempts: list[dict] = []
+    retry_after = 0.0
     for attempt in range(policy.attempts):
         if attempt:
-            time.sleep(policy.delay(attempt - 1))
+            time.sleep(policy.delay(attempt - 1, retry_after))
+        retry_after = 0.0
         try:
             reply = judge.complete(prompt, images)
         except JudgeRefusal as refusal:
@@ -92,6 +94,7 @@ def ask(
             continue
         except JudgeCallError as error:
             attempts.append({"reply": None, "error": str(error)})
+            retry_after = error.retry_after
             continue
         answer = parse(reply)
         attempts.append({"reply": reply, "error": None if answer is not None else "unparseable reply"})

@@ -16,7 +16,12 @@ from ...errors import Step1XEditError
 
 
 class JudgeCallError(RuntimeError):
-    """A judge call that returned no reply (the caller retries it, then records a failure)."""
+    """A judge call that returned no reply (the caller retries it, then records a failure). ``retry_after`` is the
+    wait in seconds the server asked for (HTTP Retry-After), 0 when it said nothing."""
+
+    def __init__(self, message: str, retry_after: float = 0.0):
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class JudgeRefusal(JudgeCallError):

@@ -78,7 +78,7 @@ class OpenAIJudge:
                     f"{error.message}"
                 ) from error
             if failure.status is not None:
-                raise JudgeCallError(f"HTTP {failure.status}: {error.message}") from error
+                raise JudgeCallError(f"HTTP {failure.status}: {error.message}", failure.retry_after) from error
             raise JudgeCallError(f"{type(error).__name__}: {error}") from error  # timeouts, dropped connections
         if not response.choices:
             raise JudgeCallError("response has no choices")
