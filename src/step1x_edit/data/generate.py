@@ -172,6 +172,21 @@ def generate_dataset(
 
 
 # -- photos ----------------------------------------------------------------------------------------------
+def _load_downscaled(path: str, max_side: int):
+    """The photo at ``path`` as RGB, shrunk (Lanczos) so its longer side is at most ``max_side``, and the scale
+    applied (1.0 when it already fits; boxes given in original pixels are multiplied by it)."""
+    from PIL import Image
+
+    from ..image_io import load_image
+
+    image = load_image(path)
+    scale = min(1.0, max_side / max(image.size))
+    if scale < 1:
+        size = (max(1, round(image.size[0] * scale)), max(1, round(image.size[1] * scale)))
+        image = image.resize(size, Image.Resampling.LANCZOS)
+    return image, scale
+
+
 class RenderPhotoOps:
     """Stage function: photo paths → tone or style triplets (the operation is drawn from the sample seed)."""
 
@@ -182,15 +197,13 @@ class RenderPhotoOps:
     def __call__(self, batch: list[Record]) -> list[Record]:
         import random
 
-        from ..image_io import load_image
         from .synthetic.language import sentence
         from .tasks.style import STYLES, apply_style
         from .tasks.tone import TONE_OPS, apply_tone
 
         out = []
         for item in batch:
-            image = load_image(item["path"])
-            image.thumbnail((self.max_side, self.max_side))
+            image, _ = _load_downscaled(item["path"], self.max_side)
             rng = random.Random(item["seed"])
             if item["task"] == "tone_transformation":
                 op = rng.choice(list(TONE_OPS))
@@ -316,10 +329,7 @@ class RenderRegionEdits:
 
         out = []
         for item in batch:
-            image = load_image(item["path"])
-            scale = min(1.0, self.max_side / max(image.size))
-            size = (max(1, round(image.size[0] * scale)), max(1, round(image.size[1] * scale)))
-            image = image.resize(size, Image.Resampling.LANCZOS) if scale < 1 else image
+            image, scale = _load_downscaled(item["path"], self.max_side)
             if item["task"] == "color_alteration":
                 mask = load_image(item["mask"]).convert("L").resize(image.size, Image.Resampling.NEAREST)
                 rgb, color_zh = REGION_COLORS[item["color"]]
