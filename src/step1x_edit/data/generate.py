@@ -187,12 +187,30 @@ def _load_downscaled(path: str, max_side: int):
     return image, scale
 
 
-class RenderPhotoOps:
-    """Stage function: photo paths → tone or style triplets (the operation is drawn from the sample seed)."""
+class _PhotoStage:
+    """Shared part of the stage functions that turn user photos into triplets: the generator tag, the size cap and
+    how a photo-derived record is built (provenance from the photo's path and licence)."""
 
     def __init__(self, generator: dict[str, str], max_side: int):
         self.generator = generator
         self.max_side = max_side
+
+    def _record(self, item: Record, source, target, instruction: tuple[str, str], **fields) -> Record:
+        return make_record(
+            sample_id=item["sample_id"],
+            task=item["task"],
+            source=source,
+            target=target,
+            instruction_en=instruction[0],
+            instruction_zh=instruction[1],
+            generator=self.generator,
+            provenance={"source_path": item["path"], "license": item.get("license")},
+            **fields,
+        )
+
+
+class RenderPhotoOps(_PhotoStage):
+    """Stage function: photo paths → tone or style triplets (the operation is drawn from the sample seed)."""
 
     def __call__(self, batch: list[Record]) -> list[Record]:
         import random
@@ -212,20 +230,7 @@ class RenderPhotoOps:
                 op = rng.choice(list(STYLES))
                 target, (_, en, zh) = apply_style(image, op), STYLES[op]
             instruction = sentence(rng.choice(en), rng.choice(zh))
-            out.append(
-                make_record(
-                    sample_id=item["sample_id"],
-                    task=item["task"],
-                    source=image,
-                    target=target,
-                    instruction_en=instruction[0],
-                    instruction_zh=instruction[1],
-                    generator=self.generator,
-                    seed=item["seed"],
-                    provenance={"source_path": item["path"], "license": item.get("license")},
-                    meta={"op": op},
-                )
-            )
+            out.append(self._record(item, image, target, instruction, seed=item["seed"], meta={"op": op}))
         return out
 
 
@@ -314,12 +319,8 @@ REGION_COLORS = {
 }
 
 
-class RenderRegionEdits:
+class RenderRegionEdits(_PhotoStage):
     """Stage function: region-edit specs (colour alteration with a mask, text replacement in a box) → triplets."""
-
-    def __init__(self, generator: dict[str, str], max_side: int):
-        self.generator = generator
-        self.max_side = max_side
 
     def __call__(self, batch: list[Record]) -> list[Record]:
         from PIL import Image
@@ -351,17 +352,13 @@ class RenderRegionEdits:
                     else (f'Change the text to "{item["text"]}".', f"把文字改成“{item['text']}”。")
                 )
             out.append(
-                make_record(
-                    sample_id=item["sample_id"],
-                    task=item["task"],
-                    source=image,
-                    target=target,
-                    instruction_en=instruction[0],
-                    instruction_zh=instruction[1],
+                self._record(
+                    item,
+                    image,
+                    target,
+                    instruction,
                     mask=mask,
-                    generator=self.generator,
                     seed=None,
-                    provenance={"source_path": item["path"], "license": item.get("license")},
                     meta={
                         key: item[key]
                         for key in ("color", "object", "box", "text", "old_text")
