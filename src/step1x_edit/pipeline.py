@@ -28,7 +28,7 @@ from PIL import Image
 from . import sampling
 from .errors import CheckpointError, InvalidImageError, InvalidPromptError
 from .image_io import load_image
-from .models.mllm import encode_prompts
+from .models.mllm import MAX_LENGTH, encode_prompts
 from .models.transformer import Step1XEditTransformer2DModel
 from .models.vae import decode_latents, encode_latents
 
@@ -70,7 +70,8 @@ class Step1XEditPipeline(DiffusionPipeline):
     Components: ``transformer`` (:class:`Step1XEditTransformer2DModel`, connector included), ``vae``
     (``AutoencoderKL``, FLUX configuration), ``text_encoder`` (``Qwen2_5_VLForConditionalGeneration``),
     ``processor`` (``Qwen2_5_VLProcessor``) and ``scheduler`` (``FlowMatchEulerDiscreteScheduler``, whose
-    config holds the schedule's shift parameters).
+    config holds the schedule's shift parameters). ``max_sequence_length`` is the length the MLLM condition is
+    padded or cut to: 640 for the released models; smaller models may be trained with a shorter one.
     """
 
     model_cpu_offload_seq = "text_encoder->transformer->vae"
@@ -82,11 +83,15 @@ class Step1XEditPipeline(DiffusionPipeline):
         text_encoder: Any,
         processor: Any,
         scheduler: FlowMatchEulerDiscreteScheduler,
+        max_sequence_length: int = MAX_LENGTH,
     ):
         super().__init__()
+        if max_sequence_length < 1:
+            raise ValueError(f"max_sequence_length must be positive, got {max_sequence_length}")
         self.register_modules(
             transformer=transformer, vae=vae, text_encoder=text_encoder, processor=processor, scheduler=scheduler
         )
+        self.register_to_config(max_sequence_length=max_sequence_length)
 
     @property
     def version(self) -> str:
@@ -201,7 +206,7 @@ class Step1XEditPipeline(DiffusionPipeline):
             output_type: "pil" (default), "np" (float arrays in [0, 1], input size), "pt" (tensor at the working
                 size) or "latent" (unpacked latents).
             latents: initial noise [B, 16, H/8, W/8] at the working size, instead of drawing it.
-            prompt_embeds, prompt_attention_mask: precomputed MLLM condition [B, 640, C] / [B, 640] (see
+            prompt_embeds, prompt_attention_mask: precomputed MLLM condition [B, L, C] / [B, L] (see
                 :meth:`encode_prompt`); the negative pair likewise. When given, ``prompt`` is not encoded.
             callback_on_step_end: ``fn(pipe, step_index, t, {"latents": tokens})`` called after each step.
         """
@@ -324,8 +329,9 @@ class Step1XEditPipeline(DiffusionPipeline):
 
     # ------------------------------------------------------------------ helpers
     def encode_prompt(self, images: list[Image.Image], prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        """The MLLM condition for (working-size image, instruction) pairs: embeddings [B, 640, C], mask [B, 640]."""
-        return encode_prompts(self.text_encoder, self.processor, images, prompts)
+        """The MLLM condition for (working-size image, instruction) pairs: embeddings [B, L, C], mask [B, L] with
+        L = ``max_sequence_length`` (640 for the released models)."""
+        return encode_prompts(self.text_encoder, self.processor, images, prompts, max_length=self.config.max_sequence_length)
 
     def _to_pixels(self, images: list[Image.Image]) -> torch.Tensor:
         """PIL images -> float tensor [B, 3, H, W] in [-1, 1]."""
