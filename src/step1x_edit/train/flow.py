@@ -1,0 +1,143 @@
+"""The rectified-flow training objective of Step1X-Edit, as pure tensor functions.
+
+Rectified flow: ``x_t = (1 - t) * x0 + t * noise`` and the transformer predicts the velocity ``noise - x0``
+(the convention of :mod:`step1x_edit.sampling`, so training and inference agree). The transformer sees
+``[noisy ; reference]`` tokens with the version's position ids (:func:`step1x_edit.sampling.position_ids`);
+the reference tokens are the clean source latents and the loss is the mean squared error on the noisy
+(target) tokens only.
+
+Flow times ``t`` (:func:`sample_flow_times`):
+
+* ``"shift"`` — the official fine-tuning recipe: ``t = sigmoid(N(0, 1))`` then ``t <- s t / (1 + (s - 1) t)``
+  with ``s = 3.1582``;
+* ``"logit_normal"`` — ``t = sigmoid(N(mean, std))`` then the resolution-dependent shift of the inference
+  schedule (:func:`step1x_edit.sampling.get_schedule`): ``t <- e^mu / (e^mu + 1/t - 1)`` with ``mu`` linear in the
+  number of noisy tokens, so the times trained on are the times sampled at that resolution;
+* ``"uniform"`` — ``t ~ U(0, 1)``.
+
+Condition dropout (:func:`drop_conditions`) replaces, per sample, the instruction by the empty instruction
+(the MLLM condition of the same image with "" — the CFG negative used at inference), the reference latents by
+zeros, or both, so that classifier-free guidance has an unconditional model to extrapolate from.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from .. import sampling
+
+TIMESTEP_SAMPLING = ("shift", "logit_normal", "uniform")
+OFFICIAL_SHIFT = 3.1582
+
+
+@dataclass(frozen=True)
+class FlowTimeSampling:
+    """How flow times are drawn (see the module docstring). ``base_shift`` ... ``max_seq_len`` are the inference
+    schedule's shift parameters (the pipeline scheduler's config) used by ``"logit_normal"``."""
+
+    scheme: str = "shift"
+    shift: float = OFFICIAL_SHIFT
+    logit_mean: float = 0.0
+    logit_std: float = 1.0
+    base_shift: float = 0.5
+    max_shift: float = 1.15
+    base_seq_len: int = 256
+    max_seq_len: int = 4096
+
+    def __post_init__(self) -> None:
+        if self.scheme not in TIMESTEP_SAMPLING:
+            raise ValueError(f"timestep sampling must be one of {TIMESTEP_SAMPLING}, got {self.scheme!r}")
+        if self.shift <= 0 or self.logit_std <= 0:
+            raise ValueError("shift and logit_std must be positive")
+
+
+def schedule_mu(image_seq_len: int, sampling_config: FlowTimeSampling) -> float:
+    """The inference schedule's ``mu`` for ``image_seq_len`` noisy tokens (linear, extrapolated)."""
+    c = sampling_config
+    slope = (c.max_shift - c.base_shift) / (c.max_seq_len - c.base_seq_len)
+    return slope * image_seq_len + (c.base_shift - slope * c.base_seq_len)
+
+
+def sample_flow_times(
+    batch_size: int, image_seq_len: int, sampling_config: FlowTimeSampling, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """Flow times ``t`` [batch_size] in (0, 1) (float32, CPU) drawn with ``sampling_config``."""
+    c = sampling_config
+    if c.scheme == "uniform":
+        return torch.rand(batch_size, generator=generator)
+    normal = torch.randn(batch_size, generator=generator)
+    if c.scheme == "shift":
+        t = torch.sigmoid(normal)
+        return c.shift * t / (1 + (c.shift - 1) * t)
+    t = torch.sigmoid(c.logit_mean + c.logit_std * normal)
+    shift = math.exp(schedule_mu(image_seq_len, c))
+    return shift / (shift + (1 / t - 1))
+
+
+def drop_conditions(
+    embeds: torch.Tensor,
+    mask: torch.Tensor,
+    uncond_embeds: torch.Tensor,
+    uncond_mask: torch.Tensor,
+    reference: torch.Tensor,
+    text_rate: float,
+    image_rate: float,
+    both_rate: float,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-sample condition dropout: with probability ``text_rate`` the instruction is replaced by the empty
+    instruction's condition, with ``image_rate`` the reference latents by zeros, with ``both_rate`` both
+    (mutually exclusive draws). Shapes: embeds/uncond [B, L, C], masks [B, L], reference [B, ...]."""
+    if min(text_rate, image_rate, both_rate) < 0 or text_rate + image_rate + both_rate > 1:
+        raise ValueError("dropout rates must be non-negative and sum to at most 1")
+    draw = torch.rand(embeds.shape[0], generator=generator)
+    drop_text = draw < text_rate + both_rate
+    drop_image = (draw >= text_rate) & (draw < text_rate + both_rate + image_rate)
+    keep_text = ~drop_text.to(embeds.device)
+    embeds = torch.where(keep_text[:, None, None], embeds, uncond_embeds.to(embeds.dtype))
+    mask = torch.where(keep_text[:, None], mask, uncond_mask)
+    keep_image = (~drop_image).to(reference.device).view(-1, *([1] * (reference.ndim - 1)))
+    reference = reference * keep_image.to(reference.dtype)
+    return embeds, mask, reference
+
+
+def flow_matching_loss(
+    transformer: torch.nn.Module,
+    target_latents: torch.Tensor,
+    reference_latents: torch.Tensor,
+    embeds: torch.Tensor,
+    mask: torch.Tensor,
+    t: torch.Tensor,
+    noise: torch.Tensor,
+    version: str,
+) -> torch.Tensor:
+    """Mean squared error between the predicted and the true velocity ``noise - x0`` on the noisy tokens.
+
+    ``target_latents``/``reference_latents``/``noise``: [B, C, h, w] normalised latents (``noise`` like the target);
+    ``embeds``/``mask``: the MLLM condition [B, L, C'] / [B, L]; ``t``: flow times [B]. ``version`` selects the
+    reference position ids (v1.0: same as the noisy tokens; v1.1: offset).
+    """
+    if target_latents.shape != reference_latents.shape or noise.shape != target_latents.shape:
+        raise ValueError(
+            f"target {tuple(target_latents.shape)}, reference {tuple(reference_latents.shape)} and noise "
+            f"{tuple(noise.shape)} latents must share one shape"
+        )
+    latent_height, latent_width = target_latents.shape[-2:]
+    t = t.to(device=target_latents.device, dtype=target_latents.dtype)
+    x0 = sampling.pack_latents(target_latents)  # [B, N, 4C]
+    eps = sampling.pack_latents(noise)  # [B, N, 4C]
+    reference = sampling.pack_latents(reference_latents)  # [B, N, 4C]
+    noisy = (1 - t[:, None, None]) * x0 + t[:, None, None] * eps
+    img_ids, txt_ids = sampling.position_ids(latent_height, latent_width, embeds.shape[1], version)
+    prediction = transformer(
+        hidden_states=torch.cat([noisy, reference], dim=1),  # [B, 2N, 4C]
+        timestep=t,
+        encoder_hidden_states=embeds,
+        encoder_attention_mask=mask,
+        img_ids=img_ids.to(noisy.device),
+        txt_ids=txt_ids.to(noisy.device),
+    )[:, : x0.shape[1]]
+    return torch.nn.functional.mse_loss(prediction.float(), (eps - x0).float())

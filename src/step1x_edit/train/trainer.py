@@ -1,0 +1,462 @@
+"""The Step1X-Edit trainer: rectified-flow fine-tuning of the DiT (LoRA or full) on accelerate.
+
+:func:`train` runs a whole job described by a :class:`~step1x_edit.train.config.TrainConfig`:
+
+1. loads the pipeline (VAE and MLLM frozen), makes LoRA adapters with peft (default targets: the Linear layers of
+   the DiT blocks that the official LoRA trains) or unfreezes the whole DiT; optionally the connector too;
+2. caches every sample's VAE latents and MLLM conditions (including the empty-instruction condition);
+3. steps with :func:`~step1x_edit.train.flow.flow_matching_loss` under accelerate (data parallel over processes,
+   gradient accumulation, mixed precision, gradient clipping, AdamW or 8-bit AdamW, a diffusers LR schedule,
+   optional EMA and gradient checkpointing);
+4. writes checkpoints ``<output_dir>/checkpoints/step-N`` atomically with everything a resume needs (weights or
+   adapters, optimizer, LR schedule, EMA, every RNG, the position in the data plan), so an interrupted run
+   continues with exactly the losses of an uninterrupted one; logs the loss to ``logs/loss.csv`` (and
+   TensorBoard); validates on held-out samples (images + PSNR/SSIM);
+5. saves the result in ``<output_dir>/final``: a LoRA in peft/diffusers and in the official kohya format, or a
+   full pipeline in the diffusers layout.
+
+Run it from the command line (``step1x-edit train CONFIG.toml``), with ``accelerate launch`` for several
+processes, or call :func:`train` from Python.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+
+from ..errors import Step1XEditError
+from .config import TrainConfig, TrainingConfigError
+from .data import (
+    LANGUAGE_KEYS,
+    FeatureCache,
+    FeatureSource,
+    Featurizer,
+    collate,
+    load_examples,
+    model_fingerprint,
+    plan_batches,
+    resolve_store,
+)
+from .flow import FlowTimeSampling, drop_conditions, flow_matching_loss, sample_flow_times
+
+CHECKPOINT_PREFIX = "step-"
+ADAPTER_FILE = "adapter.safetensors"
+LOG_FIELDS = ("step", "loss", "lr", "samples", "seconds")
+
+
+@dataclass
+class TrainResult:
+    """What a run produced: the last step reached, the final model folder (``None`` when stopped early) and the
+    per-step losses of this invocation."""
+
+    step: int
+    final_dir: Path | None
+    losses: dict[int, float]
+
+
+class _Progress:
+    """The resumable counters and the trainer's own RNG (noise, flow times, dropout, language choice)."""
+
+    def __init__(self, seed: int, rank: int):
+        self.step = 0
+        self.micro_step = 0
+        self.samples = 0
+        self.generator = torch.Generator().manual_seed(seed * 1000 + rank)
+
+    def state_dict(self) -> dict:
+        return {"step": self.step, "micro_step": self.micro_step, "samples": self.samples,
+                "generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.step, self.micro_step, self.samples = state["step"], state["micro_step"], state["samples"]
+        self.generator.set_state(state["generator"])
+
+
+def _mixed_precision(name: str) -> str:
+    if name != "auto":
+        return name
+    return "bf16" if torch.cuda.is_available() else "no"
+
+
+def _set_trainable(transformer, config: TrainConfig) -> list[torch.nn.Parameter]:
+    """Freeze or unfreeze / add adapters; returns the trained parameters."""
+    model = config.model
+    train_connector = model.train_connector or model.mode == "full"
+    if model.mode == "full":
+        transformer.requires_grad_(True)
+        if not model.train_connector:
+            transformer.connector.requires_grad_(train_connector)
+    else:
+        from peft import LoraConfig
+
+        from ..checkpoints.lora import default_lora_targets
+
+        transformer.requires_grad_(False)
+        targets = list(model.lora_targets) or default_lora_targets(transformer)
+        transformer.add_adapter(LoraConfig(
+            r=model.lora_rank, lora_alpha=model.lora_alpha, lora_dropout=model.lora_dropout,
+            init_lora_weights="gaussian", target_modules=targets,
+        ))
+        if train_connector:
+            transformer.connector.requires_grad_(True)
+    return [param for param in transformer.parameters() if param.requires_grad]
+
+
+def _optimizer(params, config: TrainConfig):
+    t = config.training
+    kwargs = {"lr": t.learning_rate, "betas": (t.adam_beta1, t.adam_beta2), "weight_decay": t.weight_decay,
+              "eps": t.adam_epsilon}
+    if t.use_8bit_adam:
+        try:
+            import bitsandbytes as bnb
+        except ImportError as error:
+            raise TrainingConfigError(
+                "training.use_8bit_adam needs bitsandbytes: pip install 'step1x-edit[train]'"
+            ) from error
+        return bnb.optim.AdamW8bit(params, **kwargs)
+    return torch.optim.AdamW(params, **kwargs)
+
+
+def _trained_state_dict(transformer) -> dict[str, torch.Tensor]:
+    """The trained tensors by parameter name (LoRA adapters, plus the connector when it is trained)."""
+    return {name: param.detach().cpu().contiguous() for name, param in transformer.named_parameters()
+            if param.requires_grad}
+
+
+def _checkpoints(output_dir: Path) -> list[Path]:
+    folder = output_dir / "checkpoints"
+    if not folder.is_dir():
+        return []
+    found = [path for path in folder.iterdir() if path.is_dir() and path.name.startswith(CHECKPOINT_PREFIX)
+             and path.name[len(CHECKPOINT_PREFIX):].isdigit()]
+    return sorted(found, key=lambda path: int(path.name[len(CHECKPOINT_PREFIX):]))
+
+
+def _check_same_run(output_dir: Path, config: TrainConfig) -> None:
+    """Refuse to continue a run in ``output_dir`` that was started with other settings."""
+    path = output_dir / "config.json"
+    current = json.loads(json.dumps(config.to_dict()))  # tuples -> lists, as read back
+    current["training"].pop("until_step")
+    if path.is_file():
+        previous = json.loads(path.read_text())
+        previous["training"].pop("until_step", None)
+        if previous != current:
+            changed = sorted(
+                f"{table}.{key}" for table in current for key in current[table]
+                if previous.get(table, {}).get(key) != current[table][key]
+            )
+            raise TrainingConfigError(
+                f"{output_dir} holds a run with other settings (changed: {', '.join(changed)}); use another "
+                "training.output_dir or delete that folder"
+            )
+    else:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(current, indent=1))
+
+
+class _LossLog:
+    """``logs/loss.csv``: one row per optimisation step; rows past a resumed step are dropped first."""
+
+    def __init__(self, output_dir: Path, resume_step: int, enabled: bool):
+        self.path = output_dir / "logs" / "loss.csv"
+        self.enabled = enabled
+        if not enabled:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        rows = []
+        if self.path.is_file():
+            with self.path.open(newline="") as handle:
+                rows = [row for row in csv.DictReader(handle) if int(row["step"]) <= resume_step]
+        with self.path.open("w", newline="") as handle:
+            writer = csv.DictWriter(handle, LOG_FIELDS)
+            writer.writeheader()
+            writer.writerows(rows)
+
+    def write(self, row: dict) -> None:
+        if self.enabled:
+            with self.path.open("a", newline="") as handle:
+                csv.DictWriter(handle, LOG_FIELDS).writerow(row)
+
+
+def _save_validation(pipe, examples, config: TrainConfig, step: int, output_dir: Path) -> dict[str, float]:
+    """Edit the held-out ``examples``, save source | edit | target strips and return the mean PSNR/SSIM."""
+    from ..bench.synthetic import psnr, ssim
+
+    v = config.validation
+    folder = output_dir / "validation" / f"step-{step:06d}"
+    folder.mkdir(parents=True, exist_ok=True)
+    scores = {"psnr": [], "ssim": [], "identity_psnr": []}
+    for index, example in enumerate(examples):
+        instruction = example.instructions[LANGUAGE_KEYS[config.data.language][0]]
+        generator = torch.Generator("cpu").manual_seed(v.seed + index)
+        pipe.set_progress_bar_config(disable=True)
+        edited = pipe(image=example.source, prompt=instruction, num_inference_steps=v.steps,
+                      guidance_scale=v.guidance_scale, size_level=config.data.resolution,
+                      generator=generator).images[0]
+        target = np.asarray(example.target.convert("RGB"))
+        output = np.asarray(edited.convert("RGB"))
+        scores["psnr"].append(psnr(output, target))
+        scores["ssim"].append(ssim(output, target))
+        scores["identity_psnr"].append(psnr(np.asarray(example.source.convert("RGB")), target))
+        strip = Image.new("RGB", (example.source.width * 3, example.source.height))
+        for column, image in enumerate((example.source, edited, example.target)):
+            strip.paste(image.convert("RGB"), (column * example.source.width, 0))
+        strip.save(folder / f"{index:02d}-{example.task}.png")
+        (folder / f"{index:02d}-{example.task}.txt").write_text(instruction + "\n", encoding="utf-8")
+    metrics = {name: float(np.mean(values)) for name, values in scores.items()} if examples else {}
+    (folder / "metrics.json").write_text(json.dumps({"step": step, **metrics}, indent=1))
+    return metrics
+
+
+def train(config: TrainConfig, progress: bool = True) -> TrainResult:
+    """Run (or resume) the training job ``config``; see the module docstring."""
+    from accelerate import Accelerator
+    from accelerate.utils import ProjectConfiguration, set_seed
+    from diffusers.optimization import get_scheduler
+    from diffusers.training_utils import EMAModel
+
+    from ..pipeline import load_pipeline
+
+    t = config.training
+    output_dir = Path(t.output_dir)
+    if t.num_threads:
+        torch.set_num_threads(t.num_threads)
+    trackers = ["tensorboard"] if "tensorboard" in t.report_to else None
+    accelerator = Accelerator(
+        mixed_precision=_mixed_precision(t.mixed_precision),
+        gradient_accumulation_steps=t.gradient_accumulation_steps,
+        log_with=trackers,
+        project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / "logs")),
+    )
+    main = accelerator.is_main_process
+    if main:
+        _check_same_run(output_dir, config)
+    accelerator.wait_for_everyone()
+    set_seed(t.seed)
+    weight_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(accelerator.mixed_precision, torch.float32)
+
+    # 1. Model: frozen VAE / MLLM, trainable DiT parts in float32 (autocast does the low-precision math).
+    pipe = load_pipeline(config.model.path, device="cpu", torch_dtype=torch.float32, version=config.model.version)
+    pipe.vae.to(accelerator.device).requires_grad_(False).eval()
+    pipe.text_encoder.to(accelerator.device, dtype=weight_dtype).requires_grad_(False).eval()
+    transformer = pipe.transformer
+    params = _set_trainable(transformer, config)
+    if config.model.mode == "lora" and weight_dtype != torch.float32:
+        for param in transformer.parameters():
+            if not param.requires_grad:
+                param.data = param.data.to(weight_dtype)
+    transformer.to(accelerator.device).train()
+    if t.gradient_checkpointing:
+        transformer.enable_gradient_checkpointing()
+    version = transformer.config.version
+
+    # 2. Data: examples, buckets, cached features.
+    store = resolve_store(config.data, output_dir)
+    examples = load_examples(config.data, store)
+    if not examples:
+        raise Step1XEditError(f"no training samples in {store} (split {config.data.split!r}, "
+                              f"tasks {list(config.data.tasks) or 'all'}, language {config.data.language!r})")
+    languages = LANGUAGE_KEYS[config.data.language]
+    cache = None
+    if config.data.cache:
+        fingerprint = model_fingerprint(pipe, config.model.path, config.data.resolution, languages)
+        cache = FeatureCache(config.data.cache_dir or output_dir / "cache", fingerprint)
+    source = FeatureSource(examples, config.data.resolution, Featurizer(pipe, languages), cache)
+    source.fill(progress=progress and main, shard=(accelerator.process_index, accelerator.num_processes))
+    accelerator.wait_for_everyone()
+    validation_examples = []
+    if config.validation.every >= 0 and main:
+        validation_examples = load_examples(config.data, store, split="validation",
+                                            limit=config.validation.num_samples)
+    batches_per_epoch = len(plan_batches(source.sizes, t.batch_size, t.seed, 0, accelerator.num_processes, 0))
+    if batches_per_epoch == 0:
+        raise Step1XEditError(f"{len(examples)} samples give no batch for {accelerator.num_processes} processes")
+
+    # 3. Optimisation.
+    optimizer = _optimizer(params, config)
+    lr_scheduler = get_scheduler(
+        t.lr_scheduler, optimizer, num_warmup_steps=t.warmup_steps * accelerator.num_processes,
+        num_training_steps=t.max_steps * accelerator.num_processes,
+    )
+    ema = EMAModel(params, decay=t.ema_decay) if t.ema_decay > 0 else None
+    transformer, optimizer, lr_scheduler = accelerator.prepare(transformer, optimizer, lr_scheduler)
+    state = _Progress(t.seed, accelerator.process_index)
+    accelerator.register_for_checkpointing(state)
+    if ema is not None:
+        accelerator.register_for_checkpointing(ema)
+
+    lora = config.model.mode == "lora"
+
+    def save_hook(models, weights, directory):
+        if lora and models:
+            if main:
+                save_file(_trained_state_dict(accelerator.unwrap_model(models[0])),
+                          os.path.join(directory, ADAPTER_FILE))
+            weights.pop()
+
+    def load_hook(models, directory):
+        if lora and models:
+            model = accelerator.unwrap_model(models.pop())
+            saved = load_file(os.path.join(directory, ADAPTER_FILE))
+            current = dict(model.named_parameters())
+            with torch.no_grad():
+                for name, tensor in saved.items():
+                    current[name].copy_(tensor)
+
+    accelerator.register_save_state_pre_hook(save_hook)
+    accelerator.register_load_state_pre_hook(load_hook)
+    checkpoints = _checkpoints(output_dir)
+    if checkpoints:
+        accelerator.load_state(str(checkpoints[-1]))
+        if main:
+            print(f"resumed from {checkpoints[-1]} (step {state.step})")
+    if trackers:
+        accelerator.init_trackers("step1x-edit-train", config={"max_steps": t.max_steps})
+    log = _LossLog(output_dir, state.step, main and "csv" in t.report_to)
+    sampling_config = FlowTimeSampling(
+        t.timestep_sampling, t.shift, t.logit_mean, t.logit_std,
+        **{key: pipe.scheduler.config[f] for key, f in (
+            ("base_shift", "base_shift"), ("max_shift", "max_shift"), ("base_seq_len", "base_image_seq_len"),
+            ("max_seq_len", "max_image_seq_len"))},
+    )
+
+    def save_checkpoint() -> None:
+        folder = output_dir / "checkpoints"
+        final = folder / f"{CHECKPOINT_PREFIX}{state.step:07d}"
+        temporary = folder / f".tmp-{CHECKPOINT_PREFIX}{state.step:07d}"
+        if main and temporary.exists():
+            shutil.rmtree(temporary)
+        accelerator.wait_for_everyone()
+        accelerator.save_state(str(temporary))
+        accelerator.wait_for_everyone()
+        if main:
+            if final.exists():
+                shutil.rmtree(final)
+            os.replace(temporary, final)
+            for old in _checkpoints(output_dir)[: -t.keep_checkpoints]:
+                shutil.rmtree(old)
+        accelerator.wait_for_everyone()
+
+    def validate() -> None:
+        if not validation_examples:
+            return
+        model = accelerator.unwrap_model(transformer)
+        if ema is not None:
+            ema.store(params)
+            ema.copy_to(params)
+        model.eval()
+        try:
+            with accelerator.autocast():
+                metrics = _save_validation(pipe, validation_examples, config, state.step, output_dir)
+        finally:
+            model.train()
+            if ema is not None:
+                ema.restore(params)
+        print(f"validation at step {state.step}: " + ", ".join(f"{k} {v:.3f}" for k, v in metrics.items()))
+        if trackers:
+            accelerator.log({f"validation/{k}": v for k, v in metrics.items()}, step=state.step)
+
+    # 4. Loop.
+    stop = t.max_steps if t.until_step is None else min(t.max_steps, t.until_step)
+    losses: dict[int, float] = {}
+    started = time.perf_counter()
+    accumulated = []
+    bar = tqdm(total=t.max_steps, initial=state.step, desc="training", disable=not (progress and main), unit="step")
+    plans: dict[int, list[list[int]]] = {}
+    while state.step < stop:
+        epoch, position = divmod(state.micro_step, batches_per_epoch)
+        if epoch not in plans:
+            plans = {epoch: plan_batches(source.sizes, t.batch_size, t.seed, epoch, accelerator.num_processes,
+                                         accelerator.process_index)}
+        indices = plans[epoch][position]
+        language = languages[int(torch.randint(len(languages), (1,), generator=state.generator))]
+        batch = collate([source[i] for i in indices], language, pipe.config.max_sequence_length)
+        batch = {key: value.to(accelerator.device) for key, value in batch.items()}
+        target = batch["target"]
+        flow_t = sample_flow_times(target.shape[0], target.shape[-2] * target.shape[-1] // 4, sampling_config,
+                                   state.generator)
+        noise = torch.randn(target.shape, generator=state.generator).to(accelerator.device)
+        embeds, mask, reference = drop_conditions(
+            batch["embeds"], batch["mask"], batch["uncond_embeds"], batch["uncond_mask"], batch["reference"],
+            t.dropout_text, t.dropout_image, t.dropout_both, state.generator,
+        )
+        with accelerator.accumulate(transformer):
+            with accelerator.autocast():
+                loss = flow_matching_loss(transformer, target, reference, embeds.to(weight_dtype), mask, flow_t,
+                                          noise, version)
+            accelerator.backward(loss)
+            if accelerator.sync_gradients and t.max_grad_norm > 0:
+                accelerator.clip_grad_norm_(params, t.max_grad_norm)
+            optimizer.step()
+            lr_scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+        accumulated.append(loss.detach())
+        state.micro_step += 1
+        state.samples += target.shape[0] * accelerator.num_processes
+        if not accelerator.sync_gradients:
+            continue
+        state.step += 1
+        if ema is not None:
+            ema.step(params)
+        step_loss = float(accelerator.gather(torch.stack(accumulated).mean()[None]).mean())
+        accumulated = []
+        if not math.isfinite(step_loss):
+            raise Step1XEditError(f"the loss became {step_loss} at step {state.step}; lower the learning rate")
+        losses[state.step] = step_loss
+        if state.step % t.log_every == 0 or state.step == stop:
+            row = {"step": state.step, "loss": f"{step_loss:.6g}", "lr": f"{lr_scheduler.get_last_lr()[0]:.6g}",
+                   "samples": state.samples, "seconds": f"{time.perf_counter() - started:.1f}"}
+            log.write(row)
+            if trackers:
+                accelerator.log({"loss": step_loss, "lr": lr_scheduler.get_last_lr()[0]}, step=state.step)
+        bar.update()
+        bar.set_postfix(loss=f"{step_loss:.4f}")
+        if state.step % t.checkpoint_every == 0 or state.step == stop:
+            save_checkpoint()
+        if config.validation.every > 0 and state.step % config.validation.every == 0 and main:
+            validate()
+    bar.close()
+
+    # 5. Result.
+    final_dir = None
+    if state.step >= t.max_steps:
+        final_dir = output_dir / "final"
+        if main:
+            every = config.validation.every
+            if every == 0 or (every > 0 and state.step % every):
+                validate()
+            _save_final(accelerator.unwrap_model(transformer), pipe, params, ema, lora, final_dir)
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    return TrainResult(state.step, final_dir, losses)
+
+
+def _save_final(model, pipe, params, ema, lora: bool, final_dir: Path) -> None:
+    """LoRA: ``lora.safetensors`` (peft/diffusers keys) + ``lora_kohya.safetensors`` (official keys), and
+    ``connector.safetensors`` when the connector was trained; full: the pipeline in the diffusers layout."""
+    if ema is not None:
+        ema.copy_to(params)
+    final_dir.mkdir(parents=True, exist_ok=True)
+    if lora:
+        from ..checkpoints.lora import save_lora
+
+        save_lora(model, final_dir / "lora.safetensors", format="peft")
+        save_lora(model, final_dir / "lora_kohya.safetensors", format="kohya")
+        others = {name: param.detach().cpu().contiguous() for name, param in model.named_parameters()
+                  if param.requires_grad and "lora_" not in name}
+        if others:
+            save_file(others, final_dir / "connector.safetensors")
+    else:
+        pipe.save_pretrained(final_dir, safe_serialization=True)
