@@ -1,4 +1,5 @@
-"""The ``step1x-edit bench`` command group: GEdit-Bench generation, judging, statistics, reports, pairwise.
+"""The ``step1x-edit bench`` command group: GEdit-Bench generation, judging, statistics, reports, pairwise; and
+the per-task evaluation on held-out synthetic data.
 
 ::
 
@@ -8,6 +9,7 @@
     step1x-edit bench import-official OFFICIAL_CSV... --out NAME.jsonl
     step1x-edit bench report --scores NAME=NAME.jsonl ... --out report [--bench GEdit-Bench --results-root results]
     step1x-edit bench pairwise --bench GEdit-Bench --results results/A results/B --out pairs.jsonl
+    step1x-edit bench synthetic --generate 110 --model MODEL --out synthetic.json --markdown synthetic.md
 """
 
 from __future__ import annotations
@@ -63,7 +65,8 @@ def register(subcommands: argparse._SubParsersAction) -> None:
     bench = subcommands.add_parser(
         "bench",
         help="GEdit-Bench evaluation",
-        description="GEdit-Bench: generate edits, judge them with VIEScore, statistics, reports, pairwise ranking.",
+        description="GEdit-Bench: generate edits, judge them with VIEScore, statistics, reports, pairwise ranking; "
+        "synthetic: metrics against exact targets on held-out synthetic data.",
         epilog="typical run:\n" + __doc__.split("::", 1)[1].rstrip(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -127,6 +130,25 @@ def register(subcommands: argparse._SubParsersAction) -> None:
     pairwise.add_argument("--out", required=True, help="pairwise judgements file to append to (JSON lines)")
     _add_judge(pairwise)
     pairwise.set_defaults(handler=_pairwise)
+
+    synthetic = commands.add_parser(
+        "synthetic", help="PSNR / SSIM / edit-region accuracy per task on held-out synthetic data, vs the identity"
+    )
+    samples = synthetic.add_mutually_exclusive_group(required=True)
+    samples.add_argument("--store", help="data store whose validation split is evaluated")
+    samples.add_argument("--generate", type=_positive_int, metavar="N", help="evaluate N freshly generated samples")
+    synthetic.add_argument("--resolution", type=int, default=128, help="side of generated samples (default 128)")
+    synthetic.add_argument("--model", help="model directory (default: the built-in model)")
+    synthetic.add_argument("--steps", type=int, default=28)
+    synthetic.add_argument("--guidance", type=float, default=6.0)
+    synthetic.add_argument("--seed", type=int, default=0, help="seed of the edits and of the generated samples")
+    synthetic.add_argument("--size-level", type=int, help="working resolution (default: each image's own)")
+    synthetic.add_argument("--lang", choices=("en", "zh"), default="en", help="instruction language")
+    synthetic.add_argument("--device", help="device (default: the best available)")
+    synthetic.add_argument("--out", help="result JSON to write; rows go to OUT.rows.jsonl, so a rerun resumes")
+    synthetic.add_argument("--rows", help="JSON-lines file of per-sample rows to resume from (overrides the default)")
+    synthetic.add_argument("--markdown", help="write the per-task table to this Markdown file too")
+    synthetic.set_defaults(handler=_synthetic)
 
 
 def _load(args):
@@ -294,4 +316,33 @@ def _pairwise(args) -> int:
     for name, rating in summary["ratings"].items():
         rates = ", ".join(f"{rate:.0%} vs {other}" for other, rate in summary["win_rates"].get(name, {}).items())
         print(f"{name}: Elo {rating:.0f}  ({rates})")
+    return 0
+
+
+def _synthetic(args) -> int:
+    from ..pipeline import load_pipeline
+    from .synthetic import evaluate_editor, format_table, generated_samples, pipeline_editor, store_samples
+
+    if args.store:
+        samples = store_samples(args.store)
+    else:
+        samples = generated_samples(args.generate, resolution=args.resolution, seed=args.seed)
+    settings = {
+        "model": args.model or "default",
+        "samples": args.store or f"generated:{args.generate}@{args.resolution}",
+        "steps": args.steps, "guidance": args.guidance, "seed": args.seed, "size_level": args.size_level,
+        "language": args.lang,
+    }
+    rows = args.rows or (Path(args.out).with_suffix(".rows.jsonl") if args.out else None)
+    pipe = load_pipeline(args.model, device=args.device)
+    editor = pipeline_editor(pipe, steps=args.steps, guidance=args.guidance, seed=args.seed, size_level=args.size_level)
+    result = evaluate_editor(editor, samples, rows_path=rows, settings=settings, language=args.lang)
+    table = format_table(result)
+    print(table, end="")
+    if args.out:
+        print(f"wrote {result.save(args.out)}")
+    if args.markdown:
+        Path(args.markdown).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.markdown).write_text(table, encoding="utf-8")
+        print(f"wrote {args.markdown}")
     return 0

@@ -1,0 +1,435 @@
+"""Per-task evaluation of an editor on held-out synthetic triplets, whose targets are exact, against the identity.
+
+Any editor works: a callable ``edit(image, instruction) -> PIL.Image`` returning an image of the input's size
+(:func:`pipeline_editor` makes one from a Step1X-Edit pipeline). Each sample is scored for the editor and for the
+identity baseline (the unedited source), and the scores are averaged per task:
+
+- :func:`psnr`: peak signal-to-noise ratio of two uint8 RGB images in dB, over every pixel and channel, capped at
+  :data:`PSNR_CAP` (identical images).
+- :func:`ssim`: the structural similarity of Wang et al. (2004) with an 11x11 Gaussian window (sigma 1.5),
+  K1 = 0.01, K2 = 0.03, data range 255, population (co)variances, computed per RGB channel over the positions where
+  the window fits inside the image, averaged over positions and channels. This is the same number as
+  ``skimage.metrics.structural_similarity(a, b, channel_axis=-1, gaussian_weights=True, sigma=1.5,
+  use_sample_covariance=False, data_range=255)``.
+- :func:`edit_region_accuracy` (local tasks, which have a mask): the fraction of the edited pixels (mask 255, where
+  target and source differ) whose output colour is strictly closer to the target's than to the source's.
+- :func:`outside_mask_psnr` (local tasks): PSNR to the target outside the mask, i.e. how well the rest is kept.
+
+Samples come from a store's validation split (:func:`store_samples`) or are generated with seeds of their own
+(:func:`generated_samples`), so neither is in a training set made by ``step1x-edit data``. :func:`evaluate_editor`
+returns an :class:`EvaluationResult` (per-sample rows, :attr:`~EvaluationResult.per_task` means, Markdown via
+:func:`format_table`, JSON via :meth:`~EvaluationResult.save` / :meth:`~EvaluationResult.load`). Given a JSON-lines
+path it appends each row as soon as it is scored and skips the samples already there, so an interrupted run
+resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from ..data.synthetic.generators import TASKS, generate_sample
+from ..errors import DataFormatError, InvalidImageError, Step1XEditError
+
+PSNR_CAP = 100.0
+SSIM_WINDOW = 11
+SSIM_SIGMA = 1.5
+SSIM_K1 = 0.01
+SSIM_K2 = 0.03
+ROWS_FORMAT = "step1x-edit-synthetic-eval/1"
+
+Editor = Callable[[Image.Image, str], Image.Image]
+
+
+# -- metrics ---------------------------------------------------------------------------------------------------
+def _check_pair(a: np.ndarray, b: np.ndarray) -> None:
+    for name, image in (("a", a), ("b", b)):
+        if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+            raise InvalidImageError(f"{name} must be a uint8 RGB array [H, W, 3], got {image.dtype} {image.shape}")
+    if a.shape != b.shape:
+        raise InvalidImageError(f"images differ in size: {a.shape} vs {b.shape}")
+
+
+def _psnr_of_errors(errors: np.ndarray) -> float:
+    """PSNR in dB of an array of differences (any shape), capped at :data:`PSNR_CAP`."""
+    mse = float(np.mean(np.square(errors, dtype=np.float64)))
+    if mse == 0.0:
+        return PSNR_CAP
+    return min(PSNR_CAP, 10.0 * math.log10(255.0**2 / mse))
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    """PSNR in dB of two uint8 RGB arrays [H, W, 3] over all pixels and channels; :data:`PSNR_CAP` if identical."""
+    _check_pair(a, b)
+    return _psnr_of_errors(a.astype(np.float64) - b.astype(np.float64))
+
+
+def _gaussian_window() -> np.ndarray:
+    offsets = np.arange(SSIM_WINDOW) - (SSIM_WINDOW - 1) / 2
+    weights = np.exp(-(offsets**2) / (2 * SSIM_SIGMA**2))
+    return weights / weights.sum()
+
+
+def _filter_valid(image: np.ndarray, window: np.ndarray) -> np.ndarray:
+    """Separable filter of [H, W, C] by ``window`` where it fits: [H - k + 1, W - k + 1, C]."""
+    k = len(window)
+    rows = np.lib.stride_tricks.sliding_window_view(image, k, axis=0)  # [H-k+1, W, C, k]
+    image = rows @ window  # [H-k+1, W, C]
+    columns = np.lib.stride_tricks.sliding_window_view(image, k, axis=1)  # [H-k+1, W-k+1, C, k]
+    return columns @ window  # [H-k+1, W-k+1, C]
+
+
+def ssim(a: np.ndarray, b: np.ndarray) -> float:
+    """Gaussian-window SSIM of two uint8 RGB arrays [H, W, 3], mean over channels (definition in the module
+    docstring); 1 for identical images. Both sides must be at least 11 pixels."""
+    _check_pair(a, b)
+    if min(a.shape[:2]) < SSIM_WINDOW:
+        raise InvalidImageError(f"SSIM needs images of at least {SSIM_WINDOW}x{SSIM_WINDOW} pixels, got {a.shape}")
+    x = a.astype(np.float64)
+    y = b.astype(np.float64)
+    window = _gaussian_window()
+    mean_x, mean_y = _filter_valid(x, window), _filter_valid(y, window)
+    var_x = _filter_valid(x * x, window) - mean_x**2
+    var_y = _filter_valid(y * y, window) - mean_y**2
+    cov_xy = _filter_valid(x * y, window) - mean_x * mean_y
+    c1, c2 = (SSIM_K1 * 255.0) ** 2, (SSIM_K2 * 255.0) ** 2
+    numerator = (2 * mean_x * mean_y + c1) * (2 * cov_xy + c2)
+    denominator = (mean_x**2 + mean_y**2 + c1) * (var_x + var_y + c2)
+    return float(np.mean(numerator / denominator))
+
+
+def _mask_array(mask: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    if mask.shape != shape[:2]:
+        raise InvalidImageError(f"mask of shape {mask.shape} does not match images of shape {shape}")
+    return mask > 127
+
+
+def edit_region_accuracy(source: np.ndarray, output: np.ndarray, target: np.ndarray, mask: np.ndarray) -> float | None:
+    """Fraction of the mask's pixels (``mask`` [H, W], 255 = edited) whose output is strictly closer (Euclidean RGB
+    distance) to the target than to the source. Pixels where target equals source are left out; ``None`` when no
+    pixel is left."""
+    _check_pair(source, output)
+    _check_pair(source, target)
+    edited = _mask_array(mask, source.shape) & np.any(source != target, axis=2)
+    if not edited.any():
+        return None
+    out, src, tgt = (image[edited].astype(np.int64) for image in (output, source, target))  # [N, 3] each
+    to_target = np.sum((out - tgt) ** 2, axis=1)
+    to_source = np.sum((out - src) ** 2, axis=1)
+    return float(np.mean(to_target < to_source))
+
+
+def outside_mask_psnr(output: np.ndarray, target: np.ndarray, mask: np.ndarray) -> float | None:
+    """PSNR of ``output`` to ``target`` over the pixels outside the mask (preservation); ``None`` if there are none."""
+    _check_pair(output, target)
+    kept = ~_mask_array(mask, output.shape)
+    if not kept.any():
+        return None
+    return _psnr_of_errors(output[kept].astype(np.float64) - target[kept].astype(np.float64))
+
+
+# -- samples ---------------------------------------------------------------------------------------------------
+def store_samples(store_dir: str | os.PathLike, tasks: list[str] | None = None) -> list:
+    """The validation split of a data store (samples held out of training), as ``TrainingSample`` objects."""
+    from ..data.store import iter_samples
+
+    samples = list(iter_samples(store_dir, split="validation", tasks=tasks))
+    if not samples:
+        raise Step1XEditError(f"{store_dir} has no validation samples to evaluate on")
+    return samples
+
+
+def generated_samples(count: int, resolution: int = 128, seed: int = 0) -> list:
+    """``count`` fresh synthetic triplets, tasks in turn, with seeds from their own namespace (not those of a
+    training store): sample ``i`` is task ``TASKS[i % 11]`` with id ``eval-<seed>-<i>``."""
+    if count < 1:
+        raise Step1XEditError(f"the number of samples to generate must be at least 1, got {count}")
+    samples = []
+    for index in range(count):
+        sample_id = f"eval-{seed}-{index:06d}"
+        sample_seed = int(hashlib.sha256(f"synthetic-eval/{sample_id}".encode()).hexdigest()[:15], 16)
+        samples.append(generate_sample(TASKS[index % len(TASKS)], sample_seed, resolution, sample_id=sample_id))
+    return samples
+
+
+# -- results ---------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Scores:
+    """Metrics of one image against a sample's target; the mask metrics are ``None`` for global tasks."""
+
+    psnr: float
+    ssim: float
+    region_accuracy: float | None = None
+    outside_psnr: float | None = None
+
+
+@dataclass(frozen=True)
+class SampleRow:
+    """The scores of one sample for the editor (``model``) and for the unedited source (``identity``)."""
+
+    sample_id: str
+    task: str
+    model: Scores
+    identity: Scores
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> SampleRow:
+        return cls(data["sample_id"], data["task"], Scores(**data["model"]), Scores(**data["identity"]))
+
+
+def _mean(values: list[float | None]) -> float | None:
+    present = [value for value in values if value is not None]
+    return sum(present) / len(present) if present else None
+
+
+@dataclass(frozen=True)
+class TaskSummary:
+    """Means over the samples of one task (``None`` where a metric does not apply)."""
+
+    task: str
+    count: int
+    psnr_model: float
+    psnr_identity: float
+    ssim_model: float
+    ssim_identity: float
+    region_accuracy: float | None
+    outside_psnr: float | None
+
+    @property
+    def beats_identity(self) -> bool:
+        """True when the editor's mean PSNR and mean SSIM are both above the identity's."""
+        return self.psnr_model > self.psnr_identity and self.ssim_model > self.ssim_identity
+
+    @classmethod
+    def of(cls, task: str, rows: list[SampleRow]) -> TaskSummary:
+        return cls(
+            task,
+            len(rows),
+            _mean([row.model.psnr for row in rows]),
+            _mean([row.identity.psnr for row in rows]),
+            _mean([row.model.ssim for row in rows]),
+            _mean([row.identity.ssim for row in rows]),
+            _mean([row.model.region_accuracy for row in rows]),
+            _mean([row.model.outside_psnr for row in rows]),
+        )
+
+
+@dataclass
+class EvaluationResult:
+    """Per-sample rows of one evaluation and the settings it ran with."""
+
+    rows: list[SampleRow]
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def per_task(self) -> dict[str, TaskSummary]:
+        """Means per task, in the order of ``TASKS`` (tasks without samples left out)."""
+        by_task: dict[str, list[SampleRow]] = {}
+        for row in self.rows:
+            by_task.setdefault(row.task, []).append(row)
+        order = sorted(by_task, key=lambda task: TASKS.index(task) if task in TASKS else len(TASKS))
+        return {task: TaskSummary.of(task, by_task[task]) for task in order}
+
+    @property
+    def overall(self) -> TaskSummary:
+        """Means over every sample."""
+        return TaskSummary.of("all", self.rows)
+
+    def to_dict(self) -> dict[str, Any]:
+        summaries = [*self.per_task.values(), self.overall] if self.rows else []
+        return {
+            "format": ROWS_FORMAT,
+            "settings": self.settings,
+            "per_task": {s.task: {**asdict(s), "beats_identity": s.beats_identity} for s in summaries},
+            "rows": [row.to_dict() for row in self.rows],
+        }
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write the rows, settings and per-task means as JSON."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(self.to_dict(), indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> EvaluationResult:
+        """Read a file written by :meth:`save` (the means are recomputed from the rows)."""
+        try:
+            data = json.loads(Path(path).read_text(encoding="utf-8"))
+            if data.get("format") != ROWS_FORMAT:
+                raise DataFormatError(f"{path} is not a synthetic evaluation result (format {data.get('format')!r})")
+            return cls([SampleRow.from_dict(row) for row in data["rows"]], data["settings"])
+        except (json.JSONDecodeError, KeyError, TypeError) as error:
+            raise DataFormatError(f"{path} is not a valid synthetic evaluation result: {error}") from error
+
+
+def _number(value: float | None, digits: int) -> str:
+    return "–" if value is None else f"{value:.{digits}f}"
+
+
+def format_table(result: EvaluationResult) -> str:
+    """Markdown table of the per-task means (and a last row over all samples)."""
+    lines = [
+        "| task | n | PSNR model | PSNR identity | SSIM model | SSIM identity | region acc | beats identity |",
+        "|---|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    summaries = [*result.per_task.values(), result.overall] if result.rows else []
+    for s in summaries:
+        lines.append(
+            f"| {s.task} | {s.count} | {_number(s.psnr_model, 2)} | {_number(s.psnr_identity, 2)} | "
+            f"{_number(s.ssim_model, 4)} | {_number(s.ssim_identity, 4)} | {_number(s.region_accuracy, 3)} | "
+            f"{'yes' if s.beats_identity else 'no'} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+# -- evaluation ------------------------------------------------------------------------------------------------
+def _rgb(image: Image.Image) -> np.ndarray:
+    return np.asarray(image.convert("RGB"))
+
+
+def score_image(image: np.ndarray, source: np.ndarray, target: np.ndarray, mask: np.ndarray | None) -> Scores:
+    """Every metric of ``image`` (uint8 RGB) for a sample with this source, target and mask (or ``None``)."""
+    if mask is None:
+        return Scores(psnr(image, target), ssim(image, target))
+    return Scores(
+        psnr(image, target),
+        ssim(image, target),
+        edit_region_accuracy(source, image, target, mask),
+        outside_mask_psnr(image, target, mask),
+    )
+
+
+def _read_rows(path: Path, settings: dict[str, Any]) -> dict[str, SampleRow]:
+    """Rows already in ``path`` by sample id. A header with other settings is refused; a last line cut short by an
+    interruption is dropped from the file."""
+    lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+    if not lines:
+        return {}
+    if not lines[-1].endswith("\n"):
+        lines = lines[:-1]
+        path.write_text("".join(lines), encoding="utf-8")
+    if not lines:
+        return {}
+    try:
+        header = json.loads(lines[0])
+        if header.get("format") != ROWS_FORMAT:
+            raise DataFormatError(f"{path} is not a synthetic evaluation rows file")
+        if header["settings"] != settings:
+            raise Step1XEditError(
+                f"{path} holds rows made with other settings ({header['settings']}, now {settings}); "
+                "use another rows file or delete it"
+            )
+        rows = [SampleRow.from_dict(json.loads(line)) for line in lines[1:]]
+    except (json.JSONDecodeError, KeyError, TypeError) as error:
+        raise DataFormatError(f"{path} is not a valid synthetic evaluation rows file: {error}") from error
+    return {row.sample_id: row for row in rows}
+
+
+def evaluate_editor(
+    editor: Editor,
+    samples: Iterable,
+    progress: bool = True,
+    rows_path: str | os.PathLike | None = None,
+    settings: dict[str, Any] | None = None,
+    language: str = "en",
+) -> EvaluationResult:
+    """Score ``editor`` and the identity on ``samples`` (objects with ``sample_id``, ``task``, ``source``,
+    ``target``, ``mask`` and ``instruction_en`` / ``instruction_zh``, e.g. from :func:`store_samples` or
+    :func:`generated_samples`). ``language`` ("en" or "zh") picks the instruction.
+
+    With ``rows_path`` (JSON lines: a header with ``settings``, then one row per sample) each row is appended as it is
+    scored, and samples whose id is already there are not edited again; a file made with other ``settings`` is
+    refused. The result holds one row per sample, in the order of ``samples``."""
+    from tqdm.auto import tqdm
+
+    if language not in ("en", "zh"):
+        raise Step1XEditError(f"language must be 'en' or 'zh', got {language!r}")
+    settings = dict(settings or {})
+    done: dict[str, SampleRow] = {}
+    handle = None
+    if rows_path is not None:
+        rows_path = Path(rows_path)
+        if rows_path.exists():
+            done = _read_rows(rows_path, settings)
+        rows_path.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(rows_path, "a", encoding="utf-8")
+        if rows_path.stat().st_size == 0:
+            handle.write(json.dumps({"format": ROWS_FORMAT, "settings": settings}, ensure_ascii=False) + "\n")
+            handle.flush()
+    rows = []
+    try:
+        for sample in tqdm(samples, desc="synthetic eval", unit="sample", disable=not progress):
+            if sample.sample_id in done:
+                rows.append(done[sample.sample_id])
+                continue
+            instruction = sample.instruction_en if language == "en" else sample.instruction_zh
+            output = editor(sample.source, instruction)
+            if output.size != sample.source.size:
+                raise InvalidImageError(
+                    f"the editor returned a {output.size} image for the {sample.source.size} source of "
+                    f"{sample.sample_id}; it must keep the size"
+                )
+            source, target = _rgb(sample.source), _rgb(sample.target)
+            mask = np.asarray(sample.mask.convert("L")) if sample.mask is not None else None
+            row = SampleRow(
+                sample.sample_id,
+                sample.task,
+                score_image(_rgb(output), source, target, mask),
+                score_image(source, source, target, mask),
+            )
+            rows.append(row)
+            if handle is not None:
+                handle.write(json.dumps(row.to_dict(), ensure_ascii=False) + "\n")
+                handle.flush()
+    finally:
+        if handle is not None:
+            handle.close()
+    return EvaluationResult(rows, settings)
+
+
+def identity_editor(image: Image.Image, instruction: str) -> Image.Image:
+    """The baseline editor: returns the source unchanged."""
+    return image
+
+
+def pipeline_editor(
+    pipe, steps: int = 28, guidance: float = 6.0, seed: int = 0, size_level: int | None = None
+) -> Editor:
+    """An editor running ``pipe`` (a :class:`~step1x_edit.pipeline.Step1XEditPipeline`) with these settings.
+
+    The noise of each edit is seeded from ``seed`` and a hash of the sample (its source pixels and instruction), so
+    a sample gets the same edit in any order, on a rerun and after resuming. ``size_level`` ``None`` edits at the
+    image's own resolution (the square root of its area, rounded down to a multiple of 16)."""
+    import torch
+
+    if hasattr(pipe, "set_progress_bar_config"):
+        pipe.set_progress_bar_config(disable=True)
+
+    def edit(image: Image.Image, instruction: str) -> Image.Image:
+        digest = hashlib.sha256(f"{seed}\n{instruction}\n{image.size}\n".encode())
+        digest.update(image.convert("RGB").tobytes())
+        level = size_level or max(16, int(math.sqrt(image.width * image.height)) // 16 * 16)
+        output = pipe(
+            image=image,
+            prompt=instruction,
+            num_inference_steps=steps,
+            guidance_scale=guidance,
+            size_level=level,
+            generator=torch.Generator().manual_seed(int(digest.hexdigest()[:15], 16)),
+        )
+        return output.images[0]
+
+    return edit
