@@ -22,6 +22,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+from collections.abc import Iterable
 from pathlib import Path
 
 import torch
@@ -52,9 +53,9 @@ _TRAINING_INSTRUCTIONS = [
 ]
 
 
-@functools.cache
-def _tiny_tokenizer_json() -> str:
-    """Train the tiny BPE once per process (a few milliseconds) and return it serialized."""
+def train_tokenizer(corpus: Iterable[str], vocab_size: int) -> PreTrainedTokenizerFast:
+    """A Qwen2-style byte-level BPE with ``vocab_size`` regular tokens learned from ``corpus``, the Qwen special
+    tokens after them ("!" is id 0, as in Qwen) and the stock Qwen2.5-VL chat template."""
     tokenizer = Tokenizer(models.BPE())
     tokenizer.normalizer = normalizers.NFC()
     tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
@@ -65,11 +66,25 @@ def _tiny_tokenizer_json() -> str:
     )
     tokenizer.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=TINY_VOCAB_SIZE, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False
+        vocab_size=vocab_size, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False
     )
-    tokenizer.train_from_iterator([protocol_text("step1x_v1_prefix.txt")] + _TRAINING_INSTRUCTIONS * 4, trainer)
+    tokenizer.train_from_iterator(corpus, trainer)
     tokenizer.add_special_tokens(QWEN_SPECIAL_TOKENS)
-    return tokenizer.to_str()
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer,
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        additional_special_tokens=QWEN_SPECIAL_TOKENS[1:],
+        chat_template=QWEN2_5_VL_CHAT_TEMPLATE,
+        clean_up_tokenization_spaces=False,
+    )
+
+
+@functools.cache
+def _tiny_tokenizer_json() -> str:
+    """Train the tiny BPE once per process (a few milliseconds) and return it serialized."""
+    corpus = [protocol_text("step1x_v1_prefix.txt")] + _TRAINING_INSTRUCTIONS * 4
+    return train_tokenizer(corpus, TINY_VOCAB_SIZE).backend_tokenizer.to_str()
 
 
 def tiny_tokenizer() -> PreTrainedTokenizerFast:
@@ -89,39 +104,41 @@ def tiny_processor():
     return build_processor(tiny_tokenizer())
 
 
-def tiny_text_encoder(hidden_size: int = 32, seed: int = 0) -> Qwen2_5_VLForConditionalGeneration:
-    """A random Qwen2.5-VL (2 text layers of width ``hidden_size``, 1 vision block of width 16, 14-px patches,
-    2 x 2 merge) whose vocabulary and special-token ids are those of :func:`tiny_tokenizer`. Eval mode, float32."""
+def build_text_encoder(
+    tokenizer, hidden_size: int = 32, num_layers: int = 2, vision_hidden_size: int = 16, seed: int = 0
+) -> Qwen2_5_VLForConditionalGeneration:
+    """A random Qwen2.5-VL (``num_layers`` text layers of width ``hidden_size``, 2 heads, 1 vision block of width
+    ``vision_hidden_size``, 14-px patches, 2 x 2 merge) whose vocabulary and special-token ids are those of
+    ``tokenizer``. Eval mode, float32, no gradients; the same ``seed`` gives the same weights."""
     if hidden_size % 8:
         raise ValueError(f"hidden_size must be a multiple of 8 (2 heads, 3-axis M-RoPE), got {hidden_size}")
-    tokenizer = tiny_tokenizer()
     ids = {token: tokenizer.convert_tokens_to_ids(token) for token in QWEN_SPECIAL_TOKENS}
     rotary_half = hidden_size // 4  # head_dim / 2 with 2 heads
     spatial = 3 * rotary_half // 8
     config = Qwen2_5_VLConfig(
         text_config={
             "vocab_size": len(tokenizer), "hidden_size": hidden_size, "intermediate_size": 2 * hidden_size,
-            "num_hidden_layers": 2, "num_attention_heads": 2, "num_key_value_heads": 1,
+            "num_hidden_layers": num_layers, "num_attention_heads": 2, "num_key_value_heads": 1,
             "max_position_embeddings": 32768, "rms_norm_eps": 1e-6, "bos_token_id": ids["<|endoftext|>"],
             "eos_token_id": ids["<|im_end|>"], "pad_token_id": ids["<|endoftext|>"],
             "rope_scaling": {"type": "mrope", "mrope_section": [rotary_half - 2 * spatial, spatial, spatial]},
         },
         vision_config={
-            "depth": 1, "hidden_size": 16, "intermediate_size": 32, "num_heads": 2, "out_hidden_size": hidden_size,
-            "patch_size": 14, "spatial_merge_size": 2, "temporal_patch_size": 2, "window_size": 112,
-            "fullatt_block_indexes": [0],
+            "depth": 1, "hidden_size": vision_hidden_size, "intermediate_size": 2 * vision_hidden_size,
+            "num_heads": 2, "out_hidden_size": hidden_size, "patch_size": 14, "spatial_merge_size": 2,
+            "temporal_patch_size": 2, "window_size": 112, "fullatt_block_indexes": [0],
         },
         image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
         vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
     )
     config._attn_implementation = "sdpa"
-    generator_state = torch.random.get_rng_state()
-    torch.manual_seed(seed)
-    try:
-        model = Qwen2_5_VLForConditionalGeneration(config)
-    finally:
-        torch.random.set_rng_state(generator_state)
+    model = _seeded(seed, lambda: Qwen2_5_VLForConditionalGeneration(config))
     return model.eval().requires_grad_(False)
+
+
+def tiny_text_encoder(hidden_size: int = 32, seed: int = 0) -> Qwen2_5_VLForConditionalGeneration:
+    """:func:`build_text_encoder` for :func:`tiny_tokenizer`: 2 text layers, a vision block of width 16."""
+    return build_text_encoder(tiny_tokenizer(), hidden_size=hidden_size, seed=seed)
 
 
 def save_tiny_mllm(directory: str | os.PathLike, hidden_size: int = 32, seed: int = 0) -> Path:
