@@ -146,6 +146,30 @@ class Step1XEditPipeline(DiffusionPipeline):
             module.to(device=device)
         return self
 
+    # ------------------------------------------------------------------ LoRA
+    def load_lora_weights(
+        self, path_or_state_dict: str | os.PathLike | dict[str, torch.Tensor], adapter_name: str = "default",
+        scale: float = 1.0,
+    ) -> None:
+        """Add a LoRA to the transformer as peft adapter ``adapter_name`` with multiplier ``scale``: a kohya-style
+        file (the official ``lora_unet_*`` names) or a peft/diffusers one, detected from the keys (see
+        :mod:`step1x_edit.checkpoints.lora`). LoRAs loaded before stay active."""
+        from .checkpoints.lora import load_lora
+
+        load_lora(self.transformer, path_or_state_dict, adapter_name=adapter_name, scale=scale)
+
+    def fuse_lora(self, scale: float = 1.0) -> None:
+        """Merge the active LoRAs into the transformer weights (faster inference; undo with ``unfuse_lora``)."""
+        self.transformer.fuse_lora(lora_scale=scale)
+
+    def unfuse_lora(self) -> None:
+        """Undo :meth:`fuse_lora`."""
+        self.transformer.unfuse_lora()
+
+    def unload_lora_weights(self) -> None:
+        """Remove every LoRA from the transformer (the original weights come back)."""
+        self.transformer.unload_lora()
+
     # ------------------------------------------------------------------ inputs
     def _check_inputs(self, images, prompts, negative_prompts, precomputed: bool, size_level, num_inference_steps):
         if not precomputed:
