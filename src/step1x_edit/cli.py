@@ -36,9 +36,12 @@ def _edit(args: argparse.Namespace) -> int:
             "model is installed; the edit will not be meaningful). Pass --model DIR for real Step1X-Edit weights.",
             file=sys.stderr,
         )
+    lora_scales = _lora_scales(args)
     device = torch.device(args.device) if args.device else None
     pipe = load_pipeline(args.model, device=None if args.offload else device, torch_dtype=_torch_dtype(args.dtype),
                          version=args.version)
+    for index, (lora, scale) in enumerate(zip(args.lora, lora_scales, strict=True)):
+        pipe.load_lora_weights(lora, adapter_name=f"lora{index}", scale=scale)
     if args.offload:
         if not torch.cuda.is_available():
             raise Step1XEditError("--offload moves models between CPU and GPU, but no GPU is available")
@@ -58,6 +61,19 @@ def _edit(args: argparse.Namespace) -> int:
     result.images[0].save(output)
     print(f"saved {output}")
     return 0
+
+
+def _lora_scales(args: argparse.Namespace) -> list[float]:
+    """One multiplier per ``--lora``: none given -> 1.0 each, one given -> that one for each."""
+    if args.lora_scale and not args.lora:
+        raise Step1XEditError("--lora-scale needs a --lora file")
+    scales = args.lora_scale or [1.0]
+    if len(scales) == 1:
+        return scales * len(args.lora)
+    if len(scales) != len(args.lora):
+        raise Step1XEditError(f"{len(args.lora)} --lora file(s) but {len(scales)} --lora-scale values; give one "
+                              "--lora-scale per --lora, or a single one for all")
+    return scales
 
 
 def _convert(args: argparse.Namespace) -> int:
@@ -110,6 +126,10 @@ def _add_edit(subcommands) -> None:
     parser.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="auto",
                         help="weights dtype (default: bfloat16 on GPU, float32 on CPU)")
+    parser.add_argument("--lora", action="append", default=[], metavar="FILE",
+                        help="a LoRA .safetensors file (official kohya-style or peft/diffusers names); repeatable")
+    parser.add_argument("--lora-scale", action="append", type=float, default=[], metavar="S",
+                        help="LoRA multiplier (default 1.0): one for all --lora files, or one per --lora")
     parser.set_defaults(handler=_edit)
 
 
