@@ -58,6 +58,16 @@ def test_ssim_is_one_for_identical_images_symmetric_and_decreasing_with_noise():
     assert values[0] > values[1] > values[2]
 
 
+def test_ssim_and_psnr_match_the_scikit_image_reference_values():
+    rng = np.random.default_rng(0)
+    a = rng.integers(0, 256, (64, 80, 3), dtype=np.uint8)
+    b = np.clip(a + rng.normal(0, 30, a.shape), 0, 255).astype(np.uint8)
+    # skimage.metrics.structural_similarity(a, b, channel_axis=-1, gaussian_weights=True, sigma=1.5,
+    # use_sample_covariance=False, data_range=255) and peak_signal_noise_ratio(a, b, data_range=255)
+    assert ssim(a, b) == pytest.approx(0.929478173907898, abs=1e-12)
+    assert psnr(a, b) == pytest.approx(19.18878853382187, abs=1e-10)
+
+
 def test_ssim_of_flat_images_is_the_luminance_term():
     a = np.full((16, 16, 3), 100, np.uint8)
     b = np.full((16, 16, 3), 150, np.uint8)
