@@ -23,6 +23,7 @@ from step1x_edit.bench.synthetic import (
 from step1x_edit.cli import main
 from step1x_edit.data.synthetic.generators import LOCAL_TASKS, TASKS
 from step1x_edit.errors import InvalidImageError, Step1XEditError
+from step1x_edit.testing.tiny import save_tiny_official
 
 
 @pytest.fixture(scope="module")
@@ -178,10 +179,11 @@ def test_generated_samples_cycle_through_the_tasks_reproducibly():
     assert len({sample.sample_id for sample in first}) == 12
 
 
-def test_cli_evaluates_the_built_in_model_and_writes_the_table(tmp_path, capsys):
+def test_cli_evaluates_a_model_directory_and_writes_the_table(tmp_path, capsys):
+    model = save_tiny_official(tmp_path / "model")
     out, markdown = tmp_path / "result.json", tmp_path / "table.md"
-    argv = ["bench", "synthetic", "--generate", "3", "--resolution", "64", "--steps", "2", "--device", "cpu",
-            "--out", str(out), "--markdown", str(markdown)]
+    argv = ["bench", "synthetic", "--generate", "3", "--resolution", "64", "--model", str(model), "--steps", "2",
+            "--size-level", "64", "--device", "cpu", "--out", str(out), "--markdown", str(markdown)]
     assert main(argv) == 0
     table = markdown.read_text()
     assert table.startswith("| task | n | PSNR model | PSNR identity |")

@@ -142,7 +142,7 @@ def register(subcommands: argparse._SubParsersAction) -> None:
     synthetic.add_argument("--steps", type=int, default=28)
     synthetic.add_argument("--guidance", type=float, default=6.0)
     synthetic.add_argument("--seed", type=int, default=0, help="seed of the edits and of the generated samples")
-    synthetic.add_argument("--size-level", type=int, help="working resolution (default: each image's own)")
+    synthetic.add_argument("--size-level", type=int, help="working resolution (default: the model's own)")
     synthetic.add_argument("--lang", choices=("en", "zh"), default="en", help="instruction language")
     synthetic.add_argument("--device", help="device (default: the best available)")
     synthetic.add_argument("--out", help="result JSON to write; rows go to OUT.rows.jsonl, so a rerun resumes")

@@ -411,8 +411,8 @@ def pipeline_editor(
     """An editor running ``pipe`` (a :class:`~step1x_edit.pipeline.Step1XEditPipeline`) with these settings.
 
     The noise of each edit is seeded from ``seed`` and a hash of the sample (its source pixels and instruction), so
-    a sample gets the same edit in any order, on a rerun and after resuming. ``size_level`` ``None`` edits at the
-    image's own resolution (the square root of its area, rounded down to a multiple of 16)."""
+    a sample gets the same edit in any order, on a rerun and after resuming. ``size_level`` ``None`` leaves the
+    working resolution to the pipeline's default (the resolution its model is used at)."""
     import torch
 
     if hasattr(pipe, "set_progress_bar_config"):
@@ -421,14 +421,14 @@ def pipeline_editor(
     def edit(image: Image.Image, instruction: str) -> Image.Image:
         digest = hashlib.sha256(f"{seed}\n{instruction}\n{image.size}\n".encode())
         digest.update(image.convert("RGB").tobytes())
-        level = size_level or max(16, int(math.sqrt(image.width * image.height)) // 16 * 16)
+        working_size = {} if size_level is None else {"size_level": size_level}
         output = pipe(
             image=image,
             prompt=instruction,
             num_inference_steps=steps,
             guidance_scale=guidance,
-            size_level=level,
             generator=torch.Generator().manual_seed(int(digest.hexdigest()[:15], 16)),
+            **working_size,
         )
         return output.images[0]
 
