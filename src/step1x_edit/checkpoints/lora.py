@@ -25,6 +25,7 @@ import json
 import logging
 import os
 import re
+import warnings
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -174,7 +175,7 @@ def kohya_to_peft(state_dict: Mapping[str, torch.Tensor], transformer: nn.Module
     return converted
 
 
-def peft_to_peft_lora(
+def peft_state_dict_to_lora(
     state_dict: Mapping[str, torch.Tensor], transformer: nn.Module, adapter_config: Mapping | None = None
 ) -> PeftLora:
     """Read a peft/diffusers-format LoRA state dict (``transformer.``/``base_model.model.`` prefixes allowed).
@@ -340,7 +341,7 @@ def read_lora(source: str | os.PathLike | Mapping[str, torch.Tensor], transforme
         adapter_config = load_lora_metadata(source)
     if is_kohya_state_dict(state_dict):
         return kohya_to_peft(state_dict, transformer)
-    return peft_to_peft_lora(state_dict, transformer, adapter_config)
+    return peft_state_dict_to_lora(state_dict, transformer, adapter_config)
 
 
 def load_lora(
@@ -355,11 +356,13 @@ def load_lora(
     Raises :class:`CheckpointError` for unknown keys, wrong shapes and an adapter name already in use.
     """
     lora = read_lora(source, transformer)
-    existing = getattr(transformer, "peft_config", {}) if getattr(transformer, "_hf_peft_config_loaded", False) else {}
+    existing = getattr(transformer, "peft_config", {})
     if adapter_name in existing:
         raise CheckpointError(f"a LoRA adapter named {adapter_name!r} is already loaded; pass another adapter_name")
     active = list(transformer.active_adapters()) if existing else []
-    transformer.add_adapter(lora.lora_config(), adapter_name)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Already found a `peft_config`")  # several adapters are intended
+        transformer.add_adapter(lora.lora_config(), adapter_name)
     dtype = next(transformer.parameters()).dtype
     state_dict = {key: value.to(dtype) for key, value in lora.state_dict.items()}
     result = set_peft_model_state_dict(transformer, state_dict, adapter_name=adapter_name)
