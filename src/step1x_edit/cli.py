@@ -1,7 +1,7 @@
 """The ``step1x-edit`` command line: one entry point whose subcommands are thin clients of the Python API.
 
-``edit``, ``convert`` and ``info`` live here; ``data`` and ``bench`` register themselves from their
-packages (``step1x_edit.data.cli``, ``step1x_edit.bench.cli``). Heavy imports happen inside handlers so
+``edit``, ``convert`` and ``info`` live here; ``data``, ``train`` and ``bench`` register themselves from their
+packages (``step1x_edit.data.cli``, ``step1x_edit.train.cli``, ``step1x_edit.bench.cli``). Heavy imports happen inside handlers so
 ``step1x-edit --help`` is instant.
 """
 
@@ -32,8 +32,8 @@ def _edit(args: argparse.Namespace) -> int:
 
     if args.model is None:
         print(
-            "step1x-edit: no --model given: using the small built-in model (random weights until a trained demo "
-            "model is installed; the edit will not be meaningful). Pass --model DIR for real Step1X-Edit weights.",
+            "step1x-edit: no --model given: using the small built-in demo model (trained on simple synthetic scenes "
+            "at 128 px; see its model card). Pass --model DIR for real Step1X-Edit weights.",
             file=sys.stderr,
         )
     lora_scales = _lora_scales(args)
@@ -116,9 +116,9 @@ def _add_edit(subcommands) -> None:
                         "(default: detected)")
     parser.add_argument("--steps", type=int, default=28, help="denoising steps (default 28)")
     parser.add_argument("--guidance", type=float, default=6.0, help="classifier-free guidance scale (default 6.0)")
-    parser.add_argument("--size-level", type=int, default=512,
-                        help="working resolution: the image is resized to about SIZE_LEVEL^2 pixels (default 512; "
-                        "the released models are used at 512-1024)")
+    parser.add_argument("--size-level", type=int, default=None,
+                        help="working resolution: the image is resized to about SIZE_LEVEL^2 pixels (default: the "
+                        "model's own, 1024 for the released models, 128 for the built-in demo model)")
     parser.add_argument("--seed", type=int, default=42, help="random seed (default 42)")
     parser.add_argument("--negative-prompt", default="", help='negative instruction for guidance (default "")')
     parser.add_argument("--offload", action="store_true", help="keep models on the CPU and move each to the GPU "
@@ -155,13 +155,14 @@ def _add_info(subcommands) -> None:
 def build_parser() -> argparse.ArgumentParser:
     from .bench.cli import register as register_bench
     from .data.cli import register as register_data
+    from .train.cli import register as register_train
 
     parser = argparse.ArgumentParser(
         prog="step1x-edit",
         description="Instruction-based image editing with Step1X-Edit.",
     )
     subcommands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for register in (_add_edit, _add_convert, _add_info, register_data, register_bench):
+    for register in (_add_edit, _add_convert, _add_info, register_data, register_train, register_bench):
         register(subcommands)
     return parser
 

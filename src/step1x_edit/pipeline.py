@@ -42,6 +42,9 @@ SCHEDULER_CONFIG = {
     "time_shift_type": "exponential",
 }
 
+# The small demo model shipped inside the package (float16; see its MODEL_CARD.md).
+DEMO_MODEL_DIR = Path(__file__).parent / "assets" / "demo"
+
 # Longest instruction accepted, in characters. The MLLM condition is truncated at 640 tokens anyway; this only
 # stops absurd inputs (a pasted file) before they reach the tokenizer.
 MAX_PROMPT_CHARS = 20_000
@@ -72,6 +75,8 @@ class Step1XEditPipeline(DiffusionPipeline):
     ``processor`` (``Qwen2_5_VLProcessor``) and ``scheduler`` (``FlowMatchEulerDiscreteScheduler``, whose
     config holds the schedule's shift parameters). ``max_sequence_length`` is the length the MLLM condition is
     padded or cut to: 640 for the released models; smaller models may be trained with a shorter one.
+    ``default_size_level`` is the working resolution used when a call does not give one (the resolution the
+    model was trained at: 1024 for the released models).
     """
 
     model_cpu_offload_seq = "text_encoder->transformer->vae"
@@ -84,14 +89,18 @@ class Step1XEditPipeline(DiffusionPipeline):
         processor: Any,
         scheduler: FlowMatchEulerDiscreteScheduler,
         max_sequence_length: int = MAX_LENGTH,
+        default_size_level: int = 1024,
     ):
         super().__init__()
-        if max_sequence_length < 1:
-            raise ValueError(f"max_sequence_length must be positive, got {max_sequence_length}")
+        if max_sequence_length < 1 or default_size_level < 16:
+            raise ValueError(
+                f"max_sequence_length must be positive and default_size_level >= 16, got {max_sequence_length} "
+                f"and {default_size_level}"
+            )
         self.register_modules(
             transformer=transformer, vae=vae, text_encoder=text_encoder, processor=processor, scheduler=scheduler
         )
-        self.register_to_config(max_sequence_length=max_sequence_length)
+        self.register_to_config(max_sequence_length=max_sequence_length, default_size_level=default_size_level)
 
     @property
     def version(self) -> str:
@@ -206,7 +215,7 @@ class Step1XEditPipeline(DiffusionPipeline):
         negative_prompt: str | list[str] = "",
         num_inference_steps: int = 28,
         guidance_scale: float = 6.0,
-        size_level: int = 1024,
+        size_level: int | None = None,
         generator: torch.Generator | list[torch.Generator] | None = None,
         output_type: str = "pil",
         latents: torch.Tensor | None = None,
@@ -225,7 +234,7 @@ class Step1XEditPipeline(DiffusionPipeline):
             num_inference_steps: Euler steps (28 by default).
             guidance_scale: classifier-free guidance weight (6.0); 1.0 or less disables CFG (one model call per step).
             size_level: the edit runs at about ``size_level**2`` pixels (sides multiples of 16); the result is
-                resized back to the input's size.
+                resized back to the input's size. Default: the pipeline's ``default_size_level``.
             generator: torch generator(s) for the initial noise.
             output_type: "pil" (default), "np" (float arrays in [0, 1], input size), "pt" (tensor at the working
                 size) or "latent" (unpacked latents).
@@ -246,6 +255,8 @@ class Step1XEditPipeline(DiffusionPipeline):
         if any(item is None for item in images):
             raise InvalidImageError("pass the image to edit")
         negative_prompts = self._as_list(negative_prompt, len(prompts))
+        if size_level is None:
+            size_level = self.config.default_size_level
         self._check_inputs(images, prompts, negative_prompts, prompt_embeds is not None, size_level, num_inference_steps)
         for embeds, mask, name in (
             (prompt_embeds, prompt_attention_mask, "prompt"),
@@ -381,15 +392,18 @@ def load_pipeline(
 ) -> Step1XEditPipeline:
     """Load a pipeline from a diffusers-layout directory, an official-layout directory, or the built-in model.
 
-    ``model=None`` loads the small model shipped with the package (see :func:`step1x_edit.testing.tiny`
-    until the trained demo model is installed).
+    ``model=None`` loads the demo model shipped with the package (:data:`DEMO_MODEL_DIR`, trained by
+    ``step1x-edit train-demo``; see its ``MODEL_CARD.md``).
     """
     device = torch.device(device) if device is not None else default_device()
     torch_dtype = torch_dtype or default_dtype(device)
     if model is None:
-        from .testing.tiny import tiny_pipeline
-
-        return tiny_pipeline().place(device, torch_dtype)
+        if not (DEMO_MODEL_DIR / "model_index.json").is_file():
+            raise CheckpointError(
+                f"the built-in demo model is missing from {DEMO_MODEL_DIR} (a broken install?); reinstall "
+                "step1x-edit or pass a model directory"
+            )
+        model = DEMO_MODEL_DIR
     path = Path(model)
     if not path.exists():
         raise CheckpointError(f"model directory not found: {path}")

@@ -1,0 +1,78 @@
+"""``step1x-edit train`` (fine-tune from a TOML config) and ``step1x-edit train-demo`` (rebuild the demo model)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def _parse_value(text: str):
+    """A TOML-ish scalar from the command line: JSON when it parses (numbers, booleans, lists), else a string."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def _train(args: argparse.Namespace) -> int:
+    from .config import TrainingConfigError, load_config
+    from .trainer import train
+
+    overrides = {}
+    for item in args.set or []:
+        key, separator, value = item.partition("=")
+        if not separator:
+            raise TrainingConfigError(f"--set expects TABLE.FIELD=VALUE, got {item!r}")
+        overrides[key] = _parse_value(value)
+    for key, value in (("training.output_dir", args.output_dir), ("training.max_steps", args.max_steps),
+                       ("training.until_step", args.until_step), ("model.path", args.model)):
+        if value is not None:
+            overrides[key] = value
+    config = load_config(args.config, overrides)
+    result = train(config, progress=not args.no_progress)
+    if result.final_dir is None:
+        print(f"stopped at step {result.step}; run the same command again to resume")
+    else:
+        print(f"finished at step {result.step}; result in {result.final_dir}")
+    return 0
+
+
+def _train_demo(args: argparse.Namespace) -> int:
+    from .demo import STAGES, build_demo
+
+    stages = tuple(args.stages.split(",")) if args.stages else STAGES
+    report = build_demo(args.recipe, args.work_dir, args.export, stages, progress=not args.no_progress)
+    if "table" in report:
+        print(report["table"])
+    if "export" in report:
+        print(f"exported the demo model to {report['export']}")
+    return 0
+
+
+def register(subcommands) -> None:
+    parser = subcommands.add_parser(
+        "train", help="fine-tune Step1X-Edit (LoRA or full) from a TOML config",
+        description="Train with rectified flow on accelerate. Run it again with the same config to resume; "
+        "use `accelerate launch -m step1x_edit.cli train CONFIG` for several processes.",
+    )
+    parser.add_argument("config", help="training config TOML ([model], [data], [training], [validation])")
+    parser.add_argument("--set", action="append", metavar="TABLE.FIELD=VALUE",
+                        help="override one config field, e.g. --set training.learning_rate=5e-5 (repeatable)")
+    parser.add_argument("--model", help="shortcut for --set model.path=...")
+    parser.add_argument("--output-dir", help="shortcut for --set training.output_dir=...")
+    parser.add_argument("--max-steps", type=int, help="shortcut for --set training.max_steps=...")
+    parser.add_argument("--until-step", type=int, help="stop (with a checkpoint) at this step; rerun to continue")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.set_defaults(handler=_train)
+
+    demo = subcommands.add_parser(
+        "train-demo", help="rebuild the built-in demo model from its recipe",
+        description="Generate data, train the VAE, assemble, train, evaluate and export the demo model. Every "
+        "stage resumes where it stopped.",
+    )
+    demo.add_argument("recipe", help="recipe TOML, e.g. recipes/demo.toml")
+    demo.add_argument("--work-dir", required=True, help="where data, checkpoints and the evaluation go")
+    demo.add_argument("--export", help="where to write the float16 model and its card (the export stage)")
+    demo.add_argument("--stages", help="comma-separated subset of data,vae,assemble,train,evaluate,export")
+    demo.add_argument("--no-progress", action="store_true", help="no progress bars")
+    demo.set_defaults(handler=_train_demo)

@@ -1,0 +1,89 @@
+"""The trainer: the loss falls, an interrupted run resumes exactly, settings are guarded, the CLI works."""
+
+import csv
+import json
+
+import pytest
+import torch
+
+from step1x_edit.cli import main
+from step1x_edit.pipeline import Step1XEditPipeline
+from step1x_edit.train.config import TrainingConfigError, config_from_dict
+from step1x_edit.train.trainer import train
+
+
+def _losses(run_dir):
+    with open(run_dir / "logs" / "loss.csv", newline="") as handle:
+        return {int(row["step"]): float(row["loss"]) for row in csv.DictReader(handle)}
+
+
+def test_loss_falls_and_an_interrupted_run_resumes_with_identical_losses(tables, tiny_model_dir, small_store, tmp_path):
+    steps = 30
+    whole = train(config_from_dict(tables(tiny_model_dir, small_store, tmp_path / "whole", max_steps=steps,
+                                          checkpoint_every=10)), progress=False)
+    losses = [whole.losses[step] for step in range(1, steps + 1)]
+    assert sum(losses[-5:]) / 5 < 0.8 * sum(losses[:5]) / 5
+
+    split = tables(tiny_model_dir, small_store, tmp_path / "split", max_steps=steps, checkpoint_every=10)
+    first = train(config_from_dict(split, {"training.until_step": 13}), progress=False)
+    assert first.step == 13 and first.final_dir is None
+    second = train(config_from_dict(split), progress=False)
+    assert second.step == steps and second.final_dir is not None
+    assert min(second.losses) == 14  # resumed after the step-13 checkpoint, nothing repeated
+    for step in range(14, steps + 1):
+        assert second.losses[step] == pytest.approx(whole.losses[step], rel=1e-5, abs=1e-7)
+    assert _losses(tmp_path / "split") == pytest.approx(_losses(tmp_path / "whole"), rel=1e-5)
+
+
+def test_full_fine_tuning_saves_a_loadable_pipeline_with_the_trained_weights(tables, tiny_model_dir, small_store, tmp_path):
+    result = train(config_from_dict(tables(tiny_model_dir, small_store, tmp_path / "run", ema_decay=0.9)),
+                   progress=False)
+    trained = Step1XEditPipeline.from_pretrained(result.final_dir)
+    original = Step1XEditPipeline.from_pretrained(tiny_model_dir)
+    changed = [name for name, value in trained.transformer.state_dict().items()
+               if not torch.equal(value, original.transformer.state_dict()[name])]
+    assert any(name.startswith("transformer_blocks") for name in changed)
+    assert any(name.startswith("connector") for name in changed)
+    assert trained.config.max_sequence_length == 96
+    image = trained(image=_image(), prompt="make it red", num_inference_steps=2).images[0]
+    assert image.size == (64, 64)
+
+
+def _image():
+    from PIL import Image
+
+    return Image.new("RGB", (64, 64), (200, 30, 30))
+
+
+def test_a_run_with_other_settings_in_the_same_folder_is_refused(tables, tiny_model_dir, small_store, tmp_path):
+    config = tables(tiny_model_dir, small_store, tmp_path / "run", max_steps=2, checkpoint_every=2)
+    train(config_from_dict(config), progress=False)
+    with pytest.raises(TrainingConfigError, match="learning_rate"):
+        train(config_from_dict(config, {"training.learning_rate": 5e-4}), progress=False)
+
+
+def test_unknown_config_fields_and_bad_values_are_errors():
+    with pytest.raises(TrainingConfigError, match="lerning_rate"):
+        config_from_dict({"data": {"store": "x"}, "training": {"lerning_rate": 1}})
+    with pytest.raises(TrainingConfigError, match="mode"):
+        config_from_dict({"data": {"store": "x"}, "model": {"mode": "half"}})
+    with pytest.raises(TrainingConfigError, match="exactly one"):
+        config_from_dict({"data": {}})
+    with pytest.raises(TrainingConfigError, match="dropout"):
+        config_from_dict({"data": {"store": "x"}, "training": {"dropout_text": 0.7, "dropout_both": 0.5}})
+
+
+def test_cli_trains_from_a_toml_file_with_overrides(tiny_model_dir, small_store, tmp_path):
+    config = tmp_path / "train.toml"
+    config.write_text(
+        f'[model]\npath = "{tiny_model_dir}"\nmode = "full"\n'
+        f'[data]\nstore = "{small_store}"\nresolution = 64\n'
+        f'[training]\noutput_dir = "{tmp_path / "run"}"\nmax_steps = 50\nbatch_size = 2\n'
+        '[validation]\nevery = -1\n'
+    )
+    assert main(["train", str(config), "--max-steps", "3", "--set", "training.checkpoint_every=3",
+                 "--no-progress"]) == 0
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert saved["training"]["max_steps"] == 3
+    assert (tmp_path / "run" / "final" / "model_index.json").is_file()
+    assert main(["train", str(tmp_path / "missing.toml")]) == 2
