@@ -124,8 +124,8 @@ def model_fingerprint(pipe, model_path: str | None, resolution: int, languages: 
         "max_sequence_length": pipe.config.max_sequence_length,
         "resolution": resolution,
         "languages": languages,
-        "first_vae_weight": float(next(pipe.vae.parameters()).double().sum()),
-        "first_text_weight": float(next(pipe.text_encoder.parameters()).double().sum()),
+        "first_vae_weight": float(next(pipe.vae.parameters()).detach().double().sum()),
+        "first_text_weight": float(next(pipe.text_encoder.parameters()).detach().double().sum()),
     }
     return hashlib.sha256(json.dumps(description, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
