@@ -4,7 +4,9 @@ This is how the demo model's VAE is made. The recipe:
 
 - **Model**: :func:`~step1x_edit.models.vae.autoencoder_from_official_config` layout (no quant convs, attention
   in the mid block), ``len(block_out_channels)`` levels (4 levels = 8x downsampling), ``latent_channels``
-  channels per latent pixel, every width a multiple of 32.
+  channels per latent pixel, every width a multiple of 32. The full-resolution width matters most: GroupNorm
+  uses 32 groups, so a width of 32 normalises every channel on its own over the whole image, which erases the
+  absolute colour of flat regions (most of this world) and makes learning slow; 64 keeps two channels a group.
 - **Data**: fresh images every step, nothing stored on disk. Training image ``k`` is the source (even ``k``) or
   the target (odd ``k``) of ``generate_sample(tasks[(k // 2) % len(tasks)], seed=k // 2, resolution)``; each
   is cut to a random ``crop`` x ``crop`` window (convolutions are translation equivariant, so small crops
@@ -77,13 +79,13 @@ class VAETrainingConfig:
     latent scale and shift at the end. ``num_threads``: torch CPU threads used while training.
     """
 
-    block_out_channels: tuple[int, ...] = (32, 64, 96, 96)
+    block_out_channels: tuple[int, ...] = (64, 64, 96, 96)
     layers_per_block: int = 1
     latent_channels: int = 32
     resolution: int = 128
     crop: int = 64
-    batch_size: int = 16
-    steps: int = 1000
+    batch_size: int = 8
+    steps: int = 1800
     lr: float = 1e-3
     warmup_steps: int = 50
     l1_weight: float = 1.0
