@@ -14,7 +14,7 @@ own. Throughput comes from the run's ``logs/loss.csv`` (columns step, loss, lr, 
 the first ``--warmup`` steps. The cache is filled beforehand in a subprocess of its own, whose time and peak RSS
 are reported separately.
 
-    python benchmarks/bench_train.py --steps 12 --batch-size 4 --threads 1
+    python benchmarks/bench_train.py --steps 20 --batch-size 4 --threads 1
     python benchmarks/bench_train.py --configs demo demo-gc-nocache --json
 """
 
@@ -24,7 +24,6 @@ import argparse
 import csv
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -38,8 +37,12 @@ CONFIGS = tuple(f"{model}{gc}{cache}" for model in MODELS for gc in ("", "-gc") 
 
 
 def _peak_rss_mb() -> float:
-    """Peak resident memory of this process in MiB (``ru_maxrss`` is in KiB on Linux)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    """Peak resident memory of this process in MiB: ``VmHWM`` of /proc/self/status (``getrusage``'s ``ru_maxrss``
+    would also count the parent's peak, which a child started with vfork + exec inherits)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("VmHWM not in /proc/self/status (Linux only)")
 
 
 def prepare_tiny(work: Path, samples: int) -> tuple[Path, Path]:
@@ -140,7 +143,7 @@ def child_train(values: dict, warmup: int) -> dict:
     transformer = json.loads((Path(config.model.path) / "transformer" / "config.json").read_text())
     return {
         "timed_steps": steps, "seconds_per_step": seconds / steps, "samples_per_s": samples / seconds,
-        "total_seconds": total, "peak_rss_mb": _peak_rss_mb(), "final_loss": float(last["loss"]),
+        "train_call_seconds": total, "peak_rss_mb": _peak_rss_mb(), "final_loss": float(last["loss"]),
         "dit_hidden_size": transformer["hidden_size"],
     }
 
@@ -177,7 +180,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=CONFIGS,
                         help="MODEL[-gc][-nocache]: -gc = gradient checkpointing, -nocache = no feature cache")
-    parser.add_argument("--steps", type=int, default=12, help="optimisation steps per configuration")
+    parser.add_argument("--steps", type=int, default=20, help="optimisation steps per configuration")
     parser.add_argument("--warmup", type=int, default=2, help="first steps left out of the timing")
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--threads", type=int, default=2, help="torch threads per run")
