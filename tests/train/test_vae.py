@@ -1,6 +1,5 @@
 """The VAE trainer: learns, resumes exactly, calibrates the latent scale, rejects bad configs, runs from the CLI."""
 
-import argparse
 import dataclasses
 
 import pytest
@@ -8,6 +7,7 @@ import torch
 from diffusers import AutoencoderKL
 from safetensors import safe_open
 
+from step1x_edit.cli import main
 from step1x_edit.errors import Step1XEditError
 from step1x_edit.models.vae import encode_latents
 from step1x_edit.train import vae as vae_training
@@ -109,6 +109,11 @@ def test_bad_config_values_raise_clear_errors(field, value, message):
     assert issubclass(VAEConfigError, Step1XEditError)
 
 
+def test_lists_from_toml_become_tuples():
+    config = VAETrainingConfig(block_out_channels=[32, 32], tasks=["text_modification"])
+    assert config.block_out_channels == (32, 32) and config.tasks == ("text_modification",)
+
+
 def test_unknown_toml_field_is_an_error(tmp_path):
     path = tmp_path / "vae.toml"
     path.write_text("block_out_channels = [32, 32]\nlearning_rate = 1e-3\n")
@@ -120,10 +125,8 @@ def test_train_vae_command_trains_from_a_toml_config(tmp_path, capsys):
     path = tmp_path / "vae.toml"
     fields = {**dataclasses.asdict(TINY), "steps": 50}
     path.write_text("".join(f"{key} = {_toml(value)}\n" for key, value in fields.items()))
-    parser = argparse.ArgumentParser()
-    vae_training.register(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(["train-vae", "--output", str(tmp_path / "run"), "--config", str(path), "--steps", "2"])
-    assert args.handler(args) == 0
+    assert main(["train-vae", "--output", str(tmp_path / "run"), "--config", str(path), "--steps", "2",
+                 "--no-progress"]) == 0
     assert "held-out reconstruction PSNR" in capsys.readouterr().out
     assert torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)["step"] == 2
     assert (tmp_path / "run" / "vae" / "config.json").exists()

@@ -29,12 +29,11 @@ This is how the demo model's VAE is made. The recipe:
 resumed ends with the same weights as one that was never interrupted. The result is saved with
 ``save_pretrained`` to ``<output_dir>/vae`` (plus a ``fp16`` variant when ``save_fp16`` is set).
 
-``step1x-edit train-vae`` (:func:`register`) is the command-line client.
+``step1x-edit train-vae`` (:mod:`step1x_edit.train.cli`) is the command-line client.
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import math
 import os
@@ -102,6 +101,8 @@ class VAETrainingConfig:
     save_fp16: bool = True
 
     def __post_init__(self) -> None:
+        for name in ("block_out_channels", "tasks"):  # TOML gives lists; tuples keep the config hashable
+            object.__setattr__(self, name, tuple(getattr(self, name)))
         widths = self.block_out_channels
         if not widths or any(not isinstance(width, int) or width <= 0 or width % 32 for width in widths):
             raise VAEConfigError(f"block_out_channels must be positive multiples of 32 (GroupNorm), got {widths}")
@@ -142,13 +143,12 @@ class VAETrainingConfig:
 
 
 def vae_config_from_dict(values: dict[str, Any]) -> VAETrainingConfig:
-    """A :class:`VAETrainingConfig` from plain values (TOML / JSON: lists become tuples); unknown keys are errors."""
+    """A :class:`VAETrainingConfig` from plain values (TOML / JSON); unknown keys are errors."""
     fields = {field.name for field in dataclasses.fields(VAETrainingConfig)}
     unknown = sorted(set(values) - fields)
     if unknown:
         raise VAEConfigError(f"unknown VAE training field(s) {unknown}; valid: {sorted(fields)}")
-    coerced = {key: tuple(value) if isinstance(value, list) else value for key, value in values.items()}
-    return VAETrainingConfig(**coerced)
+    return VAETrainingConfig(**values)
 
 
 def load_vae_config(path: str | os.PathLike, **overrides: Any) -> VAETrainingConfig:
@@ -346,28 +346,3 @@ def train_vae(
         return vae
     finally:
         torch.set_num_threads(previous_threads)
-
-
-def _train_vae_command(args: argparse.Namespace) -> int:
-    overrides = {} if args.steps is None else {"steps": args.steps}
-    if args.config:
-        config = load_vae_config(args.config, **overrides)
-    else:
-        config = vae_config_from_dict(overrides)
-    vae = train_vae(config, args.output, resume=not args.no_resume)
-    psnr = reconstruction_psnr(vae, heldout_images(config.calibration_images, config.resolution, config.tasks))
-    print(f"held-out reconstruction PSNR {psnr:.2f} dB ({config.calibration_images} images); saved "
-          f"{Path(args.output) / 'vae'}")
-    return 0
-
-
-def register(subcommands: argparse._SubParsersAction) -> None:
-    """Add ``train-vae`` to the top-level parser."""
-    parser = subcommands.add_parser(
-        "train-vae", help="train a small FLUX-layout VAE on the synthetic editing world (the demo model's VAE)"
-    )
-    parser.add_argument("--output", required=True, help="output directory (checkpoint.pt, vae/)")
-    parser.add_argument("--steps", type=int, default=None, help="training steps (overrides the config)")
-    parser.add_argument("--config", default=None, help="TOML file of VAETrainingConfig fields (default: the demo's)")
-    parser.add_argument("--no-resume", action="store_true", help="start over even if OUTPUT holds a checkpoint")
-    parser.set_defaults(handler=_train_vae_command)
