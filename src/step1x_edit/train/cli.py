@@ -1,4 +1,5 @@
-"""``step1x-edit train`` (fine-tune from a TOML config) and ``step1x-edit train-demo`` (rebuild the demo model)."""
+"""``step1x-edit train`` (fine-tune from a TOML config), ``train-vae`` (a small VAE on the synthetic world) and
+``train-demo`` (rebuild the demo model). Handlers import the heavy modules, so ``--help`` stays instant."""
 
 from __future__ import annotations
 
@@ -49,6 +50,17 @@ def _train_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train_vae(args: argparse.Namespace) -> int:
+    from .vae import heldout_images, load_vae_config, reconstruction_psnr, train_vae, vae_config_from_dict
+
+    overrides = {} if args.steps is None else {"steps": args.steps}
+    config = load_vae_config(args.config, **overrides) if args.config else vae_config_from_dict(overrides)
+    vae = train_vae(config, args.output, resume=not args.no_resume, progress=not args.no_progress)
+    psnr = reconstruction_psnr(vae, heldout_images(config.calibration_images, config.resolution, config.tasks))
+    print(f"held-out reconstruction PSNR {psnr:.2f} dB ({config.calibration_images} images); saved {args.output}/vae")
+    return 0
+
+
 def register(subcommands) -> None:
     parser = subcommands.add_parser(
         "train", help="fine-tune Step1X-Edit (LoRA or full) from a TOML config",
@@ -64,6 +76,17 @@ def register(subcommands) -> None:
     parser.add_argument("--until-step", type=int, help="stop (with a checkpoint) at this step; rerun to continue")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.set_defaults(handler=_train)
+
+    vae = subcommands.add_parser(
+        "train-vae", help="train a small FLUX-layout VAE on the synthetic editing world (the demo model's VAE)",
+        description="Train an AutoencoderKL on fresh synthetic images; resumes from OUTPUT/checkpoint.pt.",
+    )
+    vae.add_argument("--output", required=True, help="output directory (checkpoint.pt, vae/)")
+    vae.add_argument("--steps", type=int, default=None, help="training steps (overrides the config)")
+    vae.add_argument("--config", default=None, help="TOML file of VAETrainingConfig fields (default: the demo's)")
+    vae.add_argument("--no-resume", action="store_true", help="start over even if OUTPUT holds a checkpoint")
+    vae.add_argument("--no-progress", action="store_true", help="no progress bar")
+    vae.set_defaults(handler=_train_vae)
 
     demo = subcommands.add_parser(
         "train-demo", help="rebuild the built-in demo model from its recipe",

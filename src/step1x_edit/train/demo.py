@@ -80,11 +80,13 @@ def build_vae(recipe: dict, work: Path, progress: bool = True) -> Path:
 
 
 def instruction_corpus(store_dir: Path) -> list[str]:
-    """Every English and Chinese instruction of a store, plus the prompt prefix (so it tokenizes compactly)."""
+    """Every English and Chinese instruction of a store, plus the prompt prefix (so it tokenizes compactly) and
+    curly quotes often enough to become single tokens (quoted text is fed to the encoder as “X”, one character at
+    a time, and the quote marks must be tokens of their own, as in the Qwen vocabulary)."""
     from ..data.store import Store
     from ..protocol import protocol_text
 
-    corpus = [protocol_text("step1x_v1_prefix.txt")] * 20
+    corpus = [protocol_text("step1x_v1_prefix.txt")] * 500 + ["“ ” “A” “1” “.”"] * 500
     for record in Store(store_dir).iter_records(["instruction_en", "instruction_zh"]):
         corpus += [text for text in (record["instruction_en"], record["instruction_zh"]) if text]
     return corpus

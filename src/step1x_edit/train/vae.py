@@ -2,7 +2,7 @@
 
 This is how the demo model's VAE is made. The recipe:
 
-- **Model**: :func:`~step1x_edit.models.vae.autoencoder_from_official_config` layout (no quant convs, attention
+- **Model**: the FLUX ``AutoencoderKL`` layout (:func:`~step1x_edit.models.vae.diffusers_vae_config`) (no quant convs, attention
   in the mid block), ``len(block_out_channels)`` levels (4 levels = 8x downsampling), ``latent_channels``
   channels per latent pixel, every width a multiple of 32. The full-resolution width matters most: GroupNorm
   uses 32 groups, so a width of 32 normalises every channel on its own over the whole image, which erases the
@@ -51,7 +51,7 @@ from tqdm.auto import tqdm
 
 from ..data.synthetic import TASKS, generate_sample
 from ..errors import Step1XEditError
-from ..models.vae import autoencoder_from_official_config
+from ..models.vae import diffusers_vae_config
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -80,6 +80,7 @@ class VAETrainingConfig:
 
     block_out_channels: tuple[int, ...] = (64, 64, 96, 96)
     layers_per_block: int = 1
+    norm_num_groups: int = 32
     latent_channels: int = 32
     resolution: int = 128
     crop: int = 64
@@ -106,6 +107,8 @@ class VAETrainingConfig:
         widths = self.block_out_channels
         if not widths or any(not isinstance(width, int) or width <= 0 or width % 32 for width in widths):
             raise VAEConfigError(f"block_out_channels must be positive multiples of 32 (GroupNorm), got {widths}")
+        if self.norm_num_groups < 1 or any(width % self.norm_num_groups for width in widths):
+            raise VAEConfigError(f"every width must be a multiple of norm_num_groups {self.norm_num_groups}")
         positive = ("layers_per_block", "latent_channels", "resolution", "crop", "batch_size", "steps",
                     "checkpoint_every", "eval_every", "eval_images", "calibration_images", "num_threads")
         for name in positive:
@@ -162,9 +165,12 @@ def load_vae_config(path: str | os.PathLike, **overrides: Any) -> VAETrainingCon
 
 
 def build_vae(config: VAETrainingConfig) -> AutoencoderKL:
-    """A randomly initialised FLUX-layout ``AutoencoderKL`` with the architecture of ``config`` (scale 1, shift 0)."""
+    """A randomly initialised FLUX-layout ``AutoencoderKL`` with the architecture of ``config`` (scale 1, shift 0).
+
+    ``norm_num_groups`` below the FLUX value of 32 puts several channels in each GroupNorm group, which a narrow
+    VAE needs: with one channel per group every norm erases that channel's mean, and with it the absolute colour."""
     ch = math.gcd(*config.block_out_channels)
-    return autoencoder_from_official_config({
+    settings = diffusers_vae_config({
         "resolution": config.resolution,
         "in_channels": 3,
         "ch": ch,
@@ -175,6 +181,8 @@ def build_vae(config: VAETrainingConfig) -> AutoencoderKL:
         "scale_factor": 1.0,
         "shift_factor": 0.0,
     })
+    settings["norm_num_groups"] = config.norm_num_groups
+    return AutoencoderKL(**settings)
 
 
 INITIAL_LOGVAR = -12.0
