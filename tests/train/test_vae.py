@@ -25,6 +25,7 @@ from step1x_edit.train.vae import (
 TINY = VAETrainingConfig(
     block_out_channels=(32, 32), latent_channels=4, resolution=64, crop=32, batch_size=4, steps=30, lr=2e-3,
     warmup_steps=2, checkpoint_every=10, eval_every=30, eval_images=4, calibration_images=8, save_fp16=False,
+    num_threads=1,
 )
 
 
@@ -94,6 +95,7 @@ def test_calibration_gives_zero_mean_unit_std_latents():
     [
         ("block_out_channels", (32, 48), "multiples of 32"),
         ("block_out_channels", (), "multiples of 32"),
+        ("norm_num_groups", 3, "multiple of norm_num_groups 3"),
         ("crop", 33, "crop must be a multiple of 2"),
         ("crop", 128, "at most resolution"),
         ("resolution", 72, "resolution must be a multiple of 16"),
