@@ -29,6 +29,7 @@ from . import sampling
 from .errors import CheckpointError, InvalidImageError, InvalidPromptError
 from .image_io import load_image
 from .models.mllm import MAX_LENGTH, encode_prompts
+from .models.patch_vae import PatchAutoencoder
 from .models.transformer import Step1XEditTransformer2DModel
 from .models.vae import decode_latents, encode_latents
 
@@ -71,7 +72,8 @@ class Step1XEditPipeline(DiffusionPipeline):
     """Edit images from natural-language instructions with Step1X-Edit (v1.0 and v1.1 weights).
 
     Components: ``transformer`` (:class:`Step1XEditTransformer2DModel`, connector included), ``vae``
-    (``AutoencoderKL``, FLUX configuration), ``text_encoder`` (``Qwen2_5_VLForConditionalGeneration``),
+    (``AutoencoderKL``, FLUX configuration; the built-in demo model uses a linear
+    :class:`~step1x_edit.models.patch_vae.PatchAutoencoder`), ``text_encoder`` (``Qwen2_5_VLForConditionalGeneration``),
     ``processor`` (``Qwen2_5_VLProcessor``) and ``scheduler`` (``FlowMatchEulerDiscreteScheduler``, whose
     config holds the schedule's shift parameters). ``max_sequence_length`` is the length the MLLM condition is
     padded or cut to: 640 for the released models; smaller models may be trained with a shorter one.
@@ -84,7 +86,7 @@ class Step1XEditPipeline(DiffusionPipeline):
     def __init__(
         self,
         transformer: Step1XEditTransformer2DModel,
-        vae: AutoencoderKL,
+        vae: AutoencoderKL | PatchAutoencoder,
         text_encoder: Any,
         processor: Any,
         scheduler: FlowMatchEulerDiscreteScheduler,

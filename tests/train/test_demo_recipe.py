@@ -17,16 +17,10 @@ max_sequence_length = 96
 vision_tokens = [4, 16]
 
 [vae]
-block_out_channels = [32, 32]
+kind = "patch"
+patch_size = 4
 latent_channels = 16
-resolution = 64
-crop = 32
-batch_size = 2
-steps = 3
-eval_every = 3
-eval_images = 2
-calibration_images = 4
-checkpoint_every = 3
+fit_images = 40
 
 [text_encoder]
 vocab_size = 400

@@ -4,7 +4,9 @@
 resume where they stopped (a finished stage is skipped):
 
 1. ``data``: synthetic triplets of all 11 categories (:func:`step1x_edit.data.generate.generate_dataset`);
-2. ``vae``: a small FLUX-layout autoencoder trained on those images (:mod:`step1x_edit.train.vae`);
+2. ``vae``: the autoencoder, fitted or trained on those images: a linear patch autoencoder
+   (:mod:`step1x_edit.models.patch_vae`, the shipped model's) or a FLUX-layout ``AutoencoderKL``
+   (:mod:`step1x_edit.train.vae`);
 3. ``assemble``: a Qwen2-style BPE tokenizer trained on the dataset's English and Chinese instructions (and the
    prompt prefix), a randomly initialised small Qwen2.5-VL (frozen: the connector learns to read it), a
    processor with a smaller image budget than the released model's, a random DiT; written as a pipeline;
@@ -25,6 +27,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from ..errors import Step1XEditError
@@ -69,13 +72,39 @@ def build_data(recipe: dict, work: Path, progress: bool = True) -> Path:
     return out
 
 
-def build_vae(recipe: dict, work: Path, progress: bool = True) -> Path:
-    from .vae import VAETrainingConfig, train_vae
-
+def build_vae(recipe: dict, work: Path, data_dir: Path, progress: bool = True) -> Path:
+    """The autoencoder. ``kind = "patch"``: a :class:`~step1x_edit.models.patch_vae.PatchAutoencoder` fitted on
+    ``fit_images`` training images of the store; ``kind = "flux"``: a FLUX-layout ``AutoencoderKL`` trained with
+    :func:`step1x_edit.train.vae.train_vae` (the other fields are its :class:`VAETrainingConfig`)."""
     out = work / "vae"
-    if not _done(out):
-        train_vae(VAETrainingConfig(**recipe["vae"]), out, resume=True, progress=progress)
+    if _done(out):
+        return out / "vae"
+    settings = dict(recipe["vae"])
+    kind = settings.pop("kind", "flux")
+    if kind == "flux":
+        from .vae import VAETrainingConfig, train_vae
+
+        train_vae(VAETrainingConfig(**settings), out, resume=True, progress=progress)
         _mark_done(out)
+        return out / "vae"
+    if kind != "patch":
+        raise TrainingConfigError(f"vae.kind must be 'patch' or 'flux', got {kind!r}")
+    from ..data.store import iter_samples
+    from ..models.patch_vae import PatchAutoencoder, reconstruction_psnr
+
+    def pixels(split: str, count: int) -> torch.Tensor:
+        images = []
+        for sample in iter_samples(data_dir, split):
+            images += [sample.source, sample.target]
+            if len(images) >= count:
+                break
+        array = np.stack([np.asarray(image.convert("RGB"), dtype=np.float32) for image in images])  # [N, H, W, 3]
+        return torch.from_numpy(array).permute(0, 3, 1, 2) / 127.5 - 1.0  # [N, 3, H, W]
+
+    vae = PatchAutoencoder(int(settings["patch_size"]), int(settings["latent_channels"]))
+    vae.fit(pixels("train", int(settings.get("fit_images", 1600))))
+    vae.save_pretrained(out / "vae", safe_serialization=True)
+    _mark_done(out, {"heldout_psnr": reconstruction_psnr(vae, pixels("validation", 200))})
     return out / "vae"
 
 
@@ -98,6 +127,7 @@ def assemble(recipe: dict, work: Path, data_dir: Path, vae_dir: Path) -> Path:
     from transformers import Qwen2VLImageProcessorPil
 
     from ..models.mllm import build_processor
+    from ..models.patch_vae import PatchAutoencoder
     from ..models.presets import build_transformer
     from ..pipeline import SCHEDULER_CONFIG, Step1XEditPipeline
     from ..testing.tiny import build_text_encoder, train_tokenizer
@@ -114,7 +144,8 @@ def assemble(recipe: dict, work: Path, data_dir: Path, vae_dir: Path) -> Path:
     text_encoder = build_text_encoder(tokenizer, hidden_size=int(text["hidden_size"]),
                                       num_layers=int(text["num_layers"]),
                                       vision_hidden_size=int(text["vision_hidden_size"]), seed=seed)
-    vae = AutoencoderKL.from_pretrained(vae_dir)
+    kind = recipe["vae"].get("kind", "flux")
+    vae = (PatchAutoencoder if kind == "patch" else AutoencoderKL).from_pretrained(vae_dir)
     overrides = dict(recipe["transformer"])
     if "axes_dim" in overrides:
         overrides["axes_dim"] = tuple(overrides["axes_dim"])
@@ -231,7 +262,7 @@ def build_demo(recipe_path: str | os.PathLike, work_dir: str | os.PathLike, expo
     report: dict[str, Any] = {"work_dir": str(work)}
     if "data" in stages:
         build_data(recipe, work, progress)
-    vae_dir = build_vae(recipe, work, progress) if "vae" in stages else work / "vae" / "vae"
+    vae_dir = build_vae(recipe, work, data_dir, progress) if "vae" in stages else work / "vae" / "vae"
     initial = assemble(recipe, work, data_dir, vae_dir) if "assemble" in stages else work / "initial"
     final = work / "run" / "final"
     if "train" in stages:
