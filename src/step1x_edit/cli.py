@@ -115,7 +115,8 @@ def _add_edit(subcommands) -> None:
     parser.add_argument("--version", choices=["v1.0", "v1.1"], help="force the version of an official checkpoint "
                         "(default: detected)")
     parser.add_argument("--steps", type=int, default=28, help="denoising steps (default 28)")
-    parser.add_argument("--guidance", type=float, default=6.0, help="classifier-free guidance scale (default 6.0)")
+    parser.add_argument("--guidance", type=float, default=None,
+                        help="classifier-free guidance scale (default: the model's own, 6.0 for the released models)")
     parser.add_argument("--size-level", type=int, default=None,
                         help="working resolution: the image is resized to about SIZE_LEVEL^2 pixels (default: the "
                         "model's own, 1024 for the released models, 128 for the built-in demo model)")

@@ -78,7 +78,7 @@ class Step1XEditPipeline(DiffusionPipeline):
     config holds the schedule's shift parameters). ``max_sequence_length`` is the length the MLLM condition is
     padded or cut to: 640 for the released models; smaller models may be trained with a shorter one.
     ``default_size_level`` is the working resolution used when a call does not give one (the resolution the
-    model was trained at: 1024 for the released models).
+    model was trained at: 1024 for the released models), ``default_guidance_scale`` likewise (6.0).
     """
 
     model_cpu_offload_seq = "text_encoder->transformer->vae"
@@ -92,6 +92,7 @@ class Step1XEditPipeline(DiffusionPipeline):
         scheduler: FlowMatchEulerDiscreteScheduler,
         max_sequence_length: int = MAX_LENGTH,
         default_size_level: int = 1024,
+        default_guidance_scale: float = 6.0,
     ):
         super().__init__()
         if max_sequence_length < 1 or default_size_level < 16:
@@ -102,7 +103,8 @@ class Step1XEditPipeline(DiffusionPipeline):
         self.register_modules(
             transformer=transformer, vae=vae, text_encoder=text_encoder, processor=processor, scheduler=scheduler
         )
-        self.register_to_config(max_sequence_length=max_sequence_length, default_size_level=default_size_level)
+        self.register_to_config(max_sequence_length=max_sequence_length, default_size_level=default_size_level,
+                                default_guidance_scale=default_guidance_scale)
 
     @property
     def version(self) -> str:
@@ -216,7 +218,7 @@ class Step1XEditPipeline(DiffusionPipeline):
         prompt: str | list[str] | None = None,
         negative_prompt: str | list[str] = "",
         num_inference_steps: int = 28,
-        guidance_scale: float = 6.0,
+        guidance_scale: float | None = None,
         size_level: int | None = None,
         generator: torch.Generator | list[torch.Generator] | None = None,
         output_type: str = "pil",
@@ -234,7 +236,8 @@ class Step1XEditPipeline(DiffusionPipeline):
             prompt: the instruction(s). Quoted text ("OPEN") is fed to the MLLM character by character.
             negative_prompt: the CFG negative instruction(s); the released model uses "" (the default).
             num_inference_steps: Euler steps (28 by default).
-            guidance_scale: classifier-free guidance weight (6.0); 1.0 or less disables CFG (one model call per step).
+            guidance_scale: classifier-free guidance weight (default: the pipeline's ``default_guidance_scale``, 6.0
+                for the released models); 1.0 or less disables CFG (one model call per step).
             size_level: the edit runs at about ``size_level**2`` pixels (sides multiples of 16); the result is
                 resized back to the input's size. Default: the pipeline's ``default_size_level``.
             generator: torch generator(s) for the initial noise.
@@ -259,6 +262,8 @@ class Step1XEditPipeline(DiffusionPipeline):
         negative_prompts = self._as_list(negative_prompt, len(prompts))
         if size_level is None:
             size_level = self.config.default_size_level
+        if guidance_scale is None:
+            guidance_scale = self.config.get("default_guidance_scale", 6.0)
         self._check_inputs(images, prompts, negative_prompts, prompt_embeds is not None, size_level, num_inference_steps)
         for embeds, mask, name in (
             (prompt_embeds, prompt_attention_mask, "prompt"),

@@ -156,7 +156,8 @@ def assemble(recipe: dict, work: Path, data_dir: Path, vae_dir: Path) -> Path:
     pipe = Step1XEditPipeline(transformer, vae, text_encoder, processor,
                               FlowMatchEulerDiscreteScheduler(**SCHEDULER_CONFIG),
                               max_sequence_length=int(demo["max_sequence_length"]),
-                              default_size_level=int(demo["resolution"]))
+                              default_size_level=int(demo["resolution"]),
+                              default_guidance_scale=float(recipe["evaluation"]["guidance_scale"]))
     pipe.save_pretrained(out, safe_serialization=True)
     _mark_done(out)
     return out
@@ -193,11 +194,13 @@ def evaluate(recipe: dict, work: Path, model_dir: Path, data_dir: Path, progress
     return result
 
 
-def export(model_dir: Path, export_dir: Path, card: str) -> Path:
-    """A float16 copy of the pipeline in ``export_dir`` with ``MODEL_CARD.md``."""
+def export(model_dir: Path, export_dir: Path, card: str, guidance_scale: float) -> Path:
+    """A float16 copy of the pipeline in ``export_dir`` with ``MODEL_CARD.md``; ``guidance_scale`` (the one it was
+    evaluated with) becomes its default."""
     from ..pipeline import Step1XEditPipeline
 
     pipe = Step1XEditPipeline.from_pretrained(model_dir)
+    pipe.register_to_config(default_guidance_scale=guidance_scale)
     for module in (pipe.transformer, pipe.vae, pipe.text_encoder):
         module.to(torch.float16)
     pipe.save_pretrained(export_dir, safe_serialization=True)
@@ -280,7 +283,7 @@ def build_demo(recipe_path: str | os.PathLike, work_dir: str | os.PathLike, expo
         if export_dir is None:
             raise TrainingConfigError("the export stage needs --export DIR")
         table = table or (work / "evaluation.md").read_text(encoding="utf-8")
-        out = export(final, Path(export_dir), "")
+        out = export(final, Path(export_dir), "", float(recipe["evaluation"]["guidance_scale"]))
         size = sum(path.stat().st_size for path in out.rglob("*") if path.is_file())
         (out / "MODEL_CARD.md").write_text(model_card(recipe_path, recipe, table, size), encoding="utf-8")
         report["export"] = str(out)
