@@ -4,8 +4,8 @@ Two model sizes, random weights:
 
 * ``tiny``: :func:`step1x_edit.testing.tiny.tiny_pipeline` (the ``tiny`` presets) at 64 px;
 * ``demo``: the demo model's architecture from ``recipes/demo.toml`` (its ``[transformer]``, ``[text_encoder]`` and
-  ``[vae]`` values, assembled by :func:`step1x_edit.train.demo.assemble` around an untrained VAE) at the recipe's
-  resolution (128 px).
+  ``[vae]`` autoencoder, assembled by :func:`step1x_edit.train.demo.assemble`) at the recipe's
+  resolution (96 px).
 
 Each is trained (full fine-tuning by default) on a generated store of ``--samples`` triplets at its resolution,
 with and without gradient checkpointing and with and without the feature cache (without it every step runs the
@@ -64,16 +64,17 @@ def prepare_tiny(work: Path, samples: int) -> tuple[Path, Path]:
 
 
 def prepare_demo(work: Path, samples: int) -> tuple[Path, Path]:
-    """The demo architecture with random weights (untrained VAE of the recipe's widths) and a store at its size."""
+    """The demo architecture (the recipe's autoencoder built from the store, random DiT) and a store at its size."""
     from step1x_edit.data.generate import SyntheticConfig, generate_dataset
-    from step1x_edit.train.demo import assemble, load_recipe
-    from step1x_edit.train.vae import VAETrainingConfig, build_vae
+    from step1x_edit.train.demo import assemble, build_vae, load_recipe
 
     recipe = load_recipe(RECIPE)
     resolution = int(recipe["demo"]["resolution"])
-    store, vae_dir = work / "demo" / "data", work / "demo" / "vae"
+    store = work / "demo" / "data"
     generate_dataset(store, samples, SyntheticConfig(resolution=(resolution, resolution)), progress=False)
-    build_vae(VAETrainingConfig(**recipe["vae"])).save_pretrained(vae_dir, safe_serialization=True)
+    if recipe["vae"].get("kind", "flux") == "flux":
+        recipe["vae"]["steps"] = 1  # an (almost) untrained VAE of the recipe's architecture is enough to time steps
+    vae_dir = build_vae(recipe, work / "demo", store, progress=False)
     return assemble(recipe, work / "demo", store, vae_dir), store
 
 
