@@ -33,7 +33,7 @@ def _edit(args: argparse.Namespace) -> int:
     if args.model is None:
         print(
             "step1x-edit: no --model given: using the small built-in demo model (trained on simple synthetic scenes "
-            "at 128 px; see its model card). Pass --model DIR for real Step1X-Edit weights.",
+            "at 96 px; see its model card). Pass --model DIR for real Step1X-Edit weights.",
             file=sys.stderr,
         )
     lora_scales = _lora_scales(args)
@@ -119,7 +119,7 @@ def _add_edit(subcommands) -> None:
                         help="classifier-free guidance scale (default: the model's own, 6.0 for the released models)")
     parser.add_argument("--size-level", type=int, default=None,
                         help="working resolution: the image is resized to about SIZE_LEVEL^2 pixels (default: the "
-                        "model's own, 1024 for the released models, 128 for the built-in demo model)")
+                        "model's own, 1024 for the released models, 96 for the built-in demo model)")
     parser.add_argument("--seed", type=int, default=42, help="random seed (default 42)")
     parser.add_argument("--negative-prompt", default="", help='negative instruction for guidance (default "")')
     parser.add_argument("--offload", action="store_true", help="keep models on the CPU and move each to the GPU "
