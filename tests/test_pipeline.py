@@ -11,7 +11,7 @@ from PIL import Image
 from step1x_edit import sampling
 from step1x_edit.cli import main
 from step1x_edit.errors import CheckpointError, InvalidImageError, InvalidPromptError
-from step1x_edit.pipeline import load_pipeline
+from step1x_edit.pipeline import DEMO_MODEL_DIR, load_pipeline
 from step1x_edit.testing.tiny import save_tiny_official, tiny_pipeline
 
 FAST = dict(num_inference_steps=2, size_level=64)
@@ -56,10 +56,19 @@ def test_cli_edit_keeps_input_size_and_same_seed_gives_same_image(tmp_path, phot
     assert not np.array_equal(a, c)
 
 
-def test_cli_edit_without_model_says_the_builtin_model_is_random(tmp_path, photo, capsys):
+def test_cli_edit_without_model_uses_the_shipped_demo_model_and_says_so(tmp_path, photo, capsys):
     assert _edit([photo, "make it blue", "-o", tmp_path / "out.png"]) == 0
-    assert "random weights" in capsys.readouterr().err
+    assert "built-in demo model" in capsys.readouterr().err
     assert Image.open(tmp_path / "out.png").size == (77, 50)
+
+
+def test_the_shipped_demo_model_loads_with_its_own_defaults():
+    pipe = load_pipeline(None, device="cpu")
+    assert pipe.transformer.dtype == torch.float32  # stored as float16, run as float32 on CPU
+    assert pipe.config.default_size_level == 96 and pipe.config.max_sequence_length == 80
+    assert (DEMO_MODEL_DIR / "MODEL_CARD.md").is_file()
+    size = sum(path.stat().st_size for path in DEMO_MODEL_DIR.rglob("*") if path.is_file())
+    assert size <= 25 * 2**20
 
 
 def test_official_and_converted_diffusers_layouts_edit_identically(official_dir, diffusers_dir, photo):
