@@ -87,3 +87,13 @@ def test_cli_trains_from_a_toml_file_with_overrides(tiny_model_dir, small_store,
     assert saved["training"]["max_steps"] == 3
     assert (tmp_path / "run" / "final" / "model_index.json").is_file()
     assert main(["train", str(tmp_path / "missing.toml")]) == 2
+
+
+def test_training_reads_an_official_metadata_json(tables, tiny_model_dir, small_store, tmp_path):
+    from step1x_edit.data.interchange import export_official_json
+
+    metadata = export_official_json(small_store, tmp_path / "official", absolute_paths=False)
+    config = tables(tiny_model_dir, small_store, tmp_path / "run", max_steps=2, checkpoint_every=2)
+    config["data"] = {"metadata": str(metadata), "resolution": 64, "split": "all"}
+    result = train(config_from_dict(config), progress=False)
+    assert result.step == 2 and (tmp_path / "run" / "imported-data" / "store.json").is_file()
