@@ -215,12 +215,13 @@ def model_card(recipe_path: Path, recipe: dict, table: str, size_bytes: int) -> 
 A small model with the Step1X-Edit architecture (Qwen2.5-VL-style encoder -> connector -> FLUX-style DiT with the
 source latents concatenated to the noisy ones, rectified flow), trained by this project from scratch on its own
 synthetic editing world. It ships inside the package ({size_bytes / 2**20:.1f} MiB, float16) so that
-`step1x-edit edit` performs a real edit without downloads.
+`step1x-edit edit` runs the whole system without downloads.
 
-**What it can do**: the 11 edit categories of the Step1X-Edit paper, on images like the synthetic world's (flat
-shapes on plain or patterned backgrounds, signs, stick figures, cartoon faces) at {demo["resolution"]} x
-{demo["resolution"]} pixels, with English or Chinese instructions phrased like the training templates
-("make the red circle green", "remove the star", "change the text \\"OPEN\\" to \\"CLOSED\\"").
+**What it can do**: it has learned to reproduce scenes of the synthetic world (shapes, signs, stick figures,
+cartoon faces) from the reference latents and to react to the instruction, but after 2,400 steps on two CPU
+cores its edits are weak and its copies carry blocky artifacts: on held-out data it does **not** yet beat
+returning the source unchanged in any category (table below). It is a working demonstration of the whole
+system (MLLM condition, connector, DiT, rectified flow, training recipe), not a useful editor.
 
 **What it cannot do**: photographs, unseen objects or words, fine detail (it works at {demo["resolution"]} px and
 upsamples), long or free-form instructions. Its text encoder is a randomly initialised Qwen2.5-VL-architecture
@@ -230,7 +231,7 @@ a demonstration of the whole system, not a substitute for the released Step1X-Ed
 ## Held-out evaluation
 
 Held-out synthetic samples (the validation split of the training store, never trained on), each category scored
-against the exact ground truth; "identity" returns the source unchanged. PSNR in dB, SSIM on luminance; region
+against the exact ground truth; "identity" returns the source unchanged. PSNR in dB, SSIM per RGB channel (Gaussian window); region
 accuracy = share of the edited region's pixels closer to the target than to the source.
 
 {table}
