@@ -31,7 +31,7 @@ from .image_io import load_image
 from .models.mllm import MAX_LENGTH, encode_prompts
 from .models.patch_vae import PatchAutoencoder
 from .models.transformer import Step1XEditTransformer2DModel
-from .models.vae import decode_latents, encode_latents
+from .models.vae import decode_latents, encode_latents, images_to_pixels
 
 # The resolution-dependent shift of the schedule (FLUX): mu goes from 0.5 at 256 noisy tokens to 1.15 at 4096.
 SCHEDULER_CONFIG = {
@@ -263,7 +263,7 @@ class Step1XEditPipeline(DiffusionPipeline):
         if size_level is None:
             size_level = self.config.default_size_level
         if guidance_scale is None:
-            guidance_scale = self.config.get("default_guidance_scale", 6.0)
+            guidance_scale = self.config.default_guidance_scale
         self._check_inputs(images, prompts, negative_prompts, prompt_embeds is not None, size_level, num_inference_steps)
         for embeds, mask, name in (
             (prompt_embeds, prompt_attention_mask, "prompt"),
@@ -302,7 +302,7 @@ class Step1XEditPipeline(DiffusionPipeline):
         embeds, mask = embeds.to(device=device, dtype=dtype), mask.to(device)
 
         # 3. Reference latents from the resized source; initial noise at the same latent size.
-        pixels = self._to_pixels(resized).to(device=device, dtype=self.vae.dtype)
+        pixels = images_to_pixels(resized).to(device=device, dtype=self.vae.dtype)
         reference = encode_latents(self.vae, pixels).to(dtype)  # [B, 16, H/8, W/8]
         latent_height, latent_width = reference.shape[-2:]
         if latents is None:
@@ -374,11 +374,6 @@ class Step1XEditPipeline(DiffusionPipeline):
         """The MLLM condition for (working-size image, instruction) pairs: embeddings [B, L, C], mask [B, L] with
         L = ``max_sequence_length`` (640 for the released models)."""
         return encode_prompts(self.text_encoder, self.processor, images, prompts, max_length=self.config.max_sequence_length)
-
-    def _to_pixels(self, images: list[Image.Image]) -> torch.Tensor:
-        """PIL images -> float tensor [B, 3, H, W] in [-1, 1]."""
-        array = np.stack([np.asarray(item, dtype=np.float32) for item in images])  # [B, H, W, 3]
-        return torch.from_numpy(array).permute(0, 3, 1, 2) / 127.5 - 1.0  # [B, 3, H, W]
 
     def _to_pil(self, pixels: torch.Tensor, sizes: list[tuple[int, int]]) -> list[Image.Image]:
         """Tensor [B, 3, H, W] in [0, 1] -> PIL images resized back to ``sizes`` (width, height), bicubic as the

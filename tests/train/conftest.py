@@ -50,3 +50,22 @@ def tables(feature_cache):
         }
 
     return build
+
+
+@pytest.fixture()
+def toml_config(tmp_path):
+    """``toml_config(model_dir, store, output_dir, **training)``: writes ``tmp_path/train.toml`` for tiny full
+    fine-tuning at 64 px, batch 2, no validation, plus the given ``[training]`` fields; returns its path."""
+
+    def write(model_dir, store, output_dir, **training):
+        extra = "".join(f"{key} = {value}\n" for key, value in training.items())
+        path = tmp_path / "train.toml"
+        path.write_text(
+            f'[model]\npath = "{model_dir}"\nmode = "full"\n'
+            f'[data]\nstore = "{store}"\nresolution = 64\n'
+            f'[training]\noutput_dir = "{output_dir}"\nbatch_size = 2\n{extra}'
+            "[validation]\nevery = -1\n"
+        )
+        return path
+
+    return write

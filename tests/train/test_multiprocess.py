@@ -7,14 +7,9 @@ import subprocess
 import sys
 
 
-def test_two_cpu_processes_train_on_disjoint_batches_and_save_one_model(tiny_model_dir, small_store, tmp_path):
-    config = tmp_path / "train.toml"
-    config.write_text(
-        f'[model]\npath = "{tiny_model_dir}"\nmode = "full"\n'
-        f'[data]\nstore = "{small_store}"\nresolution = 64\n'
-        f'[training]\noutput_dir = "{tmp_path / "run"}"\nmax_steps = 4\nbatch_size = 2\ncheckpoint_every = 2\n'
-        '[validation]\nevery = -1\n'
-    )
+def test_two_cpu_processes_train_on_disjoint_batches_and_save_one_model(
+        toml_config, tiny_model_dir, small_store, tmp_path):
+    config = toml_config(tiny_model_dir, small_store, tmp_path / "run", max_steps=4, checkpoint_every=2)
     # accelerate's multi-process launcher (torchrun underneath); ACCELERATE_USE_CPU makes it gloo data parallel on CPUs
     env = {**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "true"}
     with socket.socket() as probe:

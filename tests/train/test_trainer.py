@@ -73,14 +73,8 @@ def test_unknown_config_fields_and_bad_values_are_errors():
         config_from_dict({"data": {"store": "x"}, "training": {"dropout_text": 0.7, "dropout_both": 0.5}})
 
 
-def test_cli_trains_from_a_toml_file_with_overrides(tiny_model_dir, small_store, tmp_path):
-    config = tmp_path / "train.toml"
-    config.write_text(
-        f'[model]\npath = "{tiny_model_dir}"\nmode = "full"\n'
-        f'[data]\nstore = "{small_store}"\nresolution = 64\n'
-        f'[training]\noutput_dir = "{tmp_path / "run"}"\nmax_steps = 50\nbatch_size = 2\n'
-        '[validation]\nevery = -1\n'
-    )
+def test_cli_trains_from_a_toml_file_with_overrides(toml_config, tiny_model_dir, small_store, tmp_path):
+    config = toml_config(tiny_model_dir, small_store, tmp_path / "run", max_steps=50)
     assert main(["train", str(config), "--max-steps", "3", "--set", "training.checkpoint_every=3",
                  "--no-progress"]) == 0
     saved = json.loads((tmp_path / "run" / "config.json").read_text())

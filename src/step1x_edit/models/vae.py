@@ -12,11 +12,13 @@ edits deterministic and is what the parity fixtures use).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 from diffusers import AutoencoderKL
+from PIL import Image
 
 OFFICIAL_VAE_FIELDS = (
     "resolution", "in_channels", "ch", "out_ch", "ch_mult", "num_res_blocks", "z_channels", "scale_factor",
@@ -56,6 +58,12 @@ def diffusers_vae_config(official: Mapping[str, Any]) -> dict[str, Any]:
 def autoencoder_from_official_config(official: Mapping[str, Any]) -> AutoencoderKL:
     """A randomly initialised ``AutoencoderKL`` with the layout of the official ``AutoEncoder(**official)``."""
     return AutoencoderKL(**diffusers_vae_config(official))
+
+
+def images_to_pixels(images: Sequence[Image.Image]) -> torch.Tensor:
+    """PIL images of one size -> the VAE's input, float pixels [B, 3, H, W] in [-1, 1]."""
+    array = np.stack([np.asarray(image.convert("RGB"), dtype=np.float32) for image in images])  # [B, H, W, 3]
+    return torch.from_numpy(array).permute(0, 3, 1, 2) / 127.5 - 1.0  # [B, 3, H, W]
 
 
 def encode_latents(vae: AutoencoderKL, pixels: torch.Tensor) -> torch.Tensor:

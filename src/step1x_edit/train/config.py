@@ -49,7 +49,7 @@ class ModelConfig:
 
     ``path``: a pipeline directory (diffusers or official layout); ``None`` = the built-in small model.
     ``mode``: ``"lora"`` (peft adapters on the DiT blocks; base frozen) or ``"full"`` (every DiT weight).
-    ``train_connector``: also train the connector (always on in full mode unless set to false).
+    ``train_connector``: also train the connector in LoRA mode (full mode always trains it).
     ``lora_targets``: diffusers module names; empty = the Linear layers the official LoRA targets.
     """
 

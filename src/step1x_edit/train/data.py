@@ -26,7 +26,6 @@ from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 from PIL import Image
 from safetensors.torch import load_file, save_file
@@ -36,7 +35,7 @@ from .. import sampling
 from ..data.store import MANIFEST, Store, iter_samples
 from ..errors import DataFormatError
 from ..models.mllm import encode_prompts
-from ..models.vae import encode_latents
+from ..models.vae import encode_latents, images_to_pixels
 from .config import DataConfig
 
 LANGUAGE_KEYS = {"en": ("en",), "zh": ("zh",), "both": ("en", "zh")}
@@ -100,7 +99,7 @@ class Featurizer:
         resample = sampling.RESIZE_FILTER[pipe.version]
         source = example.source.convert("RGB").resize(size, resample)
         target = example.target.convert("RGB").resize(size, resample)
-        pixels = pipe._to_pixels([target, source])  # [2, 3, H, W]
+        pixels = images_to_pixels([target, source])  # [2, 3, H, W]
         latents = encode_latents(pipe.vae, pixels).float().cpu()  # [2, C, H/8, W/8]
         prompts = [example.instructions[key] for key in self.languages] + [""]
         embeds, masks = encode_prompts(
@@ -224,6 +223,3 @@ def collate(features: list[dict[str, torch.Tensor]], language: str, max_length: 
         "embeds": embeds, "mask": mask, "uncond_embeds": uncond, "uncond_mask": uncond_mask,
     }
 
-
-def to_uint8(image: Image.Image) -> np.ndarray:
-    return np.asarray(image.convert("RGB"), dtype=np.uint8)

@@ -27,7 +27,6 @@ import os
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from ..errors import Step1XEditError
@@ -91,6 +90,7 @@ def build_vae(recipe: dict, work: Path, data_dir: Path, progress: bool = True) -
         raise TrainingConfigError(f"vae.kind must be 'patch' or 'flux', got {kind!r}")
     from ..data.store import iter_samples
     from ..models.patch_vae import PatchAutoencoder, reconstruction_psnr
+    from ..models.vae import images_to_pixels
 
     def pixels(split: str, count: int) -> torch.Tensor:
         images = []
@@ -98,8 +98,7 @@ def build_vae(recipe: dict, work: Path, data_dir: Path, progress: bool = True) -
             images += [sample.source, sample.target]
             if len(images) >= count:
                 break
-        array = np.stack([np.asarray(image.convert("RGB"), dtype=np.float32) for image in images])  # [N, H, W, 3]
-        return torch.from_numpy(array).permute(0, 3, 1, 2) / 127.5 - 1.0  # [N, 3, H, W]
+        return images_to_pixels(images)  # [N, 3, H, W]
 
     vae = PatchAutoencoder(int(settings["patch_size"]), int(settings["latent_channels"]))
     vae.fit(pixels("train", int(settings.get("fit_images", 1600))))
@@ -194,9 +193,9 @@ def evaluate(recipe: dict, work: Path, model_dir: Path, data_dir: Path, progress
     return result
 
 
-def export(model_dir: Path, export_dir: Path, card: str, guidance_scale: float) -> Path:
-    """A float16 copy of the pipeline in ``export_dir`` with ``MODEL_CARD.md``; ``guidance_scale`` (the one it was
-    evaluated with) becomes its default."""
+def export(model_dir: Path, export_dir: Path, guidance_scale: float) -> Path:
+    """A float16 copy of the pipeline in ``export_dir``; ``guidance_scale`` (the one it was evaluated with) becomes
+    its default."""
     from ..pipeline import Step1XEditPipeline
 
     pipe = Step1XEditPipeline.from_pretrained(model_dir)
@@ -204,7 +203,6 @@ def export(model_dir: Path, export_dir: Path, card: str, guidance_scale: float) 
     for module in (pipe.transformer, pipe.vae, pipe.text_encoder):
         module.to(torch.float16)
     pipe.save_pretrained(export_dir, safe_serialization=True)
-    (export_dir / "MODEL_CARD.md").write_text(card, encoding="utf-8")
     return export_dir
 
 
@@ -284,7 +282,7 @@ def build_demo(recipe_path: str | os.PathLike, work_dir: str | os.PathLike, expo
         if export_dir is None:
             raise TrainingConfigError("the export stage needs --export DIR")
         table = table or (work / "evaluation.md").read_text(encoding="utf-8")
-        out = export(final, Path(export_dir), "", float(recipe["evaluation"]["guidance_scale"]))
+        out = export(final, Path(export_dir), float(recipe["evaluation"]["guidance_scale"]))
         size = sum(path.stat().st_size for path in out.rglob("*") if path.is_file())
         (out / "MODEL_CARD.md").write_text(model_card(recipe_path, recipe, table, size), encoding="utf-8")
         report["export"] = str(out)

@@ -93,11 +93,8 @@ def _mixed_precision(name: str) -> str:
 def _set_trainable(transformer, config: TrainConfig) -> list[torch.nn.Parameter]:
     """Freeze or unfreeze / add adapters; returns the trained parameters."""
     model = config.model
-    train_connector = model.train_connector or model.mode == "full"
     if model.mode == "full":
-        transformer.requires_grad_(True)
-        if not model.train_connector:
-            transformer.connector.requires_grad_(train_connector)
+        transformer.requires_grad_(True)  # the connector included
     else:
         from peft import LoraConfig
 
@@ -109,7 +106,7 @@ def _set_trainable(transformer, config: TrainConfig) -> list[torch.nn.Parameter]
             r=model.lora_rank, lora_alpha=model.lora_alpha, lora_dropout=model.lora_dropout,
             init_lora_weights="gaussian", target_modules=targets,
         ))
-        if train_connector:
+        if model.train_connector:
             transformer.connector.requires_grad_(True)
     return [param for param in transformer.parameters() if param.requires_grad]
 
@@ -197,11 +194,12 @@ def _save_validation(pipe, examples, config: TrainConfig, step: int, output_dir:
     v = config.validation
     folder = output_dir / "validation" / f"step-{step:06d}"
     folder.mkdir(parents=True, exist_ok=True)
+    language = LANGUAGE_KEYS[config.data.language][0]
+    pipe.set_progress_bar_config(disable=True)
     scores = {"psnr": [], "ssim": [], "identity_psnr": []}
     for index, example in enumerate(examples):
-        instruction = example.instructions[LANGUAGE_KEYS[config.data.language][0]]
+        instruction = example.instructions[language]
         generator = torch.Generator("cpu").manual_seed(v.seed + index)
-        pipe.set_progress_bar_config(disable=True)
         edited = pipe(image=example.source, prompt=instruction, num_inference_steps=v.steps,
                       guidance_scale=v.guidance_scale, size_level=config.data.resolution,
                       generator=generator).images[0]
@@ -325,11 +323,11 @@ def train(config: TrainConfig, progress: bool = True) -> TrainResult:
     if trackers:
         accelerator.init_trackers("step1x-edit-train", config={"max_steps": t.max_steps})
     log = _LossLog(output_dir, state.step, main and "csv" in t.report_to)
+    schedule = pipe.scheduler.config  # the inference schedule's shift, matched by "logit_normal"
     sampling_config = FlowTimeSampling(
-        t.timestep_sampling, t.shift, t.logit_mean, t.logit_std,
-        **{key: pipe.scheduler.config[f] for key, f in (
-            ("base_shift", "base_shift"), ("max_shift", "max_shift"), ("base_seq_len", "base_image_seq_len"),
-            ("max_seq_len", "max_image_seq_len"))},
+        t.timestep_sampling, t.shift, t.logit_mean, t.logit_std, base_shift=schedule.base_shift,
+        max_shift=schedule.max_shift, base_seq_len=schedule.base_image_seq_len,
+        max_seq_len=schedule.max_image_seq_len,
     )
 
     def save_checkpoint() -> None:
@@ -454,8 +452,7 @@ def _save_final(model, pipe, params, ema, lora: bool, final_dir: Path) -> None:
 
         save_lora(model, final_dir / "lora.safetensors", format="peft")
         save_lora(model, final_dir / "lora_kohya.safetensors", format="kohya")
-        others = {name: param.detach().cpu().contiguous() for name, param in model.named_parameters()
-                  if param.requires_grad and "lora_" not in name}
+        others = {name: tensor for name, tensor in _trained_state_dict(model).items() if "lora_" not in name}
         if others:
             save_file(others, final_dir / "connector.safetensors")
     else:

@@ -45,7 +45,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from diffusers import AutoencoderKL
 from diffusers.optimization import get_cosine_schedule_with_warmup
@@ -53,7 +52,7 @@ from tqdm.auto import tqdm
 
 from ..data.synthetic import TASKS, generate_sample
 from ..errors import Step1XEditError
-from ..models.vae import diffusers_vae_config
+from ..models.vae import diffusers_vae_config, images_to_pixels
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -198,17 +197,11 @@ def _start_almost_deterministic(vae: AutoencoderKL) -> None:
         vae.encoder.conv_out.bias[vae.config.latent_channels:] = INITIAL_LOGVAR
 
 
-def _to_pixels(images: Sequence[Any]) -> torch.Tensor:
-    """PIL RGB images of one size → float pixels [B, 3, H, W] in [-1, 1]."""
-    array = np.stack([np.asarray(image.convert("RGB"), dtype=np.float32) for image in images])  # [B, H, W, 3]
-    return torch.from_numpy(array).permute(0, 3, 1, 2) / 127.5 - 1.0  # [B, 3, H, W]
-
-
 def heldout_images(count: int, resolution: int = 128, tasks: Sequence[str] = TASKS) -> torch.Tensor:
     """``count`` held-out images [count, 3, resolution, resolution] in [-1, 1]: sources of every task in turn,
     seeds from :data:`HELDOUT_SEED` on (disjoint from training)."""
     samples = [generate_sample(tasks[i % len(tasks)], HELDOUT_SEED + i, resolution=resolution) for i in range(count)]
-    return _to_pixels([sample.source for sample in samples])
+    return images_to_pixels([sample.source for sample in samples])
 
 
 def training_batch(config: VAETrainingConfig, step: int, generator: torch.Generator) -> torch.Tensor:
@@ -218,7 +211,7 @@ def training_batch(config: VAETrainingConfig, step: int, generator: torch.Genera
     for k in range(step * config.batch_size, (step + 1) * config.batch_size):
         sample = generate_sample(config.tasks[(k // 2) % len(config.tasks)], k // 2, resolution=config.resolution)
         images.append(sample.source if k % 2 == 0 else sample.target)
-    pixels = _to_pixels(images)  # [B, 3, resolution, resolution]
+    pixels = images_to_pixels(images)  # [B, 3, resolution, resolution]
     span = config.resolution - config.crop + 1
     offsets = torch.randint(0, span, (config.batch_size, 2), generator=generator).tolist()
     return torch.stack([pixels[i, :, y:y + config.crop, x:x + config.crop] for i, (y, x) in enumerate(offsets)])
