@@ -61,3 +61,18 @@ def _to_image():
     from PIL import Image
 
     return Image.new("RGB", (64, 64), (20, 120, 200))
+
+
+def test_every_latent_channel_is_whitened_so_sampler_noise_in_weak_components_stays_small():
+    images = _pixels(range(60))
+    vae = PatchAutoencoder(patch_size=4, latent_channels=16).fit(images)
+    with torch.no_grad():
+        latents = encode_latents(vae, images)
+    per_channel = latents.std(dim=(0, 2, 3))
+    torch.testing.assert_close(per_channel, torch.ones(16), atol=0.02, rtol=0)
+    # unit noise in the last (weakest) channel moves the pixels far less than the same noise in the first
+    noise = torch.zeros(1, 16, 4, 4)
+    base = decode_latents(vae, noise)
+    first, last = noise.clone(), noise.clone()
+    first[:, 0], last[:, -1] = 1.0, 1.0
+    assert (decode_latents(vae, last) - base).abs().mean() < 0.5 * (decode_latents(vae, first) - base).abs().mean()

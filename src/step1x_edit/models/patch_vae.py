@@ -2,15 +2,18 @@
 
 Each ``patch_size`` x ``patch_size`` RGB patch (``3 p²`` values in [-1, 1]) is projected on the first
 ``latent_channels`` principal components of such patches, so the latent has ``latent_channels`` channels at
-``1/patch_size`` of the resolution; decoding is the transpose. PCA is the optimal linear autoencoder for the
+``1/patch_size`` of the resolution, each component scaled to unit variance (whitened); decoding is the
+transpose with the scales undone. PCA is the optimal linear autoencoder for the
 patch distribution it is fitted on, and on the flat-coloured synthetic scenes it reconstructs at about 43 dB
 (4 x 4 patches, 32 components), where a small FLUX-layout KL autoencoder trained for the same CPU budget
 reaches about 19 dB (its GroupNorms make absolute colour slow to learn). It has the interface the pipeline uses
 (``encode(x).latent_dist.mode()``, ``decode(z).sample``, ``config.scaling_factor`` / ``shift_factor``),
 so it is a drop-in ``vae`` component; the released Step1X-Edit uses the FLUX ``AutoencoderKL``.
 
-:meth:`PatchAutoencoder.fit` estimates the components from images; the latent normalisation
-(``scaling_factor * (z - shift_factor)``) is set so normalised latents have zero mean and unit variance.
+:meth:`PatchAutoencoder.fit` estimates the components and their scales from images; the latent normalisation
+(``scaling_factor * (z - shift_factor)``) is set so normalised latents have zero mean and unit variance (every
+channel, not only overall: without whitening the first component's spread is ~65x the last's, and the sampler's
+leftover noise in the weak components decodes to coloured blocky texture).
 """
 
 from __future__ import annotations
@@ -57,8 +60,9 @@ class PatchAutoencoder(ModelMixin, ConfigMixin):
 
     @torch.no_grad()
     def fit(self, images: torch.Tensor) -> PatchAutoencoder:
-        """Set the components to the principal components of the patches of ``images`` [N, 3, H, W] in [-1, 1]
-        (mean folded into the biases) and the latent normalisation to zero mean, unit variance."""
+        """Set the components to the principal components of the patches of ``images`` [N, 3, H, W] in [-1, 1],
+        each scaled to unit variance (whitened), with the mean folded into the biases; the latent normalisation
+        is then the identity up to rounding (``scaling_factor`` / ``shift_factor`` measured on ``images``)."""
         p, channels = self.config.patch_size, self.config.latent_channels
         batch, colours, height, width = images.shape
         if height % p or width % p:
@@ -68,12 +72,15 @@ class PatchAutoencoder(ModelMixin, ConfigMixin):
         # centre by the mean colour (one value per channel, which the decoder's bias can add back)
         colour_mean = images.double().mean((0, 2, 3))  # [3]
         centre = colour_mean.repeat_interleave(p * p)  # [3 p²], channel-major like the patches
-        _, _, components = torch.linalg.svd(patches - centre, full_matrices=False)
+        _, singular, components = torch.linalg.svd(patches - centre, full_matrices=False)
         basis = components[:channels]  # [C, 3 p²], orthonormal rows
-        weight = basis.reshape(channels, colours, p, p).to(self.dtype)
-        self.encoder.weight.copy_(weight)
-        self.encoder.bias.copy_(-(basis @ centre))
-        self.decoder.weight.copy_(weight)  # ConvTranspose2d weight is [C_in = C, 3, p, p]: the transpose
+        # Whitening: component c has standard deviation singular[c] / sqrt(n) over the patches. Equal variances
+        # give every channel the same signal-to-noise ratio under the flow's Gaussian noise, so the sampler's
+        # residual error in a weak (fine-detail) component decodes to a proportionally small pixel error.
+        scale = (singular[:channels] / len(patches) ** 0.5).clamp_min(1e-6)  # [C]
+        self.encoder.weight.copy_((basis / scale[:, None]).reshape(channels, colours, p, p).to(self.dtype))
+        self.encoder.bias.copy_(-(basis @ centre) / scale)
+        self.decoder.weight.copy_((basis * scale[:, None]).reshape(channels, colours, p, p).to(self.dtype))
         self.decoder.bias.copy_(colour_mean)
         latents = self.encoder(images.to(self.dtype))
         self.register_to_config(scaling_factor=float(1 / latents.std()), shift_factor=float(latents.mean()))
