@@ -209,3 +209,54 @@ def test_malformed_transformer_config_file_is_reported(official_dir, tmp_path):
     (broken / "transformer_config.json").write_text("{axes_dim: [8, 12, 12]")
     with pytest.raises(CheckpointError, match="not valid JSON"):
         load_pipeline(broken, device="cpu")
+
+
+def test_strength_runs_the_schedule_tail_from_the_noised_source(pipe, photo):
+    seen = []
+    call = dict(image=photo, prompt="make it blue", guidance_scale=1.0, num_inference_steps=8, size_level=64,
+                output_type="latent", callback_on_step_end=lambda p, i, t, state: seen.append(t))
+    full = pipe(**call, generator=torch.Generator().manual_seed(0)).images
+    schedule, seen[:] = list(seen), []
+    assert len(schedule) == 8
+    half = pipe(**call, strength=0.5, generator=torch.Generator().manual_seed(0)).images
+    assert seen == schedule[4:]  # the last round(8 * 0.5) steps
+    assert not torch.allclose(full, half)
+    # strength 1 is the official behaviour: pure noise, the whole schedule
+    seen[:] = []
+    same = pipe(**call, strength=1.0, generator=torch.Generator().manual_seed(0)).images
+    torch.testing.assert_close(same, full)
+    assert len(seen) == 8
+
+
+def test_low_strength_keeps_the_source_and_its_tail_starts_from_it():
+    timesteps = sampling.get_schedule(10, 64)
+    assert sampling.start_at_strength(timesteps, 1.0) == timesteps
+    assert sampling.start_at_strength(timesteps, 0.3) == timesteps[7:]
+    for bad in (0.0, -0.2, 1.5):
+        with pytest.raises(ValueError, match="strength"):
+            sampling.start_at_strength(timesteps, bad)
+    with pytest.raises(ValueError, match="keeps no step"):
+        sampling.start_at_strength(timesteps, 0.01)
+
+
+def test_bad_strength_is_refused_before_any_work(pipe, photo, tmp_path, capsys):
+    with pytest.raises(ValueError, match="strength"):
+        pipe(image=photo, prompt="make it blue", strength=0.01, **FAST)
+    with pytest.raises(ValueError, match="strength"):
+        pipe(image=photo, prompt="make it blue", strength=2.0, **FAST)
+    assert _edit([photo, "make it blue", "--strength", "0", "-o", tmp_path / "x.png"]) != 0
+    assert "strength" in capsys.readouterr().err
+
+
+def test_a_saved_default_strength_is_used_when_the_call_gives_none(pipe, photo, tmp_path):
+    pipe.save_pretrained(tmp_path / "model")
+    config_path = tmp_path / "model" / "model_index.json"
+    config = json.loads(config_path.read_text())
+    config["default_strength"] = 0.5
+    config_path.write_text(json.dumps(config))
+    loaded = load_pipeline(tmp_path / "model", device="cpu")
+    assert loaded.config.default_strength == 0.5
+    seen = []
+    loaded(image=photo, prompt="make it blue", guidance_scale=1.0, num_inference_steps=6, size_level=64,
+           callback_on_step_end=lambda p, i, t, state: seen.append(t))
+    assert len(seen) == 3

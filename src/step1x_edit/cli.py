@@ -36,6 +36,8 @@ def _edit(args: argparse.Namespace) -> int:
             "at 96 px; see its model card). Pass --model DIR for real Step1X-Edit weights.",
             file=sys.stderr,
         )
+    if args.strength is not None and not 0 < args.strength <= 1:
+        raise Step1XEditError(f"--strength must be in (0, 1], got {args.strength}")
     lora_scales = _lora_scales(args)
     device = torch.device(args.device) if args.device else None
     pipe = load_pipeline(args.model, device=None if args.offload else device, torch_dtype=_torch_dtype(args.dtype),
@@ -54,6 +56,7 @@ def _edit(args: argparse.Namespace) -> int:
         num_inference_steps=args.steps,
         guidance_scale=args.guidance,
         size_level=args.size_level,
+        strength=args.strength,
         generator=generator,
     )
     output = Path(args.output) if args.output else Path(args.image).with_name(Path(args.image).stem + "-edited.png")
@@ -120,6 +123,10 @@ def _add_edit(subcommands) -> None:
     parser.add_argument("--size-level", type=int, default=None,
                         help="working resolution: the image is resized to about SIZE_LEVEL^2 pixels (default: the "
                         "model's own, 1024 for the released models, 96 for the built-in demo model)")
+    parser.add_argument("--strength", type=float, default=None,
+                        help="how far the edit may move from the source, in (0, 1]: 1 starts from pure noise (the "
+                        "official behaviour), lower starts part-way from the noised source and keeps more of it "
+                        "(default: the model's own, 1.0 for the released models)")
     parser.add_argument("--seed", type=int, default=42, help="random seed (default 42)")
     parser.add_argument("--negative-prompt", default="", help='negative instruction for guidance (default "")')
     parser.add_argument("--offload", action="store_true", help="keep models on the CPU and move each to the GPU "

@@ -78,7 +78,8 @@ class Step1XEditPipeline(DiffusionPipeline):
     config holds the schedule's shift parameters). ``max_sequence_length`` is the length the MLLM condition is
     padded or cut to: 640 for the released models; smaller models may be trained with a shorter one.
     ``default_size_level`` is the working resolution used when a call does not give one (the resolution the
-    model was trained at: 1024 for the released models), ``default_guidance_scale`` likewise (6.0).
+    model was trained at: 1024 for the released models), ``default_guidance_scale`` likewise (6.0), and
+    ``default_strength`` (1.0: start from pure noise, as the official code does).
     """
 
     model_cpu_offload_seq = "text_encoder->transformer->vae"
@@ -93,8 +94,11 @@ class Step1XEditPipeline(DiffusionPipeline):
         max_sequence_length: int = MAX_LENGTH,
         default_size_level: int = 1024,
         default_guidance_scale: float = 6.0,
+        default_strength: float = 1.0,
     ):
         super().__init__()
+        if not 0 < default_strength <= 1:
+            raise ValueError(f"default_strength must be in (0, 1], got {default_strength}")
         if max_sequence_length < 1 or default_size_level < 16:
             raise ValueError(
                 f"max_sequence_length must be positive and default_size_level >= 16, got {max_sequence_length} "
@@ -104,7 +108,7 @@ class Step1XEditPipeline(DiffusionPipeline):
             transformer=transformer, vae=vae, text_encoder=text_encoder, processor=processor, scheduler=scheduler
         )
         self.register_to_config(max_sequence_length=max_sequence_length, default_size_level=default_size_level,
-                                default_guidance_scale=default_guidance_scale)
+                                default_guidance_scale=default_guidance_scale, default_strength=default_strength)
 
     @property
     def version(self) -> str:
@@ -220,6 +224,7 @@ class Step1XEditPipeline(DiffusionPipeline):
         num_inference_steps: int = 28,
         guidance_scale: float | None = None,
         size_level: int | None = None,
+        strength: float | None = None,
         generator: torch.Generator | list[torch.Generator] | None = None,
         output_type: str = "pil",
         latents: torch.Tensor | None = None,
@@ -240,6 +245,10 @@ class Step1XEditPipeline(DiffusionPipeline):
                 for the released models); 1.0 or less disables CFG (one model call per step).
             size_level: the edit runs at about ``size_level**2`` pixels (sides multiples of 16); the result is
                 resized back to the input's size. Default: the pipeline's ``default_size_level``.
+            strength: how far from the source the edit may go, in (0, 1] (image-to-image, as in diffusers): the edit
+                starts at the flow time of step ``steps - round(steps * strength)`` from the source latent mixed with
+                the noise, and runs the remaining steps. 1 (the default unless the pipeline's ``default_strength``
+                says otherwise) starts from pure noise, as the official code does; lower keeps more of the source.
             generator: torch generator(s) for the initial noise.
             output_type: "pil" (default), "np" (float arrays in [0, 1], input size), "pt" (tensor at the working
                 size) or "latent" (unpacked latents).
@@ -264,6 +273,13 @@ class Step1XEditPipeline(DiffusionPipeline):
             size_level = self.config.default_size_level
         if guidance_scale is None:
             guidance_scale = self.config.default_guidance_scale
+        if strength is None:
+            strength = self.config.get("default_strength", 1.0)
+        if not isinstance(strength, (int, float)) or not 0 < strength <= 1:
+            raise ValueError(f"strength must be in (0, 1], got {strength!r}")
+        if isinstance(num_inference_steps, int) and round(num_inference_steps * strength) < 1:
+            raise ValueError(f"strength {strength} keeps none of the {num_inference_steps} steps; raise strength or "
+                             "num_inference_steps")
         self._check_inputs(images, prompts, negative_prompts, prompt_embeds is not None, size_level, num_inference_steps)
         for embeds, mask, name in (
             (prompt_embeds, prompt_attention_mask, "prompt"),
@@ -324,6 +340,9 @@ class Step1XEditPipeline(DiffusionPipeline):
             base_seq_len=config.base_image_seq_len,
             max_seq_len=config.max_image_seq_len,
         )
+        if strength < 1:  # image-to-image: start part-way, from the source latent mixed with the noise
+            timesteps = sampling.start_at_strength(timesteps, strength)
+            noisy_tokens = timesteps[0] * noisy_tokens + (1 - timesteps[0]) * reference_tokens
 
         # 5. Denoise: one transformer call per step over [cond ; uncond] x [noisy ; reference] tokens.
         def model_fn(tokens: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -336,7 +355,7 @@ class Step1XEditPipeline(DiffusionPipeline):
                 txt_ids=txt_ids,
             )
 
-        with self.progress_bar(total=num_inference_steps) as progress:
+        with self.progress_bar(total=len(timesteps) - 1) as progress:
 
             def on_step(step_index: int, t: float, tokens: torch.Tensor) -> None:
                 progress.update()

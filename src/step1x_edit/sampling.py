@@ -81,6 +81,19 @@ def get_schedule(
     return timesteps.tolist()
 
 
+def start_at_strength(timesteps: list[float], strength: float) -> list[float]:
+    """The tail of ``timesteps`` an edit of ``strength`` in (0, 1] runs (image-to-image, as in diffusers): the last
+    ``round(steps * strength)`` steps, so it starts from flow time ``timesteps[steps - round(steps * strength)]``
+    where the source latent is mixed with the noise. ``strength`` 1 is the whole schedule (pure noise)."""
+    if not 0 < strength <= 1:
+        raise ValueError(f"strength must be in (0, 1], got {strength!r}")
+    steps = len(timesteps) - 1
+    kept = round(steps * strength)
+    if kept < 1:
+        raise ValueError(f"strength {strength} keeps no step of {steps}; raise strength or the number of steps")
+    return timesteps[steps - kept:]
+
+
 def pack_latents(latents: torch.Tensor) -> torch.Tensor:
     """[B, C, h, w] latents -> [B, (h/2)(w/2), 4C] tokens, feature index c*4 + ph*2 + pw, tokens row-major."""
     batch, channels, height, width = latents.shape

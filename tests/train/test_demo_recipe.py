@@ -56,6 +56,7 @@ samples_per_task = 1
 steps = 2
 guidance_scale = 2.0
 guidance_candidates = [1.0, 3.0]
+strength_candidates = [1.0, 0.5]
 tune_samples_per_task = 1
 """
 
@@ -69,16 +70,18 @@ def test_train_demo_builds_evaluates_and_exports_a_small_model(tmp_path):
     rows = [json.loads(line) for line in (work / "evaluation.jsonl").read_text().splitlines()[1:]]
     assert rows and {row["task"] for row in rows} <= set(TASKS)  # the held-out split, at most one per task
 
-    # the guidance was picked among the candidates on generated samples, never on the held-out split
+    # guidance and strength were picked among the candidates on generated samples, never on the held-out split
     choice = json.loads((work / "tuning" / "choice.json").read_text())
-    assert choice["guidance_scale"] in (1.0, 3.0) and set(choice["scores"]) == {"1", "3"}
-    tuned_ids = {json.loads(line).get("sample_id") for line in (work / "tuning" / "guidance-1.jsonl").open()}
+    assert choice["guidance_scale"] in (1.0, 3.0) and choice["strength"] in (1.0, 0.5) and len(choice["scores"]) == 4
+    tuned = work / "tuning" / "guidance-1-strength-0.5.jsonl"
+    tuned_ids = {json.loads(line).get("sample_id") for line in tuned.open()}
     assert len(tuned_ids - {None}) == len(TASKS) and not tuned_ids & {row["sample_id"] for row in rows}
     evaluation = json.loads((work / "evaluation.json").read_text())
     assert evaluation["settings"]["guidance_scale"] == choice["guidance_scale"]
+    assert evaluation["settings"]["strength"] == choice["strength"]
 
     card = (export / "MODEL_CARD.md").read_text()
-    assert "| task | n | PSNR model |" in card and f"guidance scale is {choice['guidance_scale']:g}" in card
+    assert "| task | n | PSNR model |" in card and f"guidance scale\n{choice['guidance_scale']:g} and strength {choice['strength']:g}" in card
     wins = sum(summary["beats_identity"] for task, summary in evaluation["per_task"].items() if task != "all")
     assert ("in all" in card) if wins == len(evaluation["per_task"]) - 1 else ("does **not**" in card)
 
@@ -87,6 +90,7 @@ def test_train_demo_builds_evaluates_and_exports_a_small_model(tmp_path):
     assert pipe.vae.config.latent_channels == 16 and pipe.transformer.config.in_channels == 64
     assert pipe.config.max_sequence_length == 96 and pipe.config.default_size_level == 64
     assert pipe.config.default_guidance_scale == choice["guidance_scale"]
+    assert pipe.config.default_strength == choice["strength"]
 
     # a rerun finds every stage finished and changes nothing
     before = (export / "transformer" / "diffusion_pytorch_model.safetensors").read_bytes()

@@ -140,7 +140,8 @@ def register(subcommands: argparse._SubParsersAction) -> None:
     synthetic.add_argument("--resolution", type=int, default=128, help="side of generated samples (default 128)")
     synthetic.add_argument("--model", help="model directory (default: the built-in model)")
     synthetic.add_argument("--steps", type=int, default=28)
-    synthetic.add_argument("--guidance", type=float, default=6.0)
+    synthetic.add_argument("--guidance", type=float, help="guidance scale (default: the model's own)")
+    synthetic.add_argument("--strength", type=float, help="image-to-image strength in (0, 1] (default: the model's own)")
     synthetic.add_argument("--seed", type=int, default=0, help="seed of the edits and of the generated samples")
     synthetic.add_argument("--size-level", type=int, help="working resolution (default: the model's own)")
     synthetic.add_argument("--lang", choices=("en", "zh"), default="en", help="instruction language")
@@ -330,12 +331,13 @@ def _synthetic(args) -> int:
     settings = {
         "model": args.model or "default",
         "samples": args.store or f"generated:{args.generate}@{args.resolution}",
-        "steps": args.steps, "guidance": args.guidance, "seed": args.seed, "size_level": args.size_level,
-        "language": args.lang,
+        "steps": args.steps, "guidance": args.guidance, "strength": args.strength, "seed": args.seed,
+        "size_level": args.size_level, "language": args.lang,
     }
     rows = args.rows or (Path(args.out).with_suffix(".rows.jsonl") if args.out else None)
     pipe = load_pipeline(args.model, device=args.device)
-    editor = pipeline_editor(pipe, steps=args.steps, guidance=args.guidance, seed=args.seed, size_level=args.size_level)
+    editor = pipeline_editor(pipe, steps=args.steps, guidance=args.guidance, seed=args.seed, size_level=args.size_level,
+                             strength=args.strength)
     result = evaluate_editor(editor, samples, rows_path=rows, settings=settings, language=args.lang)
     table = format_table(result)
     print(table, end="")

@@ -11,10 +11,10 @@ resume where they stopped (a finished stage is skipped):
    prompt prefix), a randomly initialised small Qwen2.5-VL (frozen: the connector learns to read it), a
    processor with a smaller image budget than the released model's, a random DiT; written as a pipeline;
 4. ``train``: full fine-tuning of the DiT and connector with :func:`step1x_edit.train.trainer.train`;
-5. ``evaluate``: the guidance scale, picked among ``[evaluation] guidance_candidates`` on freshly generated
-   samples (:func:`tune_guidance`), then PSNR / SSIM / edit-region accuracy per category on the held-out split,
+5. ``evaluate``: the guidance scale and strength, picked among ``[evaluation] guidance_candidates`` and
+   ``strength_candidates`` on freshly generated samples (:func:`tune_sampling`), then PSNR / SSIM / edit-region accuracy per category on the held-out split,
    against the identity;
-6. ``export``: a float16 copy (default guidance = the picked one) with a model card (``MODEL_CARD.md``, the table
+6. ``export``: a float16 copy (default guidance and strength = the picked ones) with a model card (``MODEL_CARD.md``, the table
    of step 5 and a verdict computed from it) to ``--export``.
 
 The recipe file has the tables ``[demo]`` (resolution, sample count, seeds, condition length, visual tokens),
@@ -174,58 +174,61 @@ def training_config(recipe: dict, work: Path, initial: Path, data_dir: Path):
     return config_from_dict(tables)
 
 
-def _editor(recipe: dict, model_dir: Path, guidance: float):
+def _editor(recipe: dict, model_dir: Path, guidance: float, strength: float):
     from ..bench.synthetic import pipeline_editor
     from ..pipeline import load_pipeline
 
     settings = recipe["evaluation"]
     pipe = load_pipeline(model_dir, device="cpu", torch_dtype=torch.float32)
-    return pipeline_editor(pipe, steps=int(settings["steps"]), guidance=guidance,
+    return pipeline_editor(pipe, steps=int(settings["steps"]), guidance=guidance, strength=strength,
                            seed=int(settings.get("seed", 0)), size_level=int(recipe["demo"]["resolution"]))
 
 
-def tune_guidance(recipe: dict, work: Path, model_dir: Path, progress: bool = True) -> float:
-    """The guidance scale the model is evaluated and shipped with.
+def tune_sampling(recipe: dict, work: Path, model_dir: Path, progress: bool = True) -> tuple[float, float]:
+    """The guidance scale and strength the model is evaluated and shipped with.
 
-    Without ``[evaluation] guidance_candidates`` it is ``guidance_scale``. With them, each candidate edits
-    ``tune_samples_per_task`` freshly generated samples per category (their own seed namespace: neither the
-    training data nor the held-out split) and the one beating the identity in the most categories wins, ties
-    broken by the mean PSNR margin over the identity. Scores are kept in ``WORK/tuning/`` (resumable) and the
-    choice in ``WORK/tuning/choice.json``."""
+    By default they are ``[evaluation] guidance_scale`` and ``strength`` (1.0). With ``guidance_candidates``
+    and/or ``strength_candidates``, every pair edits ``tune_samples_per_task`` freshly generated samples per
+    category (their own seed namespace: neither the training data nor the held-out split) and the pair beating the
+    identity in the most categories wins, ties broken by the mean PSNR margin over the identity. Scores are kept in
+    ``WORK/tuning/`` (resumable) and the choice in ``WORK/tuning/choice.json``."""
     from ..bench.synthetic import evaluate_editor, generated_samples
     from ..data.synthetic import TASKS
 
     settings = recipe["evaluation"]
-    candidates = [float(value) for value in settings.get("guidance_candidates", [])]
-    if not candidates:
-        return float(settings["guidance_scale"])
+    guidances = [float(value) for value in settings.get("guidance_candidates", [settings["guidance_scale"]])]
+    strengths = [float(value) for value in settings.get("strength_candidates", [settings.get("strength", 1.0)])]
+    pairs = [(guidance, strength) for strength in strengths for guidance in guidances]
+    if len(pairs) == 1:
+        return pairs[0]
     choice_path = work / "tuning" / "choice.json"
     if choice_path.is_file():
         choice = json.loads(choice_path.read_text(encoding="utf-8"))
-        if choice["candidates"] == candidates:
-            return float(choice["guidance_scale"])
+        if choice["candidates"] == [list(pair) for pair in pairs]:
+            return float(choice["guidance_scale"]), float(choice["strength"])
     count = int(settings.get("tune_samples_per_task", 3)) * len(TASKS)
     samples = generated_samples(count, resolution=int(recipe["demo"]["resolution"]),
                                 seed=int(settings.get("tune_seed", 1)))
     scores = {}
-    for guidance in candidates:
-        result = evaluate_editor(_editor(recipe, model_dir, guidance), samples, progress=progress,
-                                 rows_path=work / "tuning" / f"guidance-{guidance:g}.jsonl",
-                                 settings={"model": str(model_dir), "guidance_scale": guidance,
+    for guidance, strength in pairs:
+        name = f"guidance-{guidance:g}-strength-{strength:g}"
+        result = evaluate_editor(_editor(recipe, model_dir, guidance, strength), samples, progress=progress,
+                                 rows_path=work / "tuning" / f"{name}.jsonl",
+                                 settings={"model": str(model_dir), "guidance_scale": guidance, "strength": strength,
                                            "steps": int(settings["steps"]), "seed": int(settings.get("seed", 0))})
-        summaries = result.per_task.values()
-        wins = sum(summary.beats_identity for summary in summaries)
-        margin = result.overall.psnr_model - result.overall.psnr_identity
-        scores[f"{guidance:g}"] = {"categories_beating_identity": wins, "psnr_margin": margin}
-    best = max(candidates, key=lambda g: (scores[f"{g:g}"]["categories_beating_identity"],
-                                          scores[f"{g:g}"]["psnr_margin"]))
-    choice_path.write_text(json.dumps({"candidates": candidates, "guidance_scale": best, "scores": scores},
+        scores[name] = {"guidance_scale": guidance, "strength": strength,
+                        "categories_beating_identity": sum(s.beats_identity for s in result.per_task.values()),
+                        "psnr_margin": result.overall.psnr_model - result.overall.psnr_identity}
+    best = max(scores.values(), key=lambda score: (score["categories_beating_identity"], score["psnr_margin"]))
+    choice_path.write_text(json.dumps({"candidates": [list(pair) for pair in pairs], **best, "scores": scores},
                                       indent=1) + "\n", encoding="utf-8")
-    return best
+    return best["guidance_scale"], best["strength"]
 
 
-def evaluate(recipe: dict, work: Path, model_dir: Path, data_dir: Path, guidance: float, progress: bool = True):
-    """Per-category scores of the trained model (at ``guidance``) and the identity on the held-out split."""
+def evaluate(recipe: dict, work: Path, model_dir: Path, data_dir: Path, guidance: float, strength: float,
+             progress: bool = True):
+    """Per-category scores of the trained model (at ``guidance``, ``strength``) and the identity on the held-out
+    split."""
     from ..bench.synthetic import evaluate_editor, store_samples
 
     settings = recipe["evaluation"]
@@ -236,21 +239,23 @@ def evaluate(recipe: dict, work: Path, model_dir: Path, data_dir: Path, guidance
         if counts.get(sample.task, 0) < per_task:
             counts[sample.task] = counts.get(sample.task, 0) + 1
             samples.append(sample)
-    scored = {key: value for key, value in settings.items() if not key.startswith(("guidance_candidates", "tune_"))}
-    result = evaluate_editor(_editor(recipe, model_dir, guidance), samples, progress=progress,
+    scored = {key: value for key, value in settings.items() if not key.endswith("_candidates")
+              and not key.startswith("tune_")}
+    result = evaluate_editor(_editor(recipe, model_dir, guidance, strength), samples, progress=progress,
                              rows_path=work / "evaluation.jsonl",
-                             settings={"model": str(model_dir), **scored, "guidance_scale": guidance})
+                             settings={"model": str(model_dir), **scored, "guidance_scale": guidance,
+                                       "strength": strength})
     result.save(work / "evaluation.json")
     return result
 
 
-def export(model_dir: Path, export_dir: Path, guidance_scale: float) -> Path:
-    """A float16 copy of the pipeline in ``export_dir``; ``guidance_scale`` (the one it was evaluated with) becomes
-    its default."""
+def export(model_dir: Path, export_dir: Path, guidance_scale: float, strength: float) -> Path:
+    """A float16 copy of the pipeline in ``export_dir``; ``guidance_scale`` and ``strength`` (those it was evaluated
+    with) become its defaults."""
     from ..pipeline import Step1XEditPipeline
 
     pipe = Step1XEditPipeline.from_pretrained(model_dir)
-    pipe.register_to_config(default_guidance_scale=guidance_scale)
+    pipe.register_to_config(default_guidance_scale=guidance_scale, default_strength=strength)
     for module in (pipe.transformer, pipe.vae, pipe.text_encoder):
         module.to(torch.float16)
     pipe.save_pretrained(export_dir, safe_serialization=True)
@@ -279,6 +284,7 @@ def model_card(recipe_path: Path, recipe: dict, result, size_bytes: int) -> str:
     steps = int(recipe["train"]["training"]["max_steps"])
     batch = int(recipe["train"]["training"].get("batch_size", 1))
     guidance = float(result.settings["guidance_scale"])
+    strength = float(result.settings.get("strength", 1.0))
     return f"""# step1x-edit demo model
 
 A small model with the Step1X-Edit architecture (Qwen2.5-VL-style encoder -> connector -> FLUX-style DiT with the
@@ -288,8 +294,9 @@ synthetic editing world. It ships inside the package ({size_bytes / 2**20:.1f} M
 
 **What it can do**: edits of the synthetic world (coloured shapes, signs, stick figures, cartoon faces on plain
 or gradient backgrounds) in the 11 task categories, from the template instructions it was trained on (English or
-Chinese). It was trained for {steps:,} steps of batch {batch}; {_verdict(result)}. Its default
-guidance scale is {guidance:g} (chosen on freshly generated samples, not on the held-out split).
+Chinese). It was trained for {steps:,} steps of batch {batch}; {_verdict(result)}. Its defaults, guidance scale
+{guidance:g} and strength {strength:g} (1 = start from pure noise; lower = start part-way from the noised source,
+image-to-image), were chosen on freshly generated samples, not on the held-out split.
 
 **What it cannot do**: photographs, unseen objects or words, fine detail (it works at {demo["resolution"]} px and
 upsamples), long or free-form instructions. Its text encoder is a randomly initialised Qwen2.5-VL-architecture
@@ -300,7 +307,7 @@ of the whole system, not a substitute for the released Step1X-Edit weights.
 ## Held-out evaluation
 
 Held-out synthetic samples (the validation split of the training store, never trained on), {result.overall.count}
-in all, each category scored against the exact ground truth at guidance {guidance:g} and
+in all, each category scored against the exact ground truth at guidance {guidance:g}, strength {strength:g} and
 {recipe["evaluation"]["steps"]} steps; "identity" returns the source unchanged. PSNR in dB, SSIM per RGB channel
 (Gaussian window); region accuracy = share of the edited region's pixels closer to the target than to the source;
 "beats identity" = higher mean PSNR and higher mean SSIM.
@@ -346,8 +353,8 @@ def build_demo(recipe_path: str | os.PathLike, work_dir: str | os.PathLike, expo
     if "evaluate" in stages:
         from ..bench.synthetic import format_table
 
-        guidance = tune_guidance(recipe, work, final, progress)
-        table = format_table(evaluate(recipe, work, final, data_dir, guidance, progress))
+        guidance, strength = tune_sampling(recipe, work, final, progress)
+        table = format_table(evaluate(recipe, work, final, data_dir, guidance, strength, progress))
         (work / "evaluation.md").write_text(table + "\n", encoding="utf-8")
         report["table"] = table
     if "export" in stages:
@@ -356,7 +363,8 @@ def build_demo(recipe_path: str | os.PathLike, work_dir: str | os.PathLike, expo
         if export_dir is None:
             raise TrainingConfigError("the export stage needs --export DIR")
         result = EvaluationResult.load(work / "evaluation.json")
-        out = export(final, Path(export_dir), float(result.settings["guidance_scale"]))
+        out = export(final, Path(export_dir), float(result.settings["guidance_scale"]),
+                     float(result.settings.get("strength", 1.0)))
         size = sum(path.stat().st_size for path in out.rglob("*") if path.is_file())
         (out / "MODEL_CARD.md").write_text(model_card(recipe_path, recipe, result, size), encoding="utf-8")
         report["export"] = str(out)
