@@ -255,7 +255,8 @@ def export(model_dir: Path, export_dir: Path, guidance_scale: float, strength: f
     from ..pipeline import Step1XEditPipeline
 
     pipe = Step1XEditPipeline.from_pretrained(model_dir)
-    pipe.register_to_config(default_guidance_scale=guidance_scale, default_strength=strength)
+    pipe.register_to_config(default_guidance_scale=guidance_scale, default_strength=strength,
+                            _name_or_path="step1x-edit-demo")  # not the build folder's path
     for module in (pipe.transformer, pipe.vae, pipe.text_encoder):
         module.to(torch.float16)
     pipe.save_pretrained(export_dir, safe_serialization=True)
@@ -277,6 +278,14 @@ def _verdict(result) -> str:
             f"{len(summaries)} categories; it does **not** in {', '.join(losers)} (table below)")
 
 
+def _region_sentence(result) -> str:
+    accuracy = result.overall.region_accuracy
+    if accuracy is None:
+        return "no sample had an edit region to score"
+    return (f"in the edited regions {accuracy:.0%} of the pixels end closer to the target than to the source "
+            "(how much of the asked-for change it makes)")
+
+
 def model_card(recipe_path: Path, recipe: dict, result, size_bytes: int) -> str:
     from ..bench.synthetic import format_table
 
@@ -292,9 +301,9 @@ source latents concatenated to the noisy ones, rectified flow), trained by this 
 synthetic editing world. It ships inside the package ({size_bytes / 2**20:.1f} MiB, float16) so that
 `step1x-edit edit` runs the whole system without downloads.
 
-**What it can do**: edits of the synthetic world (coloured shapes, signs, stick figures, cartoon faces on plain
-or gradient backgrounds) in the 11 task categories, from the template instructions it was trained on (English or
-Chinese). It was trained for {steps:,} steps of batch {batch}; {_verdict(result)}. Its defaults, guidance scale
+**What it can do**: it was trained on edits of the synthetic world (coloured shapes, signs, stick figures,
+cartoon faces on plain or gradient backgrounds) in the 11 task categories, from template instructions (English or
+Chinese), for {steps:,} steps of batch {batch}. {_verdict(result)[0].upper() + _verdict(result)[1:]}; {_region_sentence(result)}. Its defaults, guidance scale
 {guidance:g} and strength {strength:g} (1 = start from pure noise; lower = start part-way from the noised source,
 image-to-image), were chosen on freshly generated samples, not on the held-out split.
 
