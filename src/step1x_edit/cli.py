@@ -28,6 +28,7 @@ def _torch_dtype(name: str):
 def _edit(args: argparse.Namespace) -> int:
     import torch
 
+    from . import sampling
     from .pipeline import load_pipeline
 
     if args.model is None:
@@ -36,8 +37,11 @@ def _edit(args: argparse.Namespace) -> int:
             "at 96 px; see its model card). Pass --model DIR for real Step1X-Edit weights.",
             file=sys.stderr,
         )
-    if args.strength is not None and not 0 < args.strength <= 1:
-        raise Step1XEditError(f"--strength must be in (0, 1], got {args.strength}")
+    if args.strength is not None:  # checked before the model loads
+        try:
+            sampling.strength_steps(args.steps, args.strength)
+        except ValueError as error:
+            raise Step1XEditError(f"--strength: {error}") from error
     lora_scales = _lora_scales(args)
     device = torch.device(args.device) if args.device else None
     pipe = load_pipeline(args.model, device=None if args.offload else device, torch_dtype=_torch_dtype(args.dtype),

@@ -274,13 +274,9 @@ class Step1XEditPipeline(DiffusionPipeline):
         if guidance_scale is None:
             guidance_scale = self.config.default_guidance_scale
         if strength is None:
-            strength = self.config.get("default_strength", 1.0)
-        if not isinstance(strength, (int, float)) or not 0 < strength <= 1:
-            raise ValueError(f"strength must be in (0, 1], got {strength!r}")
-        if isinstance(num_inference_steps, int) and round(num_inference_steps * strength) < 1:
-            raise ValueError(f"strength {strength} keeps none of the {num_inference_steps} steps; raise strength or "
-                             "num_inference_steps")
+            strength = self.config.default_strength
         self._check_inputs(images, prompts, negative_prompts, prompt_embeds is not None, size_level, num_inference_steps)
+        sampling.strength_steps(num_inference_steps, strength)  # a bad strength is refused before any work
         for embeds, mask, name in (
             (prompt_embeds, prompt_attention_mask, "prompt"),
             (negative_prompt_embeds, negative_prompt_attention_mask, "negative_prompt"),

@@ -81,17 +81,23 @@ def get_schedule(
     return timesteps.tolist()
 
 
-def start_at_strength(timesteps: list[float], strength: float) -> list[float]:
-    """The tail of ``timesteps`` an edit of ``strength`` in (0, 1] runs (image-to-image, as in diffusers): the last
-    ``round(steps * strength)`` steps, so it starts from flow time ``timesteps[steps - round(steps * strength)]``
-    where the source latent is mixed with the noise. ``strength`` 1 is the whole schedule (pure noise)."""
-    if not 0 < strength <= 1:
+def strength_steps(num_steps: int, strength: float) -> int:
+    """How many of ``num_steps`` an image-to-image edit of ``strength`` in (0, 1] runs: ``round(num_steps *
+    strength)``, which must be at least one."""
+    if not isinstance(strength, (int, float)) or not 0 < strength <= 1:
         raise ValueError(f"strength must be in (0, 1], got {strength!r}")
-    steps = len(timesteps) - 1
-    kept = round(steps * strength)
+    kept = round(num_steps * strength)
     if kept < 1:
-        raise ValueError(f"strength {strength} keeps no step of {steps}; raise strength or the number of steps")
-    return timesteps[steps - kept:]
+        raise ValueError(f"strength {strength} keeps no step of {num_steps}; raise strength or the number of steps")
+    return kept
+
+
+def start_at_strength(timesteps: list[float], strength: float) -> list[float]:
+    """The tail of ``timesteps`` an edit of ``strength`` runs (image-to-image, as in diffusers): the last
+    :func:`strength_steps` steps, so it starts from flow time ``timesteps[steps - kept]`` where the source latent is
+    mixed with the noise. ``strength`` 1 is the whole schedule (pure noise)."""
+    steps = len(timesteps) - 1
+    return timesteps[steps - strength_steps(steps, strength):]
 
 
 def pack_latents(latents: torch.Tensor) -> torch.Tensor:

@@ -413,8 +413,9 @@ def pipeline_editor(
 
     The noise of each edit is seeded from ``seed`` and a hash of the sample (its source pixels and instruction), so
     a sample gets the same edit in any order, on a rerun and after resuming. ``size_level`` ``None`` leaves the
-    working resolution to the pipeline's default (the resolution its model is used at). ``guidance`` and ``strength``
-    ``None`` are the pipeline's defaults; ``strength`` below 1 starts each edit part-way from the noised source (see the pipeline's ``strength``)."""
+    working resolution to the pipeline's default (the resolution its model is used at). ``guidance`` and
+    ``strength`` ``None`` are the pipeline's defaults; ``strength`` below 1 starts each edit part-way from the noised
+    source (see the pipeline's ``strength``)."""
     import torch
 
     if hasattr(pipe, "set_progress_bar_config"):

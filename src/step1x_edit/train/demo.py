@@ -12,10 +12,10 @@ resume where they stopped (a finished stage is skipped):
    processor with a smaller image budget than the released model's, a random DiT; written as a pipeline;
 4. ``train``: full fine-tuning of the DiT and connector with :func:`step1x_edit.train.trainer.train`;
 5. ``evaluate``: the guidance scale and strength, picked among ``[evaluation] guidance_candidates`` and
-   ``strength_candidates`` on freshly generated samples (:func:`tune_sampling`), then PSNR / SSIM / edit-region accuracy per category on the held-out split,
-   against the identity;
-6. ``export``: a float16 copy (default guidance and strength = the picked ones) with a model card (``MODEL_CARD.md``, the table
-   of step 5 and a verdict computed from it) to ``--export``.
+   ``strength_candidates`` on freshly generated samples (:func:`tune_sampling`), then PSNR / SSIM / edit-region
+   accuracy per category on the held-out split, against the identity;
+6. ``export``: a float16 copy (default guidance and strength = the picked ones) with a model card
+   (``MODEL_CARD.md``, the table of step 5 and a verdict computed from it) to ``--export``.
 
 The recipe file has the tables ``[demo]`` (resolution, sample count, seeds, condition length, visual tokens),
 ``[vae]`` (:class:`~step1x_edit.train.vae.VAETrainingConfig` fields), ``[text_encoder]``, ``[transformer]``
@@ -174,18 +174,16 @@ def training_config(recipe: dict, work: Path, initial: Path, data_dir: Path):
     return config_from_dict(tables)
 
 
-def _editor(recipe: dict, model_dir: Path, guidance: float, strength: float):
+def _editor(recipe: dict, pipe, guidance: float, strength: float):
     from ..bench.synthetic import pipeline_editor
-    from ..pipeline import load_pipeline
 
     settings = recipe["evaluation"]
-    pipe = load_pipeline(model_dir, device="cpu", torch_dtype=torch.float32)
     return pipeline_editor(pipe, steps=int(settings["steps"]), guidance=guidance, strength=strength,
                            seed=int(settings.get("seed", 0)), size_level=int(recipe["demo"]["resolution"]))
 
 
-def tune_sampling(recipe: dict, work: Path, model_dir: Path, progress: bool = True) -> tuple[float, float]:
-    """The guidance scale and strength the model is evaluated and shipped with.
+def tune_sampling(recipe: dict, work: Path, model_dir: Path, pipe, progress: bool = True) -> tuple[float, float]:
+    """The guidance scale and strength the model in ``model_dir`` (loaded as ``pipe``) is evaluated and shipped with.
 
     By default they are ``[evaluation] guidance_scale`` and ``strength`` (1.0). With ``guidance_candidates``
     and/or ``strength_candidates``, every pair edits ``tune_samples_per_task`` freshly generated samples per
@@ -212,7 +210,7 @@ def tune_sampling(recipe: dict, work: Path, model_dir: Path, progress: bool = Tr
     scores = {}
     for guidance, strength in pairs:
         name = f"guidance-{guidance:g}-strength-{strength:g}"
-        result = evaluate_editor(_editor(recipe, model_dir, guidance, strength), samples, progress=progress,
+        result = evaluate_editor(_editor(recipe, pipe, guidance, strength), samples, progress=progress,
                                  rows_path=work / "tuning" / f"{name}.jsonl",
                                  settings={"model": str(model_dir), "guidance_scale": guidance, "strength": strength,
                                            "steps": int(settings["steps"]), "seed": int(settings.get("seed", 0))})
@@ -225,10 +223,10 @@ def tune_sampling(recipe: dict, work: Path, model_dir: Path, progress: bool = Tr
     return best["guidance_scale"], best["strength"]
 
 
-def evaluate(recipe: dict, work: Path, model_dir: Path, data_dir: Path, guidance: float, strength: float,
+def evaluate(recipe: dict, work: Path, model_dir: Path, pipe, data_dir: Path, guidance: float, strength: float,
              progress: bool = True):
-    """Per-category scores of the trained model (at ``guidance``, ``strength``) and the identity on the held-out
-    split."""
+    """Per-category scores of the model in ``model_dir`` (loaded as ``pipe``; at ``guidance``, ``strength``) and the
+    identity on the held-out split."""
     from ..bench.synthetic import evaluate_editor, store_samples
 
     settings = recipe["evaluation"]
@@ -241,7 +239,7 @@ def evaluate(recipe: dict, work: Path, model_dir: Path, data_dir: Path, guidance
             samples.append(sample)
     scored = {key: value for key, value in settings.items() if not key.endswith("_candidates")
               and not key.startswith("tune_")}
-    result = evaluate_editor(_editor(recipe, model_dir, guidance, strength), samples, progress=progress,
+    result = evaluate_editor(_editor(recipe, pipe, guidance, strength), samples, progress=progress,
                              rows_path=work / "evaluation.jsonl",
                              settings={"model": str(model_dir), **scored, "guidance_scale": guidance,
                                        "strength": strength})
@@ -255,8 +253,9 @@ def export(model_dir: Path, export_dir: Path, guidance_scale: float, strength: f
     from ..pipeline import Step1XEditPipeline
 
     pipe = Step1XEditPipeline.from_pretrained(model_dir)
-    pipe.register_to_config(default_guidance_scale=guidance_scale, default_strength=strength,
-                            _name_or_path="step1x-edit-demo")  # not the build folder's path
+    pipe.register_to_config(default_guidance_scale=guidance_scale, default_strength=strength)
+    for module in (pipe, pipe.transformer, pipe.vae):  # the saved configs name the model, not the build folder
+        module.register_to_config(_name_or_path="step1x-edit-demo")
     for module in (pipe.transformer, pipe.vae, pipe.text_encoder):
         module.to(torch.float16)
     pipe.save_pretrained(export_dir, safe_serialization=True)
@@ -269,12 +268,12 @@ def _verdict(result) -> str:
     winners = [summary.task for summary in summaries if summary.beats_identity]
     losers = [summary.task for summary in summaries if not summary.beats_identity]
     if not losers:
-        return (f"on held-out data it beats returning the source unchanged in all {len(summaries)} categories, "
+        return (f"On held-out data it beats returning the source unchanged in all {len(summaries)} categories, "
                 "on both PSNR and SSIM (table below)")
     if not winners:
-        return ("on held-out data it does **not** beat returning the source unchanged in any category "
+        return ("On held-out data it does **not** beat returning the source unchanged in any category "
                 "(table below)")
-    return (f"on held-out data it beats returning the source unchanged (PSNR and SSIM) in {len(winners)} of "
+    return (f"On held-out data it beats returning the source unchanged (PSNR and SSIM) in {len(winners)} of "
             f"{len(summaries)} categories; it does **not** in {', '.join(losers)} (table below)")
 
 
@@ -303,7 +302,8 @@ synthetic editing world. It ships inside the package ({size_bytes / 2**20:.1f} M
 
 **What it can do**: it was trained on edits of the synthetic world (coloured shapes, signs, stick figures,
 cartoon faces on plain or gradient backgrounds) in the 11 task categories, from template instructions (English or
-Chinese), for {steps:,} steps of batch {batch}. {_verdict(result)[0].upper() + _verdict(result)[1:]}; {_region_sentence(result)}. Its defaults, guidance scale
+Chinese), for {steps:,} steps of batch {batch}.
+{_verdict(result)}; {_region_sentence(result)}. Its defaults, guidance scale
 {guidance:g} and strength {strength:g} (1 = start from pure noise; lower = start part-way from the noised source,
 image-to-image), were chosen on freshly generated samples, not on the held-out split.
 
@@ -361,9 +361,11 @@ def build_demo(recipe_path: str | os.PathLike, work_dir: str | os.PathLike, expo
             raise Step1XEditError(f"training stopped at step {result.step}; rerun to resume")
     if "evaluate" in stages:
         from ..bench.synthetic import format_table
+        from ..pipeline import load_pipeline
 
-        guidance, strength = tune_sampling(recipe, work, final, progress)
-        table = format_table(evaluate(recipe, work, final, data_dir, guidance, strength, progress))
+        pipe = load_pipeline(final, device="cpu", torch_dtype=torch.float32)  # once, for tuning and evaluation
+        guidance, strength = tune_sampling(recipe, work, final, pipe, progress)
+        table = format_table(evaluate(recipe, work, final, pipe, data_dir, guidance, strength, progress))
         (work / "evaluation.md").write_text(table + "\n", encoding="utf-8")
         report["table"] = table
     if "export" in stages:
