@@ -12,6 +12,7 @@ from step1x_edit.train.flow import (
     flow_matching_loss,
     sample_flow_times,
     schedule_mu,
+    source_start_times,
 )
 
 
@@ -76,6 +77,66 @@ def test_the_loss_is_the_velocity_error_on_noisy_tokens_with_clean_reference_tok
 
     wrong = flow_matching_loss(_Oracle(x0, torch.zeros_like(eps)), x0, reference, embeds, mask, t, eps, version)
     assert float(wrong) == pytest.approx(float((sampling.pack_latents(eps) ** 2).mean()), rel=1e-6)
+
+
+class _TargetPredictor(torch.nn.Module):
+    """Knows the target ``x0`` and answers the velocity ``(x_t - x0) / t`` that points straight at it."""
+
+    def __init__(self, x0):
+        super().__init__()
+        self.x0 = sampling.pack_latents(x0)
+        self.seen = {}
+
+    def forward(self, hidden_states, timestep, encoder_hidden_states=None, encoder_attention_mask=None, img_ids=None,
+                txt_ids=None):
+        count = self.x0.shape[1]
+        self.seen = {"tokens": hidden_states[:, :count], "t": timestep}
+        velocity = (hidden_states[:, :count] - self.x0) / timestep[:, None, None]
+        return torch.cat([velocity, torch.zeros_like(velocity)], dim=1)
+
+
+def test_source_start_paths_begin_at_the_pipelines_strength_start_and_point_at_the_target():
+    generator = torch.Generator().manual_seed(0)
+    x0, source, eps = (torch.randn(3, 16, 4, 4, generator=generator) for _ in range(3))
+    embeds, mask = torch.randn(3, 5, 8), torch.ones(3, 5, dtype=torch.long)
+    start = torch.tensor([0.4, 0.7, 1.0])
+    oracle = _TargetPredictor(x0)
+    # at t = t0 the noisy tokens are the sampler's image-to-image start t0 * noise + (1 - t0) * source
+    loss = flow_matching_loss(oracle, x0, torch.zeros_like(source), embeds, mask, start, eps, "v1.1", start, source)
+    expected = start[:, None, None] * sampling.pack_latents(eps) + (1 - start[:, None, None]) * sampling.pack_latents(
+        source)
+    expected[2] = sampling.pack_latents(eps)[2]  # t0 = 1: pure noise, the plain path
+    assert torch.allclose(oracle.seen["tokens"], expected, atol=1e-6)
+    assert float(loss) < 1e-10  # the velocity target is (x_t - x0) / t all along the path
+    # inside the path too, and t0 = 1 is exactly the plain objective
+    t = start * torch.tensor([0.3, 0.8, 0.55])
+    assert float(flow_matching_loss(oracle, x0, source, embeds, mask, t, eps, "v1.0", start)) < 1e-10
+    wrong = _Oracle(x0, torch.zeros_like(eps))
+    plain = flow_matching_loss(wrong, x0, source, embeds, mask, t, eps, "v1.0")
+    with_start = flow_matching_loss(wrong, x0, source, embeds, mask, t, eps, "v1.0", torch.ones(3))
+    assert float(plain) == pytest.approx(float(with_start), rel=1e-6)
+
+
+def test_sampling_from_the_strength_start_with_the_trained_velocity_lands_on_the_target():
+    generator = torch.Generator().manual_seed(1)
+    x0, source, eps = (torch.randn(1, 16, 4, 4, generator=generator) for _ in range(3))
+    timesteps = sampling.start_at_strength(sampling.get_schedule(28, 4), 0.5)
+    t0 = timesteps[0]
+    start = t0 * sampling.pack_latents(eps) + (1 - t0) * sampling.pack_latents(source)
+    oracle = _TargetPredictor(x0)
+    landed = sampling.denoise(lambda tokens, t: oracle(tokens, t), start, sampling.pack_latents(source), timesteps,
+                              1.0, 0.0)
+    assert torch.allclose(landed, sampling.pack_latents(x0), atol=1e-5)
+
+
+def test_source_start_times_mix_image_to_image_and_plain_paths_at_the_given_rate():
+    t0 = source_start_times(100_000, 0.25, 0.3, 0.8, torch.Generator().manual_seed(0))
+    image_to_image = t0 < 1
+    assert float(image_to_image.float().mean()) == pytest.approx(0.25, abs=0.01)
+    assert float(t0[image_to_image].min()) >= 0.3 and float(t0[image_to_image].max()) <= 0.8
+    assert torch.all(source_start_times(10, 0.0, 0.3, 0.8) == 1)
+    with pytest.raises(ValueError):
+        source_start_times(4, 0.5, 0.9, 0.2)
 
 
 def test_condition_dropout_replaces_the_instruction_the_image_or_both():

@@ -17,14 +17,18 @@ def _losses(run_dir):
         return {int(row["step"]): float(row["loss"]) for row in csv.DictReader(handle)}
 
 
-def test_loss_falls_and_an_interrupted_run_resumes_with_identical_losses(tables, tiny_model_dir, small_store, tmp_path):
+@pytest.mark.parametrize("source_start_rate", [0.0, 0.5], ids=["plain-paths", "half-image-to-image-paths"])
+def test_loss_falls_and_an_interrupted_run_resumes_with_identical_losses(tables, tiny_model_dir, small_store, tmp_path,
+                                                                         source_start_rate):
     steps = 30
     whole = train(config_from_dict(tables(tiny_model_dir, small_store, tmp_path / "whole", max_steps=steps,
-                                          checkpoint_every=10)), progress=False)
+                                          checkpoint_every=10, source_start_rate=source_start_rate)),
+                  progress=False)
     losses = [whole.losses[step] for step in range(1, steps + 1)]
     assert sum(losses[-5:]) / 5 < 0.8 * sum(losses[:5]) / 5
 
-    split = tables(tiny_model_dir, small_store, tmp_path / "split", max_steps=steps, checkpoint_every=10)
+    split = tables(tiny_model_dir, small_store, tmp_path / "split", max_steps=steps, checkpoint_every=10,
+                   source_start_rate=source_start_rate)
     first = train(config_from_dict(split, {"training.until_step": 13}), progress=False)
     assert first.step == 13 and first.final_dir is None
     second = train(config_from_dict(split), progress=False)
@@ -62,6 +66,24 @@ def test_a_run_with_other_settings_in_the_same_folder_is_refused(tables, tiny_mo
         train(config_from_dict(config, {"training.learning_rate": 5e-4}), progress=False)
 
 
+def test_attention_query_key_gains_get_their_own_learning_rate(tiny_model_dir, small_store, tmp_path):
+    from step1x_edit.train.trainer import _parameter_groups
+
+    transformer = Step1XEditPipeline.from_pretrained(tiny_model_dir).transformer
+    config = config_from_dict({"model": {"path": str(tiny_model_dir)}, "data": {"store": str(small_store)},
+                               "training": {"learning_rate": 1e-4, "qk_norm_lr_scale": 10}})
+    rest, gains = _parameter_groups(transformer, config)
+    names = {id(param): name for name, param in transformer.named_parameters()}
+    gain_names = [names[id(param)] for param in gains["params"]]
+    assert gain_names and all(".norm_q." in name or ".norm_k." in name or ".norm_added_" in name
+                              for name in gain_names)
+    assert any(name.startswith("single_transformer_blocks") for name in gain_names)
+    assert gains["lr"] == pytest.approx(1e-3) and "lr" not in rest
+    assert len(rest["params"]) + len(gains["params"]) == sum(1 for _ in transformer.parameters())
+    plain = config_from_dict({"model": {"path": str(tiny_model_dir)}, "data": {"store": str(small_store)}})
+    assert len(_parameter_groups(transformer, plain)) == 1
+
+
 def test_unknown_config_fields_and_bad_values_are_errors():
     with pytest.raises(TrainingConfigError, match="lerning_rate"):
         config_from_dict({"data": {"store": "x"}, "training": {"lerning_rate": 1}})
@@ -71,6 +93,10 @@ def test_unknown_config_fields_and_bad_values_are_errors():
         config_from_dict({"data": {}})
     with pytest.raises(TrainingConfigError, match="dropout"):
         config_from_dict({"data": {"store": "x"}, "training": {"dropout_text": 0.7, "dropout_both": 0.5}})
+    for bad in ({"source_start_rate": 1.5}, {"source_start_range": [0.8, 0.3]}, {"source_start_range": [0, 0.5]},
+                {"source_start_range": [0.5]}):
+        with pytest.raises(TrainingConfigError, match="source_start"):
+            config_from_dict({"data": {"store": "x"}, "training": bad})
 
 
 def test_cli_trains_from_a_toml_file_with_overrides(toml_config, tiny_model_dir, small_store, tmp_path):

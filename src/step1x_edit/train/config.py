@@ -102,7 +102,12 @@ class DataConfig:
 class OptimConfig:
     """Optimisation. ``timestep_sampling``: "shift" (official, ``shift``), "logit_normal" (with the inference
     schedule's resolution shift) or "uniform". Dropout rates: instruction, reference image, both (for CFG).
-    ``ema_decay`` > 0 keeps an exponential moving average of the trained weights (used for validation and the
+    ``source_start_rate``: the fraction of samples trained on image-to-image paths that start at a flow time
+    ``t0`` drawn uniformly from ``source_start_range`` from the noised source (the pipeline's ``strength`` start;
+    see :mod:`step1x_edit.train.flow`), their times scaled into ``(0, t0]``; 0 (default) is the official objective.
+    ``qk_norm_lr_scale`` multiplies the learning rate of the attention query/key RMSNorm gains, which set how
+    sharp attention can be (a small model trained from scratch needs them to grow to copy its reference tokens
+    precisely). ``ema_decay`` > 0 keeps an exponential moving average of the trained weights (used for validation and the
     saved model). ``until_step`` stops early (a checkpoint is written) without changing the schedule, like a
     preemption; a rerun resumes."""
 
@@ -129,6 +134,9 @@ class OptimConfig:
     dropout_text: float = 0.05
     dropout_image: float = 0.0
     dropout_both: float = 0.0
+    source_start_rate: float = 0.0
+    source_start_range: tuple[float, float] = (0.3, 0.8)
+    qk_norm_lr_scale: float = 1.0
     ema_decay: float = 0.0
     checkpoint_every: int = 500
     keep_checkpoints: int = 2
@@ -142,6 +150,8 @@ class OptimConfig:
             raise TrainingConfigError("max_steps, batch_size and gradient_accumulation_steps must be >= 1")
         if self.learning_rate <= 0:
             raise TrainingConfigError(f"learning_rate must be positive, got {self.learning_rate}")
+        if self.qk_norm_lr_scale <= 0:
+            raise TrainingConfigError(f"qk_norm_lr_scale must be positive, got {self.qk_norm_lr_scale}")
         if self.mixed_precision not in ("auto", "no", "bf16", "fp16"):
             raise TrainingConfigError("training.mixed_precision must be 'auto', 'no', 'bf16' or 'fp16'")
         if not 0 <= self.ema_decay < 1:
@@ -150,6 +160,12 @@ class OptimConfig:
             self.dropout_text + self.dropout_image + self.dropout_both > 1
         ):
             raise TrainingConfigError("dropout rates must be non-negative and sum to at most 1")
+        low_high = tuple(self.source_start_range)
+        if not 0 <= self.source_start_rate <= 1 or len(low_high) != 2 or not 0 < low_high[0] <= low_high[1] <= 1:
+            raise TrainingConfigError(
+                "training.source_start_rate must be in [0, 1] and source_start_range a pair 0 < low <= high <= 1, got "
+                f"{self.source_start_rate} and {self.source_start_range!r}"
+            )
         unknown = set(self.report_to) - {"csv", "tensorboard"}
         if unknown:
             raise TrainingConfigError(f"training.report_to accepts 'csv' and 'tensorboard', got {sorted(unknown)}")

@@ -15,6 +15,15 @@ Flow times ``t`` (:func:`sample_flow_times`):
   number of noisy tokens, so the times trained on are the times sampled at that resolution;
 * ``"uniform"`` — ``t ~ U(0, 1)``.
 
+Image-to-image paths (:func:`source_start_times`): the pipeline's ``strength`` starts sampling at ``t0 < 1`` from
+``t0 * noise + (1 - t0) * source`` instead of pure noise. A model trained only on ``x_t = (1 - t) x0 + t noise``
+never sees such states: in the edited region they show the *source*, so it keeps it. With ``start_times`` a
+sample's path instead runs straight from that start to the target,
+``x_t = t noise + (t / t0)(1 - t0) source + (1 - t / t0) x0`` for ``t <= t0``, whose velocity
+``(x_t - x0) / t = noise + ((1 - t0) / t0)(source - x0) - x0`` still points at the target (the same ``x0``
+parametrisation as the plain flow, which is the case ``t0 = 1``). The Euler sampler started at ``t0`` then lands
+on the target when the prediction is exact.
+
 Condition dropout (:func:`drop_conditions`) replaces, per sample, the instruction by the empty instruction
 (the MLLM condition of the same image with "" — the CFG negative used at inference), the reference latents by
 zeros, or both, so that classifier-free guidance has an unconditional model to extrapolate from.
@@ -77,6 +86,18 @@ def sample_flow_times(
     return shift / (shift + (1 / t - 1))
 
 
+def source_start_times(
+    batch_size: int, rate: float, low: float, high: float, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """Per-sample path starts ``t0`` [batch_size] (float32, CPU): with probability ``rate`` uniform in
+    ``[low, high]`` (an image-to-image path from the noised source), else 1 (the plain path from pure noise)."""
+    if not 0 <= rate <= 1 or not 0 < low <= high <= 1:
+        raise ValueError(f"need 0 <= rate <= 1 and 0 < low <= high <= 1, got rate {rate}, range [{low}, {high}]")
+    use = torch.rand(batch_size, generator=generator) < rate
+    t0 = low + (high - low) * torch.rand(batch_size, generator=generator)
+    return torch.where(use, t0, torch.ones(batch_size))
+
+
 def drop_conditions(
     embeds: torch.Tensor,
     mask: torch.Tensor,
@@ -113,12 +134,17 @@ def flow_matching_loss(
     t: torch.Tensor,
     noise: torch.Tensor,
     version: str,
+    start_times: torch.Tensor | None = None,
+    source_latents: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Mean squared error between the predicted and the true velocity ``noise - x0`` on the noisy tokens.
 
     ``target_latents``/``reference_latents``/``noise``: [B, C, h, w] normalised latents (``noise`` like the target);
     ``embeds``/``mask``: the MLLM condition [B, L, C'] / [B, L]; ``t``: flow times [B]. ``version`` selects the
-    reference position ids (v1.0: same as the noisy tokens; v1.1: offset).
+    reference position ids (v1.0: same as the noisy tokens; v1.1: offset). ``start_times`` [B] (``t0``, default
+    all 1) makes a sample's path start from its noised ``source_latents`` (default ``reference_latents``; pass the
+    source itself when condition dropout zeroed the reference) at ``t0`` (module docstring); ``t`` must then be at
+    most ``t0``.
     """
     if target_latents.shape != reference_latents.shape or noise.shape != target_latents.shape:
         raise ValueError(
@@ -130,7 +156,15 @@ def flow_matching_loss(
     x0 = sampling.pack_latents(target_latents)  # [B, N, 4C]
     eps = sampling.pack_latents(noise)  # [B, N, 4C]
     reference = sampling.pack_latents(reference_latents)  # [B, N, 4C]
-    noisy = (1 - t[:, None, None]) * x0 + t[:, None, None] * eps
+    if start_times is None:
+        noisy = (1 - t[:, None, None]) * x0 + t[:, None, None] * eps
+        velocity = eps - x0
+    else:
+        t0 = start_times.to(device=x0.device, dtype=x0.dtype)[:, None, None]
+        source = reference if source_latents is None else sampling.pack_latents(source_latents)
+        along = t[:, None, None] / t0  # fraction of the path from the target (0) to the start (1)
+        noisy = t[:, None, None] * eps + along * (1 - t0) * source + (1 - along) * x0
+        velocity = eps + (1 - t0) / t0 * (source - x0) - x0
     img_ids, txt_ids = sampling.position_ids(latent_height, latent_width, embeds.shape[1], version)
     prediction = transformer(
         hidden_states=torch.cat([noisy, reference], dim=1),  # [B, 2N, 4C]
@@ -140,4 +174,4 @@ def flow_matching_loss(
         img_ids=img_ids.to(noisy.device),
         txt_ids=txt_ids.to(noisy.device),
     )[:, : x0.shape[1]]
-    return torch.nn.functional.mse_loss(prediction.float(), (eps - x0).float())
+    return torch.nn.functional.mse_loss(prediction.float(), velocity.float())

@@ -49,7 +49,7 @@ from .data import (
     plan_batches,
     resolve_store,
 )
-from .flow import FlowTimeSampling, drop_conditions, flow_matching_loss, sample_flow_times
+from .flow import FlowTimeSampling, drop_conditions, flow_matching_loss, sample_flow_times, source_start_times
 
 CHECKPOINT_PREFIX = "step-"
 ADAPTER_FILE = "adapter.safetensors"
@@ -109,6 +109,24 @@ def _set_trainable(transformer, config: TrainConfig) -> list[torch.nn.Parameter]
         if model.train_connector:
             transformer.connector.requires_grad_(True)
     return [param for param in transformer.parameters() if param.requires_grad]
+
+
+QK_NORM_NAMES = ("norm_q.", "norm_k.", "norm_added_q.", "norm_added_k.")
+
+
+def _parameter_groups(transformer, config: TrainConfig) -> list[dict]:
+    """The trained parameters as optimizer groups: the attention query/key RMSNorm gains (whose size sets the
+    attention temperature, e.g. how sharply a noisy token can single out its reference token) at
+    ``qk_norm_lr_scale`` times the learning rate, everything else at the learning rate."""
+    scale = config.training.qk_norm_lr_scale
+    gains, rest = [], []
+    for name, param in transformer.named_parameters():
+        if param.requires_grad:
+            (gains if scale != 1 and any(part in name for part in QK_NORM_NAMES) else rest).append(param)
+    groups = [{"params": rest}]
+    if gains:
+        groups.append({"params": gains, "lr": config.training.learning_rate * scale})
+    return groups
 
 
 def _optimizer(params, config: TrainConfig):
@@ -283,7 +301,7 @@ def train(config: TrainConfig, progress: bool = True) -> TrainResult:
         raise Step1XEditError(f"{len(examples)} samples give no batch for {accelerator.num_processes} processes")
 
     # 3. Optimisation.
-    optimizer = _optimizer(params, config)
+    optimizer = _optimizer(_parameter_groups(transformer, config), config)
     lr_scheduler = get_scheduler(
         t.lr_scheduler, optimizer, num_warmup_steps=t.warmup_steps * accelerator.num_processes,
         num_training_steps=t.max_steps * accelerator.num_processes,
@@ -386,6 +404,11 @@ def train(config: TrainConfig, progress: bool = True) -> TrainResult:
         flow_t = sample_flow_times(target.shape[0], target.shape[-2] * target.shape[-1] // 4, sampling_config,
                                    state.generator)
         noise = torch.randn(target.shape, generator=state.generator).to(accelerator.device)
+        start_times = None
+        if t.source_start_rate > 0:
+            start_times = source_start_times(target.shape[0], t.source_start_rate, *t.source_start_range,
+                                             state.generator)
+            flow_t = flow_t * start_times
         embeds, mask, reference = drop_conditions(
             batch["embeds"], batch["mask"], batch["uncond_embeds"], batch["uncond_mask"], batch["reference"],
             t.dropout_text, t.dropout_image, t.dropout_both, state.generator,
@@ -393,7 +416,7 @@ def train(config: TrainConfig, progress: bool = True) -> TrainResult:
         with accelerator.accumulate(transformer):
             with accelerator.autocast():
                 loss = flow_matching_loss(transformer, target, reference, embeds.to(weight_dtype), mask, flow_t,
-                                          noise, version)
+                                          noise, version, start_times, batch["reference"])
             accelerator.backward(loss)
             if accelerator.sync_gradients and t.max_grad_norm > 0:
                 accelerator.clip_grad_norm_(params, t.max_grad_norm)
