@@ -96,3 +96,22 @@ def test_train_demo_builds_evaluates_and_exports_a_small_model(tmp_path):
     before = (export / "transformer" / "diffusion_pytorch_model.safetensors").read_bytes()
     assert main(argv) == 0
     assert (export / "transformer" / "diffusion_pytorch_model.safetensors").read_bytes() == before
+
+
+def test_the_committed_recipe_is_valid_and_samples_from_the_starts_it_trains(tmp_path):
+    from pathlib import Path
+
+    from step1x_edit import sampling
+    from step1x_edit.train.demo import load_recipe, training_config
+
+    recipe = load_recipe(Path(__file__).parents[2] / "recipes" / "demo.toml")
+    config = training_config(recipe, tmp_path, tmp_path / "initial", tmp_path / "data")
+    t = config.training
+    evaluation = recipe["evaluation"]
+    if t.source_start_rate == 1:  # trained on image-to-image paths only: every candidate must start inside them
+        downsampling = int(recipe["vae"].get("patch_size", 8))  # the FLUX-layout autoencoder downsamples 8x
+        tokens = (int(recipe["demo"]["resolution"]) // downsampling // 2) ** 2
+        schedule = sampling.get_schedule(int(evaluation["steps"]), tokens)
+        low, high = t.source_start_range
+        for strength in evaluation["strength_candidates"]:
+            assert low <= sampling.start_at_strength(schedule, strength)[0] <= high
