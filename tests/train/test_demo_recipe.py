@@ -51,6 +51,11 @@ checkpoint_every = 3
 [train.validation]
 every = -1
 
+[finetune.training]
+max_steps = 2
+source_start_rate = 1.0
+source_start_range = [0.5, 0.9]
+
 [evaluation]
 samples_per_task = 1
 steps = 2
@@ -85,7 +90,17 @@ def test_train_demo_builds_evaluates_and_exports_a_small_model(tmp_path):
     wins = sum(summary["beats_identity"] for task, summary in evaluation["per_task"].items() if task != "all")
     assert ("in all" in card) if wins == len(evaluation["per_task"]) - 1 else ("does **not**" in card)
 
+    # the second run continued from the first one's model with [finetune]'s changes, and is what was exported
+    finetune = json.loads((work / "finetune" / "config.json").read_text())
+    assert finetune["model"]["path"] == str(work / "run" / "final") and finetune["training"]["max_steps"] == 2
+    assert finetune["training"]["source_start_rate"] == 1.0 and finetune["training"]["batch_size"] == 2
+    assert evaluation["settings"]["model"] == str(work / "finetune" / "final")
     pipe = load_pipeline(export, device="cpu")
+    tuned_weights = load_pipeline(work / "finetune" / "final", device="cpu").transformer.state_dict()
+    first_weights = load_pipeline(work / "run" / "final", device="cpu").transformer.state_dict()
+    name = "transformer_blocks.0.attn.to_q.weight"
+    assert torch.equal(pipe.transformer.state_dict()[name], tuned_weights[name].half().float())
+    assert not torch.equal(tuned_weights[name], first_weights[name])
     assert pipe.transformer.dtype == torch.float32  # stored float16, placed as float32 on CPU
     assert pipe.vae.config.latent_channels == 16 and pipe.transformer.config.in_channels == 64
     assert pipe.config.max_sequence_length == 96 and pipe.config.default_size_level == 64
@@ -106,6 +121,10 @@ def test_the_committed_recipe_is_valid_and_samples_from_the_starts_it_trains(tmp
 
     recipe = load_recipe(Path(__file__).parents[2] / "recipes" / "demo.toml")
     config = training_config(recipe, tmp_path, tmp_path / "initial", tmp_path / "data")
+    if "finetune" in recipe:  # the model that is shipped is the second run's
+        config = training_config(recipe, tmp_path, tmp_path / "initial", tmp_path / "data", "finetune")
+        assert config.model.path == str(tmp_path / "run" / "final")
+        assert config.training.output_dir == str(tmp_path / "finetune")
     t = config.training
     evaluation = recipe["evaluation"]
     if t.source_start_rate == 1:  # trained on image-to-image paths only: every candidate must start inside them

@@ -96,6 +96,6 @@ def register(subcommands) -> None:
     demo.add_argument("recipe", help="recipe TOML, e.g. recipes/demo.toml")
     demo.add_argument("--work-dir", required=True, help="where data, checkpoints and the evaluation go")
     demo.add_argument("--export", help="where to write the float16 model and its card (the export stage)")
-    demo.add_argument("--stages", help="comma-separated subset of data,vae,assemble,train,evaluate,export")
+    demo.add_argument("--stages", help="comma-separated subset of data,vae,assemble,train,finetune,evaluate,export")
     demo.add_argument("--no-progress", action="store_true", help="no progress bars")
     demo.set_defaults(handler=_train_demo)

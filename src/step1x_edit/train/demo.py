@@ -11,6 +11,8 @@ resume where they stopped (a finished stage is skipped):
    prompt prefix), a randomly initialised small Qwen2.5-VL (frozen: the connector learns to read it), a
    processor with a smaller image budget than the released model's, a random DiT; written as a pipeline;
 4. ``train``: full fine-tuning of the DiT and connector with :func:`step1x_edit.train.trainer.train`;
+   ``finetune`` (only when the recipe has a ``[finetune]`` table): a second run from the first one's model, with
+   the ``[train]`` tables updated by ``[finetune]``'s (e.g. other objective settings), in ``WORK/finetune``;
 5. ``evaluate``: the guidance scale and strength, picked among ``[evaluation] guidance_candidates`` and
    ``strength_candidates`` on freshly generated samples (:func:`tune_sampling`), then PSNR / SSIM / edit-region
    accuracy per category on the held-out split, against the identity;
@@ -20,7 +22,8 @@ resume where they stopped (a finished stage is skipped):
 The recipe file has the tables ``[demo]`` (resolution, sample count, seeds, condition length, visual tokens),
 ``[vae]`` (:class:`~step1x_edit.train.vae.VAETrainingConfig` fields), ``[text_encoder]``, ``[transformer]``
 (overrides of the ``tiny`` transformer preset), ``[train]`` (a training config without paths, see
-:mod:`step1x_edit.train.config`) and ``[evaluation]``.
+:mod:`step1x_edit.train.config`), optionally ``[finetune]`` (the same tables, as changes to ``[train]``) and
+``[evaluation]``.
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ import torch
 from ..errors import Step1XEditError
 from .config import TrainingConfigError, config_from_dict, tomllib
 
-STAGES = ("data", "vae", "assemble", "train", "evaluate", "export")
+STAGES = ("data", "vae", "assemble", "train", "finetune", "evaluate", "export")
 PATCH_FACTOR = 28  # merged visual token side, in pixels (Qwen2.5-VL)
 
 
@@ -165,13 +168,25 @@ def assemble(recipe: dict, work: Path, data_dir: Path, vae_dir: Path) -> Path:
     return out
 
 
-def training_config(recipe: dict, work: Path, initial: Path, data_dir: Path):
+def training_config(recipe: dict, work: Path, initial: Path, data_dir: Path, stage: str = "train"):
+    """The training config of the ``train`` stage (from ``initial`` into ``WORK/run``) or of the ``finetune``
+    stage (``[train]`` updated by ``[finetune]``, from ``WORK/run/final`` into ``WORK/finetune``)."""
     tables = {name: dict(values) for name, values in recipe["train"].items()}
+    output = work / "run"
+    if stage == "finetune":
+        for name, values in recipe["finetune"].items():
+            tables.setdefault(name, {}).update(values)
+        initial, output = work / "run" / "final", work / "finetune"
     tables.setdefault("model", {})["path"] = str(initial)
     tables.setdefault("data", {})["store"] = str(data_dir)
     tables["data"].setdefault("resolution", int(recipe["demo"]["resolution"]))
-    tables.setdefault("training", {})["output_dir"] = str(work / "run")
+    tables.setdefault("training", {})["output_dir"] = str(output)
     return config_from_dict(tables)
+
+
+def trained_model(recipe: dict, work: Path) -> Path:
+    """The model the recipe evaluates and exports: the fine-tuned one when there is a ``[finetune]`` table."""
+    return work / ("finetune" if "finetune" in recipe else "run") / "final"
 
 
 def _editor(recipe: dict, pipe, guidance: float, strength: float):
@@ -354,11 +369,12 @@ def build_demo(recipe_path: str | os.PathLike, work_dir: str | os.PathLike, expo
         build_data(recipe, work, progress)
     vae_dir = build_vae(recipe, work, data_dir, progress) if "vae" in stages else work / "vae" / "vae"
     initial = assemble(recipe, work, data_dir, vae_dir) if "assemble" in stages else work / "initial"
-    final = work / "run" / "final"
-    if "train" in stages:
-        result = train(training_config(recipe, work, initial, data_dir), progress=progress)
-        if result.final_dir is None:
-            raise Step1XEditError(f"training stopped at step {result.step}; rerun to resume")
+    final = trained_model(recipe, work)
+    for stage in ("train", "finetune"):
+        if stage in stages and (stage == "train" or "finetune" in recipe):
+            result = train(training_config(recipe, work, initial, data_dir, stage), progress=progress)
+            if result.final_dir is None:
+                raise Step1XEditError(f"{stage} stopped at step {result.step}; rerun to resume")
     if "evaluate" in stages:
         from ..bench.synthetic import format_table
         from ..pipeline import load_pipeline
