@@ -44,6 +44,15 @@ def test_batches_hold_one_bucket_are_reproducible_and_split_across_processes():
     assert not {i for b in ranks[0] for i in b} & {i for b in ranks[1] for i in b}
 
 
+def test_the_feature_fingerprint_names_a_model_folder_once_however_it_is_reached(tiny_model_dir, tmp_path):
+    link = tmp_path / "link"
+    link.symlink_to(tiny_model_dir, target_is_directory=True)
+    direct = model_fingerprint(Step1XEditPipeline.from_pretrained(tiny_model_dir), str(tiny_model_dir), 64, ("en",))
+    linked = model_fingerprint(Step1XEditPipeline.from_pretrained(link), str(link), 64, ("en",))
+    assert direct == linked
+    assert direct != model_fingerprint(Step1XEditPipeline.from_pretrained(link), str(tmp_path), 64, ("en",))
+
+
 def test_features_are_cached_once_and_read_back(tiny_model_dir, small_store, tmp_path):
     pipe = Step1XEditPipeline.from_pretrained(tiny_model_dir)
     config = DataConfig(store=str(small_store), resolution=64, language="both")

@@ -114,12 +114,17 @@ class Featurizer:
 
 
 def model_fingerprint(pipe, model_path: str | None, resolution: int, languages: tuple[str, ...]) -> str:
-    """A short hash of everything that changes cached features."""
+    """A short hash of everything that changes cached features. The model folder counts once, resolved (the
+    configs' own ``_name_or_path`` is the path as typed, so a symlink or a relative path would count twice)."""
+
+    def config_without_path(config: dict) -> dict:
+        return {key: value for key, value in config.items() if key != "_name_or_path"}
+
     description = {
         "model": str(Path(model_path).resolve()) if model_path else "builtin",
         "version": pipe.version,
-        "vae": dict(pipe.vae.config),
-        "text_encoder": pipe.text_encoder.config.to_dict(),
+        "vae": config_without_path(dict(pipe.vae.config)),
+        "text_encoder": config_without_path(pipe.text_encoder.config.to_dict()),
         "max_sequence_length": pipe.config.max_sequence_length,
         "resolution": resolution,
         "languages": languages,
