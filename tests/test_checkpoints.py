@@ -257,3 +257,11 @@ def test_safetensors_header_starting_like_a_pickle_is_still_read(tmp_path):
             break
     assert path.read_bytes()[0] == 0x80
     assert read_shapes(path) == {"k" * length: (1,)}
+
+
+def test_a_reference_delta_model_is_not_written_in_the_velocity_only_official_format():
+    from step1x_edit.checkpoints.official import CheckpointError
+    from step1x_edit.models.presets import build_transformer
+
+    with pytest.raises(CheckpointError, match="official format holds velocity models only"):
+        transformer_state_dict_to_official(build_transformer("tiny", prediction_type="reference_delta"))

@@ -165,3 +165,51 @@ def test_mask_without_valid_positions_is_refused(tiny):
     mask[1] = 0
     with pytest.raises(ValueError, match="at least one valid position"):
         tiny(tokens, t, states, mask, img_ids, txt_ids)
+
+
+def _delta_model(seed=0):
+    torch.manual_seed(seed)
+    return build_transformer("tiny", prediction_type="reference_delta").eval()
+
+
+def test_a_fresh_reference_delta_model_predicts_the_velocity_back_to_the_reference():
+    model = _delta_model()
+    tokens, t, states, mask, img_ids, txt_ids = _inputs(model)
+    count = tokens.shape[1] // 2
+    with torch.no_grad():
+        velocity = model(tokens, t, states, mask, img_ids, txt_ids)[:, :count]
+    expected = (tokens[:, :count] - tokens[:, count:]) / t[:, None, None]
+    assert torch.allclose(velocity, expected, atol=1e-5)  # output layer starts at zero: x0 = reference
+
+
+def test_a_reference_delta_model_adds_its_output_to_the_reference():
+    model = _delta_model()
+    torch.nn.init.normal_(model.proj_out.weight, std=0.02)
+    tokens, t, states, mask, img_ids, txt_ids = _inputs(model)
+    count = tokens.shape[1] // 2
+    with torch.no_grad():
+        velocity = model(tokens, t, states, mask, img_ids, txt_ids)[:, :count]
+        model.register_to_config(prediction_type="velocity")  # the same weights read as a velocity model
+        delta = model(tokens, t, states, mask, img_ids, txt_ids)[:, :count]
+    clean = tokens[:, :count] - t[:, None, None] * velocity  # x0 implied by the velocity
+    assert delta.abs().max() > 1e-3
+    assert torch.allclose(clean, tokens[:, count:] + delta, atol=1e-5)
+
+
+def test_reference_delta_setting_survives_save_and_load(tmp_path):
+    model = _delta_model()
+    model.save_pretrained(tmp_path)
+    loaded = Step1XEditTransformer2DModel.from_pretrained(tmp_path)
+    assert loaded.config.prediction_type == "reference_delta"
+    assert torch.equal(loaded.proj_out.weight, model.proj_out.weight)
+
+
+def test_reference_delta_needs_matching_channels_and_an_even_image_sequence():
+    with pytest.raises(ValueError, match="prediction_type must be one of"):
+        build_transformer("tiny", prediction_type="epsilon")
+    with pytest.raises(ValueError, match="in_channels .* must equal out_channels"):
+        build_transformer("tiny", prediction_type="reference_delta", out_channels=32)
+    model = _delta_model()
+    tokens, t, states, mask, img_ids, txt_ids = _inputs(model)
+    with pytest.raises(ValueError, match="as many reference tokens as noisy ones"):
+        model(tokens[:, :-1], t, states, mask, img_ids[:-1], txt_ids)

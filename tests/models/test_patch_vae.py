@@ -76,3 +76,20 @@ def test_every_latent_channel_is_whitened_so_sampler_noise_in_weak_components_st
     first, last = noise.clone(), noise.clone()
     first[:, 0], last[:, -1] = 1.0, 1.0
     assert (decode_latents(vae, last) - base).abs().mean() < 0.5 * (decode_latents(vae, first) - base).abs().mean()
+
+
+def test_an_untrained_reference_delta_pipeline_on_the_full_patch_autoencoder_returns_the_source_exactly():
+    from step1x_edit.models.presets import build_transformer
+    from step1x_edit.testing.tiny import tiny_pipeline
+
+    pipe = tiny_pipeline()
+    pipe.vae = PatchAutoencoder(patch_size=4, latent_channels=48).fit(_pixels(range(30)))  # every component
+    pipe.transformer = build_transformer("tiny", prediction_type="reference_delta", in_channels=192,
+                                         out_channels=192, mllm_hidden_size=32).eval()
+    pipe.register_modules(vae=pipe.vae, transformer=pipe.transformer)
+    source = generate_sample(TASKS[0], 7, resolution=64).source
+    for guidance, strength in ((1.0, 1.0), (3.0, 1.0), (1.0, 0.5)):
+        edited = pipe(image=source, prompt="add a red circle", num_inference_steps=6, size_level=64,
+                      guidance_scale=guidance, strength=strength).images[0]
+        error = np.abs(np.asarray(edited, dtype=np.int16) - np.asarray(source, dtype=np.int16))
+        assert error.max() <= 1  # only 8-bit rounding: the noise never reaches the output

@@ -159,3 +159,33 @@ def test_condition_dropout_replaces_the_instruction_the_image_or_both():
     assert (dropped[2] == 0).float().mean() == pytest.approx(0.10, abs=0.015)
     with pytest.raises(ValueError, match="dropout"):
         drop_conditions(*args, 0.6, 0.6, 0.0)
+
+
+def test_x0_weighting_is_the_error_of_the_implied_clean_latents():
+    generator = torch.Generator().manual_seed(1)
+    x0, reference, eps = (torch.randn(3, 16, 4, 6, generator=generator) for _ in range(3))
+    t = torch.tensor([0.05, 0.5, 0.9])
+    embeds, mask = torch.randn(3, 5, 8), torch.ones(3, 5, dtype=torch.long)
+    copier = _TargetPredictor(reference)  # answers "the target is the reference", i.e. makes no edit
+    loss = flow_matching_loss(copier, x0, reference, embeds, mask, t, eps, "v1.1", loss_weighting="x0")
+    assert float(loss) == pytest.approx(float(((x0 - reference) ** 2).mean()), rel=1e-5)  # the same at every t
+    plain = flow_matching_loss(copier, x0, reference, embeds, mask, t, eps, "v1.1")
+    per_sample = ((x0 - reference) ** 2).mean(dim=(1, 2, 3)) / t**2
+    assert float(plain) == pytest.approx(float(per_sample.mean()), rel=1e-5)  # the velocity error grows as 1/t
+    with pytest.raises(ValueError, match="loss_weighting must be one of"):
+        flow_matching_loss(copier, x0, reference, embeds, mask, t, eps, "v1.1", loss_weighting="snr")
+
+
+def test_a_fresh_reference_delta_transformer_has_the_no_edit_loss_at_every_time():
+    from step1x_edit.models.presets import build_transformer
+
+    torch.manual_seed(0)
+    model = build_transformer("tiny", prediction_type="reference_delta", mllm_hidden_size=8)
+    generator = torch.Generator().manual_seed(2)
+    x0, reference, eps = (torch.randn(2, 16, 4, 6, generator=generator) for _ in range(3))
+    embeds, mask = torch.randn(2, 5, 8), torch.ones(2, 5, dtype=torch.long)
+    no_edit = float(((x0 - reference) ** 2).mean())
+    for t in (torch.tensor([0.1, 0.3]), torch.tensor([0.6, 0.95])):
+        with torch.no_grad():
+                loss = flow_matching_loss(model, x0, reference, embeds, mask, t, eps, "v1.1", loss_weighting="x0")
+        assert float(loss) == pytest.approx(no_edit, rel=1e-4)

@@ -97,6 +97,8 @@ def test_unknown_config_fields_and_bad_values_are_errors():
                 {"source_start_range": [0.5]}):
         with pytest.raises(TrainingConfigError, match="source_start"):
             config_from_dict({"data": {"store": "x"}, "training": bad})
+    with pytest.raises(TrainingConfigError, match="loss_weighting"):
+        config_from_dict({"data": {"store": "x"}, "training": {"loss_weighting": "snr"}})
 
 
 def test_cli_trains_from_a_toml_file_with_overrides(toml_config, tiny_model_dir, small_store, tmp_path):

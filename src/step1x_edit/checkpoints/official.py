@@ -516,6 +516,11 @@ def empty_transformer_for(
 
 def transformer_state_dict_to_official(model: Step1XEditTransformer2DModel) -> dict[str, torch.Tensor]:
     """The official-format state dict of ``model`` (inverse of :func:`load_official_transformer`)."""
+    if model.config.prediction_type != "velocity":
+        raise CheckpointError(
+            f"this model predicts {model.config.prediction_type!r}, but the official format holds velocity models "
+            "only (the official code would read its output as a velocity); keep it in the diffusers layout"
+        )
     return _to_official(model.state_dict(), transformer_key_table(model.config))
 
 

@@ -15,19 +15,19 @@ TRANSFORMER_PRESETS: dict[str, dict[str, Any]] = {
         "in_channels": 64, "out_channels": 64, "vec_in_dim": 768, "context_in_dim": 4096, "hidden_size": 3072,
         "mlp_ratio": 4.0, "num_heads": 24, "depth": 19, "depth_single_blocks": 38, "axes_dim": (16, 56, 56),
         "theta": 10000, "qkv_bias": True, "mllm_hidden_size": 3584, "connector_num_heads": 32, "connector_depth": 2,
-        "version": "v1.1",
+        "version": "v1.1", "prediction_type": "velocity",
     },
     "mid": {
         "in_channels": 64, "out_channels": 64, "vec_in_dim": 768, "context_in_dim": 512, "hidden_size": 512,
         "mlp_ratio": 4.0, "num_heads": 8, "depth": 4, "depth_single_blocks": 8, "axes_dim": (8, 28, 28),
         "theta": 10000, "qkv_bias": True, "mllm_hidden_size": 512, "connector_num_heads": 8, "connector_depth": 2,
-        "version": "v1.1",
+        "version": "v1.1", "prediction_type": "velocity",
     },
     "tiny": {
         "in_channels": 64, "out_channels": 64, "vec_in_dim": 768, "context_in_dim": 64, "hidden_size": 64,
         "mlp_ratio": 4.0, "num_heads": 2, "depth": 1, "depth_single_blocks": 1, "axes_dim": (8, 12, 12),
         "theta": 10000, "qkv_bias": True, "mllm_hidden_size": 32, "connector_num_heads": 2, "connector_depth": 2,
-        "version": "v1.1",
+        "version": "v1.1", "prediction_type": "velocity",
     },
 }
 

@@ -38,6 +38,7 @@ from torch import nn
 from .connector import Step1XConnector
 
 VERSIONS = ("v1.0", "v1.1")
+PREDICTION_TYPES = ("velocity", "reference_delta")
 
 
 class Step1XEditTransformer2DModel(ModelMixin, ConfigMixin, PeftAdapterMixin, AttentionMixin):
@@ -46,6 +47,13 @@ class Step1XEditTransformer2DModel(ModelMixin, ConfigMixin, PeftAdapterMixin, At
     The config fields mirror the official ``Step1XParams`` plus the connector: ``mllm_hidden_size`` is the MLLM
     width the connector reads, ``connector_num_heads``/``connector_depth`` its refiner, and its output width is
     ``context_in_dim``. ``version`` selects the connector variant (``"v1.0"`` has ``scale_factor``).
+
+    ``prediction_type`` says what the output layer predicts. ``"velocity"`` (the released models): the velocity
+    itself. ``"reference_delta"``: the change from the reference (source) latents to the clean target,
+    ``x0 = reference + output``, which :meth:`forward` turns into the velocity ``(x_t - x0) / t``, so samplers,
+    losses and guidance are the same for both. A delta model starts as the identity edit (its output layer is
+    zero-initialised) and leaves a token exactly as it was in the source when it outputs zero there; it needs
+    noisy and reference tokens of one size, position by position, as the pipeline and the trainer give them.
     """
 
     _supports_gradient_checkpointing = True
@@ -72,10 +80,18 @@ class Step1XEditTransformer2DModel(ModelMixin, ConfigMixin, PeftAdapterMixin, At
         connector_num_heads: int = 32,
         connector_depth: int = 2,
         version: str = "v1.1",
+        prediction_type: str = "velocity",
     ) -> None:
         super().__init__()
         if version not in VERSIONS:
             raise ValueError(f"version must be one of {VERSIONS}, got {version!r}")
+        if prediction_type not in PREDICTION_TYPES:
+            raise ValueError(f"prediction_type must be one of {PREDICTION_TYPES}, got {prediction_type!r}")
+        if prediction_type == "reference_delta" and in_channels != out_channels:
+            raise ValueError(
+                f"prediction_type 'reference_delta' adds the output to the reference tokens, so in_channels "
+                f"({in_channels}) must equal out_channels ({out_channels})"
+            )
         if hidden_size % num_heads:
             raise ValueError(f"hidden_size {hidden_size} is not divisible by num_heads {num_heads}")
         head_dim = hidden_size // num_heads
@@ -116,6 +132,9 @@ class Step1XEditTransformer2DModel(ModelMixin, ConfigMixin, PeftAdapterMixin, At
         )
         self.norm_out = AdaLayerNormContinuous(hidden_size, hidden_size, elementwise_affine=False, eps=1e-6)
         self.proj_out = nn.Linear(hidden_size, out_channels)
+        if prediction_type == "reference_delta":  # start as the identity edit: x0 = reference
+            nn.init.zeros_(self.proj_out.weight)
+            nn.init.zeros_(self.proj_out.bias)
         self.connector = Step1XConnector(
             in_channels=mllm_hidden_size,
             hidden_size=context_in_dim,
@@ -147,7 +166,8 @@ class Step1XEditTransformer2DModel(ModelMixin, ConfigMixin, PeftAdapterMixin, At
             txt_ids: [L, 3] (or [B, L, 3]) rotary position ids of the context tokens.
 
         Returns:
-            [B, 2N, out_channels]; the first N rows are the noisy tokens' velocity.
+            [B, 2N, out_channels]; the first N rows are the noisy tokens' velocity (for a ``"reference_delta"``
+            model, ``(x_t - reference - delta) / t`` with t floored at 1e-6; the reference rows are the raw output).
         """
         if hidden_states.ndim != 3 or encoder_hidden_states.ndim != 3:
             raise ValueError(
@@ -166,6 +186,13 @@ class Step1XEditTransformer2DModel(ModelMixin, ConfigMixin, PeftAdapterMixin, At
                 f"position ids ({img_ids.shape[0]} image, {txt_ids.shape[0]} text) do not match the sequence lengths "
                 f"({hidden_states.shape[1]} image, {encoder_hidden_states.shape[1]} text)"
             )
+        delta_model = self.config.prediction_type == "reference_delta"
+        if delta_model and hidden_states.shape[1] % 2:
+            raise ValueError(
+                "a 'reference_delta' model needs as many reference tokens as noisy ones, got an odd image sequence "
+                f"of {hidden_states.shape[1]} tokens"
+            )
+        inputs = hidden_states
         dtype = hidden_states.dtype
         timestep = torch.as_tensor(timestep, device=hidden_states.device).to(dtype).expand(hidden_states.shape[0])
 
@@ -189,4 +216,11 @@ class Step1XEditTransformer2DModel(ModelMixin, ConfigMixin, PeftAdapterMixin, At
                 )
 
         hidden_states = self.norm_out(hidden_states, temb)
-        return self.proj_out(hidden_states)
+        output = self.proj_out(hidden_states)
+        if not delta_model:
+            return output
+        count = inputs.shape[1] // 2
+        noisy, reference, delta = inputs[:, :count], inputs[:, count:], output[:, :count]
+        t = timestep.float().clamp_min(1e-6)[:, None, None]
+        velocity = (noisy.float() - reference.float() - delta.float()) / t
+        return torch.cat([velocity.to(output.dtype), output[:, count:]], dim=1)

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import Step1XEditError
+from .flow import LOSS_WEIGHTINGS
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -107,7 +108,10 @@ class OptimConfig:
     see :mod:`step1x_edit.train.flow`), their times scaled into ``(0, t0]``; 0 (default) is the official objective.
     ``qk_norm_lr_scale`` multiplies the learning rate of the attention query/key RMSNorm gains, which set how
     sharp attention can be (a small model trained from scratch needs them to grow to copy its reference tokens
-    precisely). ``ema_decay`` > 0 keeps an exponential moving average of the trained weights (used for validation and the
+    precisely). ``loss_weighting``: "none" (default, the official objective: mean squared velocity error) or "x0"
+    (each sample's error times t², i.e. the error of the implied clean latents ``x_t - t * v``; it keeps the loss
+    of a ``reference_delta`` model, whose velocity error is its delta error over t, bounded at small t).
+    ``ema_decay`` > 0 keeps an exponential moving average of the trained weights (used for validation and the
     saved model). ``until_step`` stops early (a checkpoint is written) without changing the schedule, like a
     preemption; a rerun resumes."""
 
@@ -137,6 +141,7 @@ class OptimConfig:
     source_start_rate: float = 0.0
     source_start_range: tuple[float, float] = (0.3, 0.8)
     qk_norm_lr_scale: float = 1.0
+    loss_weighting: str = "none"
     ema_decay: float = 0.0
     checkpoint_every: int = 500
     keep_checkpoints: int = 2
@@ -152,6 +157,10 @@ class OptimConfig:
             raise TrainingConfigError(f"learning_rate must be positive, got {self.learning_rate}")
         if self.qk_norm_lr_scale <= 0:
             raise TrainingConfigError(f"qk_norm_lr_scale must be positive, got {self.qk_norm_lr_scale}")
+        if self.loss_weighting not in LOSS_WEIGHTINGS:
+            raise TrainingConfigError(
+                f"training.loss_weighting must be one of {LOSS_WEIGHTINGS}, got {self.loss_weighting!r}"
+            )
         if self.mixed_precision not in ("auto", "no", "bf16", "fp16"):
             raise TrainingConfigError("training.mixed_precision must be 'auto', 'no', 'bf16' or 'fp16'")
         if not 0 <= self.ema_decay < 1:

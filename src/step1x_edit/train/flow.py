@@ -39,6 +39,7 @@ import torch
 from .. import sampling
 
 TIMESTEP_SAMPLING = ("shift", "logit_normal", "uniform")
+LOSS_WEIGHTINGS = ("none", "x0")
 OFFICIAL_SHIFT = 3.1582
 
 
@@ -136,6 +137,7 @@ def flow_matching_loss(
     version: str,
     start_times: torch.Tensor | None = None,
     source_latents: torch.Tensor | None = None,
+    loss_weighting: str = "none",
 ) -> torch.Tensor:
     """Mean squared error between the predicted and the true velocity ``noise - x0`` on the noisy tokens.
 
@@ -144,8 +146,11 @@ def flow_matching_loss(
     reference position ids (v1.0: same as the noisy tokens; v1.1: offset). ``start_times`` [B] (``t0``, default
     all 1) makes a sample's path start from its noised ``source_latents`` (default ``reference_latents``; pass the
     source itself when condition dropout zeroed the reference) at ``t0`` (module docstring); ``t`` must then be at
-    most ``t0``.
+    most ``t0``. ``loss_weighting="x0"`` weights each sample's squared error by t², which makes it the error of
+    the implied clean latents ``x_t - t * v`` (every path here ends at the target at t = 0).
     """
+    if loss_weighting not in LOSS_WEIGHTINGS:
+        raise ValueError(f"loss_weighting must be one of {LOSS_WEIGHTINGS}, got {loss_weighting!r}")
     if target_latents.shape != reference_latents.shape or noise.shape != target_latents.shape:
         raise ValueError(
             f"target {tuple(target_latents.shape)}, reference {tuple(reference_latents.shape)} and noise "
@@ -174,4 +179,7 @@ def flow_matching_loss(
         img_ids=img_ids.to(noisy.device),
         txt_ids=txt_ids.to(noisy.device),
     )[:, : x0.shape[1]]
-    return torch.nn.functional.mse_loss(prediction.float(), velocity.float())
+    if loss_weighting == "none":
+        return torch.nn.functional.mse_loss(prediction.float(), velocity.float())
+    squared = (prediction.float() - velocity.float()).square().mean(dim=(1, 2))  # [B]
+    return (squared * t.float().square()).mean()

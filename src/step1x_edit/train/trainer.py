@@ -416,7 +416,7 @@ def train(config: TrainConfig, progress: bool = True) -> TrainResult:
         with accelerator.accumulate(transformer):
             with accelerator.autocast():
                 loss = flow_matching_loss(transformer, target, reference, embeds.to(weight_dtype), mask, flow_t,
-                                          noise, version, start_times, batch["reference"])
+                                          noise, version, start_times, batch["reference"], t.loss_weighting)
             accelerator.backward(loss)
             if accelerator.sync_gradients and t.max_grad_norm > 0:
                 accelerator.clip_grad_norm_(params, t.max_grad_norm)
