@@ -36,6 +36,7 @@ depth_single_blocks = 1
 context_in_dim = 64
 vec_in_dim = 64
 connector_num_heads = 2
+prediction_type = "reference_delta"
 
 [train.model]
 mode = "full"
@@ -47,6 +48,7 @@ language = "both"
 max_steps = 3
 batch_size = 2
 checkpoint_every = 3
+loss_weighting = "x0"
 
 [train.validation]
 every = -1
@@ -88,6 +90,7 @@ def test_train_demo_builds_evaluates_and_exports_a_small_model(tmp_path):
     card = (export / "MODEL_CARD.md").read_text()
     assert "| task | n | PSNR model |" in card and f"guidance scale\n{choice['guidance_scale']:g} and strength {choice['strength']:g}" in card
     wins = sum(summary["beats_identity"] for task, summary in evaluation["per_task"].items() if task != "all")
+    assert "reference_delta" in card  # the card says what its DiT predicts
     assert ("in all" in card) if wins == len(evaluation["per_task"]) - 1 else ("does **not**" in card)
 
     # the second run continued from the first one's model with [finetune]'s changes, and is what was exported
@@ -103,6 +106,7 @@ def test_train_demo_builds_evaluates_and_exports_a_small_model(tmp_path):
     assert not torch.equal(tuned_weights[name], first_weights[name])
     assert pipe.transformer.dtype == torch.float32  # stored float16, placed as float32 on CPU
     assert pipe.vae.config.latent_channels == 16 and pipe.transformer.config.in_channels == 64
+    assert pipe.transformer.config.prediction_type == "reference_delta"
     assert pipe.config.max_sequence_length == 96 and pipe.config.default_size_level == 64
     assert pipe.config.default_guidance_scale == choice["guidance_scale"]
     assert pipe.config.default_strength == choice["strength"]

@@ -300,6 +300,15 @@ def _region_sentence(result) -> str:
             "(how much of the asked-for change it makes)")
 
 
+def _prediction_sentence(recipe: dict) -> str:
+    if recipe["transformer"].get("prediction_type", "velocity") == "velocity":
+        return ""
+    return ("\nIts DiT predicts the change from the source latents to the edited ones (`prediction_type = "
+            "\"reference_delta\"`, turned into the velocity the sampler uses), where the released model predicts the "
+            "velocity itself: left untrained it returns the source, and a region it does not change comes back "
+            "exactly.")
+
+
 def model_card(recipe_path: Path, recipe: dict, result, size_bytes: int) -> str:
     from ..bench.synthetic import format_table
 
@@ -313,7 +322,7 @@ def model_card(recipe_path: Path, recipe: dict, result, size_bytes: int) -> str:
 A small model with the Step1X-Edit architecture (Qwen2.5-VL-style encoder -> connector -> FLUX-style DiT with the
 source latents concatenated to the noisy ones, rectified flow), trained by this project from scratch on its own
 synthetic editing world. It ships inside the package ({size_bytes / 2**20:.1f} MiB, float16) so that
-`step1x-edit edit` runs the whole system without downloads.
+`step1x-edit edit` runs the whole system without downloads.{_prediction_sentence(recipe)}
 
 **What it can do**: it was trained on edits of the synthetic world (coloured shapes, signs, stick figures,
 cartoon faces on plain or gradient backgrounds) in the 11 task categories, from template instructions (English or
