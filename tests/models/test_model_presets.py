@@ -1,6 +1,4 @@
-"""Named presets: the released sizes, and a tiny size that runs in milliseconds."""
-
-import time
+"""Named presets: the released sizes, and a tiny size for tests (speed is measured in benchmarks/)."""
 
 import pytest
 import torch
@@ -17,15 +15,15 @@ def test_full_preset_has_the_released_architecture():
     assert sum(p.numel() for p in model.parameters()) == 12_427_800_385
 
 
-def test_tiny_preset_runs_a_cfg_step_in_milliseconds():
+def test_tiny_preset_is_small_and_runs_a_cfg_step():
     model = build_transformer("tiny").eval()
+    assert sum(p.numel() for p in model.parameters()) < 2_000_000
+    assert model.config.prediction_type == "velocity"  # every preset predicts what the released model predicts
     tokens, states = torch.randn(2, 32, 64), torch.randn(2, 8, 32)
     ids = torch.zeros(32, 3), torch.zeros(8, 3)
     with torch.no_grad():
-        model(tokens, torch.ones(2), states, torch.ones(2, 8), *ids)
-        start = time.perf_counter()
-        model(tokens, torch.ones(2), states, torch.ones(2, 8), *ids)
-    assert time.perf_counter() - start < 0.5
+        out = model(tokens, torch.ones(2), states, torch.ones(2, 8), *ids)
+    assert out.shape == tokens.shape and torch.isfinite(out).all()
 
 
 def test_unknown_preset_and_field_are_refused():
