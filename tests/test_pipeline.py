@@ -86,7 +86,8 @@ def test_cli_info_reports_version_and_parameter_counts(official_dir, diffusers_d
     official = capsys.readouterr().out
     assert "official layout" in official and "v1.1" in official and "parameters" in official
     assert main(["info", str(diffusers_dir)]) == 0
-    assert "diffusers layout" in capsys.readouterr().out
+    converted = capsys.readouterr().out
+    assert "diffusers layout" in converted and "prediction_type velocity" in converted
 
 
 def test_wrong_version_is_an_error_naming_the_cause(official_dir, photo, tmp_path, capsys):

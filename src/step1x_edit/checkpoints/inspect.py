@@ -83,5 +83,6 @@ def _describe_diffusers(path: Path) -> dict:
             config = json.loads(config_file.read_text())
             version = config.get("version", version)
             components[name].update({field: config[field] for field in ARCHITECTURE_FIELDS if field in config})
+            components[name]["prediction_type"] = config.get("prediction_type", "velocity")
         components[name].update(describe_safetensors(weights))
     return {"layout": "diffusers", "version": version, "components": components}
