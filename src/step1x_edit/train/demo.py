@@ -305,8 +305,7 @@ def _prediction_sentence(recipe: dict) -> str:
         return ""
     return ("\nIts DiT predicts the change from the source latents to the edited ones (`prediction_type = "
             "\"reference_delta\"`, turned into the velocity the sampler uses), where the released model predicts the "
-            "velocity itself: left untrained it returns the source, and a region it does not change comes back "
-            "exactly.")
+            "velocity itself: untrained, it returns the source exactly, so training only has to teach it the change.")
 
 
 def model_card(recipe_path: Path, recipe: dict, result, size_bytes: int) -> str:
