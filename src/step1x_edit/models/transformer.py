@@ -194,7 +194,9 @@ class Step1XEditTransformer2DModel(ModelMixin, ConfigMixin, PeftAdapterMixin, At
             )
         inputs = hidden_states
         dtype = hidden_states.dtype
-        timestep = torch.as_tensor(timestep, device=hidden_states.device).to(dtype).expand(hidden_states.shape[0])
+        timestep = torch.as_tensor(timestep, device=hidden_states.device).expand(hidden_states.shape[0])
+        exact_t = timestep.float()  # a delta model divides by the sampler's time, not its bf16 rounding
+        timestep = timestep.to(dtype)
 
         context, pooled = self.connector(encoder_hidden_states.to(dtype), timestep, encoder_attention_mask)
         temb = self.time_text_embed(timestep * 1000, pooled)
@@ -221,6 +223,6 @@ class Step1XEditTransformer2DModel(ModelMixin, ConfigMixin, PeftAdapterMixin, At
             return output
         count = inputs.shape[1] // 2
         noisy, reference, delta = inputs[:, :count], inputs[:, count:], output[:, :count]
-        t = timestep.float().clamp_min(1e-6)[:, None, None]
+        t = exact_t.clamp_min(1e-6)[:, None, None]
         velocity = (noisy.float() - reference.float() - delta.float()) / t
         return torch.cat([velocity.to(output.dtype), output[:, count:]], dim=1)
