@@ -91,6 +91,7 @@ def test_train_demo_builds_evaluates_and_exports_a_small_model(tmp_path):
     assert "| task | n | PSNR model |" in card and f"guidance scale\n{choice['guidance_scale']:g} and strength {choice['strength']:g}" in card
     wins = sum(summary["beats_identity"] for task, summary in evaluation["per_task"].items() if task != "all")
     assert "reference_delta" in card  # the card says what its DiT predicts
+    assert "for 3 steps of batch 2, then 2 steps of batch 2 in a second run" in card
     assert ("in all" in card) if wins == len(evaluation["per_task"]) - 1 else ("does **not**" in card)
 
     # the second run continued from the first one's model with [finetune]'s changes, and is what was exported

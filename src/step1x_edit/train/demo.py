@@ -312,8 +312,12 @@ def model_card(recipe_path: Path, recipe: dict, result, size_bytes: int) -> str:
     from ..bench.synthetic import format_table
 
     demo = recipe["demo"]
-    steps = int(recipe["train"]["training"]["max_steps"])
-    batch = int(recipe["train"]["training"].get("batch_size", 1))
+    first = recipe["train"]["training"]
+    training = f'for {int(first["max_steps"]):,} steps of batch {int(first.get("batch_size", 1))}'
+    if "finetune" in recipe:
+        second = {**first, **recipe["finetune"].get("training", {})}
+        training += (f', then {int(second["max_steps"]):,} steps of batch {int(second.get("batch_size", 1))} in a '
+                     "second run (the recipe's finetune stage)")
     guidance = float(result.settings["guidance_scale"])
     strength = float(result.settings.get("strength", 1.0))
     return f"""# step1x-edit demo model
@@ -325,7 +329,7 @@ synthetic editing world. It ships inside the package ({size_bytes / 2**20:.1f} M
 
 **What it can do**: it was trained on edits of the synthetic world (coloured shapes, signs, stick figures,
 cartoon faces on plain or gradient backgrounds) in the 11 task categories, from template instructions (English or
-Chinese), for {steps:,} steps of batch {batch}.
+Chinese), {training}.
 {_verdict(result)}; {_region_sentence(result)}. Its defaults, guidance scale
 {guidance:g} and strength {strength:g} (1 = start from pure noise; lower = start part-way from the noised source,
 image-to-image), were chosen on freshly generated samples, not on the held-out split.
