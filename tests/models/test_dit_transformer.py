@@ -213,3 +213,20 @@ def test_reference_delta_needs_matching_channels_and_an_even_image_sequence():
     tokens, t, states, mask, img_ids, txt_ids = _inputs(model)
     with pytest.raises(ValueError, match="as many reference tokens as noisy ones"):
         model(tokens[:, :-1], t, states, mask, img_ids[:-1], txt_ids)
+
+
+def test_lora_adapters_on_a_reference_delta_model_train_and_export_to_kohya_names():
+    from peft import LoraConfig
+
+    from step1x_edit.checkpoints.lora import default_lora_targets, peft_to_kohya
+
+    model = _delta_model()
+    torch.nn.init.normal_(model.proj_out.weight, std=0.02)  # a trained model (LoRA adapts one; the output layer is frozen)
+    model.add_adapter(LoraConfig(r=4, lora_alpha=4, target_modules=default_lora_targets(model),
+                                 init_lora_weights=False))
+    tokens, t, states, mask, img_ids, txt_ids = _inputs(model)
+    count = tokens.shape[1] // 2
+    model(tokens, t, states, mask, img_ids, txt_ids)[:, :count].square().mean().backward()
+    lora = [param for name, param in model.named_parameters() if "lora_" in name]
+    assert lora and all(param.grad is not None and param.grad.abs().sum() > 0 for param in lora)
+    assert any(key.endswith(".lora_down.weight") for key in peft_to_kohya(model))

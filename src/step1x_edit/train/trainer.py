@@ -102,6 +102,12 @@ def _set_trainable(transformer, config: TrainConfig) -> list[torch.nn.Parameter]
 
         transformer.requires_grad_(False)
         targets = list(model.lora_targets) or default_lora_targets(transformer)
+        if (transformer.config.prediction_type == "reference_delta" and "proj_out" not in targets
+                and not transformer.proj_out.weight.any()):
+            raise TrainingConfigError(
+                "this reference_delta model's output layer is still zero (untrained), so no gradient reaches LoRA "
+                "adapters behind it; train it fully first (model.mode = 'full') or add 'proj_out' to lora_targets"
+            )
         transformer.add_adapter(LoraConfig(
             r=model.lora_rank, lora_alpha=model.lora_alpha, lora_dropout=model.lora_dropout,
             init_lora_weights="gaussian", target_modules=targets,
