@@ -259,9 +259,13 @@ def test_safetensors_header_starting_like_a_pickle_is_still_read(tmp_path):
     assert read_shapes(path) == {"k" * length: (1,)}
 
 
-def test_a_reference_delta_model_is_not_written_in_the_velocity_only_official_format():
+def test_the_velocity_only_official_format_neither_writes_nor_reads_a_reference_delta_model(tiny_official, tmp_path):
     from step1x_edit.checkpoints.official import CheckpointError
     from step1x_edit.models.presets import build_transformer
 
     with pytest.raises(CheckpointError, match="official format holds velocity models only"):
         transformer_state_dict_to_official(build_transformer("tiny", prediction_type="reference_delta"))
+    save_file(tiny_official[1], tmp_path / "tiny.safetensors")
+    with pytest.raises(CheckpointError, match="official-format files hold velocity models only"):
+        load_official_transformer(tmp_path / "tiny.safetensors",
+                                  config={"axes_dim": (8, 12, 12), "prediction_type": "reference_delta"})

@@ -399,6 +399,11 @@ def infer_transformer_config(
     unknown = sorted(set(config) - set(transformer_config("full")))
     if unknown:
         raise CheckpointError(f"unknown transformer config field(s) {unknown}; valid: {sorted(transformer_config('full'))}")
+    if config.get("prediction_type", "velocity") != "velocity":
+        raise CheckpointError(
+            f"config says prediction_type={config['prediction_type']!r}, but official-format files hold velocity "
+            "models only"
+        )
     config_version = config.pop("version", None)
     if version is not None and config_version is not None and version != config_version:
         raise CheckpointError(f"version={version!r} contradicts the config's version={config_version!r}")
