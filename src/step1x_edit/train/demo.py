@@ -168,14 +168,21 @@ def assemble(recipe: dict, work: Path, data_dir: Path, vae_dir: Path) -> Path:
     return out
 
 
-def training_config(recipe: dict, work: Path, initial: Path, data_dir: Path, stage: str = "train"):
-    """The training config of the ``train`` stage (from ``initial`` into ``WORK/run``) or of the ``finetune``
-    stage (``[train]`` updated by ``[finetune]``, from ``WORK/run/final`` into ``WORK/finetune``)."""
+def stage_tables(recipe: dict, stage: str = "train") -> dict[str, dict]:
+    """The training tables of a run: ``[train]``'s, and for ``finetune`` those updated by ``[finetune]``'s."""
     tables = {name: dict(values) for name, values in recipe["train"].items()}
-    output = work / "run"
     if stage == "finetune":
         for name, values in recipe["finetune"].items():
             tables.setdefault(name, {}).update(values)
+    return tables
+
+
+def training_config(recipe: dict, work: Path, initial: Path, data_dir: Path, stage: str = "train"):
+    """The training config of the ``train`` stage (from ``initial`` into ``WORK/run``) or of the ``finetune``
+    stage (``[train]`` updated by ``[finetune]``, from ``WORK/run/final`` into ``WORK/finetune``)."""
+    tables = stage_tables(recipe, stage)
+    output = work / "run"
+    if stage == "finetune":
         initial, output = work / "run" / "final", work / "finetune"
     tables.setdefault("model", {})["path"] = str(initial)
     tables.setdefault("data", {})["store"] = str(data_dir)
@@ -312,10 +319,10 @@ def model_card(recipe_path: Path, recipe: dict, result, size_bytes: int) -> str:
     from ..bench.synthetic import format_table
 
     demo = recipe["demo"]
-    first = recipe["train"]["training"]
+    first = stage_tables(recipe)["training"]
     training = f'for {int(first["max_steps"]):,} steps of batch {int(first.get("batch_size", 1))}'
     if "finetune" in recipe:
-        second = {**first, **recipe["finetune"].get("training", {})}
+        second = stage_tables(recipe, "finetune")["training"]
         training += (f', then {int(second["max_steps"]):,} steps of batch {int(second.get("batch_size", 1))} in a '
                      "second run (the recipe's finetune stage)")
     guidance = float(result.settings["guidance_scale"])
