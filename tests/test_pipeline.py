@@ -11,7 +11,7 @@ from PIL import Image
 from step1x_edit import sampling
 from step1x_edit.cli import main
 from step1x_edit.errors import CheckpointError, InvalidImageError, InvalidPromptError
-from step1x_edit.pipeline import DEMO_MODEL_DIR, load_pipeline
+from step1x_edit.pipeline import DEMO_MODEL_DIR, Step1XEditPipeline, load_pipeline
 from step1x_edit.testing.tiny import save_tiny_official, tiny_pipeline
 
 FAST = dict(num_inference_steps=2, size_level=64)
@@ -247,6 +247,27 @@ def test_bad_strength_is_refused_before_any_work(pipe, photo, tmp_path, capsys):
         pipe(image=photo, prompt="make it blue", strength=2.0, **FAST)
     assert _edit([photo, "make it blue", "--strength", "0", "-o", tmp_path / "x.png"]) != 0
     assert "strength" in capsys.readouterr().err
+
+
+def test_a_saved_default_step_count_is_used_when_the_call_gives_none(pipe, photo, tmp_path):
+    pipe.save_pretrained(tmp_path / "model")
+    config_path = tmp_path / "model" / "model_index.json"
+    config = json.loads(config_path.read_text())
+    config["default_num_inference_steps"] = 3
+    config_path.write_text(json.dumps(config))
+    loaded = load_pipeline(tmp_path / "model", device="cpu")
+    assert loaded.config.default_num_inference_steps == 3
+    seen = []
+    loaded(image=photo, prompt="make it blue", guidance_scale=1.0, size_level=64,
+           callback_on_step_end=lambda p, i, t, state: seen.append(t))
+    assert len(seen) == 3
+    seen.clear()
+    loaded(image=photo, prompt="make it blue", guidance_scale=1.0, size_level=64, num_inference_steps=2,
+           callback_on_step_end=lambda p, i, t, state: seen.append(t))
+    assert len(seen) == 2
+    with pytest.raises(ValueError, match="default_num_inference_steps"):
+        Step1XEditPipeline(loaded.transformer, loaded.vae, loaded.text_encoder, loaded.processor, loaded.scheduler,
+                           default_num_inference_steps=0)
 
 
 def test_a_saved_default_strength_is_used_when_the_call_gives_none(pipe, photo, tmp_path):

@@ -37,9 +37,12 @@ def _edit(args: argparse.Namespace) -> int:
             "at 96 px; see its model card). Pass --model DIR for real Step1X-Edit weights.",
             file=sys.stderr,
         )
-    if args.strength is not None:  # checked before the model loads
+    if args.strength is not None:  # checked before the model loads (the number of steps may be the model's)
         try:
-            sampling.strength_steps(args.steps, args.strength)
+            if args.steps is not None:
+                sampling.strength_steps(args.steps, args.strength)
+            elif not 0 < args.strength <= 1:
+                raise ValueError(f"strength must be in (0, 1], got {args.strength}")
         except ValueError as error:
             raise Step1XEditError(f"--strength: {error}") from error
     lora_scales = _lora_scales(args)
@@ -121,7 +124,8 @@ def _add_edit(subcommands) -> None:
                         "default: the small built-in model")
     parser.add_argument("--version", choices=["v1.0", "v1.1"], help="force the version of an official checkpoint "
                         "(default: detected)")
-    parser.add_argument("--steps", type=int, default=28, help="denoising steps (default 28)")
+    parser.add_argument("--steps", type=int, default=None,
+                        help="denoising steps (default: the model's, 28 for the released models)")
     parser.add_argument("--guidance", type=float, default=None,
                         help="classifier-free guidance scale (default: the model's own, 6.0 for the released models)")
     parser.add_argument("--size-level", type=int, default=None,

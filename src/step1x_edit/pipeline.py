@@ -78,8 +78,9 @@ class Step1XEditPipeline(DiffusionPipeline):
     config holds the schedule's shift parameters). ``max_sequence_length`` is the length the MLLM condition is
     padded or cut to: 640 for the released models; smaller models may be trained with a shorter one.
     ``default_size_level`` is the working resolution used when a call does not give one (the resolution the
-    model was trained at: 1024 for the released models), ``default_guidance_scale`` likewise (6.0), and
-    ``default_strength`` (1.0: start from pure noise, as the official code does).
+    model was trained at: 1024 for the released models), ``default_guidance_scale`` likewise (6.0),
+    ``default_strength`` (1.0: start from pure noise, as the official code does) and ``default_num_inference_steps``
+    (28).
     """
 
     model_cpu_offload_seq = "text_encoder->transformer->vae"
@@ -95,10 +96,13 @@ class Step1XEditPipeline(DiffusionPipeline):
         default_size_level: int = 1024,
         default_guidance_scale: float = 6.0,
         default_strength: float = 1.0,
+        default_num_inference_steps: int = 28,
     ):
         super().__init__()
         if not 0 < default_strength <= 1:
             raise ValueError(f"default_strength must be in (0, 1], got {default_strength}")
+        if default_num_inference_steps < 1:
+            raise ValueError(f"default_num_inference_steps must be positive, got {default_num_inference_steps}")
         if max_sequence_length < 1 or default_size_level < 16:
             raise ValueError(
                 f"max_sequence_length must be positive and default_size_level >= 16, got {max_sequence_length} "
@@ -108,7 +112,8 @@ class Step1XEditPipeline(DiffusionPipeline):
             transformer=transformer, vae=vae, text_encoder=text_encoder, processor=processor, scheduler=scheduler
         )
         self.register_to_config(max_sequence_length=max_sequence_length, default_size_level=default_size_level,
-                                default_guidance_scale=default_guidance_scale, default_strength=default_strength)
+                                default_guidance_scale=default_guidance_scale, default_strength=default_strength,
+                                default_num_inference_steps=default_num_inference_steps)
 
     @property
     def version(self) -> str:
@@ -221,7 +226,7 @@ class Step1XEditPipeline(DiffusionPipeline):
         image: Image.Image | str | os.PathLike | list | None = None,
         prompt: str | list[str] | None = None,
         negative_prompt: str | list[str] = "",
-        num_inference_steps: int = 28,
+        num_inference_steps: int | None = None,
         guidance_scale: float | None = None,
         size_level: int | None = None,
         strength: float | None = None,
@@ -240,7 +245,8 @@ class Step1XEditPipeline(DiffusionPipeline):
             image: a PIL image or path, or a list of them (one per prompt; a single image is shared by all prompts).
             prompt: the instruction(s). Quoted text ("OPEN") is fed to the MLLM character by character.
             negative_prompt: the CFG negative instruction(s); the released model uses "" (the default).
-            num_inference_steps: Euler steps (28 by default).
+            num_inference_steps: Euler steps (default: the pipeline's ``default_num_inference_steps``, 28 unless the
+                model was saved with another).
             guidance_scale: classifier-free guidance weight (default: the pipeline's ``default_guidance_scale``, 6.0
                 for the released models); 1.0 or less disables CFG (one model call per step).
             size_level: the edit runs at about ``size_level**2`` pixels (sides multiples of 16); the result is
@@ -275,6 +281,8 @@ class Step1XEditPipeline(DiffusionPipeline):
             guidance_scale = self.config.default_guidance_scale
         if strength is None:
             strength = self.config.default_strength
+        if num_inference_steps is None:
+            num_inference_steps = self.config.default_num_inference_steps
         self._check_inputs(images, prompts, negative_prompts, prompt_embeds is not None, size_level, num_inference_steps)
         sampling.strength_steps(num_inference_steps, strength)  # a bad strength is refused before any work
         for embeds, mask, name in (

@@ -48,7 +48,8 @@ language = "both"
 max_steps = 3
 batch_size = 2
 checkpoint_every = 3
-loss_weighting = "x0"
+loss_weighting = "x0_relative"
+pure_noise_rate = 0.5
 
 [train.validation]
 every = -1
@@ -62,6 +63,7 @@ source_start_range = [0.5, 0.9]
 samples_per_task = 1
 steps = 2
 guidance_scale = 2.0
+steps_candidates = [1, 2]
 guidance_candidates = [1.0, 3.0]
 strength_candidates = [1.0, 0.5]
 tune_samples_per_task = 1
@@ -77,18 +79,24 @@ def test_train_demo_builds_evaluates_and_exports_a_small_model(tmp_path):
     rows = [json.loads(line) for line in (work / "evaluation.jsonl").read_text().splitlines()[1:]]
     assert rows and {row["task"] for row in rows} <= set(TASKS)  # the held-out split, at most one per task
 
-    # guidance and strength were picked among the candidates on generated samples, never on the held-out split
+    # steps, guidance and strength were picked among the candidates on generated samples, never on the held-out
+    # split; strength 0.5 of one step keeps no step and is not a candidate
     choice = json.loads((work / "tuning" / "choice.json").read_text())
-    assert choice["guidance_scale"] in (1.0, 3.0) and choice["strength"] in (1.0, 0.5) and len(choice["scores"]) == 4
-    tuned = work / "tuning" / "guidance-1-strength-0.5.jsonl"
+    assert choice["steps"] in (1, 2) and choice["guidance_scale"] in (1.0, 3.0) and choice["strength"] in (1.0, 0.5)
+    assert sorted(choice["scores"]) == sorted(f"steps-{steps}-guidance-{guidance}-strength-{strength}"
+                                              for steps, strength in ((1, 1), (2, 1), (2, 0.5))
+                                              for guidance in (1, 3))
+    tuned = work / "tuning" / "steps-2-guidance-1-strength-0.5.jsonl"
     tuned_ids = {json.loads(line).get("sample_id") for line in tuned.open()}
     assert len(tuned_ids - {None}) == len(TASKS) and not tuned_ids & {row["sample_id"] for row in rows}
     evaluation = json.loads((work / "evaluation.json").read_text())
     assert evaluation["settings"]["guidance_scale"] == choice["guidance_scale"]
+    assert evaluation["settings"]["steps"] == choice["steps"]
     assert evaluation["settings"]["strength"] == choice["strength"]
 
     card = (export / "MODEL_CARD.md").read_text()
-    assert "| task | n | PSNR model |" in card and f"guidance scale\n{choice['guidance_scale']:g} and strength {choice['strength']:g}" in card
+    assert "| task | n | PSNR model |" in card
+    assert f"guidance scale {choice['guidance_scale']:g} and strength {choice['strength']:g}" in card
     wins = sum(summary["beats_identity"] for task, summary in evaluation["per_task"].items() if task != "all")
     assert "reference_delta" in card  # the card says what its DiT predicts
     assert "for 3 steps of batch 2, then 2 steps of batch 2 in a second run" in card
@@ -111,6 +119,7 @@ def test_train_demo_builds_evaluates_and_exports_a_small_model(tmp_path):
     assert pipe.config.max_sequence_length == 96 and pipe.config.default_size_level == 64
     assert pipe.config.default_guidance_scale == choice["guidance_scale"]
     assert pipe.config.default_strength == choice["strength"]
+    assert pipe.config.default_num_inference_steps == choice["steps"]
 
     # a rerun finds every stage finished and changes nothing
     before = (export / "transformer" / "diffusion_pytorch_model.safetensors").read_bytes()

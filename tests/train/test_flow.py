@@ -7,6 +7,7 @@ import torch
 
 from step1x_edit import sampling
 from step1x_edit.train.flow import (
+    RELATIVE_FLOOR,
     FlowTimeSampling,
     drop_conditions,
     flow_matching_loss,
@@ -38,6 +39,26 @@ def test_logit_normal_sampling_uses_the_inference_schedule_shift_for_the_resolut
 def test_uniform_sampling_covers_the_unit_interval():
     t = sample_flow_times(100_000, 64, FlowTimeSampling("uniform"), torch.Generator().manual_seed(0))
     assert float(t.mean()) == pytest.approx(0.5, abs=0.01) and float(t.min()) < 0.01 and float(t.max()) > 0.99
+
+
+@pytest.mark.parametrize("scheme", ["shift", "logit_normal", "uniform"])
+def test_pure_noise_rate_puts_that_share_of_samples_at_exactly_one(scheme):
+    generator = torch.Generator().manual_seed(0)
+    t = sample_flow_times(100_000, 64, FlowTimeSampling(scheme, pure_noise_rate=0.3), generator)
+    at_one = t == 1
+    assert float(at_one.float().mean()) == pytest.approx(0.3, abs=0.01)
+    rest = t[~at_one]  # the others keep the scheme's distribution
+    plain = sample_flow_times(100_000, 64, FlowTimeSampling(scheme), torch.Generator().manual_seed(0))
+    assert float(rest.median()) == pytest.approx(float(plain.median()), abs=0.01)
+    assert float(rest.max()) < 1
+
+
+def test_without_pure_noise_the_drawn_times_are_unchanged_by_the_option():
+    default = sample_flow_times(64, 64, FlowTimeSampling("shift"), torch.Generator().manual_seed(3))
+    zero = sample_flow_times(64, 64, FlowTimeSampling("shift", pure_noise_rate=0.0), torch.Generator().manual_seed(3))
+    assert torch.equal(default, zero)
+    with pytest.raises(ValueError, match="pure_noise_rate"):
+        FlowTimeSampling("shift", pure_noise_rate=1.5)
 
 
 def test_unknown_sampling_scheme_is_an_error():
@@ -174,6 +195,29 @@ def test_x0_weighting_is_the_error_of_the_implied_clean_latents():
     assert float(plain) == pytest.approx(float(per_sample.mean()), rel=1e-5)  # the velocity error grows as 1/t
     with pytest.raises(ValueError, match="loss_weighting must be one of"):
         flow_matching_loss(copier, x0, reference, embeds, mask, t, eps, "v1.1", loss_weighting="snr")
+
+
+def test_relative_x0_weighting_scores_each_sample_against_returning_its_source():
+    generator = torch.Generator().manual_seed(5)
+    x0, reference, eps = (torch.randn(3, 4, 4, 6, generator=generator) for _ in range(3))
+    x0[0] = reference[0] + 0.2 * (x0[0] - reference[0])  # a small edit counts as much as the large ones
+    t = torch.tensor([0.2, 0.7, 1.0])
+    embeds, mask = torch.randn(3, 5, 8), torch.ones(3, 5, dtype=torch.long)
+    args = (x0, reference, embeds, mask, t, eps, "v1.1")
+    no_edit = flow_matching_loss(_TargetPredictor(reference), *args, loss_weighting="x0_relative")
+    assert float(no_edit) == pytest.approx(1.0, rel=1e-5)  # no better than the identity, at every t
+    exact = flow_matching_loss(_TargetPredictor(x0), *args, loss_weighting="x0_relative")
+    assert float(exact) == pytest.approx(0.0, abs=1e-6)
+    halfway = flow_matching_loss(_TargetPredictor((x0 + reference) / 2), *args, loss_weighting="x0_relative")
+    assert float(halfway) == pytest.approx(0.25, rel=1e-4)
+    # the reference dropped by condition dropout: the no-edit error is still measured against the source
+    dropped = flow_matching_loss(_TargetPredictor(reference), x0, torch.zeros_like(reference), embeds, mask, t, eps,
+                                 "v1.1", source_latents=reference, loss_weighting="x0_relative")
+    assert float(dropped) == pytest.approx(1.0, rel=1e-5)
+    # a sample whose target equals its source is measured against the floor, not divided by zero
+    same = flow_matching_loss(_TargetPredictor(reference + 0.05), reference, reference, embeds, mask, t, eps, "v1.1",
+                              loss_weighting="x0_relative")
+    assert float(same) == pytest.approx(0.05**2 / RELATIVE_FLOOR, rel=1e-4)
 
 
 def test_a_fresh_reference_delta_transformer_has_the_no_edit_loss_at_every_time():

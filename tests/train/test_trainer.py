@@ -99,6 +99,8 @@ def test_unknown_config_fields_and_bad_values_are_errors():
             config_from_dict({"data": {"store": "x"}, "training": bad})
     with pytest.raises(TrainingConfigError, match="loss_weighting"):
         config_from_dict({"data": {"store": "x"}, "training": {"loss_weighting": "snr"}})
+    with pytest.raises(TrainingConfigError, match="pure_noise_rate"):
+        config_from_dict({"data": {"store": "x"}, "training": {"pure_noise_rate": -0.1}})
 
 
 def test_cli_trains_from_a_toml_file_with_overrides(toml_config, tiny_model_dir, small_store, tmp_path):

@@ -139,7 +139,7 @@ def register(subcommands: argparse._SubParsersAction) -> None:
     samples.add_argument("--generate", type=_positive_int, metavar="N", help="evaluate N freshly generated samples")
     synthetic.add_argument("--resolution", type=int, default=128, help="side of generated samples (default 128)")
     synthetic.add_argument("--model", help="model directory (default: the built-in model)")
-    synthetic.add_argument("--steps", type=int, default=28)
+    synthetic.add_argument("--steps", type=int, help="denoising steps (default: the model's own)")
     synthetic.add_argument("--guidance", type=float, help="guidance scale (default: the model's own)")
     synthetic.add_argument("--strength", type=float, help="image-to-image strength in (0, 1] (default: the model's own)")
     synthetic.add_argument("--seed", type=int, default=0, help="seed of the edits and of the generated samples")

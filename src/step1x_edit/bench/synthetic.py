@@ -406,14 +406,14 @@ def identity_editor(image: Image.Image, instruction: str) -> Image.Image:
 
 
 def pipeline_editor(
-    pipe, steps: int = 28, guidance: float | None = None, seed: int = 0, size_level: int | None = None,
+    pipe, steps: int | None = None, guidance: float | None = None, seed: int = 0, size_level: int | None = None,
     strength: float | None = None,
 ) -> Editor:
     """An editor running ``pipe`` (a :class:`~step1x_edit.pipeline.Step1XEditPipeline`) with these settings.
 
     The noise of each edit is seeded from ``seed`` and a hash of the sample (its source pixels and instruction), so
     a sample gets the same edit in any order, on a rerun and after resuming. ``size_level`` ``None`` leaves the
-    working resolution to the pipeline's default (the resolution its model is used at). ``guidance`` and
+    working resolution to the pipeline's default (the resolution its model is used at). ``steps``, ``guidance`` and
     ``strength`` ``None`` are the pipeline's defaults; ``strength`` below 1 starts each edit part-way from the noised
     source (see the pipeline's ``strength``)."""
     import torch

@@ -102,7 +102,8 @@ class DataConfig:
 @dataclass(frozen=True)
 class OptimConfig:
     """Optimisation. ``timestep_sampling``: "shift" (official, ``shift``), "logit_normal" (with the inference
-    schedule's resolution shift) or "uniform". Dropout rates: instruction, reference image, both (for CFG).
+    schedule's resolution shift) or "uniform"; ``pure_noise_rate``: the share of samples trained at ``t = 1``
+    exactly (pure noise: the edit must come from the instruction; see :mod:`step1x_edit.train.flow`). Dropout rates: instruction, reference image, both (for CFG).
     ``source_start_rate``: the fraction of samples trained on image-to-image paths that start at a flow time
     ``t0`` drawn uniformly from ``source_start_range`` from the noised source (the pipeline's ``strength`` start;
     see :mod:`step1x_edit.train.flow`), their times scaled into ``(0, t0]``; 0 (default) is the official objective.
@@ -110,7 +111,8 @@ class OptimConfig:
     sharp attention can be (a small model trained from scratch needs them to grow to copy its reference tokens
     precisely). ``loss_weighting``: "none" (default, the official objective: mean squared velocity error) or "x0"
     (each sample's error times t², i.e. the error of the implied clean latents ``x_t - t * v``; it keeps the loss
-    of a ``reference_delta`` model, whose velocity error is its delta error over t, bounded at small t).
+    of a ``reference_delta`` model, whose velocity error is its delta error over t, bounded at small t) or
+    "x0_relative" (that error divided by the sample's no-edit error, so small edits count as much as large ones).
     ``ema_decay`` > 0 keeps an exponential moving average of the trained weights (used for validation and the
     saved model). ``until_step`` stops early (a checkpoint is written) without changing the schedule, like a
     preemption; a rerun resumes."""
@@ -135,6 +137,7 @@ class OptimConfig:
     shift: float = 3.1582
     logit_mean: float = 0.0
     logit_std: float = 1.0
+    pure_noise_rate: float = 0.0
     dropout_text: float = 0.05
     dropout_image: float = 0.0
     dropout_both: float = 0.0
@@ -155,6 +158,8 @@ class OptimConfig:
             raise TrainingConfigError("max_steps, batch_size and gradient_accumulation_steps must be >= 1")
         if self.learning_rate <= 0:
             raise TrainingConfigError(f"learning_rate must be positive, got {self.learning_rate}")
+        if not 0 <= self.pure_noise_rate <= 1:
+            raise TrainingConfigError(f"training.pure_noise_rate must be in [0, 1], got {self.pure_noise_rate}")
         if self.qk_norm_lr_scale <= 0:
             raise TrainingConfigError(f"qk_norm_lr_scale must be positive, got {self.qk_norm_lr_scale}")
         if self.loss_weighting not in LOSS_WEIGHTINGS:

@@ -196,59 +196,69 @@ def trained_model(recipe: dict, work: Path) -> Path:
     return work / ("finetune" if "finetune" in recipe else "run") / "final"
 
 
-def _editor(recipe: dict, pipe, guidance: float, strength: float):
+def _editor(recipe: dict, pipe, steps: int, guidance: float, strength: float):
     from ..bench.synthetic import pipeline_editor
 
-    settings = recipe["evaluation"]
-    return pipeline_editor(pipe, steps=int(settings["steps"]), guidance=guidance, strength=strength,
-                           seed=int(settings.get("seed", 0)), size_level=int(recipe["demo"]["resolution"]))
+    return pipeline_editor(pipe, steps=steps, guidance=guidance, strength=strength,
+                           seed=int(recipe["evaluation"].get("seed", 0)), size_level=int(recipe["demo"]["resolution"]))
 
 
-def tune_sampling(recipe: dict, work: Path, model_dir: Path, pipe, progress: bool = True) -> tuple[float, float]:
-    """The guidance scale and strength the model in ``model_dir`` (loaded as ``pipe``) is evaluated and shipped with.
+def _candidates(settings: dict) -> list[tuple[int, float, float]]:
+    """The (steps, guidance, strength) triples to tune among; a strength that keeps all of the steps (or none) is
+    dropped for that step count: it is strength 1 (or impossible) there."""
+    steps = [int(value) for value in settings.get("steps_candidates", [settings["steps"]])]
+    guidances = [float(value) for value in settings.get("guidance_candidates", [settings["guidance_scale"]])]
+    strengths = [float(value) for value in settings.get("strength_candidates", [settings.get("strength", 1.0)])]
+    return [(count, guidance, strength) for count in steps for strength in strengths for guidance in guidances
+            if strength == 1 or 0 < round(count * strength) < count]
 
-    By default they are ``[evaluation] guidance_scale`` and ``strength`` (1.0). With ``guidance_candidates``
-    and/or ``strength_candidates``, every pair edits ``tune_samples_per_task`` freshly generated samples per
-    category (their own seed namespace: neither the training data nor the held-out split) and the pair beating the
-    identity in the most categories wins, ties broken by the mean PSNR margin over the identity. Scores are kept in
-    ``WORK/tuning/`` (resumable) and the choice in ``WORK/tuning/choice.json``."""
+
+def tune_sampling(recipe: dict, work: Path, model_dir: Path, pipe,
+                  progress: bool = True) -> tuple[int, float, float]:
+    """The steps, guidance scale and strength the model in ``model_dir`` (loaded as ``pipe``) is evaluated and
+    shipped with.
+
+    By default they are ``[evaluation] steps``, ``guidance_scale`` and ``strength`` (1.0). With
+    ``steps_candidates``, ``guidance_candidates`` and/or ``strength_candidates``, every combination edits
+    ``tune_samples_per_task`` freshly generated samples per category (their own seed namespace: neither the training
+    data nor the held-out split) and the one beating the identity in the most categories wins, ties broken by the
+    mean PSNR margin over the identity. Scores are kept in ``WORK/tuning/`` (resumable) and the choice in
+    ``WORK/tuning/choice.json``."""
     from ..bench.synthetic import evaluate_editor, generated_samples
     from ..data.synthetic import TASKS
 
     settings = recipe["evaluation"]
-    guidances = [float(value) for value in settings.get("guidance_candidates", [settings["guidance_scale"]])]
-    strengths = [float(value) for value in settings.get("strength_candidates", [settings.get("strength", 1.0)])]
-    pairs = [(guidance, strength) for strength in strengths for guidance in guidances]
-    if len(pairs) == 1:
-        return pairs[0]
+    candidates = _candidates(settings)
+    if len(candidates) == 1:
+        return candidates[0]
     choice_path = work / "tuning" / "choice.json"
     if choice_path.is_file():
         choice = json.loads(choice_path.read_text(encoding="utf-8"))
-        if choice["candidates"] == [list(pair) for pair in pairs]:
-            return float(choice["guidance_scale"]), float(choice["strength"])
+        if choice["candidates"] == [list(candidate) for candidate in candidates]:
+            return int(choice["steps"]), float(choice["guidance_scale"]), float(choice["strength"])
     count = int(settings.get("tune_samples_per_task", 3)) * len(TASKS)
     samples = generated_samples(count, resolution=int(recipe["demo"]["resolution"]),
                                 seed=int(settings.get("tune_seed", 1)))
     scores = {}
-    for guidance, strength in pairs:
-        name = f"guidance-{guidance:g}-strength-{strength:g}"
-        result = evaluate_editor(_editor(recipe, pipe, guidance, strength), samples, progress=progress,
+    for steps, guidance, strength in candidates:
+        name = f"steps-{steps}-guidance-{guidance:g}-strength-{strength:g}"
+        result = evaluate_editor(_editor(recipe, pipe, steps, guidance, strength), samples, progress=progress,
                                  rows_path=work / "tuning" / f"{name}.jsonl",
                                  settings={"model": str(model_dir), "guidance_scale": guidance, "strength": strength,
-                                           "steps": int(settings["steps"]), "seed": int(settings.get("seed", 0))})
-        scores[name] = {"guidance_scale": guidance, "strength": strength,
+                                           "steps": steps, "seed": int(settings.get("seed", 0))})
+        scores[name] = {"steps": steps, "guidance_scale": guidance, "strength": strength,
                         "categories_beating_identity": sum(s.beats_identity for s in result.per_task.values()),
                         "psnr_margin": result.overall.psnr_model - result.overall.psnr_identity}
     best = max(scores.values(), key=lambda score: (score["categories_beating_identity"], score["psnr_margin"]))
-    choice_path.write_text(json.dumps({"candidates": [list(pair) for pair in pairs], **best, "scores": scores},
-                                      indent=1) + "\n", encoding="utf-8")
-    return best["guidance_scale"], best["strength"]
+    choice_path.write_text(json.dumps({"candidates": [list(candidate) for candidate in candidates], **best,
+                                       "scores": scores}, indent=1) + "\n", encoding="utf-8")
+    return best["steps"], best["guidance_scale"], best["strength"]
 
 
-def evaluate(recipe: dict, work: Path, model_dir: Path, pipe, data_dir: Path, guidance: float, strength: float,
-             progress: bool = True):
-    """Per-category scores of the model in ``model_dir`` (loaded as ``pipe``; at ``guidance``, ``strength``) and the
-    identity on the held-out split."""
+def evaluate(recipe: dict, work: Path, model_dir: Path, pipe, data_dir: Path, steps: int, guidance: float,
+             strength: float, progress: bool = True):
+    """Per-category scores of the model in ``model_dir`` (loaded as ``pipe``; with ``steps``, ``guidance``,
+    ``strength``) and the identity on the held-out split."""
     from ..bench.synthetic import evaluate_editor, store_samples
 
     settings = recipe["evaluation"]
@@ -261,21 +271,22 @@ def evaluate(recipe: dict, work: Path, model_dir: Path, pipe, data_dir: Path, gu
             samples.append(sample)
     scored = {key: value for key, value in settings.items() if not key.endswith("_candidates")
               and not key.startswith("tune_")}
-    result = evaluate_editor(_editor(recipe, pipe, guidance, strength), samples, progress=progress,
+    result = evaluate_editor(_editor(recipe, pipe, steps, guidance, strength), samples, progress=progress,
                              rows_path=work / "evaluation.jsonl",
-                             settings={"model": str(model_dir), **scored, "guidance_scale": guidance,
+                             settings={"model": str(model_dir), **scored, "steps": steps, "guidance_scale": guidance,
                                        "strength": strength})
     result.save(work / "evaluation.json")
     return result
 
 
-def export(model_dir: Path, export_dir: Path, guidance_scale: float, strength: float) -> Path:
-    """A float16 copy of the pipeline in ``export_dir``; ``guidance_scale`` and ``strength`` (those it was evaluated
-    with) become its defaults."""
+def export(model_dir: Path, export_dir: Path, steps: int, guidance_scale: float, strength: float) -> Path:
+    """A float16 copy of the pipeline in ``export_dir``; ``steps``, ``guidance_scale`` and ``strength`` (those it was
+    evaluated with) become its defaults."""
     from ..pipeline import Step1XEditPipeline
 
     pipe = Step1XEditPipeline.from_pretrained(model_dir)
-    pipe.register_to_config(default_guidance_scale=guidance_scale, default_strength=strength)
+    pipe.register_to_config(default_num_inference_steps=steps, default_guidance_scale=guidance_scale,
+                            default_strength=strength)
     for module in (pipe, pipe.transformer, pipe.vae):  # the saved configs name the model, not the build folder
         module.register_to_config(_name_or_path="step1x-edit-demo")
     for module in (pipe.transformer, pipe.vae, pipe.text_encoder):
@@ -327,6 +338,9 @@ def model_card(recipe_path: Path, recipe: dict, result, size_bytes: int) -> str:
                      "second run (the recipe's finetune stage)")
     guidance = float(result.settings["guidance_scale"])
     strength = float(result.settings.get("strength", 1.0))
+    steps = int(result.settings["steps"])
+    one_step = (" (one step: the model's estimate of the edited image from pure noise, the mean of what the "
+                "instruction may mean, so uncertain edits come out soft)") if steps == 1 else ""
     return f"""# step1x-edit demo model
 
 A small model with the Step1X-Edit architecture (Qwen2.5-VL-style encoder -> connector -> FLUX-style DiT with the
@@ -337,9 +351,9 @@ synthetic editing world. It ships inside the package ({size_bytes / 2**20:.1f} M
 **What it can do**: it was trained on edits of the synthetic world (coloured shapes, signs, stick figures,
 cartoon faces on plain or gradient backgrounds) in the 11 task categories, from template instructions (English or
 Chinese), {training}.
-{_verdict(result)}; {_region_sentence(result)}. Its defaults, guidance scale
-{guidance:g} and strength {strength:g} (1 = start from pure noise; lower = start part-way from the noised source,
-image-to-image), were chosen on freshly generated samples, not on the held-out split.
+{_verdict(result)}; {_region_sentence(result)}. Its defaults, {steps} sampling step{"s" if steps > 1 else ""}{one_step},
+guidance scale {guidance:g} and strength {strength:g} (1 = start from pure noise; lower = start part-way from the
+noised source, image-to-image), were chosen on freshly generated samples, not on the held-out split.
 
 **What it cannot do**: photographs, unseen objects or words, fine detail (it works at {demo["resolution"]} px and
 upsamples), long or free-form instructions. Its text encoder is a randomly initialised Qwen2.5-VL-architecture
@@ -351,7 +365,7 @@ of the whole system, not a substitute for the released Step1X-Edit weights.
 
 Held-out synthetic samples (the validation split of the training store, never trained on), {result.overall.count}
 in all, each category scored against the exact ground truth at guidance {guidance:g}, strength {strength:g} and
-{recipe["evaluation"]["steps"]} steps; "identity" returns the source unchanged. PSNR in dB, SSIM per RGB channel
+{steps} step{"s" if steps > 1 else ""}; "identity" returns the source unchanged. PSNR in dB, SSIM per RGB channel
 (Gaussian window); region accuracy = share of the edited region's pixels closer to the target than to the source;
 "beats identity" = higher mean PSNR and higher mean SSIM.
 
@@ -399,8 +413,8 @@ def build_demo(recipe_path: str | os.PathLike, work_dir: str | os.PathLike, expo
         from ..pipeline import load_pipeline
 
         pipe = load_pipeline(final, device="cpu", torch_dtype=torch.float32)  # once, for tuning and evaluation
-        guidance, strength = tune_sampling(recipe, work, final, pipe, progress)
-        table = format_table(evaluate(recipe, work, final, pipe, data_dir, guidance, strength, progress))
+        steps, guidance, strength = tune_sampling(recipe, work, final, pipe, progress)
+        table = format_table(evaluate(recipe, work, final, pipe, data_dir, steps, guidance, strength, progress))
         (work / "evaluation.md").write_text(table + "\n", encoding="utf-8")
         report["table"] = table
     if "export" in stages:
@@ -409,7 +423,7 @@ def build_demo(recipe_path: str | os.PathLike, work_dir: str | os.PathLike, expo
         if export_dir is None:
             raise TrainingConfigError("the export stage needs --export DIR")
         result = EvaluationResult.load(work / "evaluation.json")
-        out = export(final, Path(export_dir), float(result.settings["guidance_scale"]),
+        out = export(final, Path(export_dir), int(result.settings["steps"]), float(result.settings["guidance_scale"]),
                      float(result.settings.get("strength", 1.0)))
         size = sum(path.stat().st_size for path in out.rglob("*") if path.is_file())
         (out / "MODEL_CARD.md").write_text(model_card(recipe_path, recipe, result, size), encoding="utf-8")

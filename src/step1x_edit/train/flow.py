@@ -15,6 +15,12 @@ Flow times ``t`` (:func:`sample_flow_times`):
   number of noisy tokens, so the times trained on are the times sampled at that resolution;
 * ``"uniform"`` — ``t ~ U(0, 1)``.
 
+``pure_noise_rate`` puts that share of the samples at ``t = 1`` exactly: their input holds nothing of the target,
+so the edit has to come from the instruction and the source alone. The schemes above rarely draw a time near 1
+(the official shift: about 4% above 0.95), and at any ``t < 1`` the noisy input already shows where the target
+differs from the source; a small model trained from scratch then learns to denoise that signal instead of reading
+the instruction, and from pure noise it has nothing to go on.
+
 Image-to-image paths (:func:`source_start_times`): the pipeline's ``strength`` starts sampling at ``t0 < 1`` from
 ``t0 * noise + (1 - t0) * source`` instead of pure noise. A model trained only on ``x_t = (1 - t) x0 + t noise``
 never sees such states: in the edited region they show the *source*, so it keeps it. With ``start_times`` a
@@ -39,7 +45,9 @@ import torch
 from .. import sampling
 
 TIMESTEP_SAMPLING = ("shift", "logit_normal", "uniform")
-LOSS_WEIGHTINGS = ("none", "x0")
+LOSS_WEIGHTINGS = ("none", "x0", "x0_relative")
+# "x0_relative": a sample's no-edit error (target vs source latents, mean square) counts as at least this much
+RELATIVE_FLOOR = 0.01
 OFFICIAL_SHIFT = 3.1582
 
 
@@ -56,10 +64,13 @@ class FlowTimeSampling:
     max_shift: float = 1.15
     base_seq_len: int = 256
     max_seq_len: int = 4096
+    pure_noise_rate: float = 0.0
 
     def __post_init__(self) -> None:
         if self.scheme not in TIMESTEP_SAMPLING:
             raise ValueError(f"timestep sampling must be one of {TIMESTEP_SAMPLING}, got {self.scheme!r}")
+        if not 0 <= self.pure_noise_rate <= 1:
+            raise ValueError(f"pure_noise_rate must be in [0, 1], got {self.pure_noise_rate}")
         if self.shift <= 0 or self.logit_std <= 0:
             raise ValueError("shift and logit_std must be positive")
 
@@ -74,17 +85,21 @@ def schedule_mu(image_seq_len: int, sampling_config: FlowTimeSampling) -> float:
 def sample_flow_times(
     batch_size: int, image_seq_len: int, sampling_config: FlowTimeSampling, generator: torch.Generator | None = None
 ) -> torch.Tensor:
-    """Flow times ``t`` [batch_size] in (0, 1) (float32, CPU) drawn with ``sampling_config``."""
+    """Flow times ``t`` [batch_size] (float32, CPU) drawn with ``sampling_config``: in (0, 1), and exactly 1 for
+    the ``pure_noise_rate`` share of the samples."""
     c = sampling_config
     if c.scheme == "uniform":
-        return torch.rand(batch_size, generator=generator)
-    normal = torch.randn(batch_size, generator=generator)
-    if c.scheme == "shift":
-        t = torch.sigmoid(normal)
-        return c.shift * t / (1 + (c.shift - 1) * t)
-    t = torch.sigmoid(c.logit_mean + c.logit_std * normal)
-    shift = math.exp(schedule_mu(image_seq_len, c))
-    return shift / (shift + (1 / t - 1))
+        t = torch.rand(batch_size, generator=generator)
+    elif c.scheme == "shift":
+        t = torch.sigmoid(torch.randn(batch_size, generator=generator))
+        t = c.shift * t / (1 + (c.shift - 1) * t)
+    else:
+        t = torch.sigmoid(c.logit_mean + c.logit_std * torch.randn(batch_size, generator=generator))
+        shift = math.exp(schedule_mu(image_seq_len, c))
+        t = shift / (shift + (1 / t - 1))
+    if c.pure_noise_rate > 0:  # no extra draw otherwise: runs without it keep their random stream
+        t = torch.where(torch.rand(batch_size, generator=generator) < c.pure_noise_rate, torch.ones(()), t)
+    return t
 
 
 def source_start_times(
@@ -147,7 +162,11 @@ def flow_matching_loss(
     all 1) makes a sample's path start from its noised ``source_latents`` (default ``reference_latents``; pass the
     source itself when condition dropout zeroed the reference) at ``t0`` (module docstring); ``t`` must then be at
     most ``t0``. ``loss_weighting="x0"`` weights each sample's squared error by t², which makes it the error of
-    the implied clean latents ``x_t - t * v`` (every path here ends at the target at t = 0).
+    the implied clean latents ``x_t - t * v`` (every path here ends at the target at t = 0);
+    ``"x0_relative"`` divides that by the sample's no-edit error (target vs source, at least
+    :data:`RELATIVE_FLOOR`), so every sample counts by how much of its own edit is still missing (1 = no better
+    than returning the source): the per-image PSNR gain over the identity is the log of that ratio, and without
+    it the samples with large edits (new backgrounds, styles) outweigh the small ones.
     """
     if loss_weighting not in LOSS_WEIGHTINGS:
         raise ValueError(f"loss_weighting must be one of {LOSS_WEIGHTINGS}, got {loss_weighting!r}")
@@ -179,7 +198,12 @@ def flow_matching_loss(
         img_ids=img_ids.to(noisy.device),
         txt_ids=txt_ids.to(noisy.device),
     )[:, : x0.shape[1]]
+    squared = (prediction.float() - velocity.float()).square()  # [B, N, 4C]
     if loss_weighting == "none":
-        return torch.nn.functional.mse_loss(prediction.float(), velocity.float())
-    squared = (prediction.float() - velocity.float()).square().mean(dim=(1, 2))  # [B]
-    return (squared * t.float().square()).mean()
+        return squared.mean()
+    clean_error = squared.mean(dim=(1, 2)) * t.float().square()  # [B]
+    if loss_weighting == "x0":
+        return clean_error.mean()
+    source = reference if source_latents is None else sampling.pack_latents(source_latents)
+    no_edit = (x0 - source).float().square().mean(dim=(1, 2))  # [B]
+    return (clean_error / no_edit.clamp_min(RELATIVE_FLOOR)).mean()

@@ -351,7 +351,7 @@ def train(config: TrainConfig, progress: bool = True) -> TrainResult:
     sampling_config = FlowTimeSampling(
         t.timestep_sampling, t.shift, t.logit_mean, t.logit_std, base_shift=schedule.base_shift,
         max_shift=schedule.max_shift, base_seq_len=schedule.base_image_seq_len,
-        max_seq_len=schedule.max_image_seq_len,
+        max_seq_len=schedule.max_image_seq_len, pure_noise_rate=t.pure_noise_rate,
     )
 
     def save_checkpoint() -> None:
