@@ -249,36 +249,32 @@ def test_bad_strength_is_refused_before_any_work(pipe, photo, tmp_path, capsys):
     assert "strength" in capsys.readouterr().err
 
 
-def test_a_saved_default_step_count_is_used_when_the_call_gives_none(pipe, photo, tmp_path):
-    pipe.save_pretrained(tmp_path / "model")
-    config_path = tmp_path / "model" / "model_index.json"
-    config = json.loads(config_path.read_text())
-    config["default_num_inference_steps"] = 3
-    config_path.write_text(json.dumps(config))
-    loaded = load_pipeline(tmp_path / "model", device="cpu")
-    assert loaded.config.default_num_inference_steps == 3
+def _saved_with_defaults(pipe, directory, **defaults):
+    """``pipe`` saved in ``directory`` with ``defaults`` written into its model_index.json, loaded back."""
+    pipe.save_pretrained(directory)
+    config_path = directory / "model_index.json"
+    config_path.write_text(json.dumps({**json.loads(config_path.read_text()), **defaults}))
+    return load_pipeline(directory, device="cpu")
+
+
+def _steps_run(pipe, photo, **call) -> int:
     seen = []
-    loaded(image=photo, prompt="make it blue", guidance_scale=1.0, size_level=64,
-           callback_on_step_end=lambda p, i, t, state: seen.append(t))
-    assert len(seen) == 3
-    seen.clear()
-    loaded(image=photo, prompt="make it blue", guidance_scale=1.0, size_level=64, num_inference_steps=2,
-           callback_on_step_end=lambda p, i, t, state: seen.append(t))
-    assert len(seen) == 2
+    pipe(image=photo, prompt="make it blue", guidance_scale=1.0, size_level=64,
+         callback_on_step_end=lambda p, i, t, state: seen.append(t), **call)
+    return len(seen)
+
+
+def test_a_saved_default_step_count_is_used_when_the_call_gives_none(pipe, photo, tmp_path):
+    loaded = _saved_with_defaults(pipe, tmp_path / "model", default_num_inference_steps=3)
+    assert loaded.config.default_num_inference_steps == 3
+    assert _steps_run(loaded, photo) == 3
+    assert _steps_run(loaded, photo, num_inference_steps=2) == 2
     with pytest.raises(ValueError, match="default_num_inference_steps"):
         Step1XEditPipeline(loaded.transformer, loaded.vae, loaded.text_encoder, loaded.processor, loaded.scheduler,
                            default_num_inference_steps=0)
 
 
 def test_a_saved_default_strength_is_used_when_the_call_gives_none(pipe, photo, tmp_path):
-    pipe.save_pretrained(tmp_path / "model")
-    config_path = tmp_path / "model" / "model_index.json"
-    config = json.loads(config_path.read_text())
-    config["default_strength"] = 0.5
-    config_path.write_text(json.dumps(config))
-    loaded = load_pipeline(tmp_path / "model", device="cpu")
+    loaded = _saved_with_defaults(pipe, tmp_path / "model", default_strength=0.5)
     assert loaded.config.default_strength == 0.5
-    seen = []
-    loaded(image=photo, prompt="make it blue", guidance_scale=1.0, num_inference_steps=6, size_level=64,
-           callback_on_step_end=lambda p, i, t, state: seen.append(t))
-    assert len(seen) == 3
+    assert _steps_run(loaded, photo, num_inference_steps=6) == 3
