@@ -99,7 +99,8 @@ def test_train_demo_builds_evaluates_and_exports_a_small_model(tmp_path):
     assert f"guidance scale {choice['guidance_scale']:g} and strength {choice['strength']:g}" in card
     wins = sum(summary["beats_identity"] for task, summary in evaluation["per_task"].items() if task != "all")
     assert "reference_delta" in card  # the card says what its DiT predicts
-    assert "for 3 steps of batch 2, then 2 steps of batch 2 in a second run" in card
+    assert ("for 3 steps of batch 2 (50% of the samples at pure noise; each sample's error relative to returning "
+            "its source), then 2 steps of batch 2 in a second run") in card
     assert ("in all" in card) if wins == len(evaluation["per_task"]) - 1 else ("does **not**" in card)
 
     # the second run continued from the first one's model with [finetune]'s changes, and is what was exported

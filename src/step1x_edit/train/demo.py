@@ -326,16 +326,30 @@ def _prediction_sentence(recipe: dict) -> str:
             "velocity itself: untrained, it returns the source exactly, so training only has to teach it the change.")
 
 
+def _objective_note(training: dict) -> str:
+    """What a run's objective adds to the official one, for the card ("" when nothing)."""
+    notes = []
+    rate = float(training.get("pure_noise_rate", 0))
+    if rate:
+        notes.append(f"{rate:.0%} of the samples at pure noise")
+    if training.get("loss_weighting") == "x0_relative":
+        notes.append("each sample's error relative to returning its source")
+    return "; ".join(notes)
+
+
 def model_card(recipe_path: Path, recipe: dict, result, size_bytes: int) -> str:
     from ..bench.synthetic import format_table
 
     demo = recipe["demo"]
     first = stage_tables(recipe)["training"]
+    note = _objective_note(first)
     training = f'for {int(first["max_steps"]):,} steps of batch {int(first.get("batch_size", 1))}'
+    training += f" ({note})" if note else ""
     if "finetune" in recipe:
         second = stage_tables(recipe, "finetune")["training"]
+        note = _objective_note(second)
         training += (f', then {int(second["max_steps"]):,} steps of batch {int(second.get("batch_size", 1))} in a '
-                     "second run (the recipe's finetune stage)")
+                     f"second run (the recipe's finetune stage{'; ' + note if note else ''})")
     guidance = float(result.settings["guidance_scale"])
     strength = float(result.settings.get("strength", 1.0))
     steps = int(result.settings["steps"])
