@@ -103,7 +103,8 @@ class DataConfig:
 class OptimConfig:
     """Optimisation. ``timestep_sampling``: "shift" (official, ``shift``), "logit_normal" (with the inference
     schedule's resolution shift) or "uniform"; ``pure_noise_rate``: the share of samples trained at ``t = 1``
-    exactly (pure noise: the edit must come from the instruction; see :mod:`step1x_edit.train.flow`). Dropout rates: instruction, reference image, both (for CFG).
+    exactly (pure noise: the edit must come from the instruction; see :mod:`step1x_edit.train.flow`). Dropout
+    rates: instruction, reference image, both (for CFG).
     ``source_start_rate``: the fraction of samples trained on image-to-image paths that start at a flow time
     ``t0`` drawn uniformly from ``source_start_range`` from the noised source (the pipeline's ``strength`` start;
     see :mod:`step1x_edit.train.flow`), their times scaled into ``(0, t0]``; 0 (default) is the official objective.
