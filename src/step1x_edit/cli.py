@@ -39,10 +39,10 @@ def _edit(args: argparse.Namespace) -> int:
         )
     if args.strength is not None:  # checked before the model loads (the number of steps may be the model's)
         try:
-            if args.steps is not None:
+            if args.steps is None:
+                sampling.check_strength(args.strength)
+            else:
                 sampling.strength_steps(args.steps, args.strength)
-            elif not 0 < args.strength <= 1:
-                raise ValueError(f"strength must be in (0, 1], got {args.strength}")
         except ValueError as error:
             raise Step1XEditError(f"--strength: {error}") from error
     lora_scales = _lora_scales(args)

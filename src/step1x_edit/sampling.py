@@ -81,11 +81,16 @@ def get_schedule(
     return timesteps.tolist()
 
 
+def check_strength(strength: float) -> None:
+    """Refuse an image-to-image ``strength`` outside (0, 1]."""
+    if not isinstance(strength, (int, float)) or not 0 < strength <= 1:
+        raise ValueError(f"strength must be in (0, 1], got {strength!r}")
+
+
 def strength_steps(num_steps: int, strength: float) -> int:
     """How many of ``num_steps`` an image-to-image edit of ``strength`` in (0, 1] runs: ``round(num_steps *
     strength)``, which must be at least one."""
-    if not isinstance(strength, (int, float)) or not 0 < strength <= 1:
-        raise ValueError(f"strength must be in (0, 1], got {strength!r}")
+    check_strength(strength)
     kept = round(num_steps * strength)
     if kept < 1:
         raise ValueError(f"strength {strength} keeps no step of {num_steps}; raise strength or the number of steps")

@@ -353,6 +353,7 @@ def model_card(recipe_path: Path, recipe: dict, result, size_bytes: int) -> str:
     guidance = float(result.settings["guidance_scale"])
     strength = float(result.settings.get("strength", 1.0))
     steps = int(result.settings["steps"])
+    plural = "s" if steps > 1 else ""
     one_step = (" (one step: the model's estimate of the edited image from pure noise, the mean of what the "
                 "instruction may mean, so uncertain edits come out soft)") if steps == 1 else ""
     return f"""# step1x-edit demo model
@@ -365,7 +366,7 @@ synthetic editing world. It ships inside the package ({size_bytes / 2**20:.1f} M
 **What it can do**: it was trained on edits of the synthetic world (coloured shapes, signs, stick figures,
 cartoon faces on plain or gradient backgrounds) in the 11 task categories, from template instructions (English or
 Chinese), {training}.
-{_verdict(result)}; {_region_sentence(result)}. Its defaults, {steps} sampling step{"s" if steps > 1 else ""}{one_step},
+{_verdict(result)}; {_region_sentence(result)}. Its defaults, {steps} sampling step{plural}{one_step},
 guidance scale {guidance:g} and strength {strength:g} (1 = start from pure noise; lower = start part-way from the
 noised source, image-to-image), were chosen on freshly generated samples, not on the held-out split.
 
@@ -379,7 +380,7 @@ of the whole system, not a substitute for the released Step1X-Edit weights.
 
 Held-out synthetic samples (the validation split of the training store, never trained on), {result.overall.count}
 in all, each category scored against the exact ground truth at guidance {guidance:g}, strength {strength:g} and
-{steps} step{"s" if steps > 1 else ""}; "identity" returns the source unchanged. PSNR in dB, SSIM per RGB channel
+{steps} step{plural}; "identity" returns the source unchanged. PSNR in dB, SSIM per RGB channel
 (Gaussian window); region accuracy = share of the edited region's pixels closer to the target than to the source;
 "beats identity" = higher mean PSNR and higher mean SSIM.
 

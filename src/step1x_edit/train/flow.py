@@ -180,12 +180,12 @@ def flow_matching_loss(
     x0 = sampling.pack_latents(target_latents)  # [B, N, 4C]
     eps = sampling.pack_latents(noise)  # [B, N, 4C]
     reference = sampling.pack_latents(reference_latents)  # [B, N, 4C]
+    source = reference if source_latents is None else sampling.pack_latents(source_latents)  # [B, N, 4C]
     if start_times is None:
         noisy = (1 - t[:, None, None]) * x0 + t[:, None, None] * eps
         velocity = eps - x0
     else:
         t0 = start_times.to(device=x0.device, dtype=x0.dtype)[:, None, None]
-        source = reference if source_latents is None else sampling.pack_latents(source_latents)
         along = t[:, None, None] / t0  # fraction of the path from the target (0) to the start (1)
         noisy = t[:, None, None] * eps + along * (1 - t0) * source + (1 - along) * x0
         velocity = eps + (1 - t0) / t0 * (source - x0) - x0
@@ -204,6 +204,5 @@ def flow_matching_loss(
     clean_error = squared.mean(dim=(1, 2)) * t.float().square()  # [B]
     if loss_weighting == "x0":
         return clean_error.mean()
-    source = reference if source_latents is None else sampling.pack_latents(source_latents)
     no_edit = (x0 - source).float().square().mean(dim=(1, 2))  # [B]
     return (clean_error / no_edit.clamp_min(RELATIVE_FLOOR)).mean()
