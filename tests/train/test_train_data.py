@@ -1,6 +1,7 @@
 """Training data: buckets follow the inference resize rule, batches are deterministic and split across
 processes, features are cached once and re-read."""
 
+import torch
 from PIL import Image
 
 from step1x_edit import sampling
@@ -44,13 +45,18 @@ def test_batches_hold_one_bucket_are_reproducible_and_split_across_processes():
     assert not {i for b in ranks[0] for i in b} & {i for b in ranks[1] for i in b}
 
 
-def test_the_feature_fingerprint_names_a_model_folder_once_however_it_is_reached(tiny_model_dir, tmp_path):
-    link = tmp_path / "link"
-    link.symlink_to(tiny_model_dir, target_is_directory=True)
-    direct = model_fingerprint(Step1XEditPipeline.from_pretrained(tiny_model_dir), str(tiny_model_dir), 64, ("en",))
-    linked = model_fingerprint(Step1XEditPipeline.from_pretrained(link), str(link), 64, ("en",))
-    assert direct == linked
-    assert direct != model_fingerprint(Step1XEditPipeline.from_pretrained(link), str(tmp_path), 64, ("en",))
+def test_the_feature_fingerprint_follows_the_frozen_weights_not_the_folder(tiny_model_dir, tmp_path):
+    pipe = Step1XEditPipeline.from_pretrained(tiny_model_dir)
+    copy = tmp_path / "copy"
+    pipe.save_pretrained(copy)
+    fingerprint = model_fingerprint(pipe, 64, ("en",))
+    assert model_fingerprint(Step1XEditPipeline.from_pretrained(copy), 64, ("en",)) == fingerprint
+    with torch.no_grad():
+        pipe.transformer.proj_out.weight.add_(1.0)  # trained parts do not change the features
+    assert model_fingerprint(pipe, 64, ("en",)) == fingerprint
+    with torch.no_grad():
+        next(pipe.text_encoder.parameters()).view(-1)[-1] += 1.0  # one MLLM weight does
+    assert model_fingerprint(pipe, 64, ("en",)) != fingerprint
 
 
 def test_features_are_cached_once_and_read_back(tiny_model_dir, small_store, tmp_path):
@@ -58,8 +64,8 @@ def test_features_are_cached_once_and_read_back(tiny_model_dir, small_store, tmp
     config = DataConfig(store=str(small_store), resolution=64, language="both")
     examples = load_examples(config, small_store)[:6]
     assert examples and all(example.instructions["en"] and example.instructions["zh"] for example in examples)
-    fingerprint = model_fingerprint(pipe, str(tiny_model_dir), 64, ("en", "zh"))
-    assert fingerprint != model_fingerprint(pipe, str(tiny_model_dir), 128, ("en", "zh"))
+    fingerprint = model_fingerprint(pipe, 64, ("en", "zh"))
+    assert fingerprint != model_fingerprint(pipe, 128, ("en", "zh"))
     source = FeatureSource(examples, 64, Featurizer(pipe, ("en", "zh")), FeatureCache(tmp_path, fingerprint))
     assert source.fill(progress=False) == 6
     assert source.fill(progress=False) == 0

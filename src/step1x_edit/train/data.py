@@ -10,8 +10,9 @@
   the unconditional condition used by condition dropout. Conditions are stored trimmed to their valid length
   and padded to the pipeline's ``max_sequence_length`` when batched.
 * :class:`FeatureCache` keeps those tensors on disk, one safetensors file per sample, written atomically, in a
-  folder named after a fingerprint of everything that changes them (model, resolution, languages, length),
-  so a changed setting never reads stale features and an interrupted caching pass resumes where it stopped.
+  folder named after a fingerprint of everything that changes them (the VAE's and the MLLM's configs and weights,
+  resolution, languages, length), so a changed setting never reads stale features, another run with the same VAE
+  and MLLM reuses them, and an interrupted caching pass resumes where it stopped.
 * :func:`plan_batches` shuffles deterministically per epoch (seeded), groups samples of one bucket into a
   batch and gives each process its share; the position in the plan is all a checkpoint needs to resume.
 """
@@ -113,23 +114,32 @@ class Featurizer:
         return features
 
 
-def model_fingerprint(pipe, model_path: str | None, resolution: int, languages: tuple[str, ...]) -> str:
-    """A short hash of everything that changes cached features. The model folder counts once, resolved (the
-    configs' own ``_name_or_path`` is the path as typed, so a symlink or a relative path would count twice)."""
+def _weights_digest(module: torch.nn.Module) -> list:
+    """Every tensor of ``module`` by name, shape, dtype, sum and sum of magnitudes: a change to any weight shows."""
+    digest = []
+    for name, tensor in sorted(module.state_dict().items()):
+        values = tensor.detach().double()
+        digest.append([name, list(tensor.shape), str(tensor.dtype), float(values.sum()), float(values.abs().sum())])
+    return digest
+
+
+def model_fingerprint(pipe, resolution: int, languages: tuple[str, ...]) -> str:
+    """A short hash of everything that changes cached features: the VAE and the MLLM (configs and weights, not
+    where they were loaded from, so a fine-tuning run from another run's model reuses its features), the condition
+    length, the resolution and the languages. The DiT and the connector do not count: they are what is trained."""
 
     def config_without_path(config: dict) -> dict:
         return {key: value for key, value in config.items() if key != "_name_or_path"}
 
     description = {
-        "model": str(Path(model_path).resolve()) if model_path else "builtin",
         "version": pipe.version,
         "vae": config_without_path(dict(pipe.vae.config)),
         "text_encoder": config_without_path(pipe.text_encoder.config.to_dict()),
         "max_sequence_length": pipe.config.max_sequence_length,
         "resolution": resolution,
         "languages": languages,
-        "first_vae_weight": float(next(pipe.vae.parameters()).detach().double().sum()),
-        "first_text_weight": float(next(pipe.text_encoder.parameters()).detach().double().sum()),
+        "vae_weights": _weights_digest(pipe.vae),
+        "text_encoder_weights": _weights_digest(pipe.text_encoder),
     }
     return hashlib.sha256(json.dumps(description, sort_keys=True, default=str).encode()).hexdigest()[:16]
 

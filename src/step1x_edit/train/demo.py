@@ -187,6 +187,7 @@ def training_config(recipe: dict, work: Path, initial: Path, data_dir: Path, sta
     tables.setdefault("model", {})["path"] = str(initial)
     tables.setdefault("data", {})["store"] = str(data_dir)
     tables["data"].setdefault("resolution", int(recipe["demo"]["resolution"]))
+    tables["data"].setdefault("cache_dir", str(work / "cache"))  # one cache for both stages (same VAE and MLLM)
     tables.setdefault("training", {})["output_dir"] = str(output)
     return config_from_dict(tables)
 

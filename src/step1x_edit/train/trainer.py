@@ -293,7 +293,7 @@ def train(config: TrainConfig, progress: bool = True) -> TrainResult:
     languages = LANGUAGE_KEYS[config.data.language]
     cache = None
     if config.data.cache:
-        fingerprint = model_fingerprint(pipe, config.model.path, config.data.resolution, languages)
+        fingerprint = model_fingerprint(pipe, config.data.resolution, languages)
         cache = FeatureCache(config.data.cache_dir or output_dir / "cache", fingerprint)
     source = FeatureSource(examples, config.data.resolution, Featurizer(pipe, languages), cache)
     source.fill(progress=progress and main, shard=(accelerator.process_index, accelerator.num_processes))
