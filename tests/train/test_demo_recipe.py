@@ -54,10 +54,18 @@ pure_noise_rate = 0.5
 [train.validation]
 every = -1
 
+[[finetune]]
 [finetune.training]
 max_steps = 2
 source_start_rate = 1.0
 source_start_range = [0.5, 0.9]
+
+[[finetune]]
+[finetune.training]
+max_steps = 2
+pure_noise_rate = 1.0
+loss_space = "pixel"
+ssim_loss_weight = 1.0
 
 [evaluation]
 samples_per_task = 1
@@ -100,17 +108,25 @@ def test_train_demo_builds_evaluates_and_exports_a_small_model(tmp_path):
     wins = sum(summary["beats_identity"] for task, summary in evaluation["per_task"].items() if task != "all")
     assert "reference_delta" in card  # the card says what its DiT predicts
     assert ("for 3 steps of batch 2 (50% of the samples at pure noise; each sample's error relative to returning "
-            "its source), then 2 steps of batch 2 in a second run") in card
+            "its source), then 2 steps of batch 2 in a second run (fine-tuning run 1 of the finetune stage; 50% of "
+            "the samples at pure noise; each sample's error relative to returning its source), then 2 steps of batch "
+            "2 in a third run (fine-tuning run 2 of the finetune stage; 100% of the samples at pure "
+            "noise; each sample's error relative to returning its source; errors measured in pixels, squared and "
+            "structural (SSIM))") in card
     assert ("in all" in card) if wins == len(evaluation["per_task"]) - 1 else ("does **not**" in card)
 
-    # the second run continued from the first one's model with [finetune]'s changes, and is what was exported
+    # each [[finetune]] run continued from the previous run's model with its own changes to [train]; the last one
+    # is what was exported
     finetune = json.loads((work / "finetune" / "config.json").read_text())
     assert finetune["model"]["path"] == str(work / "run" / "final") and finetune["training"]["max_steps"] == 2
     assert finetune["training"]["source_start_rate"] == 1.0 and finetune["training"]["batch_size"] == 2
-    assert evaluation["settings"]["model"] == str(work / "finetune" / "final")
+    third = json.loads((work / "finetune-2" / "config.json").read_text())
+    assert third["model"]["path"] == str(work / "finetune" / "final")
+    assert third["training"]["loss_space"] == "pixel" and third["training"]["source_start_rate"] == 0.0
+    assert evaluation["settings"]["model"] == str(work / "finetune-2" / "final")
     pipe = load_pipeline(export, device="cpu")
-    tuned_weights = load_pipeline(work / "finetune" / "final", device="cpu").transformer.state_dict()
-    first_weights = load_pipeline(work / "run" / "final", device="cpu").transformer.state_dict()
+    tuned_weights = load_pipeline(work / "finetune-2" / "final", device="cpu").transformer.state_dict()
+    first_weights = load_pipeline(work / "finetune" / "final", device="cpu").transformer.state_dict()
     name = "transformer_blocks.0.attn.to_q.weight"
     assert torch.equal(pipe.transformer.state_dict()[name], tuned_weights[name].half().float())
     assert not torch.equal(tuned_weights[name], first_weights[name])
@@ -132,14 +148,16 @@ def test_the_committed_recipe_is_valid_and_samples_from_the_starts_it_trains(tmp
     from pathlib import Path
 
     from step1x_edit import sampling
-    from step1x_edit.train.demo import load_recipe, training_config
+    from step1x_edit.train.demo import finetune_runs, load_recipe, run_dir, trained_model, training_config
 
     recipe = load_recipe(Path(__file__).parents[2] / "recipes" / "demo.toml")
     config = training_config(recipe, tmp_path, tmp_path / "initial", tmp_path / "data")
-    if "finetune" in recipe:  # the model that is shipped is the second run's
-        config = training_config(recipe, tmp_path, tmp_path / "initial", tmp_path / "data", "finetune")
-        assert config.model.path == str(tmp_path / "run" / "final")
-        assert config.training.output_dir == str(tmp_path / "finetune")
+    runs = finetune_runs(recipe)
+    for run in range(1, len(runs) + 1):  # the model that is shipped is the last run's, each from the one before
+        config = training_config(recipe, tmp_path, tmp_path / "initial", tmp_path / "data", run)
+        assert config.model.path == str(run_dir(tmp_path, run - 1) / "final")
+        assert config.training.output_dir == str(run_dir(tmp_path, run))
+    assert trained_model(recipe, tmp_path) == run_dir(tmp_path, len(runs)) / "final"
     t = config.training
     evaluation = recipe["evaluation"]
     if t.source_start_rate == 1:  # trained on image-to-image paths only: every candidate must start inside them

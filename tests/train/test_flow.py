@@ -233,3 +233,85 @@ def test_a_fresh_reference_delta_transformer_has_the_no_edit_loss_at_every_time(
         with torch.no_grad():
                 loss = flow_matching_loss(model, x0, reference, embeds, mask, t, eps, "v1.1", loss_weighting="x0")
         assert float(loss) == pytest.approx(no_edit, rel=1e-4)
+
+
+def _patch_decoder(channels: int = 16, patch: int = 2, seed: int = 0):
+    """A linear patch decoder (latents [B, C, h, w] -> pixels [B, 3, 2h, 2w]) whose channels move the pixels by
+    very different amounts, like the whitened patch autoencoder's."""
+    torch.manual_seed(seed)
+    decoder = torch.nn.ConvTranspose2d(channels, 3, patch, stride=patch)
+    with torch.no_grad():
+        decoder.weight.mul_(torch.logspace(0, -2, channels)[:, None, None, None])
+    return decoder.requires_grad_(False)
+
+
+def test_the_pixel_space_loss_weighs_latent_channels_by_how_much_they_move_the_pixels():
+    generator = torch.Generator().manual_seed(3)
+    x0, reference, eps = (torch.randn(2, 16, 4, 6, generator=generator) for _ in range(3))
+    t = torch.tensor([0.4, 1.0])
+    embeds, mask = torch.randn(2, 5, 8), torch.ones(2, 5, dtype=torch.long)
+    decoder = _patch_decoder()
+    args = (x0, reference, embeds, mask, t, eps, "v1.1")
+    exact = flow_matching_loss(_TargetPredictor(x0), *args, loss_weighting="x0_relative", decode=decoder)
+    assert float(exact) == pytest.approx(0.0, abs=1e-6)
+    no_edit = flow_matching_loss(_TargetPredictor(reference), *args, loss_weighting="x0_relative", decode=decoder)
+    assert float(no_edit) == pytest.approx(1.0, rel=1e-5)
+    # the same latent error costs far more in a strong channel than in a weak one, unlike in the latent space
+    strong, weak = x0.clone(), x0.clone()
+    strong[:, 0] += 0.5
+    weak[:, -1] += 0.5
+    pixel = [float(flow_matching_loss(_TargetPredictor(guess), *args, loss_weighting="x0", decode=decoder))
+             for guess in (strong, weak)]
+    latent = [float(flow_matching_loss(_TargetPredictor(guess), *args, loss_weighting="x0")) for guess in (strong, weak)]
+    assert latent[0] == pytest.approx(latent[1], rel=1e-4)
+    assert pixel[0] > 100 * pixel[1]
+    # the loss reaches the transformer's output through the frozen decoder
+    prediction = torch.zeros(2, 12, 64, requires_grad=True)
+
+    class Model(torch.nn.Module):
+        def forward(self, hidden_states, timestep, **_):
+            return torch.cat([prediction, torch.zeros_like(prediction)], dim=1)
+
+    flow_matching_loss(Model(), *args, loss_weighting="x0_relative", decode=decoder).backward()
+    assert prediction.grad.abs().sum() > 0
+
+
+def test_the_ssim_term_scores_structure_relative_to_the_source_and_needs_pixels():
+    from step1x_edit.train.flow import structural_similarity
+
+    generator = torch.Generator().manual_seed(4)
+    x0, reference, eps = (torch.randn(2, 16, 8, 8, generator=generator) for _ in range(3))
+    t = torch.ones(2)
+    embeds, mask = torch.randn(2, 5, 8), torch.ones(2, 5, dtype=torch.long)
+    decoder = _patch_decoder()
+    args = (x0, reference, embeds, mask, t, eps, "v1.1")
+    plain = flow_matching_loss(_TargetPredictor(reference), *args, loss_weighting="x0_relative", decode=decoder)
+    with_ssim = flow_matching_loss(_TargetPredictor(reference), *args, loss_weighting="x0_relative", decode=decoder,
+                                   ssim_weight=0.5)
+    assert float(with_ssim) == pytest.approx(float(plain) + 0.5, rel=1e-5)  # the identity: 1 + 0.5 * 1
+    exact = flow_matching_loss(_TargetPredictor(x0), *args, loss_weighting="x0_relative", decode=decoder,
+                               ssim_weight=0.5)
+    assert float(exact) == pytest.approx(0.0, abs=1e-5)
+    with pytest.raises(ValueError, match="ssim_weight"):
+        flow_matching_loss(_TargetPredictor(x0), *args, loss_weighting="x0_relative", ssim_weight=0.5)
+    with pytest.raises(ValueError, match="pixel-space loss"):
+        flow_matching_loss(_TargetPredictor(x0), *args, decode=decoder)
+    pixels = torch.rand(1, 3, 16, 16) * 2 - 1
+    assert float(structural_similarity(pixels, pixels)) == pytest.approx(1.0)
+    assert float(structural_similarity(pixels, -pixels)) < 0.5
+
+
+def test_structural_similarity_is_the_evaluation_ssim():
+    import numpy as np
+
+    from step1x_edit.bench.synthetic import ssim
+    from step1x_edit.train.flow import structural_similarity
+
+    rng = np.random.default_rng(0)
+    a = rng.integers(0, 256, (24, 30, 3), dtype=np.uint8)
+    b = np.clip(a.astype(int) + rng.integers(-40, 40, a.shape), 0, 255).astype(np.uint8)
+
+    def pixels(array):
+        return torch.tensor(array, dtype=torch.float64).permute(2, 0, 1)[None] / 127.5 - 1
+
+    assert float(structural_similarity(pixels(a), pixels(b))) == pytest.approx(ssim(a, b), rel=1e-9)

@@ -101,6 +101,12 @@ def test_unknown_config_fields_and_bad_values_are_errors():
         config_from_dict({"data": {"store": "x"}, "training": {"loss_weighting": "snr"}})
     with pytest.raises(TrainingConfigError, match="pure_noise_rate"):
         config_from_dict({"data": {"store": "x"}, "training": {"pure_noise_rate": -0.1}})
+    for bad, message in (({"loss_space": "rgb"}, "loss_space must be one of"),
+                         ({"loss_space": "pixel"}, "needs loss_weighting"),
+                         ({"ssim_loss_weight": 1.0, "loss_weighting": "x0"}, "ssim_loss_weight"),
+                         ({"ssim_loss_weight": -1.0, "loss_space": "pixel", "loss_weighting": "x0"}, "ssim_loss_weight")):
+        with pytest.raises(TrainingConfigError, match=message):
+            config_from_dict({"data": {"store": "x"}, "training": bad})
 
 
 def test_cli_trains_from_a_toml_file_with_overrides(toml_config, tiny_model_dir, small_store, tmp_path):

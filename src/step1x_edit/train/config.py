@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import Step1XEditError
-from .flow import LOSS_WEIGHTINGS
+from .flow import LOSS_SPACES, LOSS_WEIGHTINGS
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -114,6 +114,10 @@ class OptimConfig:
     (each sample's error times t², i.e. the error of the implied clean latents ``x_t - t * v``; it keeps the loss
     of a ``reference_delta`` model, whose velocity error is its delta error over t, bounded at small t) or
     "x0_relative" (that error divided by the sample's no-edit error, so small edits count as much as large ones).
+    ``loss_space``: "latent" (default) or "pixel": with an x0 weighting, measure those errors on the frozen VAE's
+    decoding instead (exact and cheap for the demo's linear patch autoencoder, a decoder pass per step for the
+    FLUX VAE); pixels, not latent channels, are then what counts, which is what PSNR scores.
+    ``ssim_loss_weight`` (pixel space) adds that multiple of the structural dissimilarity (1 - SSIM).
     ``ema_decay`` > 0 keeps an exponential moving average of the trained weights (used for validation and the
     saved model). ``until_step`` stops early (a checkpoint is written) without changing the schedule, like a
     preemption; a rerun resumes."""
@@ -146,6 +150,8 @@ class OptimConfig:
     source_start_range: tuple[float, float] = (0.3, 0.8)
     qk_norm_lr_scale: float = 1.0
     loss_weighting: str = "none"
+    loss_space: str = "latent"
+    ssim_loss_weight: float = 0.0
     ema_decay: float = 0.0
     checkpoint_every: int = 500
     keep_checkpoints: int = 2
@@ -167,6 +173,12 @@ class OptimConfig:
             raise TrainingConfigError(
                 f"training.loss_weighting must be one of {LOSS_WEIGHTINGS}, got {self.loss_weighting!r}"
             )
+        if self.loss_space not in LOSS_SPACES:
+            raise TrainingConfigError(f"training.loss_space must be one of {LOSS_SPACES}, got {self.loss_space!r}")
+        if self.loss_space == "pixel" and self.loss_weighting == "none":
+            raise TrainingConfigError("training.loss_space 'pixel' needs loss_weighting 'x0' or 'x0_relative'")
+        if self.ssim_loss_weight < 0 or (self.ssim_loss_weight and self.loss_space != "pixel"):
+            raise TrainingConfigError("training.ssim_loss_weight must be non-negative and needs loss_space 'pixel'")
         if self.mixed_precision not in ("auto", "no", "bf16", "fp16"):
             raise TrainingConfigError("training.mixed_precision must be 'auto', 'no', 'bf16' or 'fp16'")
         if not 0 <= self.ema_decay < 1:

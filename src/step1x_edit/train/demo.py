@@ -11,8 +11,9 @@ resume where they stopped (a finished stage is skipped):
    prompt prefix), a randomly initialised small Qwen2.5-VL (frozen: the connector learns to read it), a
    processor with a smaller image budget than the released model's, a random DiT; written as a pipeline;
 4. ``train``: full fine-tuning of the DiT and connector with :func:`step1x_edit.train.trainer.train`;
-   ``finetune`` (only when the recipe has a ``[finetune]`` table): a second run from the first one's model, with
-   the ``[train]`` tables updated by ``[finetune]``'s (e.g. other objective settings), in ``WORK/finetune``;
+   ``finetune`` (only when the recipe has ``[finetune]`` tables): further runs, each from the previous run's model,
+   with the ``[train]`` tables updated by that run's ``[finetune]`` tables (e.g. other objective settings), in
+   ``WORK/finetune`` (and ``WORK/finetune-2``, ``-3``, ... when ``[[finetune]]`` is an array of tables);
 5. ``evaluate``: the guidance scale and strength, picked among ``[evaluation] guidance_candidates`` and
    ``strength_candidates`` on freshly generated samples (:func:`tune_sampling`), then PSNR / SSIM / edit-region
    accuracy per category on the held-out split, against the identity;
@@ -22,7 +23,8 @@ resume where they stopped (a finished stage is skipped):
 The recipe file has the tables ``[demo]`` (resolution, sample count, seeds, condition length, visual tokens),
 ``[vae]`` (:class:`~step1x_edit.train.vae.VAETrainingConfig` fields), ``[text_encoder]``, ``[transformer]``
 (overrides of the ``tiny`` transformer preset), ``[train]`` (a training config without paths, see
-:mod:`step1x_edit.train.config`), optionally ``[finetune]`` (the same tables, as changes to ``[train]``) and
+:mod:`step1x_edit.train.config`), optionally ``[finetune]`` (the same tables, as changes to ``[train]``; an array
+``[[finetune]]`` for several runs in turn) and
 ``[evaluation]``.
 """
 
@@ -40,6 +42,7 @@ from .config import TrainingConfigError, config_from_dict, tomllib
 
 STAGES = ("data", "vae", "assemble", "train", "finetune", "evaluate", "export")
 PATCH_FACTOR = 28  # merged visual token side, in pixels (Qwen2.5-VL)
+ORDINALS = ("first", "second", "third", "fourth", "fifth", "sixth", "seventh", "eighth", "ninth", "tenth")
 
 
 def load_recipe(path: str | os.PathLike) -> dict[str, Any]:
@@ -168,33 +171,44 @@ def assemble(recipe: dict, work: Path, data_dir: Path, vae_dir: Path) -> Path:
     return out
 
 
-def stage_tables(recipe: dict, stage: str = "train") -> dict[str, dict]:
-    """The training tables of a run: ``[train]``'s, and for ``finetune`` those updated by ``[finetune]``'s."""
+def finetune_runs(recipe: dict) -> list[dict]:
+    """The recipe's fine-tuning runs in order: none, one ``[finetune]`` table, or an array ``[[finetune]]``."""
+    runs = recipe.get("finetune", [])
+    return [runs] if isinstance(runs, dict) else list(runs)
+
+
+def run_dir(work: Path, run: int) -> Path:
+    """Where run ``run`` writes: 0 (the ``train`` stage) ``WORK/run``; fine-tuning run 1 ``WORK/finetune``, then
+    ``WORK/finetune-2``, ..."""
+    return work / ("run" if run == 0 else "finetune" if run == 1 else f"finetune-{run}")
+
+
+def stage_tables(recipe: dict, run: int = 0) -> dict[str, dict]:
+    """The training tables of run ``run``: ``[train]``'s, updated by the ``run``-th ``[finetune]``'s (1-based)."""
     tables = {name: dict(values) for name, values in recipe["train"].items()}
-    if stage == "finetune":
-        for name, values in recipe["finetune"].items():
+    if run:
+        for name, values in finetune_runs(recipe)[run - 1].items():
             tables.setdefault(name, {}).update(values)
     return tables
 
 
-def training_config(recipe: dict, work: Path, initial: Path, data_dir: Path, stage: str = "train"):
-    """The training config of the ``train`` stage (from ``initial`` into ``WORK/run``) or of the ``finetune``
-    stage (``[train]`` updated by ``[finetune]``, from ``WORK/run/final`` into ``WORK/finetune``)."""
-    tables = stage_tables(recipe, stage)
-    output = work / "run"
-    if stage == "finetune":
-        initial, output = work / "run" / "final", work / "finetune"
+def training_config(recipe: dict, work: Path, initial: Path, data_dir: Path, run: int = 0):
+    """The training config of run ``run``: 0 is the ``train`` stage (from ``initial`` into ``WORK/run``), 1, 2, ...
+    the fine-tuning runs (from the previous run's ``final`` into :func:`run_dir`)."""
+    tables = stage_tables(recipe, run)
+    if run:
+        initial = run_dir(work, run - 1) / "final"
     tables.setdefault("model", {})["path"] = str(initial)
     tables.setdefault("data", {})["store"] = str(data_dir)
     tables["data"].setdefault("resolution", int(recipe["demo"]["resolution"]))
-    tables["data"].setdefault("cache_dir", str(work / "cache"))  # one cache for both stages (same VAE and MLLM)
-    tables.setdefault("training", {})["output_dir"] = str(output)
+    tables["data"].setdefault("cache_dir", str(work / "cache"))  # one cache for every run (same VAE and MLLM)
+    tables.setdefault("training", {})["output_dir"] = str(run_dir(work, run))
     return config_from_dict(tables)
 
 
 def trained_model(recipe: dict, work: Path) -> Path:
-    """The model the recipe evaluates and exports: the fine-tuned one when there is a ``[finetune]`` table."""
-    return work / ("finetune" if "finetune" in recipe else "run") / "final"
+    """The model the recipe evaluates and exports: the last run's."""
+    return run_dir(work, len(finetune_runs(recipe))) / "final"
 
 
 def _editor(recipe: dict, pipe, steps: int, guidance: float, strength: float):
@@ -335,6 +349,9 @@ def _objective_note(training: dict) -> str:
         notes.append(f"{rate:.0%} of the samples at pure noise")
     if training.get("loss_weighting") == "x0_relative":
         notes.append("each sample's error relative to returning its source")
+    if training.get("loss_space") == "pixel":
+        notes.append("errors measured in pixels" + (", squared and structural (SSIM)"
+                                                   if float(training.get("ssim_loss_weight", 0)) else ""))
     return "; ".join(notes)
 
 
@@ -346,11 +363,13 @@ def model_card(recipe_path: Path, recipe: dict, result, size_bytes: int) -> str:
     note = _objective_note(first)
     training = f'for {int(first["max_steps"]):,} steps of batch {int(first.get("batch_size", 1))}'
     training += f" ({note})" if note else ""
-    if "finetune" in recipe:
-        second = stage_tables(recipe, "finetune")["training"]
-        note = _objective_note(second)
-        training += (f', then {int(second["max_steps"]):,} steps of batch {int(second.get("batch_size", 1))} in a '
-                     f"second run (the recipe's finetune stage{'; ' + note if note else ''})")
+    runs = finetune_runs(recipe)
+    for run in range(1, len(runs) + 1):
+        later = stage_tables(recipe, run)["training"]
+        note = _objective_note(later)
+        name = "the recipe's finetune stage" if len(runs) == 1 else f"fine-tuning run {run} of the finetune stage"
+        training += (f', then {int(later["max_steps"]):,} steps of batch {int(later.get("batch_size", 1))} in a '
+                     f"{ORDINALS[run]} run ({name}{'; ' + note if note else ''})")
     guidance = float(result.settings["guidance_scale"])
     strength = float(result.settings.get("strength", 1.0))
     steps = int(result.settings["steps"])
@@ -419,11 +438,11 @@ def build_demo(recipe_path: str | os.PathLike, work_dir: str | os.PathLike, expo
     vae_dir = build_vae(recipe, work, data_dir, progress) if "vae" in stages else work / "vae" / "vae"
     initial = assemble(recipe, work, data_dir, vae_dir) if "assemble" in stages else work / "initial"
     final = trained_model(recipe, work)
-    for stage in ("train", "finetune"):
-        if stage in stages and (stage == "train" or "finetune" in recipe):
-            result = train(training_config(recipe, work, initial, data_dir, stage), progress=progress)
+    for run in range(1 + len(finetune_runs(recipe))):
+        if ("finetune" if run else "train") in stages:
+            result = train(training_config(recipe, work, initial, data_dir, run), progress=progress)
             if result.final_dir is None:
-                raise Step1XEditError(f"{stage} stopped at step {result.step}; rerun to resume")
+                raise Step1XEditError(f"{run_dir(work, run).name} stopped at step {result.step}; rerun to resume")
     if "evaluate" in stages:
         from ..bench.synthetic import format_table
         from ..pipeline import load_pipeline

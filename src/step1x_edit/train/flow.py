@@ -38,16 +38,25 @@ zeros, or both, so that classifier-free guidance has an unconditional model to e
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
 from .. import sampling
 
 TIMESTEP_SAMPLING = ("shift", "logit_normal", "uniform")
 LOSS_WEIGHTINGS = ("none", "x0", "x0_relative")
+LOSS_SPACES = ("latent", "pixel")
 # "x0_relative": a sample's no-edit error (target vs source latents, mean square) counts as at least this much
 RELATIVE_FLOOR = 0.01
+# ... and in pixels ([-1, 1], mean square over pixels and channels; 1e-4 is a PSNR of about 46 dB)
+PIXEL_RELATIVE_FLOOR = 1e-4
+# ... and its structural dissimilarity 1 - SSIM
+SSIM_RELATIVE_FLOOR = 1e-3
+SSIM_WINDOW = 11
+SSIM_SIGMA = 1.5
 OFFICIAL_SHIFT = 3.1582
 
 
@@ -153,6 +162,8 @@ def flow_matching_loss(
     start_times: torch.Tensor | None = None,
     source_latents: torch.Tensor | None = None,
     loss_weighting: str = "none",
+    decode: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    ssim_weight: float = 0.0,
 ) -> torch.Tensor:
     """Mean squared error between the predicted and the true velocity ``noise - x0`` on the noisy tokens.
 
@@ -164,12 +175,25 @@ def flow_matching_loss(
     most ``t0``. ``loss_weighting="x0"`` weights each sample's squared error by t², which makes it the error of
     the implied clean latents ``x_t - t * v`` (every path here ends at the target at t = 0);
     ``"x0_relative"`` divides that by the sample's no-edit error (target vs source, at least
-    :data:`RELATIVE_FLOOR`), so every sample counts by how much of its own edit is still missing (1 = no better
+    :data:`RELATIVE_FLOOR`; in pixels :data:`PIXEL_RELATIVE_FLOOR`), so every sample counts by how much of its own edit is still missing (1 = no better
     than returning the source): the per-image PSNR gain over the identity is the log of that ratio, and without
     it the samples with large edits (new backgrounds, styles) outweigh the small ones.
+
+    ``decode`` (latents [B, C, h, w] -> pixels [B, 3, H, W], e.g. the frozen VAE's decoder) measures those two
+    errors in pixels instead of latents: the implied clean latents ``x_t - t * v``, the target and the source
+    are decoded and compared there (the loss then weighs each latent direction by how much it moves the pixels;
+    with ``"x0_relative"`` it is the per-image squared pixel error over the identity's, whose log is the PSNR
+    gain). It needs ``"x0"`` or ``"x0_relative"``. ``ssim_weight`` (pixel space only) adds that multiple of the
+    structural dissimilarity ``1 - SSIM`` (:func:`structural_similarity`) of the implied clean image to the target,
+    relative to the source's with ``"x0_relative"``: the squared error alone does not mind faint blotches on
+    flat regions, which break the image's structure.
     """
     if loss_weighting not in LOSS_WEIGHTINGS:
         raise ValueError(f"loss_weighting must be one of {LOSS_WEIGHTINGS}, got {loss_weighting!r}")
+    if decode is not None and loss_weighting == "none":
+        raise ValueError("a pixel-space loss (decode) needs loss_weighting 'x0' or 'x0_relative'")
+    if ssim_weight < 0 or (ssim_weight and decode is None):
+        raise ValueError("ssim_weight must be non-negative, and needs a pixel-space loss (decode)")
     if target_latents.shape != reference_latents.shape or noise.shape != target_latents.shape:
         raise ValueError(
             f"target {tuple(target_latents.shape)}, reference {tuple(reference_latents.shape)} and noise "
@@ -198,11 +222,54 @@ def flow_matching_loss(
         img_ids=img_ids.to(noisy.device),
         txt_ids=txt_ids.to(noisy.device),
     )[:, : x0.shape[1]]
-    squared = (prediction.float() - velocity.float()).square()  # [B, N, 4C]
-    if loss_weighting == "none":
-        return squared.mean()
-    clean_error = squared.mean(dim=(1, 2)) * t.float().square()  # [B]
+    extra = 0.0
+    if decode is not None:  # the implied clean latents (every path ends at the target at t = 0), in pixels
+        implied = noisy.float() - t.float()[:, None, None] * prediction.float()
+
+        def pixels(tokens: torch.Tensor) -> torch.Tensor:
+            return decode(sampling.unpack_latents(tokens, latent_height, latent_width)).float()
+
+        target_pixels, source_pixels, implied_pixels = pixels(x0).detach(), pixels(source).detach(), pixels(implied)
+        clean_error = (implied_pixels - target_pixels).square().mean(dim=(1, 2, 3))  # [B]
+        no_edit = (target_pixels - source_pixels).square().mean(dim=(1, 2, 3))  # [B]
+        floor = PIXEL_RELATIVE_FLOOR
+        if ssim_weight:
+            dissimilarity = 1 - structural_similarity(implied_pixels, target_pixels)  # [B]
+            if loss_weighting == "x0_relative":
+                no_edit_dissimilarity = 1 - structural_similarity(source_pixels, target_pixels)
+                dissimilarity = dissimilarity / no_edit_dissimilarity.clamp_min(SSIM_RELATIVE_FLOOR)
+            extra = ssim_weight * dissimilarity.mean()
+    else:
+        squared = (prediction.float() - velocity.float()).square()  # [B, N, 4C]
+        if loss_weighting == "none":
+            return squared.mean()
+        clean_error = squared.mean(dim=(1, 2)) * t.float().square()  # [B]
+        no_edit = (x0 - source).float().square().mean(dim=(1, 2))  # [B]
+        floor = RELATIVE_FLOOR
     if loss_weighting == "x0":
-        return clean_error.mean()
-    no_edit = (x0 - source).float().square().mean(dim=(1, 2))  # [B]
-    return (clean_error / no_edit.clamp_min(RELATIVE_FLOOR)).mean()
+        return clean_error.mean() + extra
+    return (clean_error / no_edit.clamp_min(floor)).mean() + extra
+
+
+def structural_similarity(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """SSIM per image [B] of pixels ``a``, ``b`` [B, C, H, W] in [-1, 1]: the definition of
+    :func:`step1x_edit.bench.synthetic.ssim` (11 x 11 Gaussian window, sigma 1.5, K1 0.01, K2 0.03, positions where
+    the window fits, mean over positions and channels), differentiable."""
+    offsets = torch.arange(SSIM_WINDOW, dtype=a.dtype, device=a.device) - (SSIM_WINDOW - 1) / 2
+    window = torch.exp(-offsets.square() / (2 * SSIM_SIGMA**2))
+    window = window / window.sum()
+    a, b = (a + 1) / 2, (b + 1) / 2  # [0, 1]: the luminance term depends on the absolute level
+    channels = a.shape[1]
+    rows = window.view(1, 1, -1, 1).expand(channels, 1, -1, 1)
+    columns = window.view(1, 1, 1, -1).expand(channels, 1, 1, -1)
+
+    def blur(x: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(F.conv2d(x, rows, groups=channels), columns, groups=channels)
+
+    mean_a, mean_b = blur(a), blur(b)
+    var_a = blur(a * a) - mean_a.square()
+    var_b = blur(b * b) - mean_b.square()
+    cov = blur(a * b) - mean_a * mean_b
+    c1, c2 = 0.01**2, 0.03**2  # data range 1
+    index = ((2 * mean_a * mean_b + c1) * (2 * cov + c2)) / ((mean_a.square() + mean_b.square() + c1) * (var_a + var_b + c2))
+    return index.mean(dim=(1, 2, 3))

@@ -37,6 +37,7 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from ..errors import Step1XEditError
+from ..models.vae import decode_latents
 from .config import TrainConfig, TrainingConfigError
 from .data import (
     LANGUAGE_KEYS,
@@ -353,6 +354,10 @@ def train(config: TrainConfig, progress: bool = True) -> TrainResult:
         max_shift=schedule.max_shift, base_seq_len=schedule.base_image_seq_len,
         max_seq_len=schedule.max_image_seq_len, pure_noise_rate=t.pure_noise_rate,
     )
+    decode = None
+    if t.loss_space == "pixel":  # the frozen VAE's decoder; gradients flow through it to the transformer only
+        def decode(latents: torch.Tensor) -> torch.Tensor:
+            return decode_latents(pipe.vae, latents.to(accelerator.device))
 
     def save_checkpoint() -> None:
         folder = output_dir / "checkpoints"
@@ -422,7 +427,8 @@ def train(config: TrainConfig, progress: bool = True) -> TrainResult:
         with accelerator.accumulate(transformer):
             with accelerator.autocast():
                 loss = flow_matching_loss(transformer, target, reference, embeds.to(weight_dtype), mask, flow_t,
-                                          noise, version, start_times, batch["reference"], t.loss_weighting)
+                                          noise, version, start_times, batch["reference"], t.loss_weighting,
+                                          decode, t.ssim_loss_weight)
             accelerator.backward(loss)
             if accelerator.sync_gradients and t.max_grad_norm > 0:
                 accelerator.clip_grad_norm_(params, t.max_grad_norm)
