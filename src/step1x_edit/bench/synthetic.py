@@ -73,7 +73,8 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
     return _psnr_of_errors(a.astype(np.float64) - b.astype(np.float64))
 
 
-def _gaussian_window() -> np.ndarray:
+def ssim_window() -> np.ndarray:
+    """The normalised 1-D Gaussian weights of the SSIM window (:data:`SSIM_WINDOW` taps, sigma :data:`SSIM_SIGMA`)."""
     offsets = np.arange(SSIM_WINDOW) - (SSIM_WINDOW - 1) / 2
     weights = np.exp(-(offsets**2) / (2 * SSIM_SIGMA**2))
     return weights / weights.sum()
@@ -96,7 +97,7 @@ def ssim(a: np.ndarray, b: np.ndarray) -> float:
         raise InvalidImageError(f"SSIM needs images of at least {SSIM_WINDOW}x{SSIM_WINDOW} pixels, got {a.shape}")
     x = a.astype(np.float64)
     y = b.astype(np.float64)
-    window = _gaussian_window()
+    window = ssim_window()
     mean_x, mean_y = _filter_valid(x, window), _filter_valid(y, window)
     var_x = _filter_valid(x * x, window) - mean_x**2
     var_y = _filter_valid(y * y, window) - mean_y**2

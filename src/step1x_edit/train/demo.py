@@ -45,6 +45,11 @@ PATCH_FACTOR = 28  # merged visual token side, in pixels (Qwen2.5-VL)
 ORDINALS = ("first", "second", "third", "fourth", "fifth", "sixth", "seventh", "eighth", "ninth", "tenth")
 
 
+def _ordinal(number: int) -> str:
+    """ "second" for 2; "11th" past :data:`ORDINALS`."""
+    return ORDINALS[number - 1] if number <= len(ORDINALS) else f"{number}th"
+
+
 def load_recipe(path: str | os.PathLike) -> dict[str, Any]:
     """Read and check a demo recipe TOML."""
     path = Path(path)
@@ -369,7 +374,7 @@ def model_card(recipe_path: Path, recipe: dict, result, size_bytes: int) -> str:
         note = _objective_note(later)
         name = "the recipe's finetune stage" if len(runs) == 1 else f"fine-tuning run {run} of the finetune stage"
         training += (f', then {int(later["max_steps"]):,} steps of batch {int(later.get("batch_size", 1))} in a '
-                     f"{ORDINALS[run]} run ({name}{'; ' + note if note else ''})")
+                     f"{_ordinal(run + 1)} run ({name}{'; ' + note if note else ''})")
     guidance = float(result.settings["guidance_scale"])
     strength = float(result.settings.get("strength", 1.0))
     steps = int(result.settings["steps"])

@@ -45,6 +45,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import sampling
+from ..bench.synthetic import SSIM_K1, SSIM_K2, ssim_window
 
 TIMESTEP_SAMPLING = ("shift", "logit_normal", "uniform")
 LOSS_WEIGHTINGS = ("none", "x0", "x0_relative")
@@ -55,8 +56,6 @@ RELATIVE_FLOOR = 0.01
 PIXEL_RELATIVE_FLOOR = 1e-4
 # ... and its structural dissimilarity 1 - SSIM
 SSIM_RELATIVE_FLOOR = 1e-3
-SSIM_WINDOW = 11
-SSIM_SIGMA = 1.5
 OFFICIAL_SHIFT = 3.1582
 
 
@@ -229,13 +228,16 @@ def flow_matching_loss(
         def pixels(tokens: torch.Tensor) -> torch.Tensor:
             return decode(sampling.unpack_latents(tokens, latent_height, latent_width)).float()
 
-        target_pixels, source_pixels, implied_pixels = pixels(x0).detach(), pixels(source).detach(), pixels(implied)
+        target_pixels, implied_pixels = pixels(x0).detach(), pixels(implied)
         clean_error = (implied_pixels - target_pixels).square().mean(dim=(1, 2, 3))  # [B]
-        no_edit = (target_pixels - source_pixels).square().mean(dim=(1, 2, 3))  # [B]
-        floor = PIXEL_RELATIVE_FLOOR
+        relative = loss_weighting == "x0_relative"
+        source_pixels = pixels(source).detach() if relative else None  # only the relative weighting needs it
+        if relative:
+            no_edit = (target_pixels - source_pixels).square().mean(dim=(1, 2, 3))  # [B]
+            floor = PIXEL_RELATIVE_FLOOR
         if ssim_weight:
             dissimilarity = 1 - structural_similarity(implied_pixels, target_pixels)  # [B]
-            if loss_weighting == "x0_relative":
+            if relative:
                 no_edit_dissimilarity = 1 - structural_similarity(source_pixels, target_pixels)
                 dissimilarity = dissimilarity / no_edit_dissimilarity.clamp_min(SSIM_RELATIVE_FLOOR)
             extra = ssim_weight * dissimilarity.mean()
@@ -253,11 +255,9 @@ def flow_matching_loss(
 
 def structural_similarity(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """SSIM per image [B] of pixels ``a``, ``b`` [B, C, H, W] in [-1, 1]: the definition of
-    :func:`step1x_edit.bench.synthetic.ssim` (11 x 11 Gaussian window, sigma 1.5, K1 0.01, K2 0.03, positions where
-    the window fits, mean over positions and channels), differentiable."""
-    offsets = torch.arange(SSIM_WINDOW, dtype=a.dtype, device=a.device) - (SSIM_WINDOW - 1) / 2
-    window = torch.exp(-offsets.square() / (2 * SSIM_SIGMA**2))
-    window = window / window.sum()
+    :func:`step1x_edit.bench.synthetic.ssim` (its Gaussian window and constants, positions where the window fits,
+    mean over positions and channels), differentiable."""
+    window = torch.from_numpy(ssim_window()).to(device=a.device, dtype=a.dtype)
     a, b = (a + 1) / 2, (b + 1) / 2  # [0, 1]: the luminance term depends on the absolute level
     channels = a.shape[1]
     rows = window.view(1, 1, -1, 1).expand(channels, 1, -1, 1)
@@ -270,6 +270,6 @@ def structural_similarity(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     var_a = blur(a * a) - mean_a.square()
     var_b = blur(b * b) - mean_b.square()
     cov = blur(a * b) - mean_a * mean_b
-    c1, c2 = 0.01**2, 0.03**2  # data range 1
+    c1, c2 = SSIM_K1**2, SSIM_K2**2  # data range 1
     index = ((2 * mean_a * mean_b + c1) * (2 * cov + c2)) / ((mean_a.square() + mean_b.square() + c1) * (var_a + var_b + c2))
     return index.mean(dim=(1, 2, 3))
