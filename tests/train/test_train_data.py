@@ -1,12 +1,14 @@
 """Training data: buckets follow the inference resize rule, batches are deterministic and split across
 processes, features are cached once and re-read."""
 
+import pytest
 import torch
 from PIL import Image
 
 from step1x_edit import sampling
+from step1x_edit.errors import DataFormatError
 from step1x_edit.pipeline import Step1XEditPipeline
-from step1x_edit.train.config import DataConfig
+from step1x_edit.train.config import DataConfig, TrainingConfigError, load_config
 from step1x_edit.train.data import (
     EditExample,
     FeatureCache,
@@ -17,12 +19,13 @@ from step1x_edit.train.data import (
     load_examples,
     model_fingerprint,
     plan_batches,
+    repeat_tasks,
 )
 
 
-def _example(width, height, name="x"):
+def _example(width, height, name="x", task="color_alteration"):
     image = Image.new("RGB", (width, height), (10, 200, 30))
-    return EditExample(name, "color_alteration", image, image, {"en": "make it red", "zh": "把它变成红色"})
+    return EditExample(name, task, image, image, {"en": "make it red", "zh": "把它变成红色"})
 
 
 def test_buckets_are_the_sizes_the_pipeline_edits_at():
@@ -43,6 +46,33 @@ def test_batches_hold_one_bucket_are_reproducible_and_split_across_processes():
     ranks = [plan_batches(sizes, 4, seed=3, epoch=0, world_size=2, rank=rank) for rank in (0, 1)]
     assert len(ranks[0]) == len(ranks[1])
     assert not {i for b in ranks[0] for i in b} & {i for b in ranks[1] for i in b}
+
+
+def test_task_repeats_list_a_category_s_samples_that_many_times_and_reject_unknown_tasks(tmp_path):
+    examples = [_example(64, 64, "a", "color_alteration"), _example(64, 64, "b", "subject_addition"),
+                _example(64, 64, "c", "color_alteration")]
+    repeated = repeat_tasks(examples, {"subject_addition": 3})
+    assert [example.sample_id for example in repeated] == ["a", "b", "b", "b", "c"]
+    assert repeat_tasks(examples, {}) == examples
+    with pytest.raises(DataFormatError, match="subject_removal"):
+        repeat_tasks(examples, {"subject_removal": 2})
+    config_file = tmp_path / "train.toml"
+    config_file.write_text('[data]\nstore = "s"\ntask_repeats = {subject_addition = 3}\n', encoding="utf-8")
+    assert load_config(config_file).data.task_repeats == {"subject_addition": 3}
+    for bad in ({"subject_addition": 0}, {"subject_addition": 1.5}, ["subject_addition"]):
+        with pytest.raises(TrainingConfigError, match="task_repeats"):
+            DataConfig(store="s", task_repeats=bad)
+
+
+def test_a_repeated_sample_is_cached_once(tiny_model_dir, small_store, tmp_path):
+    pipe = Step1XEditPipeline.from_pretrained(tiny_model_dir)
+    examples = load_examples(DataConfig(store=str(small_store), resolution=64), small_store)[:3]
+    repeated = [examples[0], examples[1], examples[0], examples[2], examples[1]]
+    cache = FeatureCache(tmp_path, model_fingerprint(pipe, 64, ("en",)))
+    shares = [FeatureSource(repeated, 64, Featurizer(pipe, ("en",)), cache).fill(progress=False, shard=(rank, 2))
+              for rank in (0, 1)]
+    assert shares == [2, 1]
+    assert all(example.sample_id in cache for example in examples)
 
 
 def test_the_feature_fingerprint_follows_the_frozen_weights_not_the_folder(tiny_model_dir, tmp_path):

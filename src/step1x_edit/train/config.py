@@ -75,7 +75,9 @@ class DataConfig:
     """Training data: a store (``store``) or an official metadata JSON (``metadata``, paths relative to
     ``image_dir`` or to the JSON's folder). ``language``: which instruction is used ("en", "zh" or "both": one of
     the two drawn per step). ``cache_dir``: where VAE latents and MLLM conditions are cached (default:
-    ``<output_dir>/cache``; ``cache = false`` computes them at every step instead)."""
+    ``<output_dir>/cache``; ``cache = false`` computes them at every step instead). ``task_repeats`` maps a task
+    (category) to how many times each of its samples appears per epoch (default 1), to train more on some
+    categories without generating more data."""
 
     store: str | None = None
     metadata: str | None = None
@@ -87,6 +89,7 @@ class DataConfig:
     resolution: int = 512
     cache: bool = True
     cache_dir: str | None = None
+    task_repeats: dict[str, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if (self.store is None) == (self.metadata is None):
@@ -97,6 +100,11 @@ class DataConfig:
             raise TrainingConfigError(f"data.resolution must be at least 16, got {self.resolution}")
         if self.split not in ("train", "validation", "all"):
             raise TrainingConfigError(f"data.split must be 'train', 'validation' or 'all', got {self.split!r}")
+        if not isinstance(self.task_repeats, dict) or not all(
+                isinstance(count, int) and not isinstance(count, bool) and count >= 1
+                for count in self.task_repeats.values()):
+            raise TrainingConfigError(
+                f"data.task_repeats must map task names to whole numbers of at least 1, got {self.task_repeats!r}")
 
 
 @dataclass(frozen=True)

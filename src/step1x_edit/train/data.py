@@ -82,6 +82,15 @@ def load_examples(config: DataConfig, store: Path, split: str | None = None, lim
     return examples
 
 
+def repeat_tasks(examples: list[EditExample], repeats: dict[str, int]) -> list[EditExample]:
+    """``examples`` with each one of a task in ``repeats`` listed that many times (in place, order kept); a task
+    ``repeats`` names that no example has is an error (a typo would otherwise train on the unweighted mix)."""
+    missing = sorted(set(repeats) - {example.task for example in examples})
+    if missing:
+        raise DataFormatError(f"data.task_repeats names task(s) {missing} that no training sample has")
+    return [example for example in examples for _ in range(repeats.get(example.task, 1))]
+
+
 def bucket_of(example: EditExample, resolution: int) -> tuple[int, int]:
     """(width, height) the example trains at: the inference resize rule at ``size_level = resolution``."""
     return sampling.resize_dimensions(example.target.width, example.target.height, resolution)
@@ -188,7 +197,9 @@ class FeatureSource:
         if self.cache is None:
             return 0
         rank, world = shard
-        todo = [i for i in range(rank, len(self.examples), world) if self.examples[i].sample_id not in self.cache]
+        first = list({example.sample_id: index for index, example in reversed(list(enumerate(self.examples)))}.values())
+        first.sort()  # each sample once (repeated tasks list a sample several times), in order
+        todo = [i for i in first[rank::world] if self.examples[i].sample_id not in self.cache]
         for index in tqdm(todo, desc="caching latents and conditions", disable=not progress or not todo, unit="sample"):
             self.cache.save(self.examples[index].sample_id, self.featurizer(self.examples[index], self.sizes[index]))
         return len(todo)

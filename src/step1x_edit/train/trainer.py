@@ -48,6 +48,7 @@ from .data import (
     load_examples,
     model_fingerprint,
     plan_batches,
+    repeat_tasks,
     resolve_store,
 )
 from .flow import FlowTimeSampling, drop_conditions, flow_matching_loss, sample_flow_times, source_start_times
@@ -291,6 +292,7 @@ def train(config: TrainConfig, progress: bool = True) -> TrainResult:
     if not examples:
         raise Step1XEditError(f"no training samples in {store} (split {config.data.split!r}, "
                               f"tasks {list(config.data.tasks) or 'all'}, language {config.data.language!r})")
+    examples = repeat_tasks(examples, config.data.task_repeats)
     languages = LANGUAGE_KEYS[config.data.language]
     cache = None
     if config.data.cache:
