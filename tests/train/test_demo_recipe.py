@@ -7,6 +7,7 @@ import torch
 from step1x_edit.cli import main
 from step1x_edit.data.synthetic import TASKS
 from step1x_edit.pipeline import load_pipeline
+from step1x_edit.train.demo import _objective_note
 
 RECIPE = """
 [demo]
@@ -167,3 +168,13 @@ def test_the_committed_recipe_is_valid_and_samples_from_the_starts_it_trains(tmp
         low, high = t.source_start_range
         for strength in evaluation["strength_candidates"]:
             assert low <= sampling.start_at_strength(schedule, strength)[0] <= high
+
+
+def test_the_card_names_a_run_s_structural_weight_and_repeated_categories():
+    note = _objective_note({"loss_space": "pixel", "loss_weighting": "x0_relative", "ssim_loss_weight": 2.0},
+                           {"task_repeats": {"subject_addition": 2, "color_alteration": 3, "text_modification": 2}})
+    assert note == ("each sample's error relative to returning its source; errors measured in pixels, squared and "
+                    "structural (SSIM), the structural one weighted 2; subject_addition, text_modification samples "
+                    "listed 2 times per epoch; color_alteration samples listed 3 times per epoch")
+    assert _objective_note({"loss_space": "pixel", "loss_weighting": "x0", "ssim_loss_weight": 1.0}) == (
+        "errors measured in pixels, squared and structural (SSIM)")

@@ -346,8 +346,9 @@ def _prediction_sentence(recipe: dict) -> str:
             "velocity itself: untrained, it returns the source exactly, so training only has to teach it the change.")
 
 
-def _objective_note(training: dict) -> str:
-    """What a run's objective adds to the official one, for the card ("" when nothing)."""
+def _objective_note(training: dict, data: dict | None = None) -> str:
+    """What a run's objective (its ``training`` table) and sampling (its ``data`` table) add to the official ones,
+    for the card ("" when nothing)."""
     notes = []
     rate = float(training.get("pure_noise_rate", 0))
     if rate:
@@ -355,8 +356,13 @@ def _objective_note(training: dict) -> str:
     if training.get("loss_weighting") == "x0_relative":
         notes.append("each sample's error relative to returning its source")
     if training.get("loss_space") == "pixel":
-        notes.append("errors measured in pixels" + (", squared and structural (SSIM)"
-                                                   if float(training.get("ssim_loss_weight", 0)) else ""))
+        weight = float(training.get("ssim_loss_weight", 0))
+        notes.append("errors measured in pixels" + (", squared and structural (SSIM)" if weight else "")
+                     + (f", the structural one weighted {weight:g}" if weight not in (0, 1) else ""))
+    repeats = (data or {}).get("task_repeats", {})
+    for count in sorted(set(repeats.values())):
+        tasks = ", ".join(task for task, times in repeats.items() if times == count)
+        notes.append(f"{tasks} samples listed {count} times per epoch")
     return "; ".join(notes)
 
 
@@ -365,13 +371,14 @@ def model_card(recipe_path: Path, recipe: dict, result, size_bytes: int) -> str:
 
     demo = recipe["demo"]
     first = stage_tables(recipe)["training"]
-    note = _objective_note(first)
+    note = _objective_note(first, stage_tables(recipe).get("data"))
     training = f'for {int(first["max_steps"]):,} steps of batch {int(first.get("batch_size", 1))}'
     training += f" ({note})" if note else ""
     runs = finetune_runs(recipe)
     for run in range(1, len(runs) + 1):
-        later = stage_tables(recipe, run)["training"]
-        note = _objective_note(later)
+        tables = stage_tables(recipe, run)
+        later = tables["training"]
+        note = _objective_note(later, tables.get("data"))
         name = "the recipe's finetune stage" if len(runs) == 1 else f"fine-tuning run {run} of the finetune stage"
         training += (f', then {int(later["max_steps"]):,} steps of batch {int(later.get("batch_size", 1))} in a '
                      f"{_ordinal(run + 1)} run ({name}{'; ' + note if note else ''})")
