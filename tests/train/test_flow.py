@@ -301,6 +301,36 @@ def test_the_ssim_term_scores_structure_relative_to_the_source_and_needs_pixels(
     assert float(structural_similarity(pixels, -pixels)) < 0.5
 
 
+def test_the_absolute_pixel_error_leaves_an_uncertain_edit_out_where_the_squared_error_hedges():
+    # three samples from the same source, each editing its own region; one answer for region 0 serves all three
+    # (the model cannot tell from the instruction whether region 0 is the one named): the squared error's best
+    # answer there is the mean edit (1/3), the absolute error's the median (no change)
+    source = torch.zeros(3, 3, 4, 4)
+    targets = source.clone()
+    for index in range(3):
+        targets[index, :, index, :] = 1.0
+    t, eps = torch.ones(3), torch.randn(3, 3, 4, 4)
+    embeds, mask = torch.randn(3, 5, 8), torch.ones(3, 5, dtype=torch.long)
+
+    def loss(answer: float, pixel_error: str) -> float:
+        guess = targets.clone()
+        guess[:, :, 0, :] = answer
+        return float(flow_matching_loss(_TargetPredictor(guess), targets, source, embeds, mask, t, eps, "v1.1",
+                                        loss_weighting="x0_relative", decode=lambda z: z, pixel_error=pixel_error))
+
+    assert loss(1 / 3, "squared") < loss(0.0, "squared")
+    assert loss(0.0, "absolute") < loss(1 / 3, "absolute") < loss(1.0, "absolute")
+    identity = flow_matching_loss(_TargetPredictor(source), targets, source, embeds, mask, t, eps, "v1.1",
+                                  loss_weighting="x0_relative", decode=lambda z: z, pixel_error="absolute")
+    assert float(identity) == pytest.approx(1.0)  # relative to returning the source, like the squared error
+    with pytest.raises(ValueError, match="pixel_error"):
+        flow_matching_loss(_TargetPredictor(source), targets, source, embeds, mask, t, eps, "v1.1",
+                           loss_weighting="x0_relative", decode=lambda z: z, pixel_error="huber")
+    with pytest.raises(ValueError, match="pixel-space"):
+        flow_matching_loss(_TargetPredictor(source), targets, source, embeds, mask, t, eps, "v1.1",
+                           loss_weighting="x0_relative", pixel_error="absolute")
+
+
 def test_structural_similarity_is_the_evaluation_ssim():
     import numpy as np
 

@@ -104,7 +104,9 @@ def test_unknown_config_fields_and_bad_values_are_errors():
     for bad, message in (({"loss_space": "rgb"}, "loss_space must be one of"),
                          ({"loss_space": "pixel"}, "needs loss_weighting"),
                          ({"ssim_loss_weight": 1.0, "loss_weighting": "x0"}, "ssim_loss_weight"),
-                         ({"ssim_loss_weight": -1.0, "loss_space": "pixel", "loss_weighting": "x0"}, "ssim_loss_weight")):
+                         ({"ssim_loss_weight": -1.0, "loss_space": "pixel", "loss_weighting": "x0"}, "ssim_loss_weight"),
+                         ({"pixel_error": "absolute", "loss_weighting": "x0"}, "pixel_error 'absolute' needs"),
+                         ({"pixel_error": "huber", "loss_space": "pixel", "loss_weighting": "x0"}, "pixel_error must")):
         with pytest.raises(TrainingConfigError, match=message):
             config_from_dict({"data": {"store": "x"}, "training": bad})
 

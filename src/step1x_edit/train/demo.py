@@ -357,7 +357,8 @@ def _objective_note(training: dict, data: dict | None = None) -> str:
         notes.append("each sample's error relative to returning its source")
     if training.get("loss_space") == "pixel":
         weight = float(training.get("ssim_loss_weight", 0))
-        notes.append("errors measured in pixels" + (", squared and structural (SSIM)" if weight else "")
+        kind = "absolute" if training.get("pixel_error") == "absolute" else "squared"
+        notes.append("errors measured in pixels" + (f", {kind} and structural (SSIM)" if weight else f", {kind}")
                      + (f", the structural one weighted {weight:g}" if weight not in (0, 1) else ""))
     repeats = (data or {}).get("task_repeats", {})
     for count in sorted(set(repeats.values())):

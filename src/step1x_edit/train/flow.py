@@ -50,10 +50,13 @@ from ..bench.synthetic import SSIM_K1, SSIM_K2, ssim_window
 TIMESTEP_SAMPLING = ("shift", "logit_normal", "uniform")
 LOSS_WEIGHTINGS = ("none", "x0", "x0_relative")
 LOSS_SPACES = ("latent", "pixel")
+PIXEL_ERRORS = ("squared", "absolute")
 # "x0_relative": a sample's no-edit error (target vs source latents, mean square) counts as at least this much
 RELATIVE_FLOOR = 0.01
 # ... and in pixels ([-1, 1], mean square over pixels and channels; 1e-4 is a PSNR of about 46 dB)
 PIXEL_RELATIVE_FLOOR = 1e-4
+# ... or, with the absolute pixel error, its mean absolute difference (0.01 is the square root of the above)
+PIXEL_ABSOLUTE_RELATIVE_FLOOR = 0.01
 # ... and its structural dissimilarity 1 - SSIM
 SSIM_RELATIVE_FLOOR = 1e-3
 OFFICIAL_SHIFT = 3.1582
@@ -163,6 +166,7 @@ def flow_matching_loss(
     loss_weighting: str = "none",
     decode: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ssim_weight: float = 0.0,
+    pixel_error: str = "squared",
 ) -> torch.Tensor:
     """Mean squared error between the predicted and the true velocity ``noise - x0`` on the noisy tokens.
 
@@ -185,8 +189,15 @@ def flow_matching_loss(
     gain). It needs ``"x0"`` or ``"x0_relative"``. ``ssim_weight`` (pixel space only) adds that multiple of the
     structural dissimilarity ``1 - SSIM`` (:func:`structural_similarity`) of the implied clean image to the target,
     relative to the source's with ``"x0_relative"``: the squared error alone does not mind faint blotches on
-    flat regions, which break the image's structure.
+    flat regions, which break the image's structure. ``pixel_error="absolute"`` (pixel space only) measures the
+    errors as mean absolute differences instead of squares: their minimiser under an uncertain instruction is
+    each pixel's median edit, not its mean, so where the model is less than even sure that an object is the one
+    named it leaves it as it is instead of changing it a little (the squared error's hedge).
     """
+    if pixel_error not in PIXEL_ERRORS:
+        raise ValueError(f"pixel_error must be one of {PIXEL_ERRORS}, got {pixel_error!r}")
+    if pixel_error != "squared" and decode is None:
+        raise ValueError("pixel_error 'absolute' needs a pixel-space loss (decode)")
     if loss_weighting not in LOSS_WEIGHTINGS:
         raise ValueError(f"loss_weighting must be one of {LOSS_WEIGHTINGS}, got {loss_weighting!r}")
     if decode is not None and loss_weighting == "none":
@@ -228,13 +239,17 @@ def flow_matching_loss(
         def pixels(tokens: torch.Tensor) -> torch.Tensor:
             return decode(sampling.unpack_latents(tokens, latent_height, latent_width)).float()
 
+        def error(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:  # per image [B]
+            difference = a - b
+            return (difference.abs() if pixel_error == "absolute" else difference.square()).mean(dim=(1, 2, 3))
+
         target_pixels, implied_pixels = pixels(x0).detach(), pixels(implied)
-        clean_error = (implied_pixels - target_pixels).square().mean(dim=(1, 2, 3))  # [B]
+        clean_error = error(implied_pixels, target_pixels)
         relative = loss_weighting == "x0_relative"
         source_pixels = pixels(source).detach() if relative else None  # only the relative weighting needs it
         if relative:
-            no_edit = (target_pixels - source_pixels).square().mean(dim=(1, 2, 3))  # [B]
-            floor = PIXEL_RELATIVE_FLOOR
+            no_edit = error(target_pixels, source_pixels)
+            floor = PIXEL_ABSOLUTE_RELATIVE_FLOOR if pixel_error == "absolute" else PIXEL_RELATIVE_FLOOR
         if ssim_weight:
             dissimilarity = 1 - structural_similarity(implied_pixels, target_pixels)  # [B]
             if relative:
