@@ -178,5 +178,9 @@ def test_the_card_names_a_run_s_structural_weight_and_repeated_categories():
                     "listed 2 times per epoch; color_alteration samples listed 3 times per epoch")
     assert _objective_note({"loss_space": "pixel", "loss_weighting": "x0", "ssim_loss_weight": 1.0}) == (
         "errors measured in pixels, squared and structural (SSIM)")
-    assert _objective_note({"loss_space": "pixel", "loss_weighting": "x0", "pixel_error": "absolute"}) == (
-        "errors measured in pixels, absolute")
+    assert _objective_note({"loss_space": "pixel", "loss_weighting": "x0", "squared_loss_weight": 0,
+                            "absolute_loss_weight": 1}) == "errors measured in pixels, absolute"
+    assert _objective_note({"loss_space": "pixel", "loss_weighting": "x0", "absolute_loss_weight": 0.5,
+                            "ssim_loss_weight": 2}) == (
+        "errors measured in pixels, squared, absolute and structural (SSIM), the absolute one weighted 0.5, the "
+        "structural one weighted 2")

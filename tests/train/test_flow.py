@@ -312,23 +312,25 @@ def test_the_absolute_pixel_error_leaves_an_uncertain_edit_out_where_the_squared
     t, eps = torch.ones(3), torch.randn(3, 3, 4, 4)
     embeds, mask = torch.randn(3, 5, 8), torch.ones(3, 5, dtype=torch.long)
 
-    def loss(answer: float, pixel_error: str) -> float:
-        guess = targets.clone()
-        guess[:, :, 0, :] = answer
+    def loss(answer: float, squared: float, absolute: float, guess: torch.Tensor | None = None) -> float:
+        if guess is None:
+            guess = targets.clone()
+            guess[:, :, 0, :] = answer
         return float(flow_matching_loss(_TargetPredictor(guess), targets, source, embeds, mask, t, eps, "v1.1",
-                                        loss_weighting="x0_relative", decode=lambda z: z, pixel_error=pixel_error))
+                                        loss_weighting="x0_relative", decode=lambda z: z, squared_weight=squared,
+                                        absolute_weight=absolute))
 
-    assert loss(1 / 3, "squared") < loss(0.0, "squared")
-    assert loss(0.0, "absolute") < loss(1 / 3, "absolute") < loss(1.0, "absolute")
-    identity = flow_matching_loss(_TargetPredictor(source), targets, source, embeds, mask, t, eps, "v1.1",
-                                  loss_weighting="x0_relative", decode=lambda z: z, pixel_error="absolute")
-    assert float(identity) == pytest.approx(1.0)  # relative to returning the source, like the squared error
-    with pytest.raises(ValueError, match="pixel_error"):
-        flow_matching_loss(_TargetPredictor(source), targets, source, embeds, mask, t, eps, "v1.1",
-                           loss_weighting="x0_relative", decode=lambda z: z, pixel_error="huber")
+    assert loss(1 / 3, 1, 0) < loss(0.0, 1, 0)
+    assert loss(0.0, 0, 1) < loss(1 / 3, 0, 1) < loss(1.0, 0, 1)
+    # each term is relative to returning the source: the identity scores the sum of the weights
+    assert loss(0.0, 0, 1, guess=source) == pytest.approx(1.0)
+    assert loss(0.0, 1, 0.5, guess=source) == pytest.approx(1.5)
+    assert loss(0.0, 1, 0.5) == pytest.approx(loss(0.0, 1, 0) + 0.5 * loss(0.0, 0, 1))
+    with pytest.raises(ValueError, match="not all zero"):
+        loss(0.0, 0, 0)
     with pytest.raises(ValueError, match="pixel-space"):
         flow_matching_loss(_TargetPredictor(source), targets, source, embeds, mask, t, eps, "v1.1",
-                           loss_weighting="x0_relative", pixel_error="absolute")
+                           loss_weighting="x0_relative", absolute_weight=1.0)
 
 
 def test_structural_similarity_is_the_evaluation_ssim():

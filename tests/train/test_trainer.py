@@ -66,6 +66,19 @@ def test_a_run_with_other_settings_in_the_same_folder_is_refused(tables, tiny_mo
         train(config_from_dict(config, {"training.learning_rate": 5e-4}), progress=False)
 
 
+def test_the_pixel_loss_weights_reach_the_objective(tables, tiny_model_dir, small_store, tmp_path):
+    def first_loss(name: str, **weights) -> float:
+        config = tables(tiny_model_dir, small_store, tmp_path / name, max_steps=1, checkpoint_every=1,
+                        loss_weighting="x0_relative", loss_space="pixel", **weights)
+        return train(config_from_dict(config), progress=False).losses[1]
+
+    squared = first_loss("squared")
+    both = first_loss("both", absolute_loss_weight=1.0)
+    absolute = first_loss("absolute", squared_loss_weight=0.0, absolute_loss_weight=1.0)
+    assert both == pytest.approx(squared + absolute, rel=1e-4)  # the same batch, noise and weights at step 1
+    assert absolute != pytest.approx(squared, rel=1e-3)
+
+
 def test_attention_query_key_gains_get_their_own_learning_rate(tiny_model_dir, small_store, tmp_path):
     from step1x_edit.train.trainer import _parameter_groups
 
@@ -105,8 +118,10 @@ def test_unknown_config_fields_and_bad_values_are_errors():
                          ({"loss_space": "pixel"}, "needs loss_weighting"),
                          ({"ssim_loss_weight": 1.0, "loss_weighting": "x0"}, "ssim_loss_weight"),
                          ({"ssim_loss_weight": -1.0, "loss_space": "pixel", "loss_weighting": "x0"}, "ssim_loss_weight"),
-                         ({"pixel_error": "absolute", "loss_weighting": "x0"}, "pixel_error 'absolute' needs"),
-                         ({"pixel_error": "huber", "loss_space": "pixel", "loss_weighting": "x0"}, "pixel_error must")):
+                         ({"absolute_loss_weight": 1.0, "loss_weighting": "x0"}, "absolute_loss_weight"),
+                         ({"absolute_loss_weight": -1.0, "loss_space": "pixel", "loss_weighting": "x0"},
+                          "absolute_loss_weight"),
+                         ({"squared_loss_weight": 0.0}, "not all zero")):
         with pytest.raises(TrainingConfigError, match=message):
             config_from_dict({"data": {"store": "x"}, "training": bad})
 

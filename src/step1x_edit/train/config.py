@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import Step1XEditError
-from .flow import LOSS_SPACES, LOSS_WEIGHTINGS, PIXEL_ERRORS
+from .flow import LOSS_SPACES, LOSS_WEIGHTINGS
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -126,8 +126,9 @@ class OptimConfig:
     decoding instead (exact and cheap for the demo's linear patch autoencoder, a decoder pass per step for the
     FLUX VAE); pixels, not latent channels, are then what counts, which is what PSNR scores.
     ``ssim_loss_weight`` (pixel space) adds that multiple of the structural dissimilarity (1 - SSIM).
-    ``pixel_error`` (pixel space): "squared" (default) or "absolute" (mean absolute differences, whose minimiser
-    leaves an object alone unless the model is more than even sure the instruction names it).
+    ``absolute_loss_weight`` (pixel space) adds that multiple of the mean absolute error, whose minimiser leaves an
+    object alone unless the model is more than even sure the instruction names it; ``squared_loss_weight`` (1)
+    scales the squared error (0 leaves it out).
     ``ema_decay`` > 0 keeps an exponential moving average of the trained weights (used for validation and the
     saved model). ``until_step`` stops early (a checkpoint is written) without changing the schedule, like a
     preemption; a rerun resumes."""
@@ -162,7 +163,8 @@ class OptimConfig:
     loss_weighting: str = "none"
     loss_space: str = "latent"
     ssim_loss_weight: float = 0.0
-    pixel_error: str = "squared"
+    squared_loss_weight: float = 1.0
+    absolute_loss_weight: float = 0.0
     ema_decay: float = 0.0
     checkpoint_every: int = 500
     keep_checkpoints: int = 2
@@ -190,10 +192,11 @@ class OptimConfig:
             raise TrainingConfigError("training.loss_space 'pixel' needs loss_weighting 'x0' or 'x0_relative'")
         if self.ssim_loss_weight < 0 or (self.ssim_loss_weight and self.loss_space != "pixel"):
             raise TrainingConfigError("training.ssim_loss_weight must be non-negative and needs loss_space 'pixel'")
-        if self.pixel_error not in PIXEL_ERRORS:
-            raise TrainingConfigError(f"training.pixel_error must be one of {PIXEL_ERRORS}, got {self.pixel_error!r}")
-        if self.pixel_error != "squared" and self.loss_space != "pixel":
-            raise TrainingConfigError("training.pixel_error 'absolute' needs loss_space 'pixel'")
+        if self.absolute_loss_weight < 0 or (self.absolute_loss_weight and self.loss_space != "pixel"):
+            raise TrainingConfigError("training.absolute_loss_weight must be non-negative and needs loss_space 'pixel'")
+        if self.squared_loss_weight < 0 or not self.squared_loss_weight + self.absolute_loss_weight + self.ssim_loss_weight:
+            raise TrainingConfigError("training.squared_loss_weight must be non-negative, and the loss weights "
+                                      "(squared, absolute, ssim) not all zero")
         if self.mixed_precision not in ("auto", "no", "bf16", "fp16"):
             raise TrainingConfigError("training.mixed_precision must be 'auto', 'no', 'bf16' or 'fp16'")
         if not 0 <= self.ema_decay < 1:

@@ -356,10 +356,14 @@ def _objective_note(training: dict, data: dict | None = None) -> str:
     if training.get("loss_weighting") == "x0_relative":
         notes.append("each sample's error relative to returning its source")
     if training.get("loss_space") == "pixel":
-        weight = float(training.get("ssim_loss_weight", 0))
-        kind = "absolute" if training.get("pixel_error") == "absolute" else "squared"
-        notes.append("errors measured in pixels" + (f", {kind} and structural (SSIM)" if weight else f", {kind}")
-                     + (f", the structural one weighted {weight:g}" if weight not in (0, 1) else ""))
+        weights = {"squared": float(training.get("squared_loss_weight", 1)),
+                   "absolute": float(training.get("absolute_loss_weight", 0)),
+                   "structural": float(training.get("ssim_loss_weight", 0))}
+        kinds = [kind + (" (SSIM)" if kind == "structural" else "") for kind, weight in weights.items() if weight]
+        notes.append("errors measured in pixels, " + (" and ".join(kinds) if len(kinds) < 3 else
+                                                      f"{kinds[0]}, {kinds[1]} and {kinds[2]}")
+                     + "".join(f", the {kind} one weighted {weight:g}" for kind, weight in weights.items()
+                               if weight not in (0, 1)))
     repeats = (data or {}).get("task_repeats", {})
     for count in sorted(set(repeats.values())):
         tasks = ", ".join(task for task, times in repeats.items() if times == count)

@@ -50,12 +50,11 @@ from ..bench.synthetic import SSIM_K1, SSIM_K2, ssim_window
 TIMESTEP_SAMPLING = ("shift", "logit_normal", "uniform")
 LOSS_WEIGHTINGS = ("none", "x0", "x0_relative")
 LOSS_SPACES = ("latent", "pixel")
-PIXEL_ERRORS = ("squared", "absolute")
 # "x0_relative": a sample's no-edit error (target vs source latents, mean square) counts as at least this much
 RELATIVE_FLOOR = 0.01
 # ... and in pixels ([-1, 1], mean square over pixels and channels; 1e-4 is a PSNR of about 46 dB)
 PIXEL_RELATIVE_FLOOR = 1e-4
-# ... or, with the absolute pixel error, its mean absolute difference (0.01 is the square root of the above)
+# ... its mean absolute difference in pixels (the absolute term; 0.01 is the square root of the above)
 PIXEL_ABSOLUTE_RELATIVE_FLOOR = 0.01
 # ... and its structural dissimilarity 1 - SSIM
 SSIM_RELATIVE_FLOOR = 1e-3
@@ -166,7 +165,8 @@ def flow_matching_loss(
     loss_weighting: str = "none",
     decode: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ssim_weight: float = 0.0,
-    pixel_error: str = "squared",
+    squared_weight: float = 1.0,
+    absolute_weight: float = 0.0,
 ) -> torch.Tensor:
     """Mean squared error between the predicted and the true velocity ``noise - x0`` on the noisy tokens.
 
@@ -189,21 +189,21 @@ def flow_matching_loss(
     gain). It needs ``"x0"`` or ``"x0_relative"``. ``ssim_weight`` (pixel space only) adds that multiple of the
     structural dissimilarity ``1 - SSIM`` (:func:`structural_similarity`) of the implied clean image to the target,
     relative to the source's with ``"x0_relative"``: the squared error alone does not mind faint blotches on
-    flat regions, which break the image's structure. ``pixel_error="absolute"`` (pixel space only) measures the
-    errors as mean absolute differences instead of squares: their minimiser under an uncertain instruction is
-    each pixel's median edit, not its mean, so where the model is less than even sure that an object is the one
-    named it leaves it as it is instead of changing it a little (the squared error's hedge).
+    flat regions, which break the image's structure. ``absolute_weight`` (pixel space only) adds that multiple of
+    the mean absolute pixel error (relative to the source's with ``"x0_relative"``) and ``squared_weight`` scales
+    the squared one (0 leaves it out): under an instruction that leaves the model unsure which object it names,
+    the squared error's minimiser is each pixel's mean edit, a little change on every candidate, and the absolute
+    error's is the median, no change on an object it is less than even sure of.
     """
-    if pixel_error not in PIXEL_ERRORS:
-        raise ValueError(f"pixel_error must be one of {PIXEL_ERRORS}, got {pixel_error!r}")
-    if pixel_error != "squared" and decode is None:
-        raise ValueError("pixel_error 'absolute' needs a pixel-space loss (decode)")
+    if min(squared_weight, absolute_weight, ssim_weight) < 0 or squared_weight + absolute_weight + ssim_weight == 0:
+        raise ValueError("the loss weights (squared_weight, absolute_weight, ssim_weight) must be non-negative and "
+                         "not all zero")
+    if (absolute_weight or ssim_weight) and decode is None:
+        raise ValueError("absolute_weight and ssim_weight need a pixel-space loss (decode)")
     if loss_weighting not in LOSS_WEIGHTINGS:
         raise ValueError(f"loss_weighting must be one of {LOSS_WEIGHTINGS}, got {loss_weighting!r}")
     if decode is not None and loss_weighting == "none":
         raise ValueError("a pixel-space loss (decode) needs loss_weighting 'x0' or 'x0_relative'")
-    if ssim_weight < 0 or (ssim_weight and decode is None):
-        raise ValueError("ssim_weight must be non-negative, and needs a pixel-space loss (decode)")
     if target_latents.shape != reference_latents.shape or noise.shape != target_latents.shape:
         raise ValueError(
             f"target {tuple(target_latents.shape)}, reference {tuple(reference_latents.shape)} and noise "
@@ -232,40 +232,39 @@ def flow_matching_loss(
         img_ids=img_ids.to(noisy.device),
         txt_ids=txt_ids.to(noisy.device),
     )[:, : x0.shape[1]]
-    extra = 0.0
-    if decode is not None:  # the implied clean latents (every path ends at the target at t = 0), in pixels
+    if decode is None:
+        squared = (prediction.float() - velocity.float()).square()  # [B, N, 4C]
+        if loss_weighting == "none":
+            return squared_weight * squared.mean()
+        no_edit = (x0 - source).float().square().mean(dim=(1, 2))  # [B]
+        terms = [(squared_weight, squared.mean(dim=(1, 2)) * t.float().square(), no_edit, RELATIVE_FLOOR)]
+    else:  # the implied clean latents (every path ends at the target at t = 0), in pixels
         implied = noisy.float() - t.float()[:, None, None] * prediction.float()
 
         def pixels(tokens: torch.Tensor) -> torch.Tensor:
             return decode(sampling.unpack_latents(tokens, latent_height, latent_width)).float()
 
-        def error(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:  # per image [B]
-            difference = a - b
-            return (difference.abs() if pixel_error == "absolute" else difference.square()).mean(dim=(1, 2, 3))
-
         target_pixels, implied_pixels = pixels(x0).detach(), pixels(implied)
-        clean_error = error(implied_pixels, target_pixels)
         relative = loss_weighting == "x0_relative"
         source_pixels = pixels(source).detach() if relative else None  # only the relative weighting needs it
-        if relative:
-            no_edit = error(target_pixels, source_pixels)
-            floor = PIXEL_ABSOLUTE_RELATIVE_FLOOR if pixel_error == "absolute" else PIXEL_RELATIVE_FLOOR
+        error, change = implied_pixels - target_pixels, (target_pixels - source_pixels) if relative else None
+        terms = []  # (weight, the model's error per image [B], the identity's [B] or None, its floor)
+        if squared_weight:
+            terms.append((squared_weight, error.square().mean(dim=(1, 2, 3)),
+                          change.square().mean(dim=(1, 2, 3)) if relative else None, PIXEL_RELATIVE_FLOOR))
+        if absolute_weight:
+            terms.append((absolute_weight, error.abs().mean(dim=(1, 2, 3)),
+                          change.abs().mean(dim=(1, 2, 3)) if relative else None, PIXEL_ABSOLUTE_RELATIVE_FLOOR))
         if ssim_weight:
-            dissimilarity = 1 - structural_similarity(implied_pixels, target_pixels)  # [B]
-            if relative:
-                no_edit_dissimilarity = 1 - structural_similarity(source_pixels, target_pixels)
-                dissimilarity = dissimilarity / no_edit_dissimilarity.clamp_min(SSIM_RELATIVE_FLOOR)
-            extra = ssim_weight * dissimilarity.mean()
-    else:
-        squared = (prediction.float() - velocity.float()).square()  # [B, N, 4C]
-        if loss_weighting == "none":
-            return squared.mean()
-        clean_error = squared.mean(dim=(1, 2)) * t.float().square()  # [B]
-        no_edit = (x0 - source).float().square().mean(dim=(1, 2))  # [B]
-        floor = RELATIVE_FLOOR
-    if loss_weighting == "x0":
-        return clean_error.mean() + extra
-    return (clean_error / no_edit.clamp_min(floor)).mean() + extra
+            terms.append((ssim_weight, 1 - structural_similarity(implied_pixels, target_pixels),
+                          1 - structural_similarity(source_pixels, target_pixels) if relative else None,
+                          SSIM_RELATIVE_FLOOR))
+    loss = 0.0
+    for weight, model_error, no_edit_error, floor in terms:
+        if loss_weighting == "x0_relative":
+            model_error = model_error / no_edit_error.clamp_min(floor)
+        loss = loss + weight * model_error.mean()
+    return loss
 
 
 def structural_similarity(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

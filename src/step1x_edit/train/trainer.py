@@ -430,7 +430,8 @@ def train(config: TrainConfig, progress: bool = True) -> TrainResult:
             with accelerator.autocast():
                 loss = flow_matching_loss(transformer, target, reference, embeds.to(weight_dtype), mask, flow_t,
                                           noise, version, start_times, batch["reference"], t.loss_weighting,
-                                          decode, t.ssim_loss_weight, t.pixel_error)
+                                          decode, t.ssim_loss_weight, t.squared_loss_weight,
+                                          t.absolute_loss_weight)
             accelerator.backward(loss)
             if accelerator.sync_gradients and t.max_grad_norm > 0:
                 accelerator.clip_grad_norm_(params, t.max_grad_norm)
