@@ -360,8 +360,8 @@ def _objective_note(training: dict, data: dict | None = None) -> str:
                    "absolute": float(training.get("absolute_loss_weight", 0)),
                    "structural": float(training.get("ssim_loss_weight", 0))}
         kinds = [kind + (" (SSIM)" if kind == "structural" else "") for kind, weight in weights.items() if weight]
-        notes.append("errors measured in pixels, " + (" and ".join(kinds) if len(kinds) < 3 else
-                                                      f"{kinds[0]}, {kinds[1]} and {kinds[2]}")
+        listed = kinds[0] if len(kinds) == 1 else ", ".join(kinds[:-1]) + " and " + kinds[-1]
+        notes.append(f"errors measured in pixels, {listed}"
                      + "".join(f", the {kind} one weighted {weight:g}" for kind, weight in weights.items()
                                if weight not in (0, 1)))
     repeats = (data or {}).get("task_repeats", {})
@@ -375,8 +375,9 @@ def model_card(recipe_path: Path, recipe: dict, result, size_bytes: int) -> str:
     from ..bench.synthetic import format_table
 
     demo = recipe["demo"]
-    first = stage_tables(recipe)["training"]
-    note = _objective_note(first, stage_tables(recipe).get("data"))
+    tables = stage_tables(recipe)
+    first = tables["training"]
+    note = _objective_note(first, tables.get("data"))
     training = f'for {int(first["max_steps"]):,} steps of batch {int(first.get("batch_size", 1))}'
     training += f" ({note})" if note else ""
     runs = finetune_runs(recipe)

@@ -247,18 +247,17 @@ def flow_matching_loss(
         target_pixels, implied_pixels = pixels(x0).detach(), pixels(implied)
         relative = loss_weighting == "x0_relative"
         source_pixels = pixels(source).detach() if relative else None  # only the relative weighting needs it
-        error, change = implied_pixels - target_pixels, (target_pixels - source_pixels) if relative else None
-        terms = []  # (weight, the model's error per image [B], the identity's [B] or None, its floor)
+        measures = []  # (weight, error per image [B] of pixels a against the target b, floor of the identity's)
         if squared_weight:
-            terms.append((squared_weight, error.square().mean(dim=(1, 2, 3)),
-                          change.square().mean(dim=(1, 2, 3)) if relative else None, PIXEL_RELATIVE_FLOOR))
+            measures.append((squared_weight, lambda a, b: (a - b).square().mean(dim=(1, 2, 3)), PIXEL_RELATIVE_FLOOR))
         if absolute_weight:
-            terms.append((absolute_weight, error.abs().mean(dim=(1, 2, 3)),
-                          change.abs().mean(dim=(1, 2, 3)) if relative else None, PIXEL_ABSOLUTE_RELATIVE_FLOOR))
+            measures.append((absolute_weight, lambda a, b: (a - b).abs().mean(dim=(1, 2, 3)),
+                             PIXEL_ABSOLUTE_RELATIVE_FLOOR))
         if ssim_weight:
-            terms.append((ssim_weight, 1 - structural_similarity(implied_pixels, target_pixels),
-                          1 - structural_similarity(source_pixels, target_pixels) if relative else None,
-                          SSIM_RELATIVE_FLOOR))
+            measures.append((ssim_weight, lambda a, b: 1 - structural_similarity(a, b), SSIM_RELATIVE_FLOOR))
+        terms = [(weight, error(implied_pixels, target_pixels),
+                  error(source_pixels, target_pixels) if relative else None, floor)
+                 for weight, error, floor in measures]
     loss = 0.0
     for weight, model_error, no_edit_error, floor in terms:
         if loss_weighting == "x0_relative":
