@@ -53,6 +53,37 @@ def test_full_fine_tuning_saves_a_loadable_pipeline_with_the_trained_weights(tab
     assert image.size == (64, 64)
 
 
+def test_a_trained_text_encoder_learns_its_language_model_only_and_resumes_exactly(tables, tiny_model_dir,
+                                                                                    small_store, tmp_path):
+    def config(name, **training):
+        built = tables(tiny_model_dir, small_store, tmp_path / name, max_steps=8, checkpoint_every=4,
+                       dropout_text=0.3, **training)
+        built["model"]["train_text_encoder"] = True
+        return config_from_dict(built)
+
+    whole = train(config("whole"), progress=False)
+    first = train(config("split", until_step=5), progress=False)
+    assert first.final_dir is None
+    second = train(config("split"), progress=False)
+    assert min(second.losses) == 6  # resumed from the step-5 checkpoint, which holds the encoder
+    for step in range(6, 9):
+        assert second.losses[step] == pytest.approx(whole.losses[step], rel=1e-5, abs=1e-7)
+
+    trained = Step1XEditPipeline.from_pretrained(whole.final_dir).text_encoder.state_dict()
+    original = Step1XEditPipeline.from_pretrained(tiny_model_dir).text_encoder.state_dict()
+    changed = {name for name, value in trained.items() if not torch.equal(value, original[name])}
+    assert any("language_model.layers" in name for name in changed)
+    assert any("embed_tokens" in name for name in changed)
+    assert not any(name.startswith(("model.visual", "visual", "lm_head")) for name in changed)
+
+
+def test_training_the_text_encoder_with_lora_is_refused(tables, tiny_model_dir, small_store, tmp_path):
+    built = tables(tiny_model_dir, small_store, tmp_path / "run")
+    built["model"].update(mode="lora", train_text_encoder=True)
+    with pytest.raises(TrainingConfigError, match="train_text_encoder needs model.mode = 'full'"):
+        config_from_dict(built)
+
+
 def _image():
     from PIL import Image
 

@@ -285,6 +285,7 @@ def encode_prompts(
     prompts: list[str],
     max_length: int = MAX_LENGTH,
     drop: int | None = None,
+    grad: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The Step1X-Edit condition of (image, instruction) pairs: embeddings [B, max_length, hidden] in the text
     encoder's dtype and mask [B, max_length] int64.
@@ -293,7 +294,8 @@ def encode_prompts(
     first ``drop`` positions (default :func:`prefix_token_count`), right-padded with zeros to ``max_length``; the
     mask is 1 on the kept positions. An empty instruction is valid (it is the CFG negative). Longer inputs keep
     their first ``max_length`` positions and warn; since the model is causal, the ids past ``drop + max_length``
-    are cut before the forward, which leaves the kept positions unchanged.
+    are cut before the forward, which leaves the kept positions unchanged. ``grad=True`` keeps the autograd graph
+    (for training the text encoder); otherwise it runs in inference mode.
     """
     if len(images) != len(prompts):
         raise ValueError(f"got {len(images)} images for {len(prompts)} prompts")
@@ -306,7 +308,7 @@ def encode_prompts(
     vision_end = processor.tokenizer.convert_tokens_to_ids("<|vision_end|>")
     device, dtype = text_encoder.device, text_encoder.dtype
     embeddings, masks = [], []
-    with torch.inference_mode():
+    with torch.inference_mode(not grad):
         for index, (image, prompt) in enumerate(zip(images, prompts, strict=True)):
             inputs = tokenize_prompt(processor, image, prompt)
             length = inputs["input_ids"].shape[1]

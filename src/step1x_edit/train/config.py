@@ -51,6 +51,9 @@ class ModelConfig:
     ``path``: a pipeline directory (diffusers or official layout); ``None`` = the built-in small model.
     ``mode``: ``"lora"`` (peft adapters on the DiT blocks; base frozen) or ``"full"`` (every DiT weight).
     ``train_connector``: also train the connector in LoRA mode (full mode always trains it).
+    ``train_text_encoder``: full mode only: also train the MLLM's language model (not its vision tower) through the
+    DiT's loss. The instruction conditions are then computed at every step, with gradients (the cache keeps only
+    the latents); meant for small encoders such as the demo model's, not the 7B one.
     ``lora_targets``: diffusers module names; empty = the Linear layers the official LoRA targets.
     """
 
@@ -58,6 +61,7 @@ class ModelConfig:
     mode: str = "lora"
     version: str | None = None
     train_connector: bool = False
+    train_text_encoder: bool = False
     lora_rank: int = 64
     lora_alpha: float = 32.0
     lora_dropout: float = 0.0
@@ -68,6 +72,8 @@ class ModelConfig:
             raise TrainingConfigError(f"model.mode must be 'lora' or 'full', got {self.mode!r}")
         if self.lora_rank < 1 or self.lora_alpha <= 0:
             raise TrainingConfigError("model.lora_rank and model.lora_alpha must be positive")
+        if self.train_text_encoder and self.mode != "full":
+            raise TrainingConfigError("model.train_text_encoder needs model.mode = 'full'")
 
 
 @dataclass(frozen=True)

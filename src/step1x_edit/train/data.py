@@ -103,12 +103,15 @@ class Featurizer:
         self.pipe = pipe
         self.languages = languages
 
+    def resized(self, image: Image.Image, size: tuple[int, int]) -> Image.Image:
+        """``image`` in RGB at the bucket size ``size``, resampled as the pipeline's version does."""
+        return image.convert("RGB").resize(size, sampling.RESIZE_FILTER[self.pipe.version])
+
     @torch.no_grad()
     def __call__(self, example: EditExample, size: tuple[int, int]) -> dict[str, torch.Tensor]:
         pipe = self.pipe
-        resample = sampling.RESIZE_FILTER[pipe.version]
-        source = example.source.convert("RGB").resize(size, resample)
-        target = example.target.convert("RGB").resize(size, resample)
+        source = self.resized(example.source, size)
+        target = self.resized(example.target, size)
         pixels = images_to_pixels([target, source])  # [2, 3, H, W]
         latents = encode_latents(pipe.vae, pixels).float().cpu()  # [2, C, H/8, W/8]
         prompts = [example.instructions[key] for key in self.languages] + [""]
@@ -203,6 +206,10 @@ class FeatureSource:
         for index in tqdm(todo, desc="caching latents and conditions", disable=not progress or not todo, unit="sample"):
             self.cache.save(self.examples[index].sample_id, self.featurizer(self.examples[index], self.sizes[index]))
         return len(todo)
+
+    def source_image(self, index: int) -> Image.Image:
+        """Sample ``index``'s source image as the MLLM sees it (RGB, at its bucket size)."""
+        return self.featurizer.resized(self.examples[index].source, self.sizes[index])
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         example = self.examples[index]

@@ -124,6 +124,25 @@ def source_start_times(
     return torch.where(use, t0, torch.ones(batch_size))
 
 
+def dropout_draws(batch: int, text_rate: float, image_rate: float, both_rate: float,
+                  generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Which samples of a batch lose their instruction and which their reference image: with probability
+    ``text_rate`` the instruction, ``image_rate`` the image, ``both_rate`` both (mutually exclusive draws).
+    Returns two bool tensors [batch]."""
+    if min(text_rate, image_rate, both_rate) < 0 or text_rate + image_rate + both_rate > 1:
+        raise ValueError("dropout rates must be non-negative and sum to at most 1")
+    draw = torch.rand(batch, generator=generator)
+    drop_text = draw < text_rate + both_rate
+    drop_image = (draw >= text_rate) & (draw < text_rate + both_rate + image_rate)
+    return drop_text, drop_image
+
+
+def drop_reference(reference: torch.Tensor, drop_image: torch.Tensor) -> torch.Tensor:
+    """``reference`` [B, ...] with the samples where ``drop_image`` [B] is true set to zeros."""
+    keep_image = (~drop_image).to(reference.device).view(-1, *([1] * (reference.ndim - 1)))
+    return reference * keep_image.to(reference.dtype)
+
+
 def drop_conditions(
     embeds: torch.Tensor,
     mask: torch.Tensor,
@@ -135,20 +154,14 @@ def drop_conditions(
     both_rate: float,
     generator: torch.Generator | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Per-sample condition dropout: with probability ``text_rate`` the instruction is replaced by the empty
-    instruction's condition, with ``image_rate`` the reference latents by zeros, with ``both_rate`` both
-    (mutually exclusive draws). Shapes: embeds/uncond [B, L, C], masks [B, L], reference [B, ...]."""
-    if min(text_rate, image_rate, both_rate) < 0 or text_rate + image_rate + both_rate > 1:
-        raise ValueError("dropout rates must be non-negative and sum to at most 1")
-    draw = torch.rand(embeds.shape[0], generator=generator)
-    drop_text = draw < text_rate + both_rate
-    drop_image = (draw >= text_rate) & (draw < text_rate + both_rate + image_rate)
+    """Per-sample condition dropout (:func:`dropout_draws`): a dropped instruction is replaced by the empty
+    instruction's condition, a dropped reference by zeros. Shapes: embeds/uncond [B, L, C], masks [B, L],
+    reference [B, ...]."""
+    drop_text, drop_image = dropout_draws(embeds.shape[0], text_rate, image_rate, both_rate, generator)
     keep_text = ~drop_text.to(embeds.device)
     embeds = torch.where(keep_text[:, None, None], embeds, uncond_embeds.to(embeds.dtype))
     mask = torch.where(keep_text[:, None], mask, uncond_mask)
-    keep_image = (~drop_image).to(reference.device).view(-1, *([1] * (reference.ndim - 1)))
-    reference = reference * keep_image.to(reference.dtype)
-    return embeds, mask, reference
+    return embeds, mask, drop_reference(reference, drop_image)
 
 
 def flow_matching_loss(

@@ -3,8 +3,10 @@
 :func:`train` runs a whole job described by a :class:`~step1x_edit.train.config.TrainConfig`:
 
 1. loads the pipeline (VAE and MLLM frozen), makes LoRA adapters with peft (default targets: the Linear layers of
-   the DiT blocks that the official LoRA trains) or unfreezes the whole DiT; optionally the connector too;
-2. caches every sample's VAE latents and MLLM conditions (including the empty-instruction condition);
+   the DiT blocks that the official LoRA trains) or unfreezes the whole DiT; optionally the connector too, and in
+   full mode the MLLM's language model (``model.train_text_encoder``);
+2. caches every sample's VAE latents and MLLM conditions (including the empty-instruction condition); a trained
+   MLLM's conditions are instead computed at every step, with gradients;
 3. steps with :func:`~step1x_edit.train.flow.flow_matching_loss` under accelerate (data parallel over processes,
    gradient accumulation, mixed precision, gradient clipping, AdamW or 8-bit AdamW, a diffusers LR schedule,
    optional EMA and gradient checkpointing);
@@ -37,6 +39,7 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from ..errors import Step1XEditError
+from ..models.mllm import encode_prompts
 from ..models.vae import decode_latents
 from .config import TrainConfig, TrainingConfigError
 from .data import (
@@ -51,7 +54,15 @@ from .data import (
     repeat_tasks,
     resolve_store,
 )
-from .flow import FlowTimeSampling, drop_conditions, flow_matching_loss, sample_flow_times, source_start_times
+from .flow import (
+    FlowTimeSampling,
+    drop_conditions,
+    drop_reference,
+    dropout_draws,
+    flow_matching_loss,
+    sample_flow_times,
+    source_start_times,
+)
 
 CHECKPOINT_PREFIX = "step-"
 ADAPTER_FILE = "adapter.safetensors"
@@ -274,9 +285,16 @@ def train(config: TrainConfig, progress: bool = True) -> TrainResult:
     # 1. Model: frozen VAE / MLLM, trainable DiT parts in float32 (autocast does the low-precision math).
     pipe = load_pipeline(config.model.path, device="cpu", torch_dtype=torch.float32, version=config.model.version)
     pipe.vae.to(accelerator.device).requires_grad_(False).eval()
-    pipe.text_encoder.to(accelerator.device, dtype=weight_dtype).requires_grad_(False).eval()
+    text_encoder = pipe.text_encoder
+    train_text = config.model.train_text_encoder
+    text_encoder.to(accelerator.device, dtype=torch.float32 if train_text else weight_dtype)
+    text_encoder.requires_grad_(False).eval()
     transformer = pipe.transformer
     params = _set_trainable(transformer, config)
+    text_params = []
+    if train_text:  # the language model (embeddings, layers, final norm); the vision tower stays frozen
+        text_encoder.model.language_model.requires_grad_(True)
+        text_params = list(text_encoder.model.language_model.parameters())
     if config.model.mode == "lora" and weight_dtype != torch.float32:
         for param in transformer.parameters():
             if not param.requires_grad:
@@ -310,15 +328,20 @@ def train(config: TrainConfig, progress: bool = True) -> TrainResult:
         raise Step1XEditError(f"{len(examples)} samples give no batch for {accelerator.num_processes} processes")
 
     # 3. Optimisation.
-    optimizer = _optimizer(_parameter_groups(transformer, config), config)
+    groups = _parameter_groups(transformer, config)
+    groups[0]["params"] += text_params
+    optimizer = _optimizer(groups, config)
     lr_scheduler = get_scheduler(
         t.lr_scheduler, optimizer, num_warmup_steps=t.warmup_steps * accelerator.num_processes,
         num_training_steps=t.max_steps * accelerator.num_processes,
     )
+    params = params + text_params
     ema = EMAModel(params, decay=t.ema_decay) if t.ema_decay > 0 else None
     transformer, optimizer, lr_scheduler = accelerator.prepare(transformer, optimizer, lr_scheduler)
     state = _Progress(t.seed, accelerator.process_index)
     accelerator.register_for_checkpointing(state)
+    if train_text:  # not wrapped for data parallel (its gradients are averaged by hand below)
+        accelerator.register_for_checkpointing(text_encoder)
     if ema is not None:
         accelerator.register_for_checkpointing(ema)
 
@@ -422,17 +445,32 @@ def train(config: TrainConfig, progress: bool = True) -> TrainResult:
             start_times = source_start_times(target.shape[0], t.source_start_rate, *t.source_start_range,
                                              state.generator)
             flow_t = flow_t * start_times
-        embeds, mask, reference = drop_conditions(
-            batch["embeds"], batch["mask"], batch["uncond_embeds"], batch["uncond_mask"], batch["reference"],
-            t.dropout_text, t.dropout_image, t.dropout_both, state.generator,
-        )
+        if train_text:
+            drop_text, drop_image = dropout_draws(len(indices), t.dropout_text, t.dropout_image, t.dropout_both,
+                                                  state.generator)
+            prompts = ["" if drop else source.examples[i].instructions[language]
+                       for i, drop in zip(indices, drop_text.tolist(), strict=True)]
+            reference = drop_reference(batch["reference"], drop_image)
+        else:
+            embeds, mask, reference = drop_conditions(
+                batch["embeds"], batch["mask"], batch["uncond_embeds"], batch["uncond_mask"], batch["reference"],
+                t.dropout_text, t.dropout_image, t.dropout_both, state.generator,
+            )
         with accelerator.accumulate(transformer):
             with accelerator.autocast():
+                if train_text:
+                    embeds, mask = encode_prompts(text_encoder, pipe.processor,
+                                                  [source.source_image(i) for i in indices], prompts,
+                                                  max_length=pipe.config.max_sequence_length, grad=True)
                 loss = flow_matching_loss(transformer, target, reference, embeds.to(weight_dtype), mask, flow_t,
                                           noise, version, start_times, batch["reference"], t.loss_weighting,
                                           decode, t.ssim_loss_weight, t.squared_loss_weight,
                                           t.absolute_loss_weight)
             accelerator.backward(loss)
+            if train_text and accelerator.sync_gradients and accelerator.num_processes > 1:
+                for param in text_params:
+                    if param.grad is not None:
+                        param.grad = accelerator.reduce(param.grad, reduction="mean")
             if accelerator.sync_gradients and t.max_grad_norm > 0:
                 accelerator.clip_grad_norm_(params, t.max_grad_norm)
             optimizer.step()
