@@ -128,6 +128,19 @@ def test_attention_query_key_gains_get_their_own_learning_rate(tiny_model_dir, s
     assert len(_parameter_groups(transformer, plain)) == 1
 
 
+def test_a_trained_text_encoder_gets_its_own_learning_rate(tiny_model_dir, small_store):
+    from step1x_edit.train.trainer import _parameter_groups
+
+    pipe = Step1XEditPipeline.from_pretrained(tiny_model_dir)
+    text_params = list(pipe.text_encoder.model.language_model.parameters())
+    config = config_from_dict({"model": {"path": str(tiny_model_dir), "mode": "full", "train_text_encoder": True},
+                               "data": {"store": str(small_store)},
+                               "training": {"learning_rate": 1e-4, "text_encoder_lr_scale": 0.1}})
+    rest, text = _parameter_groups(pipe.transformer, config, text_params)
+    assert text["lr"] == pytest.approx(1e-5) and "lr" not in rest
+    assert [id(param) for param in text["params"]] == [id(param) for param in text_params]
+
+
 def test_unknown_config_fields_and_bad_values_are_errors():
     with pytest.raises(TrainingConfigError, match="lerning_rate"):
         config_from_dict({"data": {"store": "x"}, "training": {"lerning_rate": 1}})
@@ -135,6 +148,8 @@ def test_unknown_config_fields_and_bad_values_are_errors():
         config_from_dict({"data": {"store": "x"}, "model": {"mode": "half"}})
     with pytest.raises(TrainingConfigError, match="exactly one"):
         config_from_dict({"data": {}})
+    with pytest.raises(TrainingConfigError, match="text_encoder_lr_scale must be positive"):
+        config_from_dict({"data": {"store": "x"}, "training": {"text_encoder_lr_scale": 0}})
     with pytest.raises(TrainingConfigError, match="dropout"):
         config_from_dict({"data": {"store": "x"}, "training": {"dropout_text": 0.7, "dropout_both": 0.5}})
     for bad in ({"source_start_rate": 1.5}, {"source_start_range": [0.8, 0.3]}, {"source_start_range": [0, 0.5]},

@@ -122,6 +122,7 @@ class OptimConfig:
     ``source_start_rate``: the fraction of samples trained on image-to-image paths that start at a flow time
     ``t0`` drawn uniformly from ``source_start_range`` from the noised source (the pipeline's ``strength`` start;
     see :mod:`step1x_edit.train.flow`), their times scaled into ``(0, t0]``; 0 (default) is the official objective.
+    ``text_encoder_lr_scale`` multiplies the learning rate of a trained text encoder (``model.train_text_encoder``).
     ``qk_norm_lr_scale`` multiplies the learning rate of the attention query/key RMSNorm gains, which set how
     sharp attention can be (a small model trained from scratch needs them to grow to copy its reference tokens
     precisely). ``loss_weighting``: "none" (default, the official objective: mean squared velocity error) or "x0"
@@ -166,6 +167,7 @@ class OptimConfig:
     source_start_rate: float = 0.0
     source_start_range: tuple[float, float] = (0.3, 0.8)
     qk_norm_lr_scale: float = 1.0
+    text_encoder_lr_scale: float = 1.0
     loss_weighting: str = "none"
     loss_space: str = "latent"
     ssim_loss_weight: float = 0.0
@@ -188,6 +190,8 @@ class OptimConfig:
             raise TrainingConfigError(f"training.pure_noise_rate must be in [0, 1], got {self.pure_noise_rate}")
         if self.qk_norm_lr_scale <= 0:
             raise TrainingConfigError(f"qk_norm_lr_scale must be positive, got {self.qk_norm_lr_scale}")
+        if self.text_encoder_lr_scale <= 0:
+            raise TrainingConfigError(f"text_encoder_lr_scale must be positive, got {self.text_encoder_lr_scale}")
         if self.loss_weighting not in LOSS_WEIGHTINGS:
             raise TrainingConfigError(
                 f"training.loss_weighting must be one of {LOSS_WEIGHTINGS}, got {self.loss_weighting!r}"

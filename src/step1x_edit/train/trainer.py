@@ -133,18 +133,21 @@ def _set_trainable(transformer, config: TrainConfig) -> list[torch.nn.Parameter]
 QK_NORM_NAMES = ("norm_q.", "norm_k.", "norm_added_q.", "norm_added_k.")
 
 
-def _parameter_groups(transformer, config: TrainConfig) -> list[dict]:
+def _parameter_groups(transformer, config: TrainConfig, text_params: list = ()) -> list[dict]:
     """The trained parameters as optimizer groups: the attention query/key RMSNorm gains (whose size sets the
     attention temperature, e.g. how sharply a noisy token can single out its reference token) at
-    ``qk_norm_lr_scale`` times the learning rate, everything else at the learning rate."""
-    scale = config.training.qk_norm_lr_scale
+    ``qk_norm_lr_scale`` times the learning rate, a trained text encoder's ``text_params`` at
+    ``text_encoder_lr_scale`` times it, everything else at the learning rate."""
+    t = config.training
     gains, rest = [], []
     for name, param in transformer.named_parameters():
         if param.requires_grad:
-            (gains if scale != 1 and any(part in name for part in QK_NORM_NAMES) else rest).append(param)
+            (gains if t.qk_norm_lr_scale != 1 and any(part in name for part in QK_NORM_NAMES) else rest).append(param)
     groups = [{"params": rest}]
     if gains:
-        groups.append({"params": gains, "lr": config.training.learning_rate * scale})
+        groups.append({"params": gains, "lr": t.learning_rate * t.qk_norm_lr_scale})
+    if text_params:
+        groups.append({"params": list(text_params), "lr": t.learning_rate * t.text_encoder_lr_scale})
     return groups
 
 
@@ -328,9 +331,7 @@ def train(config: TrainConfig, progress: bool = True) -> TrainResult:
         raise Step1XEditError(f"{len(examples)} samples give no batch for {accelerator.num_processes} processes")
 
     # 3. Optimisation.
-    groups = _parameter_groups(transformer, config)
-    groups[0]["params"] += text_params
-    optimizer = _optimizer(groups, config)
+    optimizer = _optimizer(_parameter_groups(transformer, config, text_params), config)
     lr_scheduler = get_scheduler(
         t.lr_scheduler, optimizer, num_warmup_steps=t.warmup_steps * accelerator.num_processes,
         num_training_steps=t.max_steps * accelerator.num_processes,
