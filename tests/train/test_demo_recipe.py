@@ -62,11 +62,14 @@ source_start_rate = 1.0
 source_start_range = [0.5, 0.9]
 
 [[finetune]]
+[finetune.model]
+train_text_encoder = true
 [finetune.training]
 max_steps = 2
 pure_noise_rate = 1.0
 loss_space = "pixel"
 ssim_loss_weight = 1.0
+text_encoder_lr_scale = 0.5
 
 [evaluation]
 samples_per_task = 1
@@ -113,7 +116,8 @@ def test_train_demo_builds_evaluates_and_exports_a_small_model(tmp_path):
             "the samples at pure noise; each sample's error relative to returning its source), then 2 steps of batch "
             "2 in a third run (fine-tuning run 2 of the finetune stage; 100% of the samples at pure "
             "noise; each sample's error relative to returning its source; errors measured in pixels, squared and "
-            "structural (SSIM))") in card
+            "structural (SSIM); the text encoder's language model trained too, at 0.5 times the learning rate)") in card
+    assert "frozen at first and trained with the DiT in the third run (only its language model)" in card
     assert ("in all" in card) if wins == len(evaluation["per_task"]) - 1 else ("does **not**" in card)
 
     # each [[finetune]] run continued from the previous run's model with its own changes to [train]; the last one
@@ -131,6 +135,12 @@ def test_train_demo_builds_evaluates_and_exports_a_small_model(tmp_path):
     name = "transformer_blocks.0.attn.to_q.weight"
     assert torch.equal(pipe.transformer.state_dict()[name], tuned_weights[name].half().float())
     assert not torch.equal(tuned_weights[name], first_weights[name])
+    # the third run trained the text encoder's language model too, and the export carries it
+    tuned_text = load_pipeline(work / "finetune-2" / "final", device="cpu").text_encoder.state_dict()
+    first_text = load_pipeline(work / "finetune" / "final", device="cpu").text_encoder.state_dict()
+    layer = next(key for key in tuned_text if "language_model.layers.0" in key and key.endswith("q_proj.weight"))
+    assert not torch.equal(tuned_text[layer], first_text[layer])
+    assert torch.equal(pipe.text_encoder.state_dict()[layer], tuned_text[layer].half().float())
     assert pipe.transformer.dtype == torch.float32  # stored float16, placed as float32 on CPU
     assert pipe.vae.config.latent_channels == 16 and pipe.transformer.config.in_channels == 64
     assert pipe.transformer.config.prediction_type == "reference_delta"
@@ -184,3 +194,6 @@ def test_the_card_names_a_run_s_structural_weight_and_repeated_categories():
                             "ssim_loss_weight": 2}) == (
         "errors measured in pixels, squared, absolute and structural (SSIM), the absolute one weighted 0.5, the "
         "structural one weighted 2")
+    assert _objective_note({"text_encoder_lr_scale": 0.03}, None, {"train_text_encoder": True}) == (
+        "the text encoder's language model trained too, at 0.03 times the learning rate")
+    assert _objective_note({}, None, {"train_text_encoder": False}) == ""

@@ -346,9 +346,9 @@ def _prediction_sentence(recipe: dict) -> str:
             "velocity itself: untrained, it returns the source exactly, so training only has to teach it the change.")
 
 
-def _objective_note(training: dict, data: dict | None = None) -> str:
-    """What a run's objective (its ``training`` table) and sampling (its ``data`` table) add to the official ones,
-    for the card ("" when nothing)."""
+def _objective_note(training: dict, data: dict | None = None, model: dict | None = None) -> str:
+    """What a run's objective (its ``training`` table), sampling (its ``data`` table) and trained parts (its
+    ``model`` table) add to the official ones, for the card ("" when nothing)."""
     notes = []
     rate = float(training.get("pure_noise_rate", 0))
     if rate:
@@ -368,6 +368,10 @@ def _objective_note(training: dict, data: dict | None = None) -> str:
     for count in sorted(set(repeats.values())):
         tasks = ", ".join(task for task, times in repeats.items() if times == count)
         notes.append(f"{tasks} samples listed {count} times per epoch")
+    if (model or {}).get("train_text_encoder"):
+        scale = float(training.get("text_encoder_lr_scale", 1))
+        notes.append("the text encoder's language model trained too"
+                     + (f", at {scale:g} times the learning rate" if scale != 1 else ""))
     return "; ".join(notes)
 
 
@@ -377,17 +381,25 @@ def model_card(recipe_path: Path, recipe: dict, result, size_bytes: int) -> str:
     demo = recipe["demo"]
     tables = stage_tables(recipe)
     first = tables["training"]
-    note = _objective_note(first, tables.get("data"))
+    note = _objective_note(first, tables.get("data"), tables.get("model"))
     training = f'for {int(first["max_steps"]):,} steps of batch {int(first.get("batch_size", 1))}'
     training += f" ({note})" if note else ""
     runs = finetune_runs(recipe)
     for run in range(1, len(runs) + 1):
         tables = stage_tables(recipe, run)
         later = tables["training"]
-        note = _objective_note(later, tables.get("data"))
+        note = _objective_note(later, tables.get("data"), tables.get("model"))
         name = "the recipe's finetune stage" if len(runs) == 1 else f"fine-tuning run {run} of the finetune stage"
         training += (f', then {int(later["max_steps"]):,} steps of batch {int(later.get("batch_size", 1))} in a '
                      f"{_ordinal(run + 1)} run ({name}{'; ' + note if note else ''})")
+    encoder_runs = [run + 1 for run in range(len(runs) + 1)
+                    if stage_tables(recipe, run).get("model", {}).get("train_text_encoder")]
+    if encoder_runs:
+        named = ", ".join(_ordinal(run) for run in encoder_runs)
+        encoder = (f"a randomly initialised Qwen2.5-VL-architecture model, frozen at first and trained with the DiT "
+                   f"in the {named} run{'s' if len(encoder_runs) > 1 else ''} (only its language model)")
+    else:
+        encoder = "a randomly initialised Qwen2.5-VL-architecture model (frozen; the connector learned to read it)"
     guidance = float(result.settings["guidance_scale"])
     strength = float(result.settings.get("strength", 1.0))
     steps = int(result.settings["steps"])
@@ -409,8 +421,8 @@ guidance scale {guidance:g} and strength {strength:g} (1 = start from pure noise
 noised source, image-to-image), were chosen on freshly generated samples, not on the held-out split.
 
 **What it cannot do**: photographs, unseen objects or words, fine detail (it works at {demo["resolution"]} px and
-upsamples), long or free-form instructions. Its text encoder is a randomly initialised Qwen2.5-VL-architecture
-model (frozen; the connector learned to read it), so it understands only the vocabulary of the templates. Its
+upsamples), long or free-form instructions. Its text encoder is {encoder}, so it understands only the
+vocabulary of the templates. Its
 autoencoder is a linear patch autoencoder fitted to the synthetic world, not the FLUX VAE. It is a demonstration
 of the whole system, not a substitute for the released Step1X-Edit weights.
 
