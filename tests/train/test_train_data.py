@@ -106,3 +106,17 @@ def test_features_are_cached_once_and_read_back(tiny_model_dir, small_store, tmp
     assert batch["embeds"].shape == (3, 96, 32) and batch["mask"].sum(1).tolist() == [
         source[i]["embeds_zh"].shape[0] for i in range(3)]
     assert batch["uncond_mask"].sum() < batch["mask"].sum()
+
+
+def test_latents_only_features_skip_the_mllm_and_do_not_depend_on_it(tiny_model_dir, small_store, tmp_path):
+    pipe = Step1XEditPipeline.from_pretrained(tiny_model_dir)
+    examples = load_examples(DataConfig(store=str(small_store), resolution=64), small_store)[:2]
+    fingerprint = model_fingerprint(pipe, 64, ())
+    assert fingerprint != model_fingerprint(pipe, 64, ("en",))
+    source = FeatureSource(examples, 64, Featurizer(pipe, ()), FeatureCache(tmp_path, fingerprint))
+    assert source.fill(progress=False) == 2
+    assert sorted(source[0]) == ["reference", "target"]
+    assert sorted(collate([source[0], source[1]], "en", 96)) == ["reference", "target"]
+    with torch.no_grad():  # a trained text encoder leaves a latents-only cache valid
+        next(pipe.text_encoder.parameters()).add_(1.0)
+    assert model_fingerprint(pipe, 64, ()) == fingerprint

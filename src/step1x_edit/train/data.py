@@ -97,7 +97,9 @@ def bucket_of(example: EditExample, resolution: int) -> tuple[int, int]:
 
 
 class Featurizer:
-    """Computes a sample's training tensors with the pipeline's frozen VAE and MLLM (no gradients)."""
+    """Computes a sample's training tensors with the pipeline's frozen VAE and MLLM (no gradients): the latents, and
+    the conditions of the instructions in ``languages`` and of the empty instruction (none when ``languages`` is
+    empty: a trained MLLM's conditions are computed at every step instead)."""
 
     def __init__(self, pipe, languages: tuple[str, ...]):
         self.pipe = pipe
@@ -114,12 +116,14 @@ class Featurizer:
         target = self.resized(example.target, size)
         pixels = images_to_pixels([target, source])  # [2, 3, H, W]
         latents = encode_latents(pipe.vae, pixels).float().cpu()  # [2, C, H/8, W/8]
+        features = {"target": latents[0].contiguous(), "reference": latents[1].contiguous()}
+        if not self.languages:
+            return features
         prompts = [example.instructions[key] for key in self.languages] + [""]
         embeds, masks = encode_prompts(
             pipe.text_encoder, pipe.processor, [source] * len(prompts), prompts,
             max_length=pipe.config.max_sequence_length,
         )
-        features = {"target": latents[0].contiguous(), "reference": latents[1].contiguous()}
         for name, embed, mask in zip([*self.languages, "uncond"], embeds, masks, strict=True):
             valid = int(mask.sum())
             features[f"embeds_{name}"] = embed[:valid].float().cpu().contiguous()  # [valid, C']
@@ -138,7 +142,8 @@ def _weights_digest(module: torch.nn.Module) -> list:
 def model_fingerprint(pipe, resolution: int, languages: tuple[str, ...]) -> str:
     """A short hash of everything that changes cached features: the VAE and the MLLM (configs and weights, not
     where they were loaded from, so a fine-tuning run from another run's model reuses its features), the condition
-    length, the resolution and the languages. The DiT and the connector do not count: they are what is trained."""
+    length, the resolution and the languages. The DiT and the connector do not count: they are what is trained; nor
+    does the MLLM when no language is cached (latents only)."""
 
     def config_without_path(config: dict) -> dict:
         return {key: value for key, value in config.items() if key != "_name_or_path"}
@@ -146,13 +151,14 @@ def model_fingerprint(pipe, resolution: int, languages: tuple[str, ...]) -> str:
     description = {
         "version": pipe.version,
         "vae": config_without_path(dict(pipe.vae.config)),
-        "text_encoder": config_without_path(pipe.text_encoder.config.to_dict()),
-        "max_sequence_length": pipe.config.max_sequence_length,
         "resolution": resolution,
         "languages": languages,
         "vae_weights": _weights_digest(pipe.vae),
-        "text_encoder_weights": _weights_digest(pipe.text_encoder),
     }
+    if languages:
+        description.update(text_encoder=config_without_path(pipe.text_encoder.config.to_dict()),
+                           max_sequence_length=pipe.config.max_sequence_length,
+                           text_encoder_weights=_weights_digest(pipe.text_encoder))
     return hashlib.sha256(json.dumps(description, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -237,7 +243,8 @@ def plan_batches(sizes: list[tuple[int, int]], batch_size: int, seed: int, epoch
 
 
 def collate(features: list[dict[str, torch.Tensor]], language: str, max_length: int) -> dict[str, torch.Tensor]:
-    """Stack one bucket's features: latents [B, C, h, w]; conditions padded to ``max_length`` with masks."""
+    """Stack one bucket's features: latents [B, C, h, w]; conditions padded to ``max_length`` with masks (when the
+    features have them)."""
 
     def padded(key: str) -> tuple[torch.Tensor, torch.Tensor]:
         items = [item[key] for item in features]
@@ -248,11 +255,10 @@ def collate(features: list[dict[str, torch.Tensor]], language: str, max_length: 
             mask[row, : item.shape[0]] = 1
         return embeds, mask
 
-    embeds, mask = padded(f"embeds_{language}")
-    uncond, uncond_mask = padded("embeds_uncond")
-    return {
-        "target": torch.stack([item["target"] for item in features]),
-        "reference": torch.stack([item["reference"] for item in features]),
-        "embeds": embeds, "mask": mask, "uncond_embeds": uncond, "uncond_mask": uncond_mask,
-    }
+    batch = {"target": torch.stack([item["target"] for item in features]),
+             "reference": torch.stack([item["reference"] for item in features])}
+    if "embeds_uncond" in features[0]:
+        batch["embeds"], batch["mask"] = padded(f"embeds_{language}")
+        batch["uncond_embeds"], batch["uncond_mask"] = padded("embeds_uncond")
+    return batch
 

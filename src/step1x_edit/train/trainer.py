@@ -6,7 +6,7 @@
    the DiT blocks that the official LoRA trains) or unfreezes the whole DiT; optionally the connector too, and in
    full mode the MLLM's language model (``model.train_text_encoder``);
 2. caches every sample's VAE latents and MLLM conditions (including the empty-instruction condition); a trained
-   MLLM's conditions are instead computed at every step, with gradients;
+   MLLM's conditions are instead computed at every step, with gradients, and only the latents are cached;
 3. steps with :func:`~step1x_edit.train.flow.flow_matching_loss` under accelerate (data parallel over processes,
    gradient accumulation, mixed precision, gradient clipping, AdamW or 8-bit AdamW, a diffusers LR schedule,
    optional EMA and gradient checkpointing);
@@ -315,11 +315,12 @@ def train(config: TrainConfig, progress: bool = True) -> TrainResult:
                               f"tasks {list(config.data.tasks) or 'all'}, language {config.data.language!r})")
     examples = repeat_tasks(examples, config.data.task_repeats)
     languages = LANGUAGE_KEYS[config.data.language]
+    featurized = () if train_text else languages  # a trained MLLM's conditions are computed per step
     cache = None
     if config.data.cache:
-        fingerprint = model_fingerprint(pipe, config.data.resolution, languages)
+        fingerprint = model_fingerprint(pipe, config.data.resolution, featurized)
         cache = FeatureCache(config.data.cache_dir or output_dir / "cache", fingerprint)
-    source = FeatureSource(examples, config.data.resolution, Featurizer(pipe, languages), cache)
+    source = FeatureSource(examples, config.data.resolution, Featurizer(pipe, featurized), cache)
     source.fill(progress=progress and main, shard=(accelerator.process_index, accelerator.num_processes))
     accelerator.wait_for_everyone()
     validation_examples = []
