@@ -133,7 +133,7 @@ def _set_trainable(transformer, config: TrainConfig) -> list[torch.nn.Parameter]
 QK_NORM_NAMES = ("norm_q.", "norm_k.", "norm_added_q.", "norm_added_k.")
 
 
-def _parameter_groups(transformer, config: TrainConfig, text_params: list = ()) -> list[dict]:
+def _parameter_groups(transformer, config: TrainConfig, text_params: tuple | list = ()) -> list[dict]:
     """The trained parameters as optimizer groups: the attention query/key RMSNorm gains (whose size sets the
     attention temperature, e.g. how sharply a noisy token can single out its reference token) at
     ``qk_norm_lr_scale`` times the learning rate, a trained text encoder's ``text_params`` at
