@@ -384,16 +384,17 @@ def model_card(recipe_path: Path, recipe: dict, result, size_bytes: int) -> str:
     note = _objective_note(first, tables.get("data"), tables.get("model"))
     training = f'for {int(first["max_steps"]):,} steps of batch {int(first.get("batch_size", 1))}'
     training += f" ({note})" if note else ""
+    encoder_runs = [1] if tables.get("model", {}).get("train_text_encoder") else []  # ordinals of the runs
     runs = finetune_runs(recipe)
     for run in range(1, len(runs) + 1):
         tables = stage_tables(recipe, run)
+        if tables.get("model", {}).get("train_text_encoder"):
+            encoder_runs.append(run + 1)
         later = tables["training"]
         note = _objective_note(later, tables.get("data"), tables.get("model"))
         name = "the recipe's finetune stage" if len(runs) == 1 else f"fine-tuning run {run} of the finetune stage"
         training += (f', then {int(later["max_steps"]):,} steps of batch {int(later.get("batch_size", 1))} in a '
                      f"{_ordinal(run + 1)} run ({name}{'; ' + note if note else ''})")
-    encoder_runs = [run + 1 for run in range(len(runs) + 1)
-                    if stage_tables(recipe, run).get("model", {}).get("train_text_encoder")]
     if encoder_runs:
         named = ", ".join(_ordinal(run) for run in encoder_runs)
         encoder = (f"a randomly initialised Qwen2.5-VL-architecture model, frozen at first and trained with the DiT "
@@ -422,9 +423,8 @@ noised source, image-to-image), were chosen on freshly generated samples, not on
 
 **What it cannot do**: photographs, unseen objects or words, fine detail (it works at {demo["resolution"]} px and
 upsamples), long or free-form instructions. Its text encoder is {encoder}, so it understands only the
-vocabulary of the templates. Its
-autoencoder is a linear patch autoencoder fitted to the synthetic world, not the FLUX VAE. It is a demonstration
-of the whole system, not a substitute for the released Step1X-Edit weights.
+vocabulary of the templates. Its autoencoder is a linear patch autoencoder fitted to the synthetic world, not the
+FLUX VAE. It is a demonstration of the whole system, not a substitute for the released Step1X-Edit weights.
 
 ## Held-out evaluation
 
