@@ -5,6 +5,7 @@ import json
 import torch
 
 from step1x_edit.cli import main
+from step1x_edit.data.store import Store
 from step1x_edit.data.synthetic import TASKS
 from step1x_edit.pipeline import load_pipeline
 from step1x_edit.train.demo import _objective_note
@@ -64,6 +65,8 @@ source_start_range = [0.5, 0.9]
 [[finetune]]
 [finetune.model]
 train_text_encoder = true
+[finetune.data]
+samples = 66
 [finetune.training]
 max_steps = 2
 pure_noise_rate = 1.0
@@ -116,7 +119,9 @@ def test_train_demo_builds_evaluates_and_exports_a_small_model(tmp_path):
             "the samples at pure noise; each sample's error relative to returning its source), then 2 steps of batch "
             "2 in a third run (fine-tuning run 2 of the finetune stage; 100% of the samples at pure "
             "noise; each sample's error relative to returning its source; errors measured in pixels, squared and "
-            "structural (SSIM); the text encoder's language model trained too, at 0.5 times the learning rate)") in card
+            "structural (SSIM); on a store of 66 samples; the text encoder's language model trained too, at 0.5 times the "
+            "learning rate)") in card
+    assert "(44 synthetic samples, 66 for the runs that name a larger store;" in card
     assert "frozen at first and trained with the DiT in the third run (only its language model)" in card
     assert ("in all" in card) if wins == len(evaluation["per_task"]) - 1 else ("does **not**" in card)
 
@@ -128,6 +133,11 @@ def test_train_demo_builds_evaluates_and_exports_a_small_model(tmp_path):
     third = json.loads((work / "finetune-2" / "config.json").read_text())
     assert third["model"]["path"] == str(work / "finetune" / "final")
     assert third["training"]["loss_space"] == "pixel" and third["training"]["source_start_rate"] == 0.0
+    # the third run read a larger store of the same world, whose first samples are the other runs'
+    assert finetune["data"]["store"] == str(work / "data") and third["data"]["store"] == str(work / "data-66")
+    small, large = (sorted(record["sample_id"] for record in Store(work / name).iter_records(["sample_id"]))
+                    for name in ("data", "data-66"))
+    assert len(small) == 44 and len(large) == 66 and large[:44] == small
     assert evaluation["settings"]["model"] == str(work / "finetune-2" / "final")
     pipe = load_pipeline(export, device="cpu")
     tuned_weights = load_pipeline(work / "finetune-2" / "final", device="cpu").transformer.state_dict()

@@ -13,7 +13,9 @@ resume where they stopped (a finished stage is skipped):
 4. ``train``: full fine-tuning of the DiT and connector with :func:`step1x_edit.train.trainer.train`;
    ``finetune`` (only when the recipe has ``[finetune]`` tables): further runs, each from the previous run's model,
    with the ``[train]`` tables updated by that run's ``[finetune]`` tables (e.g. other objective settings), in
-   ``WORK/finetune`` (and ``WORK/finetune-2``, ``-3``, ... when ``[[finetune]]`` is an array of tables);
+   ``WORK/finetune`` (and ``WORK/finetune-2``, ``-3``, ... when ``[[finetune]]`` is an array of tables); a run
+   whose ``data`` table sets ``samples`` trains on a store of that many samples of the same world
+   (``WORK/data-<samples>``, generated first; its first ``[demo] samples`` are ``WORK/data``'s);
 5. ``evaluate``: the guidance scale and strength, picked among ``[evaluation] guidance_candidates`` and
    ``strength_candidates`` on freshly generated samples (:func:`tune_sampling`), then PSNR / SSIM / edit-region
    accuracy per category on the held-out split, against the identity;
@@ -73,13 +75,26 @@ def _mark_done(path: Path, info: dict | None = None) -> None:
     (path / "DONE").write_text(json.dumps(info or {}, indent=1))
 
 
-def build_data(recipe: dict, work: Path, progress: bool = True) -> Path:
+def run_samples(recipe: dict, run: int = 0) -> int:
+    """How many synthetic samples run ``run`` trains on: its ``[...data] samples``, else ``[demo] samples``."""
+    return int(stage_tables(recipe, run).get("data", {}).get("samples", recipe["demo"]["samples"]))
+
+
+def store_dir(recipe: dict, data_dir: Path, count: int) -> Path:
+    """The store of ``count`` samples: ``data_dir`` itself for ``[demo] samples``, else ``data_dir-<count>`` beside it
+    (the same world and seed, so its first samples are ``data_dir``'s, with the same train/validation split)."""
+    return data_dir if count == int(recipe["demo"]["samples"]) else data_dir.with_name(f"{data_dir.name}-{count}")
+
+
+def build_data(recipe: dict, work: Path, progress: bool = True, count: int | None = None) -> Path:
+    """The synthetic store of ``count`` samples (default ``[demo] samples``) in :func:`store_dir`."""
     from ..data.generate import SyntheticConfig, generate_dataset
 
     demo = recipe["demo"]
-    out = work / "data"
+    count = int(demo["samples"]) if count is None else count
+    out = store_dir(recipe, work / "data", count)
     resolution = int(demo["resolution"])
-    generate_dataset(out, int(demo["samples"]),
+    generate_dataset(out, count,
                      SyntheticConfig(resolution=(resolution, resolution), seed=int(demo.get("seed", 0))),
                      progress=progress)
     return out
@@ -199,12 +214,14 @@ def stage_tables(recipe: dict, run: int = 0) -> dict[str, dict]:
 
 def training_config(recipe: dict, work: Path, initial: Path, data_dir: Path, run: int = 0):
     """The training config of run ``run``: 0 is the ``train`` stage (from ``initial`` into ``WORK/run``), 1, 2, ...
-    the fine-tuning runs (from the previous run's ``final`` into :func:`run_dir`)."""
+    the fine-tuning runs (from the previous run's ``final`` into :func:`run_dir`). A run's ``[...data] samples``
+    (not a training config field) picks the store it reads (:func:`store_dir`)."""
     tables = stage_tables(recipe, run)
     if run:
         initial = run_dir(work, run - 1) / "final"
     tables.setdefault("model", {})["path"] = str(initial)
-    tables.setdefault("data", {})["store"] = str(data_dir)
+    tables.setdefault("data", {}).pop("samples", None)
+    tables["data"]["store"] = str(store_dir(recipe, data_dir, run_samples(recipe, run)))
     tables["data"].setdefault("resolution", int(recipe["demo"]["resolution"]))
     tables["data"].setdefault("cache_dir", str(work / "cache"))  # one cache for every run (same VAE and MLLM)
     tables.setdefault("training", {})["output_dir"] = str(run_dir(work, run))
@@ -364,6 +381,8 @@ def _objective_note(training: dict, data: dict | None = None, model: dict | None
         notes.append(f"errors measured in pixels, {listed}"
                      + "".join(f", the {kind} one weighted {weight:g}" for kind, weight in weights.items()
                                if weight not in (0, 1)))
+    if (data or {}).get("samples"):
+        notes.append(f"on a store of {int(data['samples']):,} samples")
     repeats = (data or {}).get("task_repeats", {})
     for count in sorted(set(repeats.values())):
         tasks = ", ".join(task for task, times in repeats.items() if times == count)
@@ -401,6 +420,8 @@ def model_card(recipe_path: Path, recipe: dict, result, size_bytes: int) -> str:
                    f"in the {named} run{'s' if len(encoder_runs) > 1 else ''} (only its language model)")
     else:
         encoder = "a randomly initialised Qwen2.5-VL-architecture model (frozen; the connector learned to read it)"
+    most = max(run_samples(recipe, run) for run in range(len(runs) + 1))
+    larger = f", {most} for the runs that name a larger store" if most > int(demo["samples"]) else ""
     guidance = float(result.settings["guidance_scale"])
     strength = float(result.settings.get("strength", 1.0))
     steps = int(result.settings["steps"])
@@ -441,7 +462,7 @@ in all, each category scored against the exact ground truth at guidance {guidanc
 step1x-edit train-demo {recipe_path.as_posix()} --work-dir demo-build --export src/step1x_edit/assets/demo
 ```
 
-Recipe: `{recipe_path.as_posix()}` ({demo["samples"]} synthetic samples; VAE, tokenizer, encoder and DiT all built
+Recipe: `{recipe_path.as_posix()}` ({demo["samples"]} synthetic samples{larger}; VAE, tokenizer, encoder and DiT all built
 by the command).
 """
 
@@ -470,6 +491,8 @@ def build_demo(recipe_path: str | os.PathLike, work_dir: str | os.PathLike, expo
     final = trained_model(recipe, work)
     for run in range(1 + len(finetune_runs(recipe))):
         if ("finetune" if run else "train") in stages:
+            if run_samples(recipe, run) != int(recipe["demo"]["samples"]):
+                build_data(recipe, work, progress, run_samples(recipe, run))
             result = train(training_config(recipe, work, initial, data_dir, run), progress=progress)
             if result.final_dir is None:
                 raise Step1XEditError(f"{run_dir(work, run).name} stopped at step {result.step}; rerun to resume")
