@@ -2,13 +2,15 @@
 
 import json
 
+import pytest
 import torch
 
 from step1x_edit.cli import main
 from step1x_edit.data.store import Store
 from step1x_edit.data.synthetic import TASKS
 from step1x_edit.pipeline import load_pipeline
-from step1x_edit.train.demo import _objective_note
+from step1x_edit.train.config import TrainingConfigError
+from step1x_edit.train.demo import _objective_note, run_samples
 
 RECIPE = """
 [demo]
@@ -121,7 +123,7 @@ def test_train_demo_builds_evaluates_and_exports_a_small_model(tmp_path):
             "noise; each sample's error relative to returning its source; errors measured in pixels, squared and "
             "structural (SSIM); on a store of 66 samples; the text encoder's language model trained too, at 0.5 times the "
             "learning rate)") in card
-    assert "(44 synthetic samples, 66 for the runs that name a larger store;" in card
+    assert "(44 synthetic samples, 66 for the runs that name a larger store; VAE" in card
     assert "frozen at first and trained with the DiT in the third run (only its language model)" in card
     assert ("in all" in card) if wins == len(evaluation["per_task"]) - 1 else ("does **not**" in card)
 
@@ -188,6 +190,15 @@ def test_the_committed_recipe_is_valid_and_samples_from_the_starts_it_trains(tmp
         low, high = t.source_start_range
         for strength in evaluation["strength_candidates"]:
             assert low <= sampling.start_at_strength(schedule, strength)[0] <= high
+
+
+def test_a_run_s_store_size_must_be_a_positive_whole_number():
+    recipe = {"demo": {"samples": 44}, "train": {"training": {}}, "finetune": [{"data": {"samples": 66}}]}
+    assert run_samples(recipe, 0) == 44 and run_samples(recipe, 1) == 66
+    for bad in (0, -5, 2.5, "many", True):
+        recipe["finetune"][0]["data"]["samples"] = bad
+        with pytest.raises(TrainingConfigError, match="positive whole number"):
+            run_samples(recipe, 1)
 
 
 def test_the_card_names_a_run_s_structural_weight_and_repeated_categories():

@@ -77,7 +77,10 @@ def _mark_done(path: Path, info: dict | None = None) -> None:
 
 def run_samples(recipe: dict, run: int = 0) -> int:
     """How many synthetic samples run ``run`` trains on: its ``[...data] samples``, else ``[demo] samples``."""
-    return int(stage_tables(recipe, run).get("data", {}).get("samples", recipe["demo"]["samples"]))
+    count = stage_tables(recipe, run).get("data", {}).get("samples", recipe["demo"]["samples"])
+    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+        raise TrainingConfigError(f"a store's samples must be a positive whole number, got {count!r}")
+    return count
 
 
 def store_dir(recipe: dict, data_dir: Path, count: int) -> Path:
@@ -462,8 +465,8 @@ in all, each category scored against the exact ground truth at guidance {guidanc
 step1x-edit train-demo {recipe_path.as_posix()} --work-dir demo-build --export src/step1x_edit/assets/demo
 ```
 
-Recipe: `{recipe_path.as_posix()}` ({demo["samples"]} synthetic samples{larger}; VAE, tokenizer, encoder and DiT all built
-by the command).
+Recipe: `{recipe_path.as_posix()}` ({demo["samples"]} synthetic samples{larger}; VAE, tokenizer, encoder and DiT
+all built by the command).
 """
 
 
@@ -491,8 +494,9 @@ def build_demo(recipe_path: str | os.PathLike, work_dir: str | os.PathLike, expo
     final = trained_model(recipe, work)
     for run in range(1 + len(finetune_runs(recipe))):
         if ("finetune" if run else "train") in stages:
-            if run_samples(recipe, run) != int(recipe["demo"]["samples"]):
-                build_data(recipe, work, progress, run_samples(recipe, run))
+            count = run_samples(recipe, run)
+            if count != int(recipe["demo"]["samples"]):  # a larger (or smaller) store of the same world
+                build_data(recipe, work, progress, count)
             result = train(training_config(recipe, work, initial, data_dir, run), progress=progress)
             if result.final_dir is None:
                 raise Step1XEditError(f"{run_dir(work, run).name} stopped at step {result.step}; rerun to resume")
