@@ -407,9 +407,11 @@ def model_card(recipe_path: Path, recipe: dict, result, size_bytes: int) -> str:
     training = f'for {int(first["max_steps"]):,} steps of batch {int(first.get("batch_size", 1))}'
     training += f" ({note})" if note else ""
     encoder_runs = [1] if tables.get("model", {}).get("train_text_encoder") else []  # ordinals of the runs
+    most = run_samples(recipe)  # the largest store a run reads
     runs = finetune_runs(recipe)
     for run in range(1, len(runs) + 1):
         tables = stage_tables(recipe, run)
+        most = max(most, run_samples(recipe, run))
         if tables.get("model", {}).get("train_text_encoder"):
             encoder_runs.append(run + 1)
         later = tables["training"]
@@ -423,7 +425,6 @@ def model_card(recipe_path: Path, recipe: dict, result, size_bytes: int) -> str:
                    f"in the {named} run{'s' if len(encoder_runs) > 1 else ''} (only its language model)")
     else:
         encoder = "a randomly initialised Qwen2.5-VL-architecture model (frozen; the connector learned to read it)"
-    most = max(run_samples(recipe, run) for run in range(len(runs) + 1))
     larger = f", {most} for the runs that name a larger store" if most > int(demo["samples"]) else ""
     guidance = float(result.settings["guidance_scale"])
     strength = float(result.settings.get("strength", 1.0))
