@@ -11,6 +11,8 @@ from PIL import Image
 from step1x_edit.bench.synthetic import (
     PSNR_CAP,
     EvaluationResult,
+    SampleRow,
+    Scores,
     edit_region_accuracy,
     evaluate_editor,
     format_table,
@@ -202,3 +204,21 @@ def test_bench_synthetic_help_is_printed(capsys):
         main(["bench", "synthetic", "--help"])
     assert exit_info.value.code == 0
     assert "--generate" in capsys.readouterr().out
+
+
+def test_the_table_gives_each_gain_over_the_identity_with_its_standard_error(tmp_path):
+    def row(index, task, psnr_gain, ssim_gain):
+        identity = Scores(20.0, 0.9)
+        return SampleRow(f"s{index}", task, Scores(20.0 + psnr_gain, 0.9 + ssim_gain), identity)
+
+    rows = [row(0, "subject_removal", 1.0, -0.001), row(1, "subject_removal", 2.0, 0.0),
+            row(2, "subject_removal", 3.0, 0.001), row(3, "style_transfer", 0.5, 0.01)]
+    result = EvaluationResult(rows)
+    removal = result.per_task["subject_removal"]
+    assert removal.psnr_gain_se == pytest.approx(1 / 3**0.5)  # sample std 1 over sqrt(3)
+    assert removal.ssim_gain_se == pytest.approx(0.001 / 3**0.5)
+    assert result.per_task["style_transfer"].psnr_gain_se is None  # one sample: no error to give
+    table = format_table(result)
+    assert "| +2.00 ± 0.58 |" in table and "| +0.0000 ± 0.0006 |" in table
+    assert "| style_transfer | 1 | 20.50 | 20.00 | +0.50 | 0.9100 | 0.9000 | +0.0100 |" in table
+    assert EvaluationResult.load(result.save(tmp_path / "r.json")).per_task == result.per_task

@@ -195,9 +195,18 @@ def _mean(values: list[float | None]) -> float | None:
     return sum(present) / len(present) if present else None
 
 
+def _standard_error(values: list[float]) -> float | None:
+    """Standard error of the mean of ``values`` (sample standard deviation / sqrt(n)); ``None`` below 2 values."""
+    if len(values) < 2:
+        return None
+    return float(np.std(values, ddof=1) / math.sqrt(len(values)))
+
+
 @dataclass(frozen=True)
 class TaskSummary:
-    """Means over the samples of one task (``None`` where a metric does not apply)."""
+    """Means over the samples of one task (``None`` where a metric does not apply). ``psnr_gain_se`` and
+    ``ssim_gain_se`` are the standard errors of the mean per-sample gain over the identity (model minus identity,
+    paired by sample; ``None`` with fewer than two samples): a gain within about two of them of zero is noise."""
 
     task: str
     count: int
@@ -207,6 +216,8 @@ class TaskSummary:
     ssim_identity: float
     region_accuracy: float | None
     outside_psnr: float | None
+    psnr_gain_se: float | None = None
+    ssim_gain_se: float | None = None
 
     @property
     def beats_identity(self) -> bool:
@@ -224,6 +235,8 @@ class TaskSummary:
             _mean([row.identity.ssim for row in rows]),
             _mean([row.model.region_accuracy for row in rows]),
             _mean([row.model.outside_psnr for row in rows]),
+            _standard_error([row.model.psnr - row.identity.psnr for row in rows]),
+            _standard_error([row.model.ssim - row.identity.ssim for row in rows]),
         )
 
 
@@ -280,17 +293,26 @@ def _number(value: float | None, digits: int) -> str:
     return "–" if value is None else f"{value:.{digits}f}"
 
 
+def _gain(model: float, identity: float, error: float | None, digits: int) -> str:
+    gain = f"{model - identity:+.{digits}f}"
+    return gain if error is None else f"{gain} ± {error:.{digits}f}"
+
+
 def format_table(result: EvaluationResult) -> str:
-    """Markdown table of the per-task means (and a last row over all samples)."""
+    """Markdown table of the per-task means (and a last row over all samples), with the mean gain over the
+    identity and its standard error."""
     lines = [
-        "| task | n | PSNR model | PSNR identity | SSIM model | SSIM identity | region acc | beats identity |",
-        "|---|---:|---:|---:|---:|---:|---:|---|",
+        "| task | n | PSNR model | PSNR identity | PSNR gain | SSIM model | SSIM identity | SSIM gain | region acc | "
+        "beats identity |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     summaries = [*result.per_task.values(), result.overall] if result.rows else []
     for s in summaries:
         lines.append(
             f"| {s.task} | {s.count} | {_number(s.psnr_model, 2)} | {_number(s.psnr_identity, 2)} | "
-            f"{_number(s.ssim_model, 4)} | {_number(s.ssim_identity, 4)} | {_number(s.region_accuracy, 3)} | "
+            f"{_gain(s.psnr_model, s.psnr_identity, s.psnr_gain_se, 2)} | "
+            f"{_number(s.ssim_model, 4)} | {_number(s.ssim_identity, 4)} | "
+            f"{_gain(s.ssim_model, s.ssim_identity, s.ssim_gain_se, 4)} | {_number(s.region_accuracy, 3)} | "
             f"{'yes' if s.beats_identity else 'no'} |"
         )
     return "\n".join(lines) + "\n"
