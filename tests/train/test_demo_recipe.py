@@ -5,12 +5,13 @@ import json
 import pytest
 import torch
 
+from step1x_edit.bench.synthetic import EvaluationResult, SampleRow, Scores
 from step1x_edit.cli import main
-from step1x_edit.data.store import Store
+from step1x_edit.data.store import Store, iter_samples
 from step1x_edit.data.synthetic import TASKS
 from step1x_edit.pipeline import load_pipeline
 from step1x_edit.train.config import TrainingConfigError
-from step1x_edit.train.demo import _objective_note, run_samples
+from step1x_edit.train.demo import _objective_note, _verdict, run_samples
 
 RECIPE = """
 [demo]
@@ -77,7 +78,6 @@ ssim_loss_weight = 1.0
 text_encoder_lr_scale = 0.5
 
 [evaluation]
-samples_per_task = 1
 steps = 2
 guidance_scale = 2.0
 steps_candidates = [1, 2]
@@ -93,8 +93,10 @@ def test_train_demo_builds_evaluates_and_exports_a_small_model(tmp_path):
     work, export = tmp_path / "work", tmp_path / "export"
     argv = ["train-demo", str(recipe), "--work-dir", str(work), "--export", str(export), "--no-progress"]
     assert main(argv) == 0
-    rows = [json.loads(line) for line in (work / "evaluation.jsonl").read_text().splitlines()[1:]]
-    assert rows and {row["task"] for row in rows} <= set(TASKS)  # the held-out split, at most one per task
+    (rows_file,) = work.glob("evaluation-*.jsonl")
+    rows = [json.loads(line) for line in rows_file.read_text().splitlines()[1:]]
+    held_out = {sample.sample_id for sample in iter_samples(work / "data", split="validation")}
+    assert held_out and {row["sample_id"] for row in rows} == held_out  # every held-out sample, nothing else
 
     # steps, guidance and strength were picked among the candidates on generated samples, never on the held-out
     # split; strength 0.5 of one step keeps no step and is not a candidate
@@ -103,7 +105,7 @@ def test_train_demo_builds_evaluates_and_exports_a_small_model(tmp_path):
     assert sorted(choice["scores"]) == sorted(f"steps-{steps}-guidance-{guidance}-strength-{strength}"
                                               for steps, strength in ((1, 1), (2, 1), (2, 0.5))
                                               for guidance in (1, 3))
-    tuned = work / "tuning" / "steps-2-guidance-1-strength-0.5.jsonl"
+    (tuned,) = (work / "tuning").glob("steps-2-guidance-1-strength-0.5-*.jsonl")
     tuned_ids = {json.loads(line).get("sample_id") for line in tuned.open()}
     assert len(tuned_ids - {None}) == len(TASKS) and not tuned_ids & {row["sample_id"] for row in rows}
     evaluation = json.loads((work / "evaluation.json").read_text())
@@ -165,6 +167,16 @@ def test_train_demo_builds_evaluates_and_exports_a_small_model(tmp_path):
     before = (export / "transformer" / "diffusion_pytorch_model.safetensors").read_bytes()
     assert main(argv) == 0
     assert (export / "transformer" / "diffusion_pytorch_model.safetensors").read_bytes() == before
+    assert json.loads((work / "tuning" / "choice.json").read_text()) == choice
+
+    # changed evaluation settings are scored afresh, next to the earlier scores; a tuning made for another model
+    # is not reused
+    recipe.write_text(RECIPE.replace("[evaluation]\n", "[evaluation]\nsamples_per_task = 1\n"))
+    choice_file = work / "tuning" / "choice.json"
+    choice_file.write_text(json.dumps({**choice, "model": str(work / "run" / "final")}))
+    assert main(argv) == 0
+    assert len(list(work.glob("evaluation-*.jsonl"))) == 2 and rows_file.read_text().count("\n") == len(rows) + 1
+    assert json.loads(choice_file.read_text())["model"] == str(work / "finetune-2" / "final")
 
 
 def test_the_committed_recipe_is_valid_and_samples_from_the_starts_it_trains(tmp_path):
@@ -218,3 +230,15 @@ def test_the_card_names_a_run_s_structural_weight_and_repeated_categories():
     assert _objective_note({"text_encoder_lr_scale": 0.03}, None, {"train_text_encoder": True}) == (
         "the text encoder's language model trained too, at 0.03 times the learning rate")
     assert _objective_note({}, None, {"train_text_encoder": False}) == ""
+
+
+def test_the_card_verdict_counts_the_categories_won_on_psnr_alone():
+    def row(task, psnr_gain, ssim_gain):
+        return SampleRow(f"{task}-0", task, Scores(20.0 + psnr_gain, 0.9 + ssim_gain), Scores(20.0, 0.9))
+
+    both = EvaluationResult([row("style_transfer", 1.0, 0.01), row("subject_addition", 0.1, -0.001)])
+    assert _verdict(both) == (
+        "On held-out data it beats returning the source unchanged (PSNR and SSIM) in 1 of 2 categories; it does "
+        "**not** in subject_addition (table below; its PSNR alone is above the identity's in all 2)")
+    one = EvaluationResult([row("style_transfer", 1.0, 0.01), row("subject_addition", -0.1, -0.001)])
+    assert _verdict(one).endswith("its PSNR alone is above the identity's in 1 of 2)")
