@@ -312,7 +312,7 @@ def format_table(result: EvaluationResult) -> str:
             f"| {s.task} | {s.count} | {_number(s.psnr_model, 2)} | {_number(s.psnr_identity, 2)} | "
             f"{_gain(s.psnr_model, s.psnr_identity, s.psnr_gain_se, 2)} | "
             f"{_number(s.ssim_model, 4)} | {_number(s.ssim_identity, 4)} | "
-            f"{_gain(s.ssim_model, s.ssim_identity, s.ssim_gain_se, 4)} | {_number(s.region_accuracy, 3)} | "
+            f"{_gain(s.ssim_model, s.ssim_identity, s.ssim_gain_se, 5)} | {_number(s.region_accuracy, 3)} | "
             f"{'yes' if s.beats_identity else 'no'} |"
         )
     return "\n".join(lines) + "\n"
