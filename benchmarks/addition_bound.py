@@ -24,7 +24,6 @@ itself (its addition task and canvas size), so the draws are rendered exactly as
 from __future__ import annotations
 
 import argparse
-import hashlib
 import random
 from dataclasses import replace
 
@@ -32,9 +31,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from step1x_edit.bench.synthetic import SSIM_K1, SSIM_K2, psnr, ssim, ssim_window
+from step1x_edit.bench.synthetic import SSIM_K1, SSIM_K2, generated_sample_seed, psnr, ssim, ssim_window
 from step1x_edit.data.synthetic import TASKS
-from step1x_edit.data.synthetic.generators import _GENERATORS, canvas_size
+from step1x_edit.data.synthetic.generators import _GENERATORS, canvas_size, generate_sample
 from step1x_edit.data.synthetic.language import position_phrase
 from step1x_edit.data.synthetic.world import render
 
@@ -42,12 +41,16 @@ TASK = "subject_addition"
 
 
 def _scenes(index: int, seed: int, resolution: int):
-    """The source and target scenes of fresh sample ``index``, as :func:`generated_samples` makes it."""
-    sample_id = f"eval-{seed}-{index:06d}"
-    sample_seed = int(hashlib.sha256(f"synthetic-eval/{sample_id}".encode()).hexdigest()[:15], 16)
+    """The source and target scenes of fresh sample ``index``, as :func:`generated_samples` makes it (checked
+    against the sample itself, so a change to the generator cannot go unnoticed here)."""
+    sample_id, sample_seed = generated_sample_seed(seed, index)
     rng = random.Random(sample_seed)
     width, height = canvas_size(rng, resolution, (1.0,))
     edit = _GENERATORS[TASK](rng, width, height)
+    sample = generate_sample(TASK, sample_seed, resolution, sample_id=sample_id)
+    for scene, image in ((edit.source, sample.source), (edit.target, sample.target)):
+        if render(scene).tobytes() != image.tobytes():
+            raise RuntimeError(f"the scenes of {sample_id} no longer render as the generator's sample")
     return edit.source, edit.target
 
 

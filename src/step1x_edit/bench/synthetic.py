@@ -156,10 +156,15 @@ def generated_samples(count: int, resolution: int = 128, seed: int = 0) -> list:
         raise Step1XEditError(f"the number of samples to generate must be at least 1, got {count}")
     samples = []
     for index in range(count):
-        sample_id = f"eval-{seed}-{index:06d}"
-        sample_seed = int(hashlib.sha256(f"synthetic-eval/{sample_id}".encode()).hexdigest()[:15], 16)
+        sample_id, sample_seed = generated_sample_seed(seed, index)
         samples.append(generate_sample(TASKS[index % len(TASKS)], sample_seed, resolution, sample_id=sample_id))
     return samples
+
+
+def generated_sample_seed(seed: int, index: int) -> tuple[str, int]:
+    """The id and the generator seed of sample ``index`` of :func:`generated_samples` with ``seed``."""
+    sample_id = f"eval-{seed}-{index:06d}"
+    return sample_id, int(hashlib.sha256(f"synthetic-eval/{sample_id}".encode()).hexdigest()[:15], 16)
 
 
 # -- results ---------------------------------------------------------------------------------------------------
