@@ -29,20 +29,21 @@ from dataclasses import replace
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from step1x_edit.bench.synthetic import SSIM_K1, SSIM_K2, generated_sample_seed, psnr, ssim, ssim_window
+from step1x_edit.bench.synthetic import generated_sample_seed, psnr, ssim
 from step1x_edit.data.synthetic import TASKS
 from step1x_edit.data.synthetic.generators import _GENERATORS, canvas_size, generate_sample
 from step1x_edit.data.synthetic.language import position_phrase
 from step1x_edit.data.synthetic.world import render
+from step1x_edit.train.flow import structural_similarity
 
 TASK = "subject_addition"
 
 
 def _scenes(index: int, seed: int, resolution: int):
-    """The source and target scenes of fresh sample ``index``, as :func:`generated_samples` makes it (checked
-    against the sample itself, so a change to the generator cannot go unnoticed here)."""
+    """The source and target scenes of fresh sample ``index`` and its source and target images (uint8 RGB), as
+    :func:`generated_samples` makes it (the scenes are checked against the sample's images, so a change to the
+    generator cannot go unnoticed here)."""
     sample_id, sample_seed = generated_sample_seed(seed, index)
     rng = random.Random(sample_seed)
     width, height = canvas_size(rng, resolution, (1.0,))
@@ -51,7 +52,7 @@ def _scenes(index: int, seed: int, resolution: int):
     for scene, image in ((edit.source, sample.source), (edit.target, sample.target)):
         if render(scene).tobytes() != image.tobytes():
             raise RuntimeError(f"the scenes of {sample_id} no longer render as the generator's sample")
-    return edit.source, edit.target
+    return edit.source, edit.target, np.asarray(sample.source.convert("RGB")), np.asarray(sample.target.convert("RGB"))
 
 
 def _draws(source, target, count: int, rng: random.Random) -> list[np.ndarray]:
@@ -76,35 +77,24 @@ def _draws(source, target, count: int, rng: random.Random) -> list[np.ndarray]:
     raise RuntimeError("could not place the added shape in its cell")
 
 
-def _filter(x: torch.Tensor, window: torch.Tensor) -> torch.Tensor:
-    channels, taps = x.shape[1], window.numel()
-    x = F.conv2d(x, window.view(1, 1, taps, 1).expand(channels, 1, taps, 1), groups=channels)
-    return F.conv2d(x, window.view(1, 1, 1, taps).expand(channels, 1, 1, taps), groups=channels)
-
-
-def _ssim(x: torch.Tensor, y: torch.Tensor, window: torch.Tensor) -> torch.Tensor:
-    """Per-image SSIM of [N, 3, H, W] tensors on the 0-255 scale (the bench's definition)."""
-    mean_x, mean_y = _filter(x, window), _filter(y, window)
-    var_x = _filter(x * x, window) - mean_x**2
-    var_y = _filter(y * y, window) - mean_y**2
-    cov = _filter(x * y, window) - mean_x * mean_y
-    c1, c2 = (SSIM_K1 * 255.0) ** 2, (SSIM_K2 * 255.0) ** 2
-    value = (2 * mean_x * mean_y + c1) * (2 * cov + c2) / ((mean_x**2 + mean_y**2 + c1) * (var_x + var_y + c2))
-    return value.mean(dim=(1, 2, 3))
-
-
 def _tensor(images) -> torch.Tensor:
+    """uint8 RGB images [H, W, 3] as [N, 3, H, W] float32 on the 0-255 scale."""
     return torch.tensor(np.stack(images), dtype=torch.float32).permute(0, 3, 1, 2)
+
+
+def _ssim(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Per-image SSIM of 0-255 tensors, differentiable: the trainer's :func:`structural_similarity` (the bench's
+    definition; SSIM does not depend on the scale, given the data range)."""
+    return structural_similarity(x / 127.5 - 1, y / 127.5 - 1)
 
 
 def best_for_ssim(source: np.ndarray, fit: list[np.ndarray], iterations: int, lr: float) -> np.ndarray:
     """The 8-bit image maximising the mean SSIM against the ``fit`` images, by Adam from the source."""
-    window = torch.tensor(ssim_window(), dtype=torch.float32)
     targets = _tensor(fit)
     image = _tensor([source]).requires_grad_(True)
     optimizer = torch.optim.Adam([image], lr=lr)
     for _ in range(iterations):
-        loss = -_ssim(image.expand_as(targets), targets, window).mean()
+        loss = -_ssim(image.expand_as(targets), targets).mean()
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -135,13 +125,10 @@ def main() -> None:
                "best for SSIM, other draws")
     psnrs: dict[str, list[float]] = {name: [] for name in columns[:4]}
     ssims: dict[str, list[float]] = {name: [] for name in columns}
-    window = torch.tensor(ssim_window(), dtype=torch.float32)
     addition = TASKS.index(TASK)
     for number in range(args.samples):
         index = addition + number * len(TASKS)
-        source_scene, target_scene = _scenes(index, args.seed, args.resolution)
-        source = np.asarray(render(source_scene).convert("RGB"))
-        target = np.asarray(render(target_scene).convert("RGB"))
+        source_scene, target_scene, source, target = _scenes(index, args.seed, args.resolution)
         draws = _draws(source_scene, target_scene, 2 * args.draws, random.Random(index))
         fit, check = draws[: args.draws], draws[args.draws :]
         mean = np.round(np.mean(np.stack(fit).astype(np.float64), axis=0)).astype(np.uint8)
@@ -153,7 +140,7 @@ def main() -> None:
         ssims["oracle sample"].append(float(np.mean([ssim(d, target) for d in fit])))
         others = _tensor(check)
         for name, image in (("identity, other draws", source), ("best for SSIM, other draws", best)):
-            ssims[name].append(float(_ssim(_tensor([image]).expand_as(others), others, window).mean()))
+            ssims[name].append(float(_ssim(_tensor([image]).expand_as(others), others).mean()))
         print(f"sample {index}: SSIM identity {ssims['identity'][-1]:.5f}, best {ssims['best for SSIM'][-1]:.5f}",
               flush=True)
 
