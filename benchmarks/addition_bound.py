@@ -31,10 +31,8 @@ import numpy as np
 import torch
 
 from step1x_edit.bench.synthetic import generated_sample_seed, psnr, ssim
-from step1x_edit.data.synthetic import TASKS
-from step1x_edit.data.synthetic.generators import _GENERATORS, canvas_size, generate_sample
+from step1x_edit.data.synthetic import TASKS, edit_scenes, generate_sample, render
 from step1x_edit.data.synthetic.language import position_phrase
-from step1x_edit.data.synthetic.world import render
 from step1x_edit.train.flow import structural_similarity
 
 TASK = "subject_addition"
@@ -45,14 +43,12 @@ def _scenes(index: int, seed: int, resolution: int):
     :func:`generated_samples` makes it (the scenes are checked against the sample's images, so a change to the
     generator cannot go unnoticed here)."""
     sample_id, sample_seed = generated_sample_seed(seed, index)
-    rng = random.Random(sample_seed)
-    width, height = canvas_size(rng, resolution, (1.0,))
-    edit = _GENERATORS[TASK](rng, width, height)
+    source, target = edit_scenes(TASK, sample_seed, resolution)
     sample = generate_sample(TASK, sample_seed, resolution, sample_id=sample_id)
-    for scene, image in ((edit.source, sample.source), (edit.target, sample.target)):
+    for scene, image in ((source, sample.source), (target, sample.target)):
         if render(scene).tobytes() != image.tobytes():
             raise RuntimeError(f"the scenes of {sample_id} no longer render as the generator's sample")
-    return edit.source, edit.target, np.asarray(sample.source.convert("RGB")), np.asarray(sample.target.convert("RGB"))
+    return source, target, np.asarray(sample.source.convert("RGB")), np.asarray(sample.target.convert("RGB"))
 
 
 def _draws(source, target, count: int, rng: random.Random) -> list[np.ndarray]:

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from step1x_edit.data.synthetic import TASKS, generate_sample, render, reverse_sample
+from step1x_edit.data.synthetic import TASKS, edit_scenes, generate_sample, render, reverse_sample
 from step1x_edit.data.synthetic.generators import LOCAL_TASKS
 from step1x_edit.data.synthetic.world import Scene, Shape
 
@@ -42,6 +42,23 @@ def test_same_seed_gives_identical_pixels_and_words(task):
     assert np.array_equal(np.asarray(first.source), np.asarray(second.source))
     assert np.array_equal(np.asarray(first.target), np.asarray(second.target))
     assert (first.instruction_en, first.instruction_zh) == (second.instruction_en, second.instruction_zh)
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_edit_scenes_render_as_the_sample_they_describe(task):
+    for seed in range(4):
+        sample = generate_sample(task, seed, resolution=(96, 160))
+        source, target = edit_scenes(task, seed, resolution=(96, 160))
+        drawn_source, drawn_target = np.asarray(render(source)), np.asarray(render(target))
+        if task in LOCAL_TASKS:
+            assert np.array_equal(drawn_source, np.asarray(sample.source.convert("RGB")))
+            assert np.array_equal(drawn_target, np.asarray(sample.target.convert("RGB")))
+        else:  # one scene; the change is applied to its image (an inverse edit makes it the target)
+            assert np.array_equal(drawn_source, drawn_target)
+            assert any(
+                np.array_equal(drawn_source, np.asarray(side.convert("RGB")))
+                for side in (sample.source, sample.target)
+            )
 
 
 def test_removed_object_reveals_exact_background():

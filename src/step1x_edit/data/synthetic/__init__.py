@@ -1,6 +1,6 @@
 """The synthetic world: procedurally drawn scenes from which all 11 editing tasks are made with exact ground truth."""
 
-from .generators import TASKS, EditSample, generate_sample, reverse_sample
+from .generators import TASKS, EditSample, edit_scenes, generate_sample, reverse_sample
 from .world import Face, Person, Scene, Shape, Sign, edit_region, render
 
 __all__ = [
@@ -12,6 +12,7 @@ __all__ = [
     "Shape",
     "Sign",
     "edit_region",
+    "edit_scenes",
     "generate_sample",
     "render",
     "reverse_sample",

@@ -664,6 +664,27 @@ _GENERATORS: dict[str, Callable[[random.Random, int, int], _Edit]] = {
 }
 
 
+def _edit(task: str, seed: int, resolution: int | tuple[int, int], aspect_ratios: Sequence[float]) -> _Edit:
+    if task not in _GENERATORS:
+        raise ValueError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
+    rng = random.Random(seed)
+    width, height = canvas_size(rng, resolution, aspect_ratios)
+    return _GENERATORS[task](rng, width, height)
+
+
+def edit_scenes(
+    task: str,
+    seed: int,
+    resolution: int | tuple[int, int] = (128, 256),
+    aspect_ratios: Sequence[float] = (1.0,),
+) -> tuple[Scene, Scene]:
+    """The source and target scenes of the triplet :func:`generate_sample` makes with the same arguments (what is
+    drawn where, e.g. to locate the shape an instruction names). A global edit (style, tone) has the same scene on
+    both sides: its change is applied to the rendered image."""
+    edit = _edit(task, seed, resolution, aspect_ratios)
+    return edit.source, edit.target
+
+
 def generate_sample(
     task: str,
     seed: int,
@@ -676,11 +697,7 @@ def generate_sample(
         (multiples of 16 are used); ``aspect_ratios`` are width/height ratios to draw from. ``antialias`` draws at
         twice the size and averages down (smooth edges). The mask of a local task is derived from the two scenes
     (:func:`~.world.edit_region`) at the drawing resolution, so it is exact either way."""
-    if task not in _GENERATORS:
-        raise ValueError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
-    rng = random.Random(seed)
-    width, height = canvas_size(rng, resolution, aspect_ratios)
-    edit = _GENERATORS[task](rng, width, height)
+    edit = _edit(task, seed, resolution, aspect_ratios)
     supersample = 2 if antialias else 1
     source = render(edit.source, supersample)
     if edit.global_op is None:
