@@ -17,12 +17,20 @@ being task ``i % 11``), so the numbers line up with its scores.
 
     python benchmarks/grounding.py --samples 20              # the built-in demo model
     python benchmarks/grounding.py --model DIR --samples 20
+    python benchmarks/grounding.py --by-reference            # also split by how the instruction names the shape
+
+The instructions name a shape by its colour and kind, its colour alone, its kind alone, or its place or size
+("the leftmost shape", "the star on the right", "the largest shape"), whichever picks it out in the scene;
+``--by-reference`` prints a row per way, since a model may learn to find a shape by colour long before it can
+compare positions.
 """
 
 from __future__ import annotations
 
 import argparse
+import re
 import time
+from collections import defaultdict
 
 import numpy as np
 import torch
@@ -36,8 +44,8 @@ SHAPE_TASKS = ("subject_removal", "subject_replacement", "color_alteration", "ma
 
 
 def regions(task: str, sample_seed: int, resolution: int):
-    """Boolean masks (named shapes, other shapes, background) of a fresh sample, or ``None`` when its source has
-    no shape besides the named ones. Checked against the generator's rendering."""
+    """The source scene of a fresh sample, boolean masks of its named shapes, other shapes and background, and the
+    named shapes; ``None`` when the source has no shape besides the named ones."""
     source, target = edit_scenes(task, sample_seed, resolution)
     named = [shape for shape in source.shapes if shape not in target.shapes]
     others = [shape for shape in source.shapes if shape in target.shapes]
@@ -50,7 +58,31 @@ def regions(task: str, sample_seed: int, resolution: int):
     for shape in others:
         others_mask |= shape_region(shape, source.width, source.height)
     others_mask &= ~named_mask
-    return source, named_mask, others_mask, ~(named_mask | others_mask)
+    return source, named_mask, others_mask, ~(named_mask | others_mask), named
+
+
+PLACE_WORDS = re.compile(r"\b(left|right|top|bottom|leftmost|rightmost|topmost|largest|smallest|big)\b")
+
+
+def reference_kind(instruction: str, named: list) -> str:
+    """How an English instruction names its shape: ``place or size``, ``colour and kind``, ``colour`` or ``kind``."""
+    text = instruction.lower()
+    if PLACE_WORDS.search(text):
+        return "place or size"
+    shape = named[0]
+    has_colour = re.search(rf"\b{shape.color}\b", text) is not None
+    has_kind = re.search(rf"\b{shape.kind}\b", text) is not None
+    return "colour and kind" if has_colour and has_kind else "colour" if has_colour else "kind"
+
+
+def summary_line(label: str, rows: list[dict]) -> str:
+    named, others = np.mean([r["named"] for r in rows]), np.mean([r["others"] for r in rows])
+    share = [r["named_sum"] / (r["named_sum"] + r["others_sum"]) for r in rows if r["named_sum"] + r["others_sum"] > 0]
+    return (
+        f"{label:22s} {len(rows):3d} {named:7.2f} {others:7.2f} {np.mean([r['background'] for r in rows]):7.2f} "
+        f"{np.mean([r['target'] for r in rows]):7.2f} {named / max(others, 1e-9):12.2f} "
+        f"{np.mean(share) if share else float('nan'):14.3f} {np.mean([r['area'] for r in rows]):10.3f}"
+    )
 
 
 def main() -> None:
@@ -61,6 +93,8 @@ def main() -> None:
     parser.add_argument("--resolution", type=int, default=96)
     parser.add_argument("--tasks", nargs="+", default=list(SHAPE_TASKS), choices=SHAPE_TASKS)
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--by-reference", action="store_true",
+                        help="also a row per way the instruction names the shape (colour, kind, place, ...)")
     args = parser.parse_args()
     if args.samples < 1:
         parser.error("--samples must be at least 1")
@@ -75,15 +109,15 @@ def main() -> None:
         f"{'named/others':>12s} {'share on named':>14s} {'named area':>10s}"
     )
     for task in args.tasks:
-        named_change, others_change, background_change, target_change, share, area = [], [], [], [], [], []
+        rows = []
         index = TASKS.index(task)
-        while len(named_change) < args.samples:
+        while len(rows) < args.samples:
             sample_id, sample_seed = generated_sample_seed(args.seed, index)
             index += len(TASKS)
             found = regions(task, sample_seed, args.resolution)
             if found is None:
                 continue
-            scene, named, others, background = found
+            scene, named, others, background, named_shapes = found
             sample = generate_sample(task, sample_seed, args.resolution, sample_id=sample_id)
             if render(scene).tobytes() != sample.source.tobytes():
                 raise RuntimeError(f"the scene of {sample_id} no longer renders as the generator's sample")
@@ -91,19 +125,20 @@ def main() -> None:
             output = np.asarray(editor(sample.source, sample.instruction_en).convert("RGB"), dtype=np.float64)
             change = np.abs(output - source).max(axis=-1)
             wanted = np.abs(np.asarray(sample.target.convert("RGB"), dtype=np.float64) - source).max(axis=-1)
-            named_change.append(change[named].mean())
-            others_change.append(change[others].mean())
-            background_change.append(change[background].mean())
-            target_change.append(wanted[named].mean())
-            shapes = change[named].sum() + change[others].sum()
-            share.append(change[named].sum() / shapes if shapes > 0 else np.nan)
-            area.append(named.sum() / (named.sum() + others.sum()))
-        ratio = np.mean(named_change) / max(np.mean(others_change), 1e-9)
-        print(
-            f"{task:22s} {len(named_change):3d} {np.mean(named_change):7.2f} {np.mean(others_change):7.2f} "
-            f"{np.mean(background_change):7.2f} {np.mean(target_change):7.2f} {ratio:12.2f} "
-            f"{np.nanmean(share):14.3f} {np.mean(area):10.3f}"
-        )
+            rows.append({
+                "reference": reference_kind(sample.instruction_en, named_shapes),
+                "named": change[named].mean(), "others": change[others].mean(),
+                "background": change[background].mean(), "target": wanted[named].mean(),
+                "named_sum": change[named].sum(), "others_sum": change[others].sum(),
+                "area": named.sum() / (named.sum() + others.sum()),
+            })
+        print(summary_line(task, rows))
+        if args.by_reference:
+            groups = defaultdict(list)
+            for row in rows:
+                groups[row["reference"]].append(row)
+            for reference in sorted(groups):
+                print(summary_line(f"  {reference}", groups[reference]))
     print(
         f"mean change per pixel (0-255); 'target' is the ground truth's change on the named shapes; "
         f"{time.perf_counter() - start:.0f} s"
