@@ -76,12 +76,18 @@ def reference_kind(instruction: str, named: list) -> str:
 
 
 def summary_line(label: str, rows: list[dict]) -> str:
+    """One printed row: mean changes, their ratio, the named shape's share of the shapes' change against its share
+    of their area, and that excess (paired by sample) with its standard error."""
     named, others = np.mean([r["named"] for r in rows]), np.mean([r["others"] for r in rows])
-    share = [r["named_sum"] / (r["named_sum"] + r["others_sum"]) for r in rows if r["named_sum"] + r["others_sum"] > 0]
+    changed = [r for r in rows if r["named_sum"] + r["others_sum"] > 0]
+    excess = np.array([r["named_sum"] / (r["named_sum"] + r["others_sum"]) - r["area"] for r in changed])
+    share = excess + np.array([r["area"] for r in changed])
+    spread = excess.std(ddof=1) / np.sqrt(len(excess)) if len(excess) > 1 else float("nan")
     return (
         f"{label:22s} {len(rows):3d} {named:7.2f} {others:7.2f} {np.mean([r['background'] for r in rows]):7.2f} "
         f"{np.mean([r['target'] for r in rows]):7.2f} {named / max(others, 1e-9):12.2f} "
-        f"{np.mean(share) if share else float('nan'):14.3f} {np.mean([r['area'] for r in rows]):10.3f}"
+        f"{share.mean() if len(share) else float('nan'):14.3f} {np.mean([r['area'] for r in rows]):10.3f} "
+        f"{excess.mean() if len(excess) else float('nan'):+8.3f} ± {spread:.3f}"
     )
 
 
@@ -106,7 +112,7 @@ def main() -> None:
     start = time.perf_counter()
     print(
         f"{'task':22s} {'n':>3s} {'named':>7s} {'others':>7s} {'backgr.':>7s} {'target':>7s} "
-        f"{'named/others':>12s} {'share on named':>14s} {'named area':>10s}"
+        f"{'named/others':>12s} {'share on named':>14s} {'named area':>10s} {'share - area':>16s}"
     )
     for task in args.tasks:
         rows = []
@@ -140,7 +146,8 @@ def main() -> None:
             for reference in sorted(groups):
                 print(summary_line(f"  {reference}", groups[reference]))
     print(
-        f"mean change per pixel (0-255); 'target' is the ground truth's change on the named shapes; "
+        f"mean change per pixel (0-255); 'target' is the ground truth's change on the named shapes; 'share - area' "
+        f"is per sample, with its standard error (0: the change spread over the shapes by area); "
         f"{time.perf_counter() - start:.0f} s"
     )
 
