@@ -80,8 +80,8 @@ def summary_line(label: str, rows: list[dict]) -> str:
     of their area, and that excess (paired by sample) with its standard error."""
     named, others = np.mean([r["named"] for r in rows]), np.mean([r["others"] for r in rows])
     changed = [r for r in rows if r["named_sum"] + r["others_sum"] > 0]
-    excess = np.array([r["named_sum"] / (r["named_sum"] + r["others_sum"]) - r["area"] for r in changed])
-    share = excess + np.array([r["area"] for r in changed])
+    share = np.array([r["named_sum"] / (r["named_sum"] + r["others_sum"]) for r in changed])
+    excess = share - np.array([r["area"] for r in changed])
     spread = excess.std(ddof=1) / np.sqrt(len(excess)) if len(excess) > 1 else float("nan")
     return (
         f"{label:22s} {len(rows):3d} {named:7.2f} {others:7.2f} {np.mean([r['background'] for r in rows]):7.2f} "
