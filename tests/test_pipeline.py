@@ -147,6 +147,35 @@ def test_unreadable_image_is_refused_by_the_cli(tmp_path, capsys):
     assert "not an image" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    ("image", "instruction", "output", "message"),
+    [
+        ("missing.png", "make it blue", "out.png", "not found"),
+        ("photo", "   ", "out.png", "instruction is empty"),
+        ("photo", "make it blue", "out.xyz", "unknown image extension"),
+        ("photo", "make it blue", "no_extension", "unknown image extension"),
+        ("photo", "make it blue", "folder.png", "is a folder"),
+    ],
+)
+def test_cli_refuses_bad_input_and_bad_output_paths_before_loading_the_model(
+    tmp_path, photo, monkeypatch, capsys, image, instruction, output, message
+):
+    def load_pipeline(*args, **kwargs):
+        raise AssertionError("the model was loaded before the input was checked")
+
+    monkeypatch.setattr("step1x_edit.pipeline.load_pipeline", load_pipeline)
+    (tmp_path / "folder.png").mkdir()
+    source = photo if image == "photo" else tmp_path / image
+    assert _edit([source, instruction, "-o", tmp_path / output]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_cli_creates_missing_output_folders(tmp_path, photo):
+    out = tmp_path / "new" / "deeper" / "edited.jpg"
+    assert _edit([photo, "make it blue", "-o", out]) == 0
+    assert Image.open(out).size == (77, 50)
+
+
 def test_batch_matches_one_by_one_edits(pipe, photo):
     prompts = ["make it blue", "add a hat"]
     noise = torch.randn(2, 16, 6, 10, generator=torch.Generator().manual_seed(3))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -29,7 +30,8 @@ def _edit(args: argparse.Namespace) -> int:
     import torch
 
     from . import sampling
-    from .pipeline import load_pipeline
+    from .image_io import load_image
+    from .pipeline import check_instruction, load_pipeline
 
     if args.model is None:
         print(
@@ -46,6 +48,11 @@ def _edit(args: argparse.Namespace) -> int:
         except ValueError as error:
             raise Step1XEditError(f"--strength: {error}") from error
     lora_scales = _lora_scales(args)
+    # Everything the user typed is checked before the model loads (minutes for the released weights), so a typo
+    # in a path or an unwritable output costs nothing.
+    image = load_image(args.image)
+    check_instruction(args.instruction)
+    output = _output_path(args)
     device = torch.device(args.device) if args.device else None
     pipe = load_pipeline(args.model, device=None if args.offload else device, torch_dtype=_torch_dtype(args.dtype),
                          version=args.version)
@@ -57,7 +64,7 @@ def _edit(args: argparse.Namespace) -> int:
         pipe.enable_model_cpu_offload(device=device or "cuda")
     generator = torch.Generator("cpu").manual_seed(args.seed)
     result = pipe(
-        image=args.image,
+        image=image,
         prompt=args.instruction,
         negative_prompt=args.negative_prompt,
         num_inference_steps=args.steps,
@@ -66,11 +73,30 @@ def _edit(args: argparse.Namespace) -> int:
         strength=args.strength,
         generator=generator,
     )
-    output = Path(args.output) if args.output else Path(args.image).with_name(Path(args.image).stem + "-edited.png")
-    output.parent.mkdir(parents=True, exist_ok=True)
     result.images[0].save(output)
     print(f"saved {output}")
     return 0
+
+
+def _output_path(args: argparse.Namespace) -> Path:
+    """Where the edit is saved (``-o``, else IMAGE-edited.png), its folder created; a path Pillow cannot write an
+    image to (unknown extension, a folder, no write permission) raises before any work is done."""
+    from PIL import Image
+
+    output = Path(args.output) if args.output else Path(args.image).with_name(Path(args.image).stem + "-edited.png")
+    image_format = Image.registered_extensions().get(output.suffix.lower())
+    if image_format is None or image_format not in Image.SAVE:
+        raise Step1XEditError(f"cannot save an image as {output}: unknown image extension {output.suffix!r}; "
+                              "use .png, .jpg or .webp")
+    if output.is_dir():
+        raise Step1XEditError(f"the output {output} is a folder; give a file name such as {output / 'edited.png'}")
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise Step1XEditError(f"cannot create the output folder {output.parent}: {error}") from error
+    if not os.access(output.parent, os.W_OK) or (output.exists() and not os.access(output, os.W_OK)):
+        raise Step1XEditError(f"cannot write {output}: permission denied")
+    return output
 
 
 def _lora_scales(args: argparse.Namespace) -> list[float]:

@@ -51,6 +51,16 @@ DEMO_MODEL_DIR = Path(__file__).parent / "assets" / "demo"
 MAX_PROMPT_CHARS = 20_000
 
 
+def check_instruction(prompt) -> None:
+    """Raise :class:`InvalidPromptError` unless ``prompt`` is a non-blank string of at most ``MAX_PROMPT_CHARS``."""
+    if not isinstance(prompt, str):
+        raise InvalidPromptError(f"prompt must be a string, got {type(prompt).__name__}")
+    if not prompt.strip():
+        raise InvalidPromptError("the instruction is empty; say what to change, e.g. 'make the sky blue'")
+    if len(prompt) > MAX_PROMPT_CHARS:
+        raise InvalidPromptError(f"the instruction has {len(prompt):,} characters (limit {MAX_PROMPT_CHARS:,})")
+
+
 def default_device() -> torch.device:
     """CUDA when available, else CPU."""
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -196,14 +206,7 @@ class Step1XEditPipeline(DiffusionPipeline):
     def _check_inputs(self, images, prompts, negative_prompts, precomputed: bool, size_level, num_inference_steps):
         if not precomputed:
             for prompt in prompts:
-                if not isinstance(prompt, str):
-                    raise InvalidPromptError(f"prompt must be a string, got {type(prompt).__name__}")
-                if not prompt.strip():
-                    raise InvalidPromptError("the instruction is empty; say what to change, e.g. 'make the sky blue'")
-                if len(prompt) > MAX_PROMPT_CHARS:
-                    raise InvalidPromptError(
-                        f"the instruction has {len(prompt):,} characters (limit {MAX_PROMPT_CHARS:,})"
-                    )
+                check_instruction(prompt)
             if len(negative_prompts) != len(prompts):
                 raise ValueError(f"got {len(negative_prompts)} negative prompts for {len(prompts)} prompts")
         if len(images) != len(prompts):
