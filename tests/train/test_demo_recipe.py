@@ -11,7 +11,7 @@ from step1x_edit.data.store import Store, iter_samples
 from step1x_edit.data.synthetic import TASKS
 from step1x_edit.pipeline import load_pipeline
 from step1x_edit.train.config import TrainingConfigError
-from step1x_edit.train.demo import _objective_note, _verdict, run_samples
+from step1x_edit.train.demo import _objective_note, _verdict, merge_spec, run_samples
 
 RECIPE = """
 [demo]
@@ -77,6 +77,9 @@ loss_space = "pixel"
 ssim_loss_weight = 1.0
 text_encoder_lr_scale = 0.5
 
+[[finetune]]
+merge = {run = 1, weight = 0.25}
+
 [evaluation]
 steps = 2
 guidance_scale = 2.0
@@ -124,7 +127,8 @@ def test_train_demo_builds_evaluates_and_exports_a_small_model(tmp_path):
             "2 in a third run (fine-tuning run 2 of the finetune stage; 100% of the samples at pure "
             "noise; each sample's error relative to returning its source; errors measured in pixels, squared and "
             "structural (SSIM); on a store of 66 samples; the text encoder's language model trained too, at 0.5 times the "
-            "learning rate)") in card
+            "learning rate), then the third run's weights averaged with the second run's, 0.75 and 0.25: the fourth "
+            "model (fine-tuning run 3 of the finetune stage; no training)") in card
     assert "(44 synthetic samples, 66 for the runs that name a larger store; VAE" in card
     assert "frozen at first and trained with the DiT in the third run (only its language model)" in card
     assert ("in all" in card) if wins == len(evaluation["per_task"]) - 1 else ("does **not**" in card)
@@ -142,19 +146,21 @@ def test_train_demo_builds_evaluates_and_exports_a_small_model(tmp_path):
     small, large = (sorted(record["sample_id"] for record in Store(work / name).iter_records(["sample_id"]))
                     for name in ("data", "data-66"))
     assert len(small) == 44 and len(large) == 66 and large[:44] == small
-    assert evaluation["settings"]["model"] == str(work / "finetune-2" / "final")
+    assert evaluation["settings"]["model"] == str(work / "finetune-3" / "final")
     pipe = load_pipeline(export, device="cpu")
-    tuned_weights = load_pipeline(work / "finetune-2" / "final", device="cpu").transformer.state_dict()
-    first_weights = load_pipeline(work / "finetune" / "final", device="cpu").transformer.state_dict()
+    models = {run: load_pipeline(work / run / "final", device="cpu") for run in ("finetune", "finetune-2", "finetune-3")}
+    first_weights, tuned_weights, merged_weights = (models[run].transformer.state_dict() for run in models)
     name = "transformer_blocks.0.attn.to_q.weight"
-    assert torch.equal(pipe.transformer.state_dict()[name], tuned_weights[name].half().float())
+    assert torch.equal(pipe.transformer.state_dict()[name], merged_weights[name].half().float())
     assert not torch.equal(tuned_weights[name], first_weights[name])
-    # the third run trained the text encoder's language model too, and the export carries it
-    tuned_text = load_pipeline(work / "finetune-2" / "final", device="cpu").text_encoder.state_dict()
-    first_text = load_pipeline(work / "finetune" / "final", device="cpu").text_encoder.state_dict()
+    # the last run trained nothing: it is the third run's weights averaged with the second's, 3 to 1
+    torch.testing.assert_close(merged_weights[name], 0.75 * tuned_weights[name] + 0.25 * first_weights[name])
+    # the third run trained the text encoder's language model too; the merge averages it, and the export carries it
+    first_text, tuned_text, merged_text = (models[run].text_encoder.state_dict() for run in models)
     layer = next(key for key in tuned_text if "language_model.layers.0" in key and key.endswith("q_proj.weight"))
     assert not torch.equal(tuned_text[layer], first_text[layer])
-    assert torch.equal(pipe.text_encoder.state_dict()[layer], tuned_text[layer].half().float())
+    torch.testing.assert_close(merged_text[layer], 0.75 * tuned_text[layer] + 0.25 * first_text[layer])
+    assert torch.equal(pipe.text_encoder.state_dict()[layer], merged_text[layer].half().float())
     assert pipe.transformer.dtype == torch.float32  # stored float16, placed as float32 on CPU
     assert pipe.vae.config.latent_channels == 16 and pipe.transformer.config.in_channels == 64
     assert pipe.transformer.config.prediction_type == "reference_delta"
@@ -176,7 +182,7 @@ def test_train_demo_builds_evaluates_and_exports_a_small_model(tmp_path):
     choice_file.write_text(json.dumps({**choice, "model": str(work / "run" / "final")}))
     assert main(argv) == 0
     assert len(list(work.glob("evaluation-*.jsonl"))) == 2 and rows_file.read_text().count("\n") == len(rows) + 1
-    assert json.loads(choice_file.read_text())["model"] == str(work / "finetune-2" / "final")
+    assert json.loads(choice_file.read_text())["model"] == str(work / "finetune-3" / "final")
 
 
 def test_the_committed_recipe_is_valid_and_samples_from_the_starts_it_trains(tmp_path):
@@ -189,6 +195,8 @@ def test_the_committed_recipe_is_valid_and_samples_from_the_starts_it_trains(tmp
     config = training_config(recipe, tmp_path, tmp_path / "initial", tmp_path / "data")
     runs = finetune_runs(recipe)
     for run in range(1, len(runs) + 1):  # the model that is shipped is the last run's, each from the one before
+        if merge_spec(recipe, run) is not None:  # a merge trains nothing (its spec is checked by merge_spec)
+            continue
         config = training_config(recipe, tmp_path, tmp_path / "initial", tmp_path / "data", run)
         assert config.model.path == str(run_dir(tmp_path, run - 1) / "final")
         assert config.training.output_dir == str(run_dir(tmp_path, run))
@@ -211,6 +219,26 @@ def test_a_run_s_store_size_must_be_a_positive_whole_number():
         recipe["finetune"][0]["data"]["samples"] = bad
         with pytest.raises(TrainingConfigError, match="positive whole number"):
             run_samples(recipe, 1)
+
+
+@pytest.mark.parametrize(
+    ("runs", "message"),
+    [
+        ([{}, {}, {"merge": {"run": 1}}], "merge must be"),
+        ([{}, {}, {"merge": {"run": 1, "weight": 0.3, "steps": 2}}], "merge must be"),
+        ([{}, {}, {"merge": {"run": 2, "weight": 0.3}}], "earlier run than the previous one"),
+        ([{}, {}, {"merge": {"run": 5, "weight": 0.3}}], "earlier run than the previous one"),
+        ([{}, {}, {"merge": {"run": True, "weight": 0.3}}], "earlier run than the previous one"),
+        ([{}, {}, {"merge": {"run": 1, "weight": 1.0}}], "between 0 and 1"),
+        ([{}, {}, {"merge": {"run": 1, "weight": "half"}}], "between 0 and 1"),
+        ([{}, {}, {"merge": {"run": 1, "weight": 0.3}, "training": {"max_steps": 5}}], "trains nothing"),
+    ],
+)
+def test_a_merge_run_must_name_an_earlier_run_and_a_weight_between_0_and_1(runs, message):
+    recipe = {"demo": {"samples": 44}, "train": {"training": {}}, "finetune": runs}
+    assert merge_spec(recipe, 1) is None
+    with pytest.raises(TrainingConfigError, match=message):
+        merge_spec(recipe, 3)
 
 
 def test_the_card_names_a_run_s_structural_weight_and_repeated_categories():

@@ -15,7 +15,9 @@ resume where they stopped (a finished stage is skipped):
    with the ``[train]`` tables updated by that run's ``[finetune]`` tables (e.g. other objective settings), in
    ``WORK/finetune`` (and ``WORK/finetune-2``, ``-3``, ... when ``[[finetune]]`` is an array of tables); a run
    whose ``data`` table sets ``samples`` trains on a store of that many samples of the same world
-   (``WORK/data-<samples>``, generated first; its first ``[demo] samples`` are ``WORK/data``'s);
+   (``WORK/data-<samples>``, generated first; its first ``[demo] samples`` are ``WORK/data``'s); a run that is
+   only ``merge = {run = K, weight = W}`` trains nothing: it averages the previous run's weights with run K's
+   (:func:`merge_spec`);
 5. ``evaluate``: the guidance scale and strength, picked among ``[evaluation] guidance_candidates`` and
    ``strength_candidates`` on freshly generated samples (:func:`tune_sampling`), then PSNR / SSIM / edit-region
    accuracy per category on the held-out split (all of it, or the first ``samples_per_task`` of each category),
@@ -46,7 +48,8 @@ from .config import TrainingConfigError, config_from_dict, tomllib
 
 STAGES = ("data", "vae", "assemble", "train", "finetune", "evaluate", "export")
 PATCH_FACTOR = 28  # merged visual token side, in pixels (Qwen2.5-VL)
-ORDINALS = ("first", "second", "third", "fourth", "fifth", "sixth", "seventh", "eighth", "ninth", "tenth")
+ORDINALS = ("first", "second", "third", "fourth", "fifth", "sixth", "seventh", "eighth", "ninth", "tenth", "eleventh",
+            "twelfth")
 
 
 def _ordinal(number: int) -> str:
@@ -200,6 +203,40 @@ def finetune_runs(recipe: dict) -> list[dict]:
     """The recipe's fine-tuning runs in order: none, one ``[finetune]`` table, or an array ``[[finetune]]``."""
     runs = recipe.get("finetune", [])
     return [runs] if isinstance(runs, dict) else list(runs)
+
+
+def merge_spec(recipe: dict, run: int) -> tuple[int, float] | None:
+    """``(other, weight)`` when fine-tuning run ``run`` is a merge (``merge = {run = K, weight = W}`` in its table):
+    it trains nothing, its model is the previous run's with the weights averaged with run K's, ``1 - W`` and ``W``
+    (:func:`step1x_edit.train.merge.average_models`); ``None`` for a training run."""
+    tables = finetune_runs(recipe)[run - 1] if run else {}
+    spec = tables.get("merge")
+    if spec is None:
+        return None
+    where = f"fine-tuning run {run}"
+    if set(tables) != {"merge"}:
+        raise TrainingConfigError(f"{where} is a merge, which trains nothing: it cannot also have the table(s) "
+                                  f"{sorted(set(tables) - {'merge'})}")
+    if not isinstance(spec, dict) or set(spec) != {"run", "weight"}:
+        raise TrainingConfigError(f"{where}: merge must be {{run = K, weight = W}}, got {spec!r}")
+    other, weight = spec["run"], spec["weight"]
+    if isinstance(other, bool) or not isinstance(other, int) or not 0 <= other < run - 1:
+        raise TrainingConfigError(f"{where}: merge run must be an earlier run than the previous one (0 = the train "
+                                  f"stage, K = fine-tuning run K), got {other!r}")
+    if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not 0 < weight < 1:
+        raise TrainingConfigError(f"{where}: merge weight must be between 0 and 1 (exclusive), got {weight!r}")
+    return other, float(weight)
+
+
+def merge_run(work: Path, run: int, spec: tuple[int, float]) -> Path:
+    """Make the model of merge run ``run`` (skipped when it is there: the folder appears complete or not at all)."""
+    from .merge import average_models
+
+    out = run_dir(work, run) / "final"
+    if not (out / "model_index.json").is_file():
+        other, weight = spec
+        average_models(run_dir(work, run - 1) / "final", run_dir(work, other) / "final", weight, out)
+    return out
 
 
 def run_dir(work: Path, run: int) -> Path:
@@ -405,6 +442,8 @@ def _objective_note(training: dict, data: dict | None = None, model: dict | None
                                if weight not in (0, 1)))
     if (data or {}).get("samples"):
         notes.append(f"on a store of {int(data['samples']):,} samples")
+    if (data or {}).get("tasks"):
+        notes.append(f"{', '.join(data['tasks'])} samples only")
     repeats = (data or {}).get("task_repeats", {})
     for count in sorted(set(repeats.values())):
         tasks = ", ".join(task for task, times in repeats.items() if times == count)
@@ -429,13 +468,19 @@ def model_card(recipe_path: Path, recipe: dict, result, size_bytes: int) -> str:
     most = run_samples(recipe)  # the largest store a run reads
     runs = finetune_runs(recipe)
     for run in range(1, len(runs) + 1):
+        name = "the recipe's finetune stage" if len(runs) == 1 else f"fine-tuning run {run} of the finetune stage"
+        spec = merge_spec(recipe, run)
+        if spec is not None:
+            other, weight = spec
+            training += (f", then the {_ordinal(run)} run's weights averaged with the {_ordinal(other + 1)} run's, "
+                         f"{1 - weight:g} and {weight:g}: the {_ordinal(run + 1)} model ({name}; no training)")
+            continue
         tables = stage_tables(recipe, run)
         most = max(most, run_samples(recipe, run))
         if tables.get("model", {}).get("train_text_encoder"):
             encoder_runs.append(run + 1)
         later = tables["training"]
         note = _objective_note(later, tables.get("data"), tables.get("model"))
-        name = "the recipe's finetune stage" if len(runs) == 1 else f"fine-tuning run {run} of the finetune stage"
         training += (f', then {int(later["max_steps"]):,} steps of batch {int(later.get("batch_size", 1))} in a '
                      f"{_ordinal(run + 1)} run ({name}{'; ' + note if note else ''})")
     if encoder_runs:
@@ -518,6 +563,10 @@ def build_demo(recipe_path: str | os.PathLike, work_dir: str | os.PathLike, expo
     final = trained_model(recipe, work)
     for run in range(1 + len(finetune_runs(recipe))):
         if ("finetune" if run else "train") in stages:
+            spec = merge_spec(recipe, run)
+            if spec is not None:
+                merge_run(work, run, spec)
+                continue
             count = run_samples(recipe, run)
             if count != int(recipe["demo"]["samples"]):  # a larger (or smaller) store of the same world
                 build_data(recipe, work, progress, count)
