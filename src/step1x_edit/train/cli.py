@@ -61,6 +61,29 @@ def _train_vae(args: argparse.Namespace) -> int:
     return 0
 
 
+def _merge(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from ..errors import Step1XEditError
+    from .merge import average_models
+
+    out = Path(args.output)
+    if out.exists() and any(out.iterdir()) and not args.overwrite:
+        raise Step1XEditError(f"{out} is not empty; pass --overwrite to replace it")
+    try:
+        average_models(args.first, args.second, args.weight, out, torch_dtype=_torch_dtype(args.dtype))
+    except ValueError as error:
+        raise Step1XEditError(str(error)) from error
+    print(f"wrote {1 - args.weight:g} x {args.first} + {args.weight:g} x {args.second} to {out}")
+    return 0
+
+
+def _torch_dtype(name: str):
+    import torch
+
+    return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[name]
+
+
 def register(subcommands) -> None:
     parser = subcommands.add_parser(
         "train", help="fine-tune Step1X-Edit (LoRA or full) from a TOML config",
@@ -99,3 +122,16 @@ def register(subcommands) -> None:
     demo.add_argument("--stages", help="comma-separated subset of data,vae,assemble,train,finetune,evaluate,export")
     demo.add_argument("--no-progress", action="store_true", help="no progress bars")
     demo.set_defaults(handler=_train_demo)
+
+    merge = subcommands.add_parser(
+        "merge", help="average the weights of two fully fine-tuned models of one lineage (a model soup)",
+        description="Write FIRST's pipeline with its DiT and text encoder weights averaged with SECOND's: "
+        "(1 - WEIGHT) x FIRST + WEIGHT x SECOND. Both must share the autoencoder (fine-tuned from one model).",
+    )
+    merge.add_argument("first", help="a diffusers-layout model folder (e.g. a run's final/)")
+    merge.add_argument("second", help="the model to average it with, e.g. the one it was fine-tuned from")
+    merge.add_argument("--weight", type=float, required=True, help="SECOND's share, between 0 and 1")
+    merge.add_argument("-o", "--output", required=True, help="the folder to write")
+    merge.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default="fp32", help="saved weights' dtype")
+    merge.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
+    merge.set_defaults(handler=_merge)
