@@ -64,6 +64,7 @@ def _train_vae(args: argparse.Namespace) -> int:
 def _merge(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from ..cli import _torch_dtype
     from ..errors import Step1XEditError
     from .merge import average_models
 
@@ -76,12 +77,6 @@ def _merge(args: argparse.Namespace) -> int:
         raise Step1XEditError(str(error)) from error
     print(f"wrote {1 - args.weight:g} x {args.first} + {args.weight:g} x {args.second} to {out}")
     return 0
-
-
-def _torch_dtype(name: str):
-    import torch
-
-    return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[name]
 
 
 def register(subcommands) -> None:
