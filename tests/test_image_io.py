@@ -83,3 +83,24 @@ def test_exif_rotation_is_applied(tmp_path):
     exif[0x0112] = 6  # "rotate 90 degrees clockwise to display"
     image.save(path, exif=exif)
     assert load_image(path).size == (20, 40)
+
+
+def test_image_file_bytes_load_like_the_file(tmp_path):
+    path = tmp_path / "source.png"
+    Image.fromarray(np.random.default_rng(1).integers(0, 255, (24, 40, 3), dtype=np.uint8)).save(path)
+    from_bytes = load_image(path.read_bytes())
+    assert from_bytes.mode == "RGB"
+    assert np.array_equal(np.asarray(from_bytes), np.asarray(load_image(path)))
+
+
+@pytest.mark.parametrize(
+    ("payload", "message"),
+    [(b"", "empty"), (b"%PDF-1.4 not an image", "not an image"), (None, "decompression bomb|above the limit")],
+)
+def test_bad_image_bytes_are_refused(tmp_path, payload, message):
+    if payload is None:  # a bomb: a small PNG that declares 400 megapixels
+        path = tmp_path / "bomb.png"
+        Image.new("1", (20000, 20000)).save(path)
+        payload = path.read_bytes()
+    with pytest.raises(InvalidImageError, match=message):
+        load_image(payload)

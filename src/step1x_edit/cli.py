@@ -31,7 +31,7 @@ def _edit(args: argparse.Namespace) -> int:
 
     from . import sampling
     from .image_io import load_image
-    from .pipeline import check_instruction, load_pipeline
+    from .pipeline import check_instruction
 
     if args.model is None:
         print(
@@ -53,15 +53,7 @@ def _edit(args: argparse.Namespace) -> int:
     image = load_image(args.image)
     check_instruction(args.instruction)
     output = _output_path(args)
-    device = torch.device(args.device) if args.device else None
-    pipe = load_pipeline(args.model, device=None if args.offload else device, torch_dtype=_torch_dtype(args.dtype),
-                         version=args.version)
-    for index, (lora, scale) in enumerate(zip(args.lora, lora_scales, strict=True)):
-        pipe.load_lora_weights(lora, adapter_name=f"lora{index}", scale=scale)
-    if args.offload:
-        if not torch.cuda.is_available():
-            raise Step1XEditError("--offload moves models between CPU and GPU, but no GPU is available")
-        pipe.enable_model_cpu_offload(device=device or "cuda")
+    pipe = _load_model(args, lora_scales)
     generator = torch.Generator("cpu").manual_seed(args.seed)
     result = pipe(
         image=image,
@@ -75,6 +67,52 @@ def _edit(args: argparse.Namespace) -> int:
     )
     result.images[0].save(output)
     print(f"saved {output}")
+    return 0
+
+
+def _load_model(args: argparse.Namespace, lora_scales: list[float]):
+    """The pipeline the model arguments (``--model``, ``--version``, ``--device``, ``--dtype``, ``--offload``,
+    ``--lora``) describe, LoRAs loaded."""
+    import torch
+
+    from .pipeline import load_pipeline
+
+    device = torch.device(args.device) if args.device else None
+    pipe = load_pipeline(args.model, device=None if args.offload else device, torch_dtype=_torch_dtype(args.dtype),
+                         version=args.version)
+    for index, (lora, scale) in enumerate(zip(args.lora, lora_scales, strict=True)):
+        pipe.load_lora_weights(lora, adapter_name=f"lora{index}", scale=scale)
+    if args.offload:
+        if not torch.cuda.is_available():
+            raise Step1XEditError("--offload moves models between CPU and GPU, but no GPU is available")
+        pipe.enable_model_cpu_offload(device=device or "cuda")
+    return pipe
+
+
+def _serve(args: argparse.Namespace) -> int:
+    try:
+        import uvicorn
+
+        from .serve.http import create_app
+        from .serve.service import EditService, ServeLimits
+        if not args.no_ui:
+            import gradio  # noqa: F401
+    except ImportError as error:
+        raise Step1XEditError(f"serving needs the serve extra ({error.name} is missing): "
+                              "pip install 'step1x-edit[serve]'") from error
+    limits = ServeLimits(max_steps=args.max_steps, max_size_level=args.max_size_level, max_images=args.max_images,
+                         max_pending=args.max_pending, max_upload_bytes=int(args.max_upload_mb * 1024 * 1024))
+    if min(limits.max_steps, limits.max_size_level, limits.max_images, limits.max_pending,
+           limits.max_upload_bytes) < 1:
+        raise Step1XEditError("the --max-* limits must be positive")
+    lora_scales = _lora_scales(args)
+    pipe = _load_model(args, lora_scales)
+    name = args.name or (Path(args.model).resolve().name if args.model else "step1x-edit-demo")
+    app = create_app(EditService(pipe, limits, name=name), ui=not args.no_ui)
+    where = f"http://{args.host}:{args.port}"
+    print(f"serving {name} at {where}: " + ("web UI at /ui, " if not args.no_ui else "")
+          + "HTTP API at /v1/edit and /v1/images/edits, its docs at /docs", file=sys.stderr)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="info")
     return 0
 
 
@@ -146,10 +184,7 @@ def _add_edit(subcommands) -> None:
     parser.add_argument("image", help="the image to edit (any format Pillow reads)")
     parser.add_argument("instruction", help='what to change, e.g. "make the sky stormy"')
     parser.add_argument("-o", "--output", help="where to save the result (default: IMAGE-edited.png)")
-    parser.add_argument("--model", help="a Step1X-Edit model directory (official or diffusers layout); "
-                        "default: the small built-in model")
-    parser.add_argument("--version", choices=["v1.0", "v1.1"], help="force the version of an official checkpoint "
-                        "(default: detected)")
+    _add_model_arguments(parser)
     parser.add_argument("--steps", type=int, default=None,
                         help="denoising steps (default: the model's, 28 for the released models)")
     parser.add_argument("--guidance", type=float, default=None,
@@ -163,6 +198,15 @@ def _add_edit(subcommands) -> None:
                         "(default: the model's own, 1.0 for the released models)")
     parser.add_argument("--seed", type=int, default=42, help="random seed (default 42)")
     parser.add_argument("--negative-prompt", default="", help='negative instruction for guidance (default "")')
+    parser.set_defaults(handler=_edit)
+
+
+def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options that choose and load a model (``edit`` and ``serve``)."""
+    parser.add_argument("--model", help="a Step1X-Edit model directory (official or diffusers layout); "
+                        "default: the small built-in model")
+    parser.add_argument("--version", choices=["v1.0", "v1.1"], help="force the version of an official checkpoint "
+                        "(default: detected)")
     parser.add_argument("--offload", action="store_true", help="keep models on the CPU and move each to the GPU "
                         "only while it runs (lower GPU memory, slower)")
     parser.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
@@ -172,7 +216,26 @@ def _add_edit(subcommands) -> None:
                         help="a LoRA .safetensors file (official kohya-style or peft/diffusers names); repeatable")
     parser.add_argument("--lora-scale", action="append", type=float, default=[], metavar="S",
                         help="LoRA multiplier (default 1.0): one for all --lora files, or one per --lora")
-    parser.set_defaults(handler=_edit)
+
+
+def _add_serve(subcommands) -> None:
+    parser = subcommands.add_parser(
+        "serve", help="serve a web UI and an HTTP API (needs the serve extra)",
+        description="Serve the model: a web UI at /ui and an HTTP API (/v1/edit, the OpenAI-shaped "
+        "/v1/images/edits, /health; OpenAPI docs at /docs). Needs pip install 'step1x-edit[serve]'.")
+    _add_model_arguments(parser)
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; 0.0.0.0 for "
+                        "every interface)")
+    parser.add_argument("--port", type=int, default=7860, help="port (default 7860)")
+    parser.add_argument("--no-ui", action="store_true", help="the HTTP API only, without the web UI")
+    parser.add_argument("--name", help="the model id the API reports (default: the model folder's name)")
+    parser.add_argument("--max-steps", type=int, default=100, help="most denoising steps a request may ask for")
+    parser.add_argument("--max-size-level", type=int, default=1024, help="largest working size a request may ask for")
+    parser.add_argument("--max-images", type=int, default=4, help="most images one request may ask for")
+    parser.add_argument("--max-pending", type=int, default=8, help="edits running or waiting before new requests "
+                        "are refused (503)")
+    parser.add_argument("--max-upload-mb", type=float, default=50, help="largest image file accepted, in MB")
+    parser.set_defaults(handler=_serve)
 
 
 def _add_convert(subcommands) -> None:
@@ -204,7 +267,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Instruction-based image editing with Step1X-Edit.",
     )
     subcommands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for register in (_add_edit, _add_convert, _add_info, register_data, register_train, register_bench):
+    for register in (_add_edit, _add_convert, _add_info, register_data, register_train, register_bench, _add_serve):
         register(subcommands)
     return parser
 

@@ -6,6 +6,7 @@ fails once, here, with a message that says what is wrong and what to do about it
 
 from __future__ import annotations
 
+import io
 import os
 import warnings
 from pathlib import Path
@@ -21,8 +22,9 @@ MAX_IMAGE_PIXELS = 8192 * 8192
 TRANSPARENT_BACKGROUND = (255, 255, 255)
 
 
-def load_image(source: str | os.PathLike | Image.Image, max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Image:
-    """Open ``source`` (a path or a PIL image) and return it as an 8-bit RGB image, upright.
+def load_image(source: str | os.PathLike | bytes | Image.Image, max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Image:
+    """Open ``source`` (a path, the bytes of an image file such as an upload, or a PIL image) and return it as an
+    8-bit RGB image, upright.
 
     Handling of unusual input, by design:
     - EXIF orientation is applied, so the image is edited as a viewer shows it.
@@ -37,6 +39,11 @@ def load_image(source: str | os.PathLike | Image.Image, max_pixels: int = MAX_IM
     if isinstance(source, Image.Image):
         image = source
         name = "image"
+    elif isinstance(source, (bytes, bytearray, memoryview)):
+        name = "the uploaded image"
+        if not source:
+            raise InvalidImageError("the uploaded image is empty (0 bytes)")
+        image = _open(io.BytesIO(source), name)
     else:
         path = Path(source)
         name = str(path)
@@ -44,16 +51,7 @@ def load_image(source: str | os.PathLike | Image.Image, max_pixels: int = MAX_IM
             raise InvalidImageError(f"image file not found: {path}")
         if not path.is_file():
             raise InvalidImageError(f"not a file: {path}")
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("error", Image.DecompressionBombWarning)
-                image = Image.open(path)
-        except UnidentifiedImageError as error:
-            raise InvalidImageError(f"{path} is not an image file Pillow can read") from error
-        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
-            raise InvalidImageError(f"{path} declares an enormous size (possible decompression bomb): {error}") from error
-        except OSError as error:
-            raise InvalidImageError(f"cannot open {path}: {error}") from error
+        image = _open(path, name)
 
     width, height = image.size
     if width * height > max_pixels:
@@ -69,6 +67,22 @@ def load_image(source: str | os.PathLike | Image.Image, max_pixels: int = MAX_IM
     except (OSError, SyntaxError, ValueError) as error:
         raise InvalidImageError(f"{name} is truncated or corrupt: {error}") from error
     return _to_rgb(image)
+
+
+def _open(file, name: str) -> Image.Image:
+    """``Image.open`` with every failure, a decompression bomb included, as :class:`InvalidImageError`."""
+    from .errors import InvalidImageError
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            return Image.open(file)
+    except UnidentifiedImageError as error:
+        raise InvalidImageError(f"{name} is not an image file Pillow can read") from error
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+        raise InvalidImageError(f"{name} declares an enormous size (possible decompression bomb): {error}") from error
+    except OSError as error:
+        raise InvalidImageError(f"cannot open {name}: {error}") from error
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:

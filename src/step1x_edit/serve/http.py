@@ -1,0 +1,195 @@
+"""The HTTP API: a FastAPI app over one :class:`~step1x_edit.serve.service.EditService`.
+
+Routes:
+
+* ``POST /v1/edit``: multipart form (``image`` file, ``instruction`` and optional settings); answers the edited
+  image's bytes (``image/png`` unless ``output_format`` says ``jpeg`` or ``webp``), its seed in ``X-Seed``.
+* ``POST /v1/images/edits``: the OpenAI images-edit shape (``image``, ``prompt``, ``n``, ``response_format=b64_json``),
+  so the ``openai`` client and tools built on it work unchanged; the Step1X settings ride along as extra form
+  fields (``extra_body`` in the client).
+* ``GET /v1/models`` (OpenAI shape) and ``GET /health`` (status, model, defaults, limits, edits pending).
+
+Every error is JSON ``{"error": {"message", "type", "param", "code"}}`` with a fitting status: 400 for a bad
+image, instruction or setting, 413 for an upload over the limit, 422 for a field of the wrong type, 503 (with
+``Retry-After``) when the queue is full.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import logging
+import time
+from typing import Annotated
+
+from fastapi import FastAPI, File, Form, Request, UploadFile
+from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, RedirectResponse, Response
+from starlette.exceptions import HTTPException
+
+from ..errors import Step1XEditError
+from .service import EditService, ServiceBusyError
+
+logger = logging.getLogger(__name__)
+
+# Output formats a client may ask for, as Pillow format names and media types.
+OUTPUT_FORMATS = {"png": ("PNG", "image/png"), "jpeg": ("JPEG", "image/jpeg"), "jpg": ("JPEG", "image/jpeg"),
+                  "webp": ("WEBP", "image/webp")}
+
+# Multipart overhead allowed on top of the image itself before a request is refused unread.
+FORM_OVERHEAD_BYTES = 1024 * 1024
+
+RETRY_AFTER_SECONDS = 5
+
+
+def create_app(service: EditService, ui: bool = False) -> FastAPI:
+    """The HTTP API for ``service``; with ``ui=True`` the Gradio web UI is mounted at ``/ui`` (and ``/`` leads
+    there)."""
+    app = FastAPI(title="Step1X-Edit", summary="Instruction-based image editing", version="1")
+    limits = service.limits
+
+    @app.middleware("http")
+    async def refuse_oversized_bodies(request: Request, call_next):
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limits.max_upload_bytes + FORM_OVERHEAD_BYTES:
+            return _error(413, f"the request has {int(declared):,} bytes; images are limited to "
+                          f"{limits.max_upload_bytes:,} bytes", "request_too_large")
+        return await call_next(request)
+
+    @app.exception_handler(ServiceBusyError)
+    async def busy(request: Request, error: ServiceBusyError):
+        return _error(503, str(error), "server_busy", headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
+
+    @app.exception_handler(Step1XEditError)
+    async def bad_request(request: Request, error: Step1XEditError):
+        return _error(400, str(error), "invalid_request_error")
+
+    @app.exception_handler(RequestValidationError)
+    async def bad_field(request: Request, error: RequestValidationError):
+        problems = "; ".join(f"{'.'.join(str(part) for part in item['loc'][1:]) or 'body'}: {item['msg']}"
+                             for item in error.errors())
+        return _error(422, problems, "invalid_request_error")
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, error: HTTPException):
+        return _error(error.status_code, str(error.detail), "invalid_request_error", headers=error.headers)
+
+    @app.get("/health")
+    def health() -> dict:
+        return {"status": "ok", "pending": service.pending, **service.describe()}
+
+    @app.get("/v1/models")
+    def models() -> dict:
+        return {"object": "list", "data": [{"id": service.name, "object": "model", "created": 0,
+                                            "owned_by": "step1x-edit"}]}
+
+    @app.post("/v1/edit", response_class=Response,
+              responses={200: {"content": {media: {} for _, media in OUTPUT_FORMATS.values()},
+                               "description": "the edited image"}})
+    async def edit(
+        image: Annotated[UploadFile, File(description="the image to edit")],
+        instruction: Annotated[str, Form(description='what to change, e.g. "make the sky stormy"')],
+        num_inference_steps: Annotated[int | None, Form()] = None,
+        guidance_scale: Annotated[float | None, Form()] = None,
+        size_level: Annotated[int | None, Form()] = None,
+        strength: Annotated[float | None, Form()] = None,
+        seed: Annotated[int | None, Form(description="random when left out; returned in X-Seed")] = None,
+        negative_prompt: Annotated[str, Form()] = "",
+        output_format: Annotated[str, Form(description="png, jpeg or webp")] = "png",
+    ) -> Response:
+        image_format, media_type = _output_format(output_format)
+        data = await _read_upload(image, limits.max_upload_bytes)
+        result = await run_in_threadpool(
+            service.edit, data, instruction, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
+            size_level=size_level, strength=strength, seed=seed, negative_prompt=negative_prompt,
+        )
+        return Response(_encode(result.images[0], image_format), media_type=media_type,
+                        headers={"X-Seed": str(result.seeds[0]), "X-Edit-Seconds": f"{result.seconds:.3f}"})
+
+    @app.post("/v1/images/edits")
+    async def openai_images_edits(
+        image: Annotated[UploadFile | None, File(description="the image to edit (one)")] = None,
+        prompt: Annotated[str | None, Form(description="the instruction")] = None,
+        n: Annotated[int, Form()] = 1,
+        response_format: Annotated[str, Form()] = "b64_json",
+        size: Annotated[str, Form()] = "auto",
+        output_format: Annotated[str, Form()] = "png",
+        mask: Annotated[UploadFile | None, File()] = None,
+        images: Annotated[list[UploadFile] | None, File(alias="image[]")] = None,
+        model: Annotated[str | None, Form()] = None,
+        num_inference_steps: Annotated[int | None, Form()] = None,
+        guidance_scale: Annotated[float | None, Form()] = None,
+        size_level: Annotated[int | None, Form()] = None,
+        strength: Annotated[float | None, Form()] = None,
+        seed: Annotated[int | None, Form()] = None,
+        negative_prompt: Annotated[str, Form()] = "",
+    ) -> dict:
+        if images:
+            if image is not None or len(images) > 1:
+                raise HTTPException(400, "Step1X-Edit edits one image per request; send a single image")
+            image = images[0]
+        if image is None:
+            raise HTTPException(400, "image: send the image to edit as the multipart field 'image'")
+        if prompt is None:
+            raise HTTPException(400, "prompt: the edit instruction is required")
+        if mask is not None:
+            raise HTTPException(400, "mask: not supported; Step1X-Edit finds the region to edit from the prompt")
+        if response_format != "b64_json":
+            raise HTTPException(400, f"response_format: only 'b64_json' is supported, got {response_format!r}")
+        if size != "auto":
+            raise HTTPException(400, f"size: only 'auto' is supported (the result has the source's size), got {size!r}")
+        if model is not None and model != service.name:
+            raise HTTPException(400, f"model: this server serves {service.name!r}, not {model!r}")
+        image_format, _ = _output_format(output_format)
+        data = await _read_upload(image, limits.max_upload_bytes)
+        result = await run_in_threadpool(
+            service.edit, data, prompt, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
+            size_level=size_level, strength=strength, seed=seed, negative_prompt=negative_prompt, num_images=n,
+        )
+        width, height = result.images[0].size
+        return {
+            "created": int(time.time()),
+            "data": [{"b64_json": base64.b64encode(_encode(edited, image_format)).decode("ascii"), "seed": value}
+                     for edited, value in zip(result.images, result.seeds, strict=True)],
+            "output_format": output_format,
+            "size": f"{width}x{height}",
+        }
+
+    if ui:
+        import gradio
+
+        from .webui import create_ui
+
+        gradio.mount_gradio_app(app, create_ui(service), path="/ui")
+
+        @app.get("/", include_in_schema=False)
+        def root() -> RedirectResponse:
+            return RedirectResponse("/ui")
+
+    return app
+
+
+def _error(status: int, message: str, kind: str, headers: dict | None = None) -> JSONResponse:
+    return JSONResponse({"error": {"message": message, "type": kind, "param": None, "code": None}},
+                        status_code=status, headers=headers)
+
+
+def _output_format(name: str) -> tuple[str, str]:
+    if name.lower() not in OUTPUT_FORMATS:
+        raise HTTPException(400, f"output_format: one of png, jpeg, webp, got {name!r}")
+    return OUTPUT_FORMATS[name.lower()]
+
+
+async def _read_upload(upload: UploadFile, limit: int) -> bytes:
+    """The uploaded file's bytes; 413 past ``limit`` (a chunked body has no length to refuse it by earlier)."""
+    data = await upload.read(limit + 1)
+    if len(data) > limit:
+        raise HTTPException(413, f"the image file is larger than the limit of {limit:,} bytes")
+    return data
+
+
+def _encode(image, image_format: str) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=image_format)
+    return buffer.getvalue()

@@ -1,0 +1,82 @@
+"""The web UI: a Gradio page over one :class:`~step1x_edit.serve.service.EditService`.
+
+An image, an instruction, the model's settings under "Settings" (steps, guidance, working size, strength, seed)
+and the edited image with the seed that made it. Clickable examples come from the synthetic world's example
+scenes unless others are given. ``create_ui(service).launch()`` serves it alone; ``step1x-edit serve`` mounts it
+at ``/ui`` beside the HTTP API.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import gradio as gr
+
+from ..errors import Step1XEditError
+from .service import EditService
+
+
+def create_ui(service: EditService, examples: list[tuple[str, str]] | None = None) -> gr.Blocks:
+    """The Gradio app for ``service``; ``examples`` are (image path, instruction) pairs (default: the synthetic
+    world's example scenes)."""
+    defaults, limits = service.defaults, service.limits
+    if examples is None:
+        examples = _synthetic_examples()
+    with gr.Blocks(title="Step1X-Edit") as app:
+        gr.Markdown(f"## Step1X-Edit\nModel: `{service.name}` ({service.pipeline.version}). Upload an image, say "
+                    "what to change, press **Edit**.")
+        with gr.Row():
+            with gr.Column():
+                source = gr.Image(label="Image", type="filepath", sources=["upload", "clipboard"])
+                instruction = gr.Textbox(label="Instruction", lines=2, max_length=limits.max_prompt_chars,
+                                         placeholder='e.g. make the sky stormy; change the text "OPEN" to "CLOSED"')
+                with gr.Accordion("Settings", open=False):
+                    steps = gr.Slider(1, limits.max_steps, value=defaults["num_inference_steps"], step=1,
+                                      label="Steps")
+                    guidance = gr.Slider(0.0, limits.max_guidance, value=defaults["guidance_scale"], step=0.5,
+                                         label="Guidance scale (1 or less: no classifier-free guidance)")
+                    size_level = gr.Slider(16, limits.max_size_level, value=defaults["size_level"], step=16,
+                                           label="Working size (about size² pixels)")
+                    strength = gr.Slider(0.05, 1.0, value=defaults["strength"], step=0.05,
+                                         label="Strength (1: from pure noise; lower keeps more of the source)")
+                    seed = gr.Number(value=42, precision=0, minimum=0, label="Seed")
+                    randomize = gr.Checkbox(value=True, label="New random seed each edit")
+                run = gr.Button("Edit", variant="primary")
+            with gr.Column():
+                result = gr.Image(label="Edited", type="pil", format="png", interactive=False)
+                details = gr.Markdown()
+        if examples:
+            gr.Examples(examples=[[str(path), text] for path, text in examples], inputs=[source, instruction])
+
+        def on_edit(image, text, step_count, scale, size, amount, seed_value, new_seed):
+            return edit_for_ui(service, image, text, step_count, scale, size, amount, seed_value, new_seed)
+
+        inputs = [source, instruction, steps, guidance, size_level, strength, seed, randomize]
+        for trigger in (run.click, instruction.submit):
+            trigger(on_edit, inputs=inputs, outputs=[result, seed, details])
+    return app
+
+
+def edit_for_ui(service: EditService, image, instruction, steps, guidance, size_level, strength, seed, randomize):
+    """One press of **Edit**: (edited image, the seed used, a line of details); input errors become Gradio
+    errors shown on the page."""
+    if image is None:
+        raise gr.Error("Upload an image first.")
+    try:
+        result = service.edit(
+            image, instruction or "", num_inference_steps=int(steps), guidance_scale=float(guidance),
+            size_level=int(size_level), strength=float(strength), seed=None if randomize else int(seed),
+        )
+    except Step1XEditError as error:
+        raise gr.Error(str(error)) from error
+    width, height = result.images[0].size
+    return result.images[0], result.seeds[0], f"{width}×{height}, seed {result.seeds[0]}, {result.seconds:.2f} s"
+
+
+def _synthetic_examples() -> list[tuple[str, str]]:
+    """The synthetic world's example scenes (a shape, a sign, a person, a face), written to a temporary folder."""
+    from ..data.synthetic.examples import render_example_images
+
+    folder = Path(tempfile.mkdtemp(prefix="step1x-edit-examples-"))
+    return [(entry["path"], entry["instruction_en"]) for entry in render_example_images(folder)]

@@ -1,0 +1,101 @@
+"""The edit service behind the web UI and the HTTP API: seeds, defaults, limits and its queue."""
+
+import math
+import threading
+import numpy as np
+import pytest
+
+from step1x_edit.errors import InvalidImageError, InvalidPromptError
+from step1x_edit.serve.service import EditService, InvalidRequestError, ServeLimits, ServiceBusyError
+
+INSTRUCTION = "Make the red circle green."
+
+
+def _pixels(image):
+    return np.asarray(image, dtype=np.int16)
+
+
+def test_same_seed_gives_the_same_edit_and_no_seed_draws_one_that_reproduces_it(demo_pipeline, example):
+    service = EditService(demo_pipeline)
+    first = service.edit(example, INSTRUCTION, seed=3)
+    again = service.edit(example, INSTRUCTION, seed=3)
+    assert first.seeds == [3]
+    assert np.array_equal(_pixels(first.images[0]), _pixels(again.images[0]))
+    drawn = service.edit(example, INSTRUCTION)
+    replay = service.edit(example, INSTRUCTION, seed=drawn.seeds[0])
+    assert np.array_equal(_pixels(drawn.images[0]), _pixels(replay.images[0]))
+
+
+def test_image_i_of_a_request_equals_a_single_edit_with_seed_plus_i(demo_pipeline, example):
+    service = EditService(demo_pipeline)
+    batch = service.edit(example, INSTRUCTION, seed=10, num_images=3)
+    assert batch.seeds == [10, 11, 12]
+    single = service.edit(example, INSTRUCTION, seed=12)
+    assert np.array_equal(_pixels(batch.images[2]), _pixels(single.images[0]))
+    assert not np.array_equal(_pixels(batch.images[0]), _pixels(batch.images[2]))
+
+
+def test_fields_left_out_take_the_models_defaults(demo_pipeline, example):
+    service = EditService(demo_pipeline)
+    defaults = service.defaults
+    assert defaults == {"num_inference_steps": demo_pipeline.config.default_num_inference_steps,
+                        "guidance_scale": demo_pipeline.config.default_guidance_scale,
+                        "size_level": demo_pipeline.config.default_size_level,
+                        "strength": demo_pipeline.config.default_strength}
+    implicit = service.edit(example, INSTRUCTION, seed=1)
+    explicit = service.edit(example, INSTRUCTION, seed=1, **defaults)
+    assert np.array_equal(_pixels(implicit.images[0]), _pixels(explicit.images[0]))
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("num_inference_steps", 0, "num_inference_steps must be between 1 and 20"),
+        ("num_inference_steps", 21, "num_inference_steps must be between 1 and 20"),
+        ("num_inference_steps", 2.5, "num_inference_steps must be an integer"),
+        ("size_level", 4096, "size_level must be between 16 and 256"),
+        ("size_level", True, "size_level must be an integer"),
+        ("guidance_scale", math.nan, "guidance_scale must be a finite number"),
+        ("guidance_scale", 31.0, "guidance_scale must be between"),
+        ("strength", 0.0, "strength"),
+        ("strength", 1.5, "strength must be between"),
+        ("seed", -1, "seed must be between"),
+        ("num_images", 3, "n must be between 1 and 2"),
+        ("negative_prompt", "x" * 101, "negative_prompt"),
+    ],
+)
+def test_fields_outside_the_limits_are_refused_naming_the_field(demo_pipeline, example, field, value, message):
+    limits = ServeLimits(max_steps=20, max_size_level=256, max_images=2, max_prompt_chars=100)
+    with pytest.raises(InvalidRequestError, match=message):
+        EditService(demo_pipeline, limits).edit(example, INSTRUCTION, **{field: value})
+
+
+def test_bad_instructions_and_images_are_refused(demo_pipeline, example):
+    service = EditService(demo_pipeline, ServeLimits(max_prompt_chars=100, max_pixels=200 * 200))
+    with pytest.raises(InvalidPromptError, match="empty"):
+        service.edit(example, "   ")
+    with pytest.raises(InvalidRequestError, match="101 characters"):
+        service.edit(example, "x" * 101)
+    with pytest.raises(InvalidImageError, match="not an image"):
+        service.edit(b"GIF89a but not really", INSTRUCTION)
+    with pytest.raises(InvalidImageError, match="above the limit"):
+        service.edit(example, INSTRUCTION)  # 256 x 256 > 200 x 200
+    assert service.pending == 0
+
+
+def test_a_full_queue_refuses_new_edits_at_once_and_frees_its_place_after(gated_pipeline, example):
+    gate = gated_pipeline
+    service = EditService(gate, ServeLimits(max_pending=1))
+    results = []
+    running = threading.Thread(target=lambda: results.append(service.edit(example, INSTRUCTION, seed=0)))
+    running.start()
+    try:
+        assert gate.entered.wait(30)
+        assert service.pending == 1
+        with pytest.raises(ServiceBusyError, match="limit 1"):
+            service.edit(example, INSTRUCTION, seed=0)
+    finally:
+        gate.release.set()
+        running.join(30)
+    assert len(results) == 1 and service.pending == 0
+    assert service.edit(example, INSTRUCTION, seed=0).seeds == [0]

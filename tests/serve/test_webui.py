@@ -1,0 +1,49 @@
+"""The web UI: one press of Edit, its errors, and the page served beside the HTTP API."""
+
+import gradio as gr
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from step1x_edit.serve.http import create_app
+from step1x_edit.serve.service import EditService
+from step1x_edit.serve.webui import create_ui, edit_for_ui
+
+INSTRUCTION = "Make the red circle green."
+
+
+def test_an_edit_from_the_page_gives_the_image_and_the_seed_that_reproduces_it(demo_pipeline, example):
+    service = EditService(demo_pipeline)
+    settings = (1, 1.0, 96, 1.0)
+    image, seed, details = edit_for_ui(service, str(example), INSTRUCTION, *settings, 0, True)
+    assert image.size == (256, 256)
+    assert f"seed {seed}" in details
+    again, same_seed, _ = edit_for_ui(service, str(example), INSTRUCTION, *settings, seed, False)
+    assert same_seed == seed
+    assert np.array_equal(np.asarray(image), np.asarray(again))
+
+
+@pytest.mark.parametrize(("image", "instruction", "message"),
+                         [(None, INSTRUCTION, "Upload an image"), ("example", "", "instruction is empty")])
+def test_bad_input_on_the_page_is_shown_as_an_error(demo_pipeline, example, image, instruction, message):
+    image = str(example) if image == "example" else image
+    with pytest.raises(gr.Error, match=message):
+        edit_for_ui(EditService(demo_pipeline), image, instruction, 1, 1.0, 96, 1.0, 0, False)
+
+
+def test_the_page_offers_the_example_scenes(demo_pipeline):
+    page = create_ui(EditService(demo_pipeline))
+    examples = [block for block in page.blocks.values() if isinstance(block, gr.Dataset)]
+    assert len(examples) == 1
+    assert [row[1] for row in examples[0].raw_samples] == [
+        "Make the red circle green.", 'Change the text "OPEN" to "CLOSED".', "Make the person raise both arms.",
+        "Add glasses to the person."]
+
+
+def test_the_server_mounts_the_page_at_ui_and_leads_there_from_the_root(demo_pipeline):
+    client = TestClient(create_app(EditService(demo_pipeline), ui=True))
+    root = client.get("/", follow_redirects=False)
+    assert root.status_code in (302, 307) and root.headers["location"] == "/ui"
+    page = client.get("/ui/")
+    assert page.status_code == 200 and "gradio" in page.text.lower()
+    assert client.get("/health").json()["status"] == "ok"
