@@ -2,6 +2,7 @@
 
 import math
 import threading
+
 import numpy as np
 import pytest
 
