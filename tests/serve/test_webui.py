@@ -47,3 +47,11 @@ def test_the_server_mounts_the_page_at_ui_and_leads_there_from_the_root(demo_pip
     page = client.get("/ui/")
     assert page.status_code == 200 and "gradio" in page.text.lower()
     assert client.get("/health").json()["status"] == "ok"
+
+
+def test_the_page_edits_through_its_named_endpoint(demo_pipeline, example):
+    page = create_ui(EditService(demo_pipeline))
+    dependencies = [dependency for dependency in page.fns.values() if dependency.api_name == "edit"]
+    assert len(dependencies) == 1 and len(dependencies[0].targets) == 2  # the button and Enter in the instruction
+    image, seed, _ = dependencies[0].fn(str(example), INSTRUCTION, 1, 1.0, 96, 1.0, 4, False)
+    assert seed == 4 and image.size == (256, 256)

@@ -52,9 +52,9 @@ def create_ui(service: EditService, examples: list[tuple[str, str]] | None = Non
         def on_edit(image, text, step_count, scale, size, amount, seed_value, new_seed):
             return edit_for_ui(service, image, text, step_count, scale, size, amount, seed_value, new_seed)
 
-        inputs = [source, instruction, steps, guidance, size_level, strength, seed, randomize]
-        for trigger in (run.click, instruction.submit):
-            trigger(on_edit, inputs=inputs, outputs=[result, seed, details])
+        gr.on([run.click, instruction.submit], on_edit, api_name="edit",
+              inputs=[source, instruction, steps, guidance, size_level, strength, seed, randomize],
+              outputs=[result, seed, details])
     return app
 
 
