@@ -7,6 +7,7 @@ import threading
 import numpy as np
 import openai
 import pytest
+import torch
 from fastapi.testclient import TestClient
 from PIL import Image
 
@@ -138,3 +139,30 @@ def test_health_and_models_describe_the_served_model(demo_pipeline):
     assert health["defaults"]["size_level"] == demo_pipeline.config.default_size_level
     assert health["limits"]["max_steps"] == 12
     assert [model["id"] for model in client.get("/v1/models").json()["data"]] == ["demo"]
+
+
+class _FailingPipeline:
+    """The demo pipeline whose edits raise ``error``."""
+
+    def __init__(self, pipeline, error):
+        self.pipeline, self.error = pipeline, error
+
+    def __getattr__(self, name):
+        return getattr(self.pipeline, name)
+
+    def __call__(self, **kwargs):
+        raise self.error
+
+
+@pytest.mark.parametrize(
+    ("error", "status", "kind", "message"),
+    [(torch.cuda.OutOfMemoryError("CUDA out of memory"), 503, "out_of_memory", "smaller size_level"),
+     (RuntimeError("a bug"), 500, "server_error", "RuntimeError")],
+)
+def test_a_failed_edit_answers_json_and_frees_its_place(demo_pipeline, example, error, status, kind, message):
+    service = EditService(_FailingPipeline(demo_pipeline, error))
+    response = TestClient(create_app(service), raise_server_exceptions=False).post(
+        "/v1/edit", data={"instruction": INSTRUCTION}, files={"image": ("a.png", example.read_bytes(), "image/png")})
+    assert response.status_code == status
+    assert response.json()["error"]["type"] == kind and message in response.json()["error"]["message"]
+    assert service.pending == 0

@@ -10,8 +10,8 @@ Routes:
 * ``GET /v1/models`` (OpenAI shape) and ``GET /health`` (status, model, defaults, limits, edits pending).
 
 Every error is JSON ``{"error": {"message", "type", "param", "code"}}`` with a fitting status: 400 for a bad
-image, instruction or setting, 413 for an upload over the limit, 422 for a field of the wrong type, 503 (with
-``Retry-After``) when the queue is full.
+image, instruction or setting, 413 for an upload over the limit, 422 for a field of the wrong type, 503 when the
+queue is full (with ``Retry-After``) or the GPU ran out of memory for the request, 500 for anything else (logged).
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from fastapi.responses import JSONResponse, RedirectResponse, Response
 from starlette.exceptions import HTTPException
 
 from ..errors import Step1XEditError
-from .service import EditService, ServiceBusyError
+from .service import EditService, OutOfMemoryError, ServiceBusyError
 
 logger = logging.getLogger(__name__)
 
@@ -60,6 +60,15 @@ def create_app(service: EditService, ui: bool = False) -> FastAPI:
     @app.exception_handler(ServiceBusyError)
     async def busy(request: Request, error: ServiceBusyError):
         return _error(503, str(error), "server_busy", headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
+
+    @app.exception_handler(OutOfMemoryError)
+    async def out_of_memory(request: Request, error: OutOfMemoryError):
+        return _error(503, str(error), "out_of_memory")
+
+    @app.exception_handler(Exception)
+    async def failed(request: Request, error: Exception):
+        logger.error("the edit failed", exc_info=error)
+        return _error(500, f"the server failed on this request ({type(error).__name__}); see its log", "server_error")
 
     @app.exception_handler(Step1XEditError)
     async def bad_request(request: Request, error: Step1XEditError):
@@ -161,7 +170,8 @@ def create_app(service: EditService, ui: bool = False) -> FastAPI:
 
         from .webui import create_ui
 
-        gradio.mount_gradio_app(app, create_ui(service), path="/ui")
+        page = create_ui(service).queue(max_size=limits.max_pending)
+        gradio.mount_gradio_app(app, page, path="/ui", max_file_size=limits.max_upload_bytes)
 
         @app.get("/", include_in_schema=False)
         def root() -> RedirectResponse:

@@ -36,6 +36,10 @@ class ServiceBusyError(Step1XEditError):
     """Too many edits are running or waiting; the client should retry later."""
 
 
+class OutOfMemoryError(Step1XEditError):
+    """The accelerator ran out of memory for this request (its memory is freed again; smaller settings may fit)."""
+
+
 @dataclass(frozen=True)
 class ServeLimits:
     """What one request may ask for. The defaults suit one GPU serving the released models."""
@@ -125,13 +129,20 @@ class EditService:
             source = load_image(image, max_pixels=self.limits.max_pixels)
             with self._run_lock:
                 start = time.perf_counter()
-                result = self.pipeline(
-                    image=source,
-                    prompt=[instruction] * num_images,
-                    negative_prompt=negative_prompt,
-                    generator=[torch.Generator("cpu").manual_seed(value) for value in seeds],
-                    **settings,
-                )
+                try:
+                    result = self.pipeline(
+                        image=source,
+                        prompt=[instruction] * num_images,
+                        negative_prompt=negative_prompt,
+                        generator=[torch.Generator("cpu").manual_seed(value) for value in seeds],
+                        **settings,
+                    )
+                except torch.cuda.OutOfMemoryError as error:
+                    torch.cuda.empty_cache()
+                    raise OutOfMemoryError(
+                        f"out of GPU memory for {num_images} image(s) at size_level {settings['size_level']}; "
+                        "ask for a smaller size_level or fewer images"
+                    ) from error
                 return EditResult(images=list(result.images), seeds=seeds, seconds=time.perf_counter() - start)
         finally:
             with self._count_lock:
