@@ -26,11 +26,13 @@ class GatedPipeline:
         self.pipeline = pipeline
         self.entered = threading.Event()
         self.release = threading.Event()
+        self.calls = 0
 
     def __getattr__(self, name):
         return getattr(self.pipeline, name)
 
     def __call__(self, **kwargs):
+        self.calls += 1
         self.entered.set()
         assert self.release.wait(30), "the test never released the gated edit"
         return self.pipeline(**kwargs)

@@ -4,6 +4,8 @@ import base64
 import io
 import threading
 
+import anyio
+import httpx
 import numpy as np
 import openai
 import pytest
@@ -166,3 +168,34 @@ def test_a_failed_edit_answers_json_and_frees_its_place(demo_pipeline, example, 
     assert response.status_code == status
     assert response.json()["error"]["type"] == kind and message in response.json()["error"]["message"]
     assert service.pending == 0
+
+
+def test_a_request_whose_client_has_gone_is_not_edited(gated_pipeline, example):
+    """Speaks ASGI directly: the client sends its form, then disconnects while an earlier edit holds the queue."""
+    service = EditService(gated_pipeline)
+    app = create_app(service)
+    form = httpx.Request("POST", "http://testserver/v1/edit", data={"instruction": INSTRUCTION},
+                         files={"image": ("a.png", example.read_bytes(), "image/png")})
+    body = form.read()
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
+             "path": "/v1/edit", "raw_path": b"/v1/edit", "query_string": b"", "root_path": "",
+             "headers": [(key.lower().encode(), value.encode()) for key, value in form.headers.items()],
+             "client": ("127.0.0.1", 1), "server": ("testserver", 80)}
+    messages = [{"type": "http.request", "body": body, "more_body": False}]
+
+    async def receive():
+        return messages.pop(0) if messages else {"type": "http.disconnect"}
+
+    sent = []
+
+    async def send(message):
+        sent.append(message)
+
+    earlier = threading.Thread(target=service.edit, args=(example, INSTRUCTION))
+    earlier.start()
+    assert gated_pipeline.entered.wait(30)
+    threading.Timer(0.5, gated_pipeline.release.set).start()
+    anyio.run(app, scope, receive, send)
+    earlier.join(30)
+    assert gated_pipeline.calls == 1  # the earlier edit only
+    assert sent[0]["status"] == 499 and service.pending == 0

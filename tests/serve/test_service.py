@@ -7,7 +7,13 @@ import numpy as np
 import pytest
 
 from step1x_edit.errors import InvalidImageError, InvalidPromptError
-from step1x_edit.serve.service import EditService, InvalidRequestError, ServeLimits, ServiceBusyError
+from step1x_edit.serve.service import (
+    EditCancelledError,
+    EditService,
+    InvalidRequestError,
+    ServeLimits,
+    ServiceBusyError,
+)
 
 INSTRUCTION = "Make the red circle green."
 
@@ -100,3 +106,20 @@ def test_a_full_queue_refuses_new_edits_at_once_and_frees_its_place_after(gated_
         running.join(30)
     assert len(results) == 1 and service.pending == 0
     assert service.edit(example, INSTRUCTION, seed=0).seeds == [0]
+
+
+def test_a_withdrawn_request_never_runs_and_one_withdrawn_midway_stops_at_the_next_step(gated_pipeline, example):
+    gated_pipeline.release.set()
+    service = EditService(gated_pipeline)
+    with pytest.raises(EditCancelledError, match="before its edit started"):
+        service.edit(example, INSTRUCTION, cancelled=lambda: True)
+    assert gated_pipeline.calls == 0 and service.pending == 0
+    asked = []
+
+    def gone_after_two_questions() -> bool:
+        asked.append(True)
+        return len(asked) > 2  # asked once when the edit's turn comes, then after each step
+
+    with pytest.raises(EditCancelledError, match="after step 2"):
+        service.edit(example, INSTRUCTION, num_inference_steps=5, cancelled=gone_after_two_questions)
+    assert len(asked) == 3 and service.pending == 0

@@ -20,8 +20,10 @@ import base64
 import io
 import logging
 import time
+from collections.abc import Callable
 from typing import Annotated
 
+import anyio
 from fastapi import FastAPI, File, Form, Request, UploadFile
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
@@ -29,7 +31,7 @@ from fastapi.responses import JSONResponse, RedirectResponse, Response
 from starlette.exceptions import HTTPException
 
 from ..errors import Step1XEditError
-from .service import EditService, OutOfMemoryError, ServiceBusyError
+from .service import EditCancelledError, EditService, OutOfMemoryError, ServiceBusyError
 
 logger = logging.getLogger(__name__)
 
@@ -49,17 +51,15 @@ def create_app(service: EditService, ui: bool = False) -> FastAPI:
     app = FastAPI(title="Step1X-Edit", summary="Instruction-based image editing", version="1")
     limits = service.limits
 
-    @app.middleware("http")
-    async def refuse_oversized_bodies(request: Request, call_next):
-        declared = request.headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > limits.max_upload_bytes + FORM_OVERHEAD_BYTES:
-            return _error(413, f"the request has {int(declared):,} bytes; images are limited to "
-                          f"{limits.max_upload_bytes:,} bytes", "request_too_large")
-        return await call_next(request)
+    app.add_middleware(BodySizeLimit, limit=limits.max_upload_bytes + FORM_OVERHEAD_BYTES)
 
     @app.exception_handler(ServiceBusyError)
     async def busy(request: Request, error: ServiceBusyError):
         return _error(503, str(error), "server_busy", headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
+
+    @app.exception_handler(EditCancelledError)
+    async def withdrawn(request: Request, error: EditCancelledError):
+        return _error(499, str(error), "client_closed_request")  # nobody reads it: the client has gone
 
     @app.exception_handler(OutOfMemoryError)
     async def out_of_memory(request: Request, error: OutOfMemoryError):
@@ -97,6 +97,7 @@ def create_app(service: EditService, ui: bool = False) -> FastAPI:
               responses={200: {"content": {media: {} for _, media in OUTPUT_FORMATS.values()},
                                "description": "the edited image"}})
     async def edit(
+        request: Request,
         image: Annotated[UploadFile, File(description="the image to edit")],
         instruction: Annotated[str, Form(description='what to change, e.g. "make the sky stormy"')],
         num_inference_steps: Annotated[int | None, Form()] = None,
@@ -112,12 +113,14 @@ def create_app(service: EditService, ui: bool = False) -> FastAPI:
         result = await run_in_threadpool(
             service.edit, data, instruction, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
             size_level=size_level, strength=strength, seed=seed, negative_prompt=negative_prompt,
+            cancelled=_disconnected(request),
         )
         return Response(_encode(result.images[0], image_format), media_type=media_type,
                         headers={"X-Seed": str(result.seeds[0]), "X-Edit-Seconds": f"{result.seconds:.3f}"})
 
     @app.post("/v1/images/edits")
     async def openai_images_edits(
+        request: Request,
         image: Annotated[UploadFile | None, File(description="the image to edit (one)")] = None,
         prompt: Annotated[str | None, Form(description="the instruction")] = None,
         n: Annotated[int, Form()] = 1,
@@ -155,6 +158,7 @@ def create_app(service: EditService, ui: bool = False) -> FastAPI:
         result = await run_in_threadpool(
             service.edit, data, prompt, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
             size_level=size_level, strength=strength, seed=seed, negative_prompt=negative_prompt, num_images=n,
+            cancelled=_disconnected(request),
         )
         width, height = result.images[0].size
         return {
@@ -178,6 +182,28 @@ def create_app(service: EditService, ui: bool = False) -> FastAPI:
             return RedirectResponse("/ui")
 
     return app
+
+
+class BodySizeLimit:
+    """ASGI middleware: a request whose declared length is above ``limit`` bytes is answered 413 unread."""
+
+    def __init__(self, app, limit: int):
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http":
+            declared = dict(scope["headers"]).get(b"content-length", b"")
+            if declared.isdigit() and int(declared) > self.limit:
+                response = _error(413, f"the request has {int(declared):,} bytes; the limit is {self.limit:,}",
+                                  "request_too_large")
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+def _disconnected(request: Request) -> Callable[[], bool]:
+    """For a worker thread: has the client of ``request`` gone away? (asks the event loop)"""
+    return lambda: anyio.from_thread.run(request.is_disconnected)
 
 
 def _error(status: int, message: str, kind: str, headers: dict | None = None) -> JSONResponse:

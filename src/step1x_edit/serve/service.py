@@ -14,6 +14,7 @@ import math
 import random
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,6 +35,10 @@ class InvalidRequestError(Step1XEditError, ValueError):
 
 class ServiceBusyError(Step1XEditError):
     """Too many edits are running or waiting; the client should retry later."""
+
+
+class EditCancelledError(Step1XEditError):
+    """The request was withdrawn (its client went away) before or during its edit."""
 
 
 class OutOfMemoryError(Step1XEditError):
@@ -113,9 +118,14 @@ class EditService:
         seed: int | None = None,
         negative_prompt: str = "",
         num_images: int = 1,
+        cancelled: Callable[[], bool] | None = None,
     ) -> EditResult:
         """Edit ``image`` following ``instruction``; fields left as ``None`` take the model's defaults, and
-        ``seed=None`` draws a random seed (returned in the result, so any result can be reproduced)."""
+        ``seed=None`` draws a random seed (returned in the result, so any result can be reproduced).
+
+        ``cancelled``, when given, is asked when the edit's turn comes and after every denoising step; once it
+        answers true the edit stops with :class:`EditCancelledError` (the HTTP API passes "has the client
+        disconnected?", so an abandoned request does not hold the queue)."""
         settings = self.check_request(instruction, num_inference_steps, guidance_scale, size_level, strength, seed,
                                       negative_prompt, num_images)
         first_seed = settings.pop("seed")
@@ -128,6 +138,8 @@ class EditService:
         try:
             source = load_image(image, max_pixels=self.limits.max_pixels)
             with self._run_lock:
+                if cancelled is not None and cancelled():
+                    raise EditCancelledError("the request was withdrawn before its edit started")
                 start = time.perf_counter()
                 try:
                     result = self.pipeline(
@@ -135,6 +147,7 @@ class EditService:
                         prompt=[instruction] * num_images,
                         negative_prompt=negative_prompt,
                         generator=[torch.Generator("cpu").manual_seed(value) for value in seeds],
+                        callback_on_step_end=None if cancelled is None else _stop_when(cancelled),
                         **settings,
                     )
                 except torch.cuda.OutOfMemoryError as error:
@@ -175,6 +188,16 @@ class EditService:
         seed = _integer("seed", seed, 0, 0, MAX_SEED - count + 1)
         return {"num_inference_steps": steps, "guidance_scale": guidance, "size_level": size, "strength": strength,
                 "seed": seed}
+
+
+def _stop_when(cancelled: Callable[[], bool]):
+    """A pipeline step callback that stops the edit once ``cancelled()`` is true."""
+
+    def check(pipeline, step_index, t, tensors) -> None:
+        if cancelled():
+            raise EditCancelledError(f"the request was withdrawn during its edit (after step {step_index + 1})")
+
+    return check
 
 
 def _integer(name: str, value, default: int, low: int, high: int) -> int:
