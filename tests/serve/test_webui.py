@@ -55,3 +55,25 @@ def test_the_page_edits_through_its_named_endpoint(demo_pipeline, example):
     assert len(dependencies) == 1 and len(dependencies[0].targets) == 2  # the button and Enter in the instruction
     image, seed, _ = dependencies[0].fn(str(example), INSTRUCTION, 1, 1.0, 96, 1.0, 4, False)
     assert seed == 4 and image.size == (256, 256)
+
+
+def test_the_result_can_be_edited_further_and_the_demo_model_is_labelled(demo_pipeline):
+    page = create_ui(EditService(demo_pipeline))
+    components = {block._id: block for block in page.blocks.values()}
+    sources = [block for block in components.values() if isinstance(block, gr.Image) and block.label == "Image"]
+    results = [block for block in components.values() if isinstance(block, gr.Image) and block.label == "Edited"]
+    handoff = [dependency for dependency in page.fns.values()
+               if [block._id for block in dependency.inputs] == [results[0]._id]
+               and [block._id for block in dependency.outputs] == [sources[0]._id]]
+    assert len(handoff) == 1
+    header = next(block for block in components.values() if isinstance(block, gr.Markdown))
+    assert "built-in demo model" in header.value
+
+
+def test_another_model_is_not_labelled_as_the_demo():
+    from step1x_edit.testing.tiny import tiny_pipeline
+
+    page = create_ui(EditService(tiny_pipeline()), examples=[])
+    header = next(block for block in page.blocks.values() if isinstance(block, gr.Markdown))
+    assert "demo" not in header.value
+    assert not [block for block in page.blocks.values() if isinstance(block, gr.Dataset)]

@@ -14,7 +14,12 @@ from pathlib import Path
 import gradio as gr
 
 from ..errors import Step1XEditError
+from ..pipeline import DEMO_MODEL_DIR
 from .service import EditService
+
+DEMO_NOTE = (" This is the small built-in demo model, trained on synthetic scenes at 96 px: it makes background, "
+             "tone, style and text edits partly and leaves most small local edits undone. Serve the released weights "
+             "with `--model DIR` for real edits.")
 
 
 def create_ui(service: EditService, examples: list[tuple[str, str]] | None = None) -> gr.Blocks:
@@ -25,7 +30,7 @@ def create_ui(service: EditService, examples: list[tuple[str, str]] | None = Non
         examples = _synthetic_examples()
     with gr.Blocks(title="Step1X-Edit") as app:
         gr.Markdown(f"## Step1X-Edit\nModel: `{service.name}` ({service.pipeline.version}). Upload an image, say "
-                    "what to change, press **Edit**.")
+                    "what to change, press **Edit**." + (DEMO_NOTE if _is_demo(service) else ""))
         with gr.Row():
             with gr.Column():
                 source = gr.Image(label="Image", type="filepath", sources=["upload", "clipboard"])
@@ -46,6 +51,7 @@ def create_ui(service: EditService, examples: list[tuple[str, str]] | None = Non
             with gr.Column():
                 result = gr.Image(label="Edited", type="pil", format="png", interactive=False)
                 details = gr.Markdown()
+                again = gr.Button("Edit this result further")
         if examples:
             gr.Examples(examples=[[str(path), text] for path, text in examples], inputs=[source, instruction])
 
@@ -55,6 +61,7 @@ def create_ui(service: EditService, examples: list[tuple[str, str]] | None = Non
         gr.on([run.click, instruction.submit], on_edit, api_name="edit",
               inputs=[source, instruction, steps, guidance, size_level, strength, seed, randomize],
               outputs=[result, seed, details])
+        again.click(lambda edited: edited, inputs=[result], outputs=[source], api_visibility="private")
     return app
 
 
@@ -72,6 +79,11 @@ def edit_for_ui(service: EditService, image, instruction, steps, guidance, size_
         raise gr.Error(str(error)) from error
     width, height = result.images[0].size
     return result.images[0], result.seeds[0], f"{width}×{height}, seed {result.seeds[0]}, {result.seconds:.2f} s"
+
+
+def _is_demo(service: EditService) -> bool:
+    loaded_from = service.pipeline.config.get("_name_or_path")
+    return loaded_from is not None and Path(loaded_from).resolve() == DEMO_MODEL_DIR.resolve()
 
 
 def _synthetic_examples() -> list[tuple[str, str]]:
