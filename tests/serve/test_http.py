@@ -111,9 +111,10 @@ def test_uploads_over_the_limit_are_refused_with_413(demo_pipeline, example):
     response = _post_edit(client, example.read_bytes() + b"\0" * 20_000)
     assert response.status_code == 413
     assert "10,000 bytes" in response.json()["error"]["message"]
+    assert response.json()["error"]["type"] == "request_too_large"
     huge = client.post("/v1/edit", content=b"x", headers={"content-length": str(10**9),
                                                            "content-type": "multipart/form-data; boundary=b"})
-    assert huge.status_code == 413
+    assert huge.status_code == 413 and huge.json()["error"]["type"] == "request_too_large"
 
 
 def test_a_full_queue_answers_503_with_retry_after(gated_pipeline, example):

@@ -82,7 +82,8 @@ def create_app(service: EditService, ui: bool = False) -> FastAPI:
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, error: HTTPException):
-        return _error(error.status_code, str(error.detail), "invalid_request_error", headers=error.headers)
+        kind = "request_too_large" if error.status_code == 413 else "invalid_request_error"
+        return _error(error.status_code, str(error.detail), kind, headers=error.headers)
 
     @app.get("/health")
     def health() -> dict:
