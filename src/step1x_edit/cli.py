@@ -102,9 +102,6 @@ def _serve(args: argparse.Namespace) -> int:
                               "pip install 'step1x-edit[serve]'") from error
     limits = ServeLimits(max_steps=args.max_steps, max_size_level=args.max_size_level, max_images=args.max_images,
                          max_pending=args.max_pending, max_upload_bytes=int(args.max_upload_mb * 1024 * 1024))
-    if min(limits.max_steps, limits.max_size_level, limits.max_images, limits.max_pending,
-           limits.max_upload_bytes) < 1:
-        raise Step1XEditError("the --max-* limits must be positive")
     lora_scales = _lora_scales(args)
     pipe = _load_model(args, lora_scales)
     name = args.name or (Path(args.model).resolve().name if args.model else "step1x-edit-demo")

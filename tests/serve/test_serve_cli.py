@@ -41,7 +41,9 @@ def test_serve_without_the_serve_extra_says_how_to_install_it(started, monkeypat
     assert not started
 
 
-@pytest.mark.parametrize("flags", [["--max-pending", "0"], ["--model", "/nonexistent/model"]])
+@pytest.mark.parametrize(
+    "flags", [["--max-pending", "0"], ["--max-size-level", "64"], ["--model", "/nonexistent/model"]]
+)
 def test_serve_refuses_bad_settings_before_listening(started, capsys, flags):
     assert main(["serve", "--no-ui", *flags]) == 2
     assert "error" in capsys.readouterr().err

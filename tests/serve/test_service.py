@@ -6,7 +6,7 @@ import threading
 import numpy as np
 import pytest
 
-from step1x_edit.errors import InvalidImageError, InvalidPromptError
+from step1x_edit.errors import InvalidImageError, InvalidPromptError, Step1XEditError
 from step1x_edit.serve.service import (
     EditCancelledError,
     EditService,
@@ -123,3 +123,12 @@ def test_a_withdrawn_request_never_runs_and_one_withdrawn_midway_stops_at_the_ne
     with pytest.raises(EditCancelledError, match="after step 2"):
         service.edit(example, INSTRUCTION, num_inference_steps=5, cancelled=gone_after_two_questions)
     assert len(asked) == 3 and service.pending == 0
+
+
+def test_limits_that_refuse_the_models_own_defaults_or_are_not_positive_are_refused_at_start(demo_pipeline):
+    with pytest.raises(Step1XEditError, match=r"default size_level \(96\) is above the serving limit \(64\)"):
+        EditService(demo_pipeline, ServeLimits(max_size_level=64))
+    with pytest.raises(Step1XEditError, match="max_pending must be positive"):
+        ServeLimits(max_pending=0)
+    with pytest.raises(Step1XEditError, match="max_size_level must be at least 16"):
+        ServeLimits(max_size_level=8)

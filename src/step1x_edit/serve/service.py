@@ -58,6 +58,13 @@ class ServeLimits:
     max_prompt_chars: int = MAX_PROMPT_CHARS
     max_pending: int = 8  # edits running or waiting; more are refused with ServiceBusyError
 
+    def __post_init__(self):
+        for key in self.__dataclass_fields__:
+            if not getattr(self, key) > 0:
+                raise Step1XEditError(f"the serving limit {key} must be positive, got {getattr(self, key)}")
+        if self.max_size_level < 16:
+            raise Step1XEditError(f"the serving limit max_size_level must be at least 16, got {self.max_size_level}")
+
 
 @dataclass(frozen=True)
 class EditResult:
@@ -79,6 +86,11 @@ class EditService:
         self._run_lock = threading.Lock()
         self._count_lock = threading.Lock()
         self._pending = 0
+        for key, limit in (("num_inference_steps", self.limits.max_steps), ("size_level", self.limits.max_size_level),
+                           ("guidance_scale", self.limits.max_guidance)):
+            if self.defaults[key] > limit:  # else every request that leaves the field out would be refused
+                raise Step1XEditError(f"the model's default {key} ({self.defaults[key]}) is above the serving limit "
+                                      f"({limit}); raise the limit")
         pipeline.set_progress_bar_config(disable=True)
 
     @property
