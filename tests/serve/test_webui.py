@@ -23,12 +23,13 @@ def test_an_edit_from_the_page_gives_the_image_and_the_seed_that_reproduces_it(d
     assert np.array_equal(np.asarray(image), np.asarray(again))
 
 
-@pytest.mark.parametrize(("image", "instruction", "message"),
-                         [(None, INSTRUCTION, "Upload an image"), ("example", "", "instruction is empty")])
-def test_bad_input_on_the_page_is_shown_as_an_error(demo_pipeline, example, image, instruction, message):
+@pytest.mark.parametrize(("image", "instruction", "seed", "message"),
+                         [(None, INSTRUCTION, 0, "Upload an image"), ("example", "", 0, "instruction is empty"),
+                          ("example", INSTRUCTION, None, "Enter a seed")])
+def test_bad_input_on_the_page_is_shown_as_an_error(demo_pipeline, example, image, instruction, seed, message):
     image = str(example) if image == "example" else image
     with pytest.raises(gr.Error, match=message):
-        edit_for_ui(EditService(demo_pipeline), image, instruction, 1, 1.0, 96, 1.0, 0, False)
+        edit_for_ui(EditService(demo_pipeline), image, instruction, 1, 1.0, 96, 1.0, seed, False)
 
 
 def test_the_page_offers_the_example_scenes(demo_pipeline):

@@ -70,6 +70,8 @@ def edit_for_ui(service: EditService, image, instruction, steps, guidance, size_
     errors shown on the page."""
     if image is None:
         raise gr.Error("Upload an image first.")
+    if seed is None and not randomize:
+        raise gr.Error("Enter a seed, or tick 'New random seed each edit'.")
     try:
         result = service.edit(
             image, instruction or "", num_inference_steps=int(steps), guidance_scale=float(guidance),
