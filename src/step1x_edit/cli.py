@@ -105,10 +105,12 @@ def _serve(args: argparse.Namespace) -> int:
     lora_scales = _lora_scales(args)
     pipe = _load_model(args, lora_scales)
     name = args.name or (Path(args.model).resolve().name if args.model else "step1x-edit-demo")
-    app = create_app(EditService(pipe, limits, name=name), ui=not args.no_ui)
+    api_key = args.api_key or os.environ.get("STEP1X_EDIT_API_KEY") or None
+    app = create_app(EditService(pipe, limits, name=name), ui=not args.no_ui, api_key=api_key)
     where = f"http://{args.host}:{args.port}"
     print(f"serving {name} at {where}: " + ("web UI at /ui, " if not args.no_ui else "")
-          + "HTTP API at /v1/edit and /v1/images/edits, its docs at /docs", file=sys.stderr)
+          + "HTTP API at /v1/edit and /v1/images/edits, its docs at /docs"
+          + ("" if api_key else "; no API key: anyone who can reach the port can use it"), file=sys.stderr)
     uvicorn.run(app, host=args.host, port=args.port, log_level="info")
     return 0
 
@@ -226,6 +228,8 @@ def _add_serve(subcommands) -> None:
     parser.add_argument("--port", type=int, default=7860, help="port (default 7860)")
     parser.add_argument("--no-ui", action="store_true", help="the HTTP API only, without the web UI")
     parser.add_argument("--name", help="the model id the API reports (default: the model folder's name)")
+    parser.add_argument("--api-key", help="require 'Authorization: Bearer KEY' on the API and KEY as the web UI's "
+                        "password (default: the STEP1X_EDIT_API_KEY environment variable; none: open)")
     parser.add_argument("--max-steps", type=int, default=100, help="most denoising steps a request may ask for")
     parser.add_argument("--max-size-level", type=int, default=1024, help="largest working size a request may ask for")
     parser.add_argument("--max-images", type=int, default=4, help="most images one request may ask for")

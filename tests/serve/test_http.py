@@ -200,3 +200,20 @@ def test_a_request_whose_client_has_gone_is_not_edited(gated_pipeline, example):
     earlier.join(30)
     assert gated_pipeline.calls == 1  # the earlier edit only
     assert sent[0]["status"] == 499 and service.pending == 0
+
+
+def test_with_an_api_key_the_api_needs_it_and_health_stays_open(demo_pipeline, example):
+    app = create_app(EditService(demo_pipeline, name="demo"), api_key="s3cret")
+    client = TestClient(app)
+    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "s3cret"}):
+        refused = client.post("/v1/edit", headers=headers, data={"instruction": INSTRUCTION},
+                              files={"image": ("a.png", example.read_bytes(), "image/png")})
+        assert refused.status_code == 401 and refused.headers["www-authenticate"] == "Bearer"
+        assert refused.json()["error"]["type"] == "authentication_error"
+    assert client.get("/v1/models").status_code == 401
+    assert client.get("/health").status_code == 200
+    accepted = openai.OpenAI(base_url="http://testserver/v1", api_key="s3cret", http_client=client)
+    with example.open("rb") as image:
+        assert len(accepted.images.edit(image=image, prompt=INSTRUCTION).data) == 1
+    with pytest.raises(openai.AuthenticationError):
+        openai.OpenAI(base_url="http://testserver/v1", api_key="wrong", http_client=client).models.list()

@@ -24,7 +24,8 @@ def test_serve_starts_uvicorn_with_the_api_of_the_demo_model(started, capsys):
     health = client.get("/health").json()
     assert health["model"] == "step1x-edit-demo" and health["limits"]["max_steps"] == 9
     assert client.get("/ui/").status_code == 404
-    assert "http://127.0.0.1:8123" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "http://127.0.0.1:8123" in err and "no API key" in err
 
 
 def test_serve_mounts_the_web_ui_by_default(started):
@@ -48,3 +49,12 @@ def test_serve_refuses_bad_settings_before_listening(started, capsys, flags):
     assert main(["serve", "--no-ui", *flags]) == 2
     assert "error" in capsys.readouterr().err
     assert not started
+
+
+def test_serve_takes_its_api_key_from_the_environment(started, monkeypatch, capsys):
+    monkeypatch.setenv("STEP1X_EDIT_API_KEY", "from-env")
+    assert main(["serve", "--no-ui", "--device", "cpu"]) == 0
+    client = TestClient(started["app"])
+    assert client.get("/v1/models").status_code == 401
+    assert client.get("/v1/models", headers={"Authorization": "Bearer from-env"}).status_code == 200
+    assert "no API key" not in capsys.readouterr().err

@@ -78,3 +78,11 @@ def test_another_model_is_not_labelled_as_the_demo():
     header = next(block for block in page.blocks.values() if isinstance(block, gr.Markdown))
     assert "demo" not in header.value
     assert not [block for block in page.blocks.values() if isinstance(block, gr.Dataset)]
+
+
+def test_with_an_api_key_the_page_needs_a_login_whose_password_is_the_key(demo_pipeline):
+    client = TestClient(create_app(EditService(demo_pipeline), ui=True, api_key="s3cret"))
+    assert client.get("/ui/config").status_code == 401
+    assert client.post("/ui/login", data={"username": "anyone", "password": "wrong"}).status_code != 200
+    assert client.post("/ui/login", data={"username": "anyone", "password": "s3cret"}).status_code == 200
+    assert client.get("/ui/config").status_code == 200

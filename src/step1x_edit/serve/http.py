@@ -17,6 +17,7 @@ queue is full (with ``Retry-After``) or the GPU ran out of memory for the reques
 from __future__ import annotations
 
 import base64
+import hmac
 import io
 import logging
 import time
@@ -45,12 +46,20 @@ FORM_OVERHEAD_BYTES = 1024 * 1024
 RETRY_AFTER_SECONDS = 5
 
 
-def create_app(service: EditService, ui: bool = False) -> FastAPI:
+def create_app(service: EditService, ui: bool = False, api_key: str | None = None) -> FastAPI:
     """The HTTP API for ``service``; with ``ui=True`` the Gradio web UI is mounted at ``/ui`` (and ``/`` leads
-    there)."""
+    there).
+
+    With ``api_key``, the ``/v1`` routes need the header ``Authorization: Bearer <api_key>`` (what the ``openai``
+    client sends) and the web UI a login whose password is the key; ``/health`` stays open for load balancers.
+    """
+    if api_key is not None and not api_key.strip():
+        raise Step1XEditError("the API key is empty")
     app = FastAPI(title="Step1X-Edit", summary="Instruction-based image editing", version="1")
     limits = service.limits
 
+    if api_key is not None:
+        app.add_middleware(RequireApiKey, key=api_key, prefix="/v1/")
     app.add_middleware(BodySizeLimit, limit=limits.max_upload_bytes + FORM_OVERHEAD_BYTES)
 
     @app.exception_handler(ServiceBusyError)
@@ -176,7 +185,10 @@ def create_app(service: EditService, ui: bool = False) -> FastAPI:
         from .webui import create_ui
 
         page = create_ui(service).queue(max_size=limits.max_pending)
-        gradio.mount_gradio_app(app, page, path="/ui", max_file_size=limits.max_upload_bytes)
+        login = None if api_key is None else (lambda _user, password: hmac.compare_digest(password.encode(),
+                                                                                           api_key.encode()))
+        gradio.mount_gradio_app(app, page, path="/ui", max_file_size=limits.max_upload_bytes, auth=login,
+                                auth_message="Any user name; the password is the server's API key.")
 
         @app.get("/", include_in_schema=False)
         def root() -> RedirectResponse:
@@ -197,6 +209,24 @@ class BodySizeLimit:
             if declared.isdigit() and int(declared) > self.limit:
                 response = _error(413, f"the request has {int(declared):,} bytes; the limit is {self.limit:,}",
                                   "request_too_large")
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+class RequireApiKey:
+    """ASGI middleware: requests under ``prefix`` without the header ``Authorization: Bearer <key>`` are answered
+    401 before their body is read."""
+
+    def __init__(self, app, key: str, prefix: str):
+        self.app, self.key, self.prefix = app, key.encode(), prefix
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http" and scope["path"].startswith(self.prefix):
+            scheme, _, given = dict(scope["headers"]).get(b"authorization", b"").partition(b" ")
+            if scheme.lower() != b"bearer" or not hmac.compare_digest(given.strip(), self.key):
+                response = _error(401, "a valid API key is required: send the header 'Authorization: Bearer <key>'",
+                                  "authentication_error", headers={"WWW-Authenticate": "Bearer"})
                 await response(scope, receive, send)
                 return
         await self.app(scope, receive, send)
