@@ -10,8 +10,9 @@ Routes:
 * ``GET /v1/models`` (OpenAI shape) and ``GET /health`` (status, model, defaults, limits, edits pending).
 
 Every error is JSON ``{"error": {"message", "type", "param", "code"}}`` with a fitting status: 400 for a bad
-image, instruction or setting, 413 for an upload over the limit, 422 for a field of the wrong type, 503 when the
-queue is full (with ``Retry-After``) or the GPU ran out of memory for the request, 500 for anything else (logged).
+image, instruction or setting, 401 without the API key (when one is set), 413 for an upload over the limit, 422
+for a field of the wrong type, 503 when the queue is full (with ``Retry-After``) or the GPU ran out of memory for
+the request, 500 for anything else (logged).
 """
 
 from __future__ import annotations
