@@ -86,3 +86,7 @@ def test_with_an_api_key_the_page_needs_a_login_whose_password_is_the_key(demo_p
     assert client.post("/ui/login", data={"username": "anyone", "password": "wrong"}).status_code != 200
     assert client.post("/ui/login", data={"username": "anyone", "password": "s3cret"}).status_code == 200
     assert client.get("/ui/config").status_code == 200
+
+
+def test_the_page_sends_no_usage_analytics(demo_pipeline):
+    assert create_ui(EditService(demo_pipeline), examples=[]).analytics_enabled is False

@@ -28,7 +28,7 @@ def create_ui(service: EditService, examples: list[tuple[str, str]] | None = Non
     defaults, limits = service.defaults, service.limits
     if examples is None:
         examples = _synthetic_examples()
-    with gr.Blocks(title="Step1X-Edit") as app:
+    with gr.Blocks(title="Step1X-Edit", analytics_enabled=False) as app:  # no usage reports to third parties
         gr.Markdown(f"## Step1X-Edit\nModel: `{service.name}` ({service.pipeline.version}). Upload an image, say "
                     "what to change, press **Edit**." + (DEMO_NOTE if _is_demo(service) else ""))
         with gr.Row():
