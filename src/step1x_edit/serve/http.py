@@ -22,7 +22,6 @@ import hmac
 import io
 import logging
 import time
-from collections.abc import Callable
 from typing import Annotated
 
 import anyio
@@ -120,11 +119,10 @@ def create_app(service: EditService, ui: bool = False, api_key: str | None = Non
         output_format: Annotated[str, Form(description="png, jpeg or webp")] = "png",
     ) -> Response:
         image_format, media_type = _output_format(output_format)
-        data = await _read_upload(image, limits.max_upload_bytes)
-        result = await run_in_threadpool(
-            service.edit, data, instruction, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
-            size_level=size_level, strength=strength, seed=seed, negative_prompt=negative_prompt,
-            cancelled=_disconnected(request),
+        result = await _edit_upload(
+            service, request, image, instruction, num_inference_steps=num_inference_steps,
+            guidance_scale=guidance_scale, size_level=size_level, strength=strength, seed=seed,
+            negative_prompt=negative_prompt,
         )
         return Response(_encode(result.images[0], image_format), media_type=media_type,
                         headers={"X-Seed": str(result.seeds[0]), "X-Edit-Seconds": f"{result.seconds:.3f}"})
@@ -165,11 +163,9 @@ def create_app(service: EditService, ui: bool = False, api_key: str | None = Non
         if model is not None and model != service.name:
             raise HTTPException(400, f"model: this server serves {service.name!r}, not {model!r}")
         image_format, _ = _output_format(output_format)
-        data = await _read_upload(image, limits.max_upload_bytes)
-        result = await run_in_threadpool(
-            service.edit, data, prompt, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
+        result = await _edit_upload(
+            service, request, image, prompt, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
             size_level=size_level, strength=strength, seed=seed, negative_prompt=negative_prompt, num_images=n,
-            cancelled=_disconnected(request),
         )
         width, height = result.images[0].size
         return {
@@ -233,9 +229,15 @@ class RequireApiKey:
         await self.app(scope, receive, send)
 
 
-def _disconnected(request: Request) -> Callable[[], bool]:
-    """For a worker thread: has the client of ``request`` gone away? (asks the event loop)"""
-    return lambda: anyio.from_thread.run(request.is_disconnected)
+async def _edit_upload(service: EditService, request: Request, upload: UploadFile, instruction: str, **settings):
+    """Read the uploaded image (413 past the limit) and edit it in a worker thread, so the event loop stays free;
+    the edit stops once the client of ``request`` has gone away."""
+    data = await _read_upload(upload, service.limits.max_upload_bytes)
+
+    def disconnected() -> bool:  # asked from the worker thread, answered by the event loop
+        return anyio.from_thread.run(request.is_disconnected)
+
+    return await run_in_threadpool(service.edit, data, instruction, cancelled=disconnected, **settings)
 
 
 def _error(status: int, message: str, kind: str, headers: dict | None = None) -> JSONResponse:
