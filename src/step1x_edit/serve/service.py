@@ -86,10 +86,11 @@ class EditService:
         self._run_lock = threading.Lock()
         self._count_lock = threading.Lock()
         self._pending = 0
+        defaults = self.defaults
         for key, limit in (("num_inference_steps", self.limits.max_steps), ("size_level", self.limits.max_size_level),
                            ("guidance_scale", self.limits.max_guidance)):
-            if self.defaults[key] > limit:  # else every request that leaves the field out would be refused
-                raise Step1XEditError(f"the model's default {key} ({self.defaults[key]}) is above the serving limit "
+            if defaults[key] > limit:  # else every request that leaves the field out would be refused
+                raise Step1XEditError(f"the model's default {key} ({defaults[key]}) is above the serving limit "
                                       f"({limit}); raise the limit")
         pipeline.set_progress_bar_config(disable=True)
 
