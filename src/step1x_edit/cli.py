@@ -270,20 +270,43 @@ def build_parser() -> argparse.ArgumentParser:
     subcommands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for register in (_add_edit, _add_convert, _add_info, register_data, register_train, register_bench, _add_serve):
         register(subcommands)
+    _add_debug_flag(parser)
     return parser
 
 
+def _add_debug_flag(parser: argparse.ArgumentParser) -> None:
+    """``--debug`` on ``parser`` and on every subcommand under it, so it may follow any command."""
+    parser.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                        help="show the full traceback of an error instead of one line")
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for subparser in action.choices.values():
+                _add_debug_flag(subparser)
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; every error is one line on stderr and a non-zero exit (2 for input the user can fix, 1
+    for anything else), the traceback only with ``--debug``."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    debug = getattr(args, "debug", False)
     try:
         return int(args.handler(args) or 0)
     except Step1XEditError as error:
+        if debug:
+            raise
         print(f"step1x-edit {args.command}: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"step1x-edit {args.command}: interrupted", file=sys.stderr)
         return 130
+    except Exception as error:  # a failure nobody foresaw: still one line, the traceback on request
+        if debug:
+            raise
+        message = " ".join(str(error).split()) or "no message"
+        print(f"step1x-edit {args.command}: error: {type(error).__name__}: {message} (run again with --debug for "
+              "the traceback)", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -19,3 +19,7 @@ class CheckpointError(Step1XEditError, ValueError):
 
 class DataFormatError(Step1XEditError, ValueError):
     """A data file (Parquet shard, metadata JSON, scores file, benchmark copy) that is malformed."""
+
+
+class InvalidValueError(Step1XEditError, ValueError):
+    """A number or string outside what a field accepts (the message names the field, the value and the range)."""
