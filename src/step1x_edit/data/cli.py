@@ -5,13 +5,33 @@ from __future__ import annotations
 import argparse
 import json
 
+from ..errors import InvalidValueError
+from ..validate import MAX_SEED, float_argument, int_argument, integer, number, text_argument
+from .limits import (
+    MAX_ASPECT,
+    MAX_CONCURRENCY,
+    MAX_COUNT,
+    MAX_PHOTO_SIDE,
+    MAX_RETRIES,
+    MAX_SAMPLES_PER_SHARD,
+    MAX_SHARD_SIZE,
+    MAX_SHEET_SAMPLES,
+    MAX_SIDE,
+    MAX_TIMEOUT,
+    MAX_WORKERS,
+    MIN_SIDE,
+)
+
 
 def _add_engine(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--engine", choices=("local", "ray"), default="local", help="executor (default: local processes)"
     )
     parser.add_argument(
-        "--workers", type=int, default=None, help="local worker processes (default: all cores)"
+        "--workers",
+        type=int_argument(1, MAX_WORKERS),
+        default=None,
+        help="local worker processes (default: all cores)",
     )
     parser.add_argument(
         "--ray-address", default=None, help="join an existing Ray cluster (e.g. 'auto' or ray://host:10001)"
@@ -30,11 +50,15 @@ def _add_endpoint(parser: argparse.ArgumentParser, required: bool) -> None:
     parser.add_argument(
         "--api-key-env", default="OPENAI_API_KEY", help="environment variable holding the API key"
     )
-    parser.add_argument("--concurrency", type=int, default=8, help="requests in flight per worker")
-    parser.add_argument("--timeout", type=float, default=120.0, help="seconds per request")
+    parser.add_argument(
+        "--concurrency", type=int_argument(1, MAX_CONCURRENCY), default=8, help="requests in flight per worker"
+    )
+    parser.add_argument(
+        "--timeout", type=float_argument(0, MAX_TIMEOUT, low_open=True), default=120.0, help="seconds per request"
+    )
     parser.add_argument(
         "--max-retries",
-        type=int,
+        type=int_argument(0, MAX_RETRIES),
         default=4,
         help="retries per request (timeouts, 429, 5xx, malformed replies)",
     )
@@ -62,24 +86,29 @@ def _endpoint(args):
 
 
 def _parse_resolution(text: str) -> tuple[int, int]:
+    """``N`` or ``MIN-MAX``, each side an integer in [MIN_SIDE, MAX_SIDE]."""
     parts = text.split("-")
     try:
-        values = [int(part) for part in parts]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"resolution must be N or MIN-MAX, got {text!r}") from None
-    if len(values) not in (1, 2):
-        raise argparse.ArgumentTypeError(f"resolution must be N or MIN-MAX, got {text!r}")
+        values = [integer("side", int(part), MIN_SIDE, MAX_SIDE) for part in parts]
+    except ValueError as error:  # not an integer, or out of range (InvalidValueError is a ValueError)
+        reason = f": {error}" if isinstance(error, InvalidValueError) else ""
+        raise argparse.ArgumentTypeError(f"must be N or MIN-MAX{reason}, got {text!r}") from None
+    if len(values) not in (1, 2) or values[0] > values[-1]:
+        raise argparse.ArgumentTypeError(f"must be N or MIN-MAX with MIN <= MAX, got {text!r}")
     return (values[0], values[-1])
 
 
 def _parse_aspects(text: str) -> tuple[float, ...]:
+    """Comma-separated ``W:H`` (or ``R``) ratios, each finite and in [1/MAX_ASPECT, MAX_ASPECT]."""
     ratios = []
     for part in text.split(","):
         try:
             width, _, height = part.partition(":")
-            ratios.append(float(width) / float(height or 1))
-        except (ValueError, ZeroDivisionError):
-            raise argparse.ArgumentTypeError(f"aspect ratios look like '1:1,4:3,3:4', got {text!r}") from None
+            ratio = number("aspect ratio", float(width) / float(height or 1), 1 / MAX_ASPECT, MAX_ASPECT)
+        except (ValueError, ZeroDivisionError) as error:
+            reason = f": {error}" if isinstance(error, InvalidValueError) else ""
+            raise argparse.ArgumentTypeError(f"aspect ratios look like '1:1,4:3,3:4'{reason}, got {text!r}") from None
+        ratios.append(ratio)
     return tuple(ratios)
 
 
@@ -262,10 +291,10 @@ def register(subcommands: argparse._SubParsersAction) -> None:
         "generate", help="generate synthetic triplets (or model-free edits of a photo folder)"
     )
     generate.add_argument(
-        "--tasks", default="all", help=f"'all' or a comma-separated subset of: {', '.join(TASKS)}"
+        "--tasks", type=text_argument(2000), default="all", help=f"'all' or a comma-separated subset of: {', '.join(TASKS)}"
     )
     generate.add_argument(
-        "--count", type=int, default=None, help="number of triplets (the task of sample i is tasks[i %% n])"
+        "--count", type=int_argument(1, MAX_COUNT), default=None, help="number of triplets (the task of sample i is tasks[i %% n])"
     )
     generate.add_argument(
         "--out", required=True, help="output store directory (rerun the same command to resume)"
@@ -282,15 +311,19 @@ def register(subcommands: argparse._SubParsersAction) -> None:
         default=(1.0,),
         help="aspect ratios W:H, comma-separated (default 1:1)",
     )
-    generate.add_argument("--seed", type=int, default=0)
-    generate.add_argument("--shard-size", type=int, default=256, help="samples per Parquet shard")
+    generate.add_argument("--seed", type=int_argument(0, MAX_SEED), default=0)
+    generate.add_argument(
+        "--shard-size", type=int_argument(1, MAX_SHARD_SIZE), default=256, help="samples per Parquet shard"
+    )
     generate.add_argument(
         "--antialias", action="store_true", help="smooth edges (drawn at 2x, averaged down)"
     )
     generate.add_argument(
         "--photos", default=None, help="folder of photos: make tone/style triplets from them instead"
     )
-    generate.add_argument("--license", default=None, help="licence recorded for --photos sources")
+    generate.add_argument(
+        "--license", type=text_argument(200), default=None, help="licence recorded for --photos sources"
+    )
     generate.add_argument(
         "--regions",
         default=None,
@@ -304,7 +337,7 @@ def register(subcommands: argparse._SubParsersAction) -> None:
     )
     annotate.add_argument("input", help="input store")
     annotate.add_argument("--out", required=True, help="output store")
-    annotate.add_argument("--actors", type=int, default=1, help="model actors (Ray engine)")
+    annotate.add_argument("--actors", type=int_argument(1, MAX_WORKERS), default=1, help="model actors (Ray engine)")
     _add_endpoint(annotate, required=True)
     _add_engine(annotate)
     annotate.set_defaults(handler=_annotate)
@@ -314,20 +347,22 @@ def register(subcommands: argparse._SubParsersAction) -> None:
     )
     filter_.add_argument("input", help="input store")
     filter_.add_argument("--out", required=True, help="output store")
-    filter_.add_argument("--min-side", type=int, default=64)
+    filter_.add_argument(
+        "--min-side", type=int_argument(1, MAX_PHOTO_SIDE), default=64, help="smallest image side accepted"
+    )
     filter_.add_argument(
         "--max-outside-change",
-        type=float,
+        type=float_argument(0, 1),
         default=0.0,
         help="largest changed fraction allowed outside the mask",
     )
     filter_.add_argument(
-        "--min-score", type=float, default=6.0, help="MLLM score below which a sample is rejected"
+        "--min-score", type=float_argument(0, 10), default=6.0, help="MLLM score below which a sample is rejected"
     )
     filter_.add_argument(
         "--language", choices=("en", "zh"), default="en", help="instruction shown to the verifier"
     )
-    filter_.add_argument("--actors", type=int, default=1, help="model actors (Ray engine)")
+    filter_.add_argument("--actors", type=int_argument(1, MAX_WORKERS), default=1, help="model actors (Ray engine)")
     _add_endpoint(filter_, required=False)
     _add_engine(filter_)
     filter_.set_defaults(handler=_filter)
@@ -335,8 +370,10 @@ def register(subcommands: argparse._SubParsersAction) -> None:
     inspect = commands.add_parser("inspect", help="counts per task, rejects, and a contact sheet PNG")
     inspect.add_argument("store")
     inspect.add_argument("--sheet", default=None, help="contact sheet path (default STORE/contact_sheet.png)")
-    inspect.add_argument("--samples", type=int, default=12, help="samples on the contact sheet")
-    inspect.add_argument("--seed", type=int, default=0)
+    inspect.add_argument(
+        "--samples", type=int_argument(1, MAX_SHEET_SAMPLES), default=12, help="samples on the contact sheet"
+    )
+    inspect.add_argument("--seed", type=int_argument(0, MAX_SEED), default=0)
     inspect.add_argument("--json", action="store_true", help="print the summary as JSON")
     inspect.set_defaults(handler=_inspect)
 
@@ -351,9 +388,14 @@ def register(subcommands: argparse._SubParsersAction) -> None:
     )
     export.add_argument("--split", choices=("all", "train", "validation"), default="all")
     export.add_argument(
-        "--validation-fraction", type=float, default=0.05, help="share of samples (by id hash) in validation"
+        "--validation-fraction",
+        type=float_argument(0, 1),
+        default=0.05,
+        help="share of samples (by id hash) in validation"
     )
-    export.add_argument("--samples-per-shard", type=int, default=1000)
+    export.add_argument(
+        "--samples-per-shard", type=int_argument(1, MAX_SAMPLES_PER_SHARD), default=1000, help="samples per tar"
+    )
     export.add_argument("--include-rejected", action="store_true")
     export.add_argument(
         "--relative-paths",
@@ -367,11 +409,13 @@ def register(subcommands: argparse._SubParsersAction) -> None:
     import_.add_argument("source", help="metadata JSON file or pair folder")
     import_.add_argument("--format", choices=("official-json", "pairs"), required=True)
     import_.add_argument("--out", required=True)
-    import_.add_argument("--task", default="unknown", help="task recorded for every sample")
+    import_.add_argument(
+        "--task", type=text_argument(100, allow_empty=False), default="unknown", help="task recorded for every sample"
+    )
     import_.add_argument(
         "--language", choices=("en", "zh"), default="en", help="language of the captions (official-json)"
     )
-    import_.add_argument("--license", default=None)
+    import_.add_argument("--license", type=text_argument(200), default=None, help="licence recorded for every sample")
     import_.add_argument(
         "--image-dir", default=None, help="official-json: base of relative paths (default: its folder)"
     )
@@ -381,6 +425,6 @@ def register(subcommands: argparse._SubParsersAction) -> None:
 
     examples = commands.add_parser("examples", help="write example source images with suggested instructions")
     examples.add_argument("--out", required=True)
-    examples.add_argument("--resolution", type=int, default=256)
+    examples.add_argument("--resolution", type=int_argument(MIN_SIDE, MAX_SIDE), default=256, help="image side")
     examples.add_argument("--antialias", action="store_true", help="smooth edges (match the training data)")
     examples.set_defaults(handler=_examples)

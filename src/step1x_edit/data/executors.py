@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import multiprocessing
 import os
 import pickle
+import threading
+import time
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
@@ -23,9 +26,13 @@ import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
 from ..errors import Step1XEditError
+from ..validate import integer
+from .limits import MAX_WORKERS
 from .records import table_to_records
 from .stages import BatchFn, Pipeline, Record, apply_stage, check_batch
-from .store import Store
+from .store import NOT_WRITTEN, Store
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -47,8 +54,17 @@ class ShardSpec:
 
 
 def pending_shards(store: Store, shards: Sequence[ShardSpec]) -> list[ShardSpec]:
-    """The shards that have no valid completion marker yet."""
-    return [shard for shard in shards if not store.is_done(shard.name, shard.key)]
+    """The shards not yet complete and intact. One that exists but is damaged (its file missing, truncated or not
+    matching the sha256 in its marker, its marker garbled) or made from other input is logged as rebuilt."""
+    todo = []
+    for shard in shards:
+        problem = store.shard_problem(shard.name, shard.key)
+        if problem is None:
+            continue
+        if problem != NOT_WRITTEN:
+            logger.warning("rebuilding shard %s of %s: %s", shard.name, store.root, problem)
+        todo.append(shard)
+    return todo
 
 
 def run_pipeline(
@@ -63,7 +79,7 @@ def run_pipeline(
     names = [shard.name for shard in shards]
     if len(set(names)) != len(names):
         raise ValueError("shard names must be unique")
-    store.remove_stale(set(names))
+    store.set_shards(names)
     todo = pending_shards(store, shards)
     if not todo:
         return []
@@ -72,9 +88,22 @@ def run_pipeline(
 
 # -- local -----------------------------------------------------------------------------------------------
 _WORKER_FNS: list[BatchFn] | None = None
+# How often a worker checks that the process that started it is still there (seconds).
+_PARENT_POLL = 0.2
 
 
-def _init_worker(pipeline: Pipeline) -> None:
+def _exit_with_parent(parent_pid: int) -> None:
+    """End this worker process once ``parent_pid`` is no longer its parent: the parent is gone (even killed by
+    SIGKILL, which runs no cleanup) and the worker was re-parented. Its unfinished shard stays a temporary file
+    that the next run deletes."""
+    while os.getppid() == parent_pid:
+        time.sleep(_PARENT_POLL)
+    os._exit(1)
+
+
+def _init_worker(pipeline: Pipeline, parent_pid: int) -> None:
+    # First, so that a worker whose parent dies while it builds its stages (loads a model) ends too.
+    threading.Thread(target=_exit_with_parent, args=(parent_pid,), name="exit-with-parent", daemon=True).start()
     global _WORKER_FNS
     _WORKER_FNS = [stage.build() for stage in pipeline.stages]
 
@@ -97,8 +126,8 @@ class LocalExecutor:
     """Runs shards in ``workers`` processes (default: all cores); ``workers=1`` runs in this process."""
 
     def __init__(self, workers: int | None = None):
-        if workers is not None and workers < 1:
-            raise ValueError(f"workers must be >= 1, got {workers}")
+        if workers is not None:
+            integer("workers", workers, 1, MAX_WORKERS)
         self.workers = workers or os.cpu_count() or 1
 
     def run(self, pipeline: Pipeline, shards: Sequence[ShardSpec], store: Store, progress: bool = True):
@@ -112,13 +141,14 @@ class LocalExecutor:
                     bar.update(markers[-1]["rows"])
                 return markers
             # Model stages may hold CUDA or threaded runtimes that do not survive fork: start clean processes.
+            # Either way this process is the workers' parent (not a fork server), which they watch to end with it.
             needs_spawn = any(stage.resources.model for stage in pipeline.stages)
-            context = multiprocessing.get_context("spawn") if needs_spawn else None
+            context = multiprocessing.get_context("spawn" if needs_spawn else "fork")
             with ProcessPoolExecutor(
                 max_workers=min(self.workers, len(shards)),
                 mp_context=context,
                 initializer=_init_worker,
-                initargs=(pipeline,),
+                initargs=(pipeline, os.getpid()),
             ) as pool:
                 futures = [pool.submit(_process_shard_in_worker, pipeline, shard, store) for shard in shards]
                 for future in as_completed(futures):
@@ -187,6 +217,8 @@ class RayExecutor:
     ``"ray://host:10001"`` joins an existing cluster (whose workers must see the output directory)."""
 
     def __init__(self, address: str | None = None, num_cpus: int | None = None):
+        if num_cpus is not None:
+            integer("num_cpus", num_cpus, 1, MAX_WORKERS)
         self.address = address
         self.num_cpus = num_cpus
 

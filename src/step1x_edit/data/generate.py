@@ -17,9 +17,11 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import DataFormatError
+from ..validate import MAX_SEED, integer, number
 from .errors import DataConfigError
 from .executors import LocalExecutor, RayExecutor, ShardSpec, run_pipeline
-from .records import make_record, stable_hash, stable_int
+from .limits import MAX_ASPECT, MAX_COUNT, MAX_PHOTO_SIDE, MAX_SHARD_SIZE, MAX_SIDE, MIN_SIDE
+from .records import json_type, make_record, stable_hash, stable_int, string_field
 from .stages import Pipeline, Record, Stage
 from .store import Store, deduplicate
 from .synthetic.generators import TASKS, generate_sample
@@ -62,14 +64,17 @@ class SyntheticConfig:
 
     def __post_init__(self) -> None:
         parse_tasks(self.tasks)
-        if self.shard_size < 1:
-            raise DataConfigError(f"shard_size must be >= 1, got {self.shard_size}")
-        if self.resolution[0] < 64 or self.resolution[1] < self.resolution[0]:
-            raise DataConfigError(
-                f"resolution must be a range (min, max) with min >= 64, got {self.resolution}"
-            )
-        if not self.aspect_ratios or any(ratio <= 0 for ratio in self.aspect_ratios):
-            raise DataConfigError(f"aspect ratios must be positive, got {self.aspect_ratios}")
+        integer("shard_size", self.shard_size, 1, MAX_SHARD_SIZE)
+        integer("seed", self.seed, 0, MAX_SEED)
+        if not isinstance(self.resolution, (tuple, list)) or len(self.resolution) != 2:
+            raise DataConfigError(f"resolution must be a range (min, max), got {self.resolution!r}")
+        low, high = (integer("resolution", side, MIN_SIDE, MAX_SIDE) for side in self.resolution)
+        if high < low:
+            raise DataConfigError(f"resolution must be a range (min, max) with min <= max, got {self.resolution}")
+        if not self.aspect_ratios:
+            raise DataConfigError("aspect ratios must not be empty")
+        for ratio in self.aspect_ratios:
+            number("aspect ratio", ratio, 1 / MAX_ASPECT, MAX_ASPECT)
 
 
 class RenderSynthetic:
@@ -125,8 +130,7 @@ def synthetic_pipeline(config: SyntheticConfig) -> tuple[Pipeline, str]:
 
 def plan_synthetic(count: int, config: SyntheticConfig, config_hash: str) -> list[ShardSpec]:
     """Shards of seed records for samples ``0 .. count-1``."""
-    if count < 1:
-        raise DataConfigError(f"count must be >= 1, got {count}")
+    integer("count", count, 1, MAX_COUNT)
     shards = []
     for start in range(0, count, config.shard_size):
         indices = range(start, min(count, start + config.shard_size))
@@ -155,8 +159,7 @@ def generate_dataset(
     progress: bool = True,
 ) -> Store:
     """Generate ``count`` synthetic triplets into ``out_dir`` (resumable; see the module docstring)."""
-    if count < 1:
-        raise DataConfigError(f"count must be >= 1, got {count}")
+    integer("count", count, 1, MAX_COUNT)
     pipeline, config_hash = synthetic_pipeline(config)
     manifest = {
         "config_hash": config_hash,
@@ -247,6 +250,9 @@ def generate_from_photos(
     progress: bool = True,
 ) -> Store:
     """One tone and/or style triplet per photo of ``photo_dir`` (recursively), no model needed."""
+    integer("seed", seed, 0, MAX_SEED)
+    integer("max_side", max_side, MIN_SIDE, MAX_PHOTO_SIDE)
+    integer("shard_size", shard_size, 1, MAX_SHARD_SIZE)
     allowed = {"tone_transformation", "style_transfer"}
     if not set(tasks) <= allowed:
         raise DataConfigError(f"photo folders support {sorted(allowed)} without a model; got {list(tasks)}")
@@ -388,25 +394,31 @@ def generate_region_edits(
 
     Pixels outside the mask (or box) stay identical; ``license`` may be given per line.
     """
+    integer("max_side", max_side, MIN_SIDE, MAX_PHOTO_SIDE)
+    integer("shard_size", shard_size, 1, MAX_SHARD_SIZE)
     spec = Path(spec_path)
     try:
         lines = spec.read_text(encoding="utf-8").splitlines()
     except OSError as error:
-        raise DataFormatError(f"cannot read region-edit spec {spec}: {error}") from error
+        raise DataFormatError(f"cannot read region-edit spec {spec}: {error.strerror or error}") from None
+    except UnicodeDecodeError as error:
+        raise DataFormatError(f"region-edit spec {spec} is not UTF-8 text (byte {error.start})") from None
     items = []
-    for number, line in enumerate(lines, 1):
+    for line_number, line in enumerate(lines, 1):
         if not line.strip():
             continue
-        where = f"{spec}:{number}"
+        where = f"{spec}:{line_number}"
         try:
             entry = json.loads(line)
         except json.JSONDecodeError as error:
-            raise DataFormatError(f"{where}: not JSON: {error}") from error
+            raise DataFormatError(f"{where}: not JSON: {error}") from None
+        if not isinstance(entry, dict):
+            raise DataFormatError(f"{where}: expected a JSON object, got {json_type(entry)}")
         task = entry.get("task")
         required = {
             "color_alteration": ("image", "mask", "color"),
             "text_modification": ("image", "box", "text"),
-        }.get(task)
+        }.get(task) if isinstance(task, str) else None
         if required is None:
             raise DataFormatError(
                 f"{where}: task must be color_alteration or text_modification, got {task!r}"
@@ -414,12 +426,27 @@ def generate_region_edits(
         missing = [key for key in required if key not in entry]
         if missing:
             raise DataFormatError(f"{where}: {task} needs {', '.join(missing)}")
+        for field in ("image", "mask", "color", "text", "old_text", "object", "object_zh", "license"):
+            if field in entry:
+                string_field(entry, field, where)
         if task == "color_alteration" and entry["color"] not in REGION_COLORS:
             raise DataFormatError(
                 f"{where}: color must be one of {', '.join(REGION_COLORS)}, got {entry['color']!r}"
             )
-        if task == "text_modification" and (not isinstance(entry["box"], list) or len(entry["box"]) != 4):
-            raise DataFormatError(f"{where}: box must be [x0, y0, x1, y1]")
+        if task == "text_modification":
+            box = entry["box"]
+            if not (
+                isinstance(box, list)
+                and len(box) == 4
+                and all(type(value) is int and value >= 0 for value in box)
+                and box[0] < box[2]
+                and box[1] < box[3]
+            ):
+                raise DataFormatError(
+                    f"{where}: box must be [x0, y0, x1, y1] in pixels with x0 < x1 and y0 < y1, got {box!r}"
+                )
+            if not entry["text"].strip():
+                raise DataFormatError(f"{where}: text is empty")
         item = {key: value for key, value in entry.items() if key != "image"}
         item["path"] = str(spec.parent / entry["image"])
         if "mask" in item:
@@ -469,6 +496,7 @@ def transform_store(
     parent = source.manifest()
     if Path(input_dir).resolve() == Path(out_dir).resolve():
         raise DataFormatError("the output store must be a different directory from the input store")
+    inputs = source.shards(verify=True)  # a damaged input shard is named here, not half-read by a worker
     config_hash = pipeline.config_hash({"parent": parent["config_hash"], **(extra or {})})
     manifest = {
         "config_hash": config_hash,
@@ -483,7 +511,7 @@ def transform_store(
             stable_hash(info.key, info.rows, _file_sha(source.marker_path(info.name))),
             input_path=str(info.path),
         )
-        for info in source.shards()
+        for info in inputs
     ]
     run_pipeline(pipeline, shards, store, executor, progress)
     return store

@@ -20,8 +20,10 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from ..errors import DataFormatError
-from .records import make_record, split_of, stable_hash
-from .store import Store, deduplicate
+from ..validate import integer
+from .limits import MAX_SAMPLES_PER_SHARD, MAX_SHARD_SIZE
+from .records import json_type, make_record, split_of, stable_hash, string_field
+from .store import Store, deduplicate, make_folder
 
 IMPORT_GENERATOR = "step1x-edit-import"
 IMPORT_VERSION = "1.0"
@@ -49,9 +51,9 @@ def export_webdataset(
 ) -> list[Path]:
     """Write ``shard-XXXXX.tar`` files; each sample is ``KEY.src.png``, ``KEY.tgt.png``, optional
     ``KEY.mask.png`` and ``KEY.json`` (instructions, task, scores, provenance). Returns the tar paths."""
+    samples_per_shard = integer("samples_per_shard", samples_per_shard, 1, MAX_SAMPLES_PER_SHARD)
     store = Store(store_dir)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = make_folder(out_dir, "output folder")
     paths: list[Path] = []
     tar: tarfile.TarFile | None = None
     count = 0
@@ -96,10 +98,14 @@ def export_webdataset(
                 info.size = len(data)
                 tar.addfile(info, io.BytesIO(data))
             count += 1
-    finally:
+    except BaseException:  # a damaged shard or an interrupt: no half-written tar under a final name
         if tar is not None:
             tar.close()
-            os.replace(paths[-1].with_suffix(".tar.tmp"), paths[-1])
+            paths[-1].with_suffix(".tar.tmp").unlink(missing_ok=True)
+        raise
+    if tar is not None:
+        tar.close()
+        os.replace(paths[-1].with_suffix(".tar.tmp"), paths[-1])
     return paths
 
 
@@ -120,9 +126,8 @@ def export_official_json(
     if language not in ("en", "zh"):
         raise ValueError(f"language must be 'en' or 'zh', got {language!r}")
     store = Store(store_dir)
-    out = Path(out_dir)
-    images = out / "images"
-    images.mkdir(parents=True, exist_ok=True)
+    out = make_folder(out_dir, "output folder")
+    make_folder(out / "images", "image folder")
     metadata: dict[str, dict[str, str]] = {}
     for record in tqdm(
         _accepted(store, include_rejected, split, validation_fraction),
@@ -144,20 +149,30 @@ def export_official_json(
     return path
 
 
+def _read_lines(path: Path) -> list[str]:
+    try:
+        return path.read_text(encoding="utf-8").splitlines()
+    except OSError as error:
+        raise DataFormatError(f"cannot read {path}: {error.strerror or error}") from None
+    except UnicodeDecodeError as error:
+        raise DataFormatError(f"{path} is not UTF-8 text (byte {error.start})") from None
+
+
 def _write_import(
     out_dir, records: list[dict[str, Any]], fingerprint: dict[str, Any], shard_size: int, overwrite: bool
 ) -> Store:
+    shard_size = integer("shard_size", shard_size, 1, MAX_SHARD_SIZE)
     config_hash = stable_hash(fingerprint, length=12)
     store = Store.create(
         out_dir, {"config_hash": config_hash, "generator": IMPORT_GENERATOR, "config": fingerprint}, overwrite
     )
-    names = []
-    for start in range(0, len(records), shard_size):
-        name = f"part-{start // shard_size:05d}"
-        names.append(name)
+    starts = range(0, len(records), shard_size)
+    store.set_shards([f"part-{start // shard_size:05d}" for start in starts])
+    for start in starts:
         chunk = records[start : start + shard_size]
-        store.write_shard(name, chunk, stable_hash([r["sample_id"] for r in chunk]), config_hash)
-    store.remove_stale(set(names))
+        store.write_shard(
+            f"part-{start // shard_size:05d}", chunk, stable_hash([r["sample_id"] for r in chunk]), config_hash
+        )
     deduplicate(store)
     return store
 
@@ -216,11 +231,15 @@ def import_official_json(
     path = Path(json_path)
     base = Path(image_dir) if image_dir is not None else path.parent
     try:
-        metadata = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as error:
-        raise DataFormatError(f"cannot read metadata JSON {path}: {error}") from error
+        metadata = json.loads(path.read_bytes())
+    except OSError as error:
+        raise DataFormatError(f"cannot read metadata JSON {path}: {error.strerror or error}") from None
+    except ValueError as error:  # not JSON, or not UTF-8
+        raise DataFormatError(f"{path} is not valid JSON: {error}") from None
     if not isinstance(metadata, dict):
-        raise DataFormatError(f"{path} must map target paths to {{'ref_image_path', 'caption'}} objects")
+        raise DataFormatError(
+            f"{path} must map target paths to {{'ref_image_path', 'caption'}} objects, got {json_type(metadata)}"
+        )
     fingerprint = {
         "kind": "official-json",
         "path": str(path.resolve()),
@@ -231,9 +250,15 @@ def import_official_json(
     fp_hash = stable_hash(fingerprint, length=12)
     records = []
     for target, entry in tqdm(sorted(metadata.items()), disable=not progress, unit="sample"):
-        if not isinstance(entry, dict) or "ref_image_path" not in entry or "caption" not in entry:
-            raise DataFormatError(f"{path}: entry {target!r} needs 'ref_image_path' and 'caption'")
-        caption = str(entry["caption"])
+        where = f"{path}: entry {target!r}"
+        if not isinstance(entry, dict):
+            raise DataFormatError(f"{where} must be an object with 'ref_image_path' and 'caption', got "
+                                  f"{json_type(entry)}")
+        for field in ("ref_image_path", "caption"):
+            if field not in entry:
+                raise DataFormatError(f"{where} lacks '{field}'")
+            string_field(entry, field, where)
+        caption = entry["caption"]
         en, zh = (caption, "") if language == "en" else ("", caption)
         records.append(
             _import_record(
@@ -268,15 +293,20 @@ def import_pair_folder(
     instructions: dict[str, dict[str, Any]] = {}
     listing = root / "instructions.jsonl"
     if listing.is_file():
-        for number, line in enumerate(listing.read_text(encoding="utf-8").splitlines(), 1):
-            if line.strip():
-                try:
-                    entry = json.loads(line)
-                    instructions[str(entry["name"])] = entry
-                except (json.JSONDecodeError, KeyError, TypeError) as error:
-                    raise DataFormatError(
-                        f"{listing}:{number}: expected a JSON object with 'name': {error}"
-                    ) from error
+        for number, line in enumerate(_read_lines(listing), 1):
+            if not line.strip():
+                continue
+            where = f"{listing}:{number}"
+            try:
+                entry = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise DataFormatError(f"{where}: not JSON: {error}") from None
+            if not isinstance(entry, dict) or "name" not in entry:
+                raise DataFormatError(f"{where}: expected a JSON object with 'name', got {json_type(entry)}")
+            for field in ("name", "instruction_en", "instruction_zh", "task"):
+                if field in entry:
+                    string_field(entry, field, where)
+            instructions[entry["name"]] = entry
     fingerprint = {"kind": "pair-folder", "path": str(root.resolve()), "task": task, "license": license}
     fp_hash = stable_hash(fingerprint, length=12)
     records = []

@@ -146,6 +146,30 @@ def make_record(
     }
 
 
+def json_type(value: Any) -> str:
+    """How JSON spells the type of ``value``, for messages about a field of the wrong type."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return f"the number {value}"
+    return {dict: "an object", list: "a list", str: "a string"}.get(type(value), type(value).__name__)
+
+
+def string_field(entry: dict[str, Any], field: str, where: str) -> str:
+    """``entry[field]`` when it is a string of valid UTF-8 text; otherwise a :class:`DataFormatError` naming
+    ``where`` (file and line, or record) and the field. A ``null`` is refused too: leave the field out instead."""
+    value = entry[field]
+    if not isinstance(value, str):
+        raise DataFormatError(f"{where}: '{field}' must be a string, got {json_type(value)}")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise DataFormatError(f"{where}: '{field}' is not valid UTF-8 text (a lone surrogate escape)") from None
+    return value
+
+
 def records_to_table(records: list[dict[str, Any]]) -> pa.Table:
     """Arrow table in :data:`SCHEMA` from records (extra keys are an error, missing optional keys are null)."""
     rows = []

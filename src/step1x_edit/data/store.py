@@ -2,13 +2,15 @@
 
 Layout of a store directory::
 
-    store.json                    what produced it: generator, pipeline fingerprint, config hash
+    store.json                    what produced it: generator, pipeline fingerprint, config hash, shard names
     shards/part-00000.parquet     rows in :data:`~step1x_edit.data.records.SCHEMA`
     shards/part-00000.done.json   completion marker: row count, input key, config hash, file sha256
 
 A shard is written to a temporary name and renamed, then its marker is written the same way. A shard counts
-as done only when its marker exists and matches the current config hash and input key, so an interrupted run
-rerun with the same command redoes exactly the unfinished shards: nothing lost, nothing duplicated.
+as done only when its marker is well-formed, matches the current config hash and input key, and vouches for the
+file on disk (same row count and sha256), so an interrupted run rerun with the same command redoes exactly the
+unfinished or damaged shards: nothing lost, nothing duplicated. Readers check every listed shard first and
+name the missing or damaged ones instead of reading less.
 """
 
 from __future__ import annotations
@@ -17,21 +19,30 @@ import hashlib
 import json
 import os
 import random
+import re
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
 from ..errors import DataFormatError
+from ..validate import MAX_SEED, integer
+from .limits import MAX_SHEET_SAMPLES
 from .records import COLUMNS, decode_png, records_to_table, split_of, table_to_records
 
 STORE_FORMAT = "step1x-edit-store/1"
 MANIFEST = "store.json"
 SHARD_DIR = "shards"
+# What :meth:`Store.shard_problem` says of a shard none of whose files exist yet.
+NOT_WRITTEN = "not written yet"
+_SHARD_NAME = re.compile(r"[A-Za-z0-9_-]+")
+# How many shard problems one error message lists before it counts the rest.
+_LISTED = 5
 
 
 def _atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -41,6 +52,27 @@ def _atomic_write_bytes(path: Path, data: bytes) -> None:
         handle.flush()
         os.fsync(handle.fileno())
     os.replace(temporary, path)
+
+
+def make_folder(path: str | os.PathLike, what: str) -> Path:
+    """``path`` as a folder, created if needed; a clear error when it is an existing file (``what`` names it in
+    the message, e.g. "output store") or cannot be created."""
+    folder = Path(path)
+    if folder.exists() and not folder.is_dir():
+        raise DataFormatError(f"{what} {folder} is a file, not a folder; give a folder path")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise DataFormatError(f"cannot create {what} {folder}: {error.strerror or error}") from None
+    return folder
+
+
+def _is_count(value) -> bool:
+    return type(value) is int and value >= 0
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -66,22 +98,25 @@ class Store:
         """Create ``root`` for ``manifest`` (must hold ``config_hash``), or reopen it when it was made by the same
         config. A directory made by a different config is refused unless ``overwrite`` (which clears shards)."""
         store = cls(root)
-        store.shard_dir.mkdir(parents=True, exist_ok=True)
+        make_folder(store.root, "output store")
+        make_folder(store.shard_dir, "shard folder")
         manifest_path = store.root / MANIFEST
         if manifest_path.exists():
             existing = store.manifest()
-            if existing.get("config_hash") != manifest["config_hash"]:
+            if existing["config_hash"] != manifest["config_hash"]:
                 if not overwrite:
                     raise DataFormatError(
                         f"{store.root} holds a dataset made with a different configuration "
-                        f"(config hash {existing.get('config_hash')} vs {manifest['config_hash']}); "
+                        f"(config hash {existing['config_hash']} vs {manifest['config_hash']}); "
                         "use another output directory or pass --overwrite"
                     )
                 for path in store.shard_dir.iterdir():
                     path.unlink()
-        payload = {"format": STORE_FORMAT, **manifest}
-        _atomic_write_bytes(manifest_path, json.dumps(payload, indent=2, sort_keys=True).encode("utf-8"))
+        store._write_manifest({"format": STORE_FORMAT, **manifest})
         return store
+
+    def _write_manifest(self, manifest: dict[str, Any]) -> None:
+        _atomic_write_bytes(self.root / MANIFEST, json.dumps(manifest, indent=2, sort_keys=True).encode("utf-8"))
 
     def manifest(self) -> dict[str, Any]:
         path = self.root / MANIFEST
@@ -90,11 +125,19 @@ class Store:
                 f"{self.root} is not a data store (no {MANIFEST}); create one with `data generate`"
             )
         try:
-            manifest = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as error:
-            raise DataFormatError(f"{path} is not valid JSON: {error}") from error
-        if manifest.get("format") != STORE_FORMAT:
-            raise DataFormatError(f"{path} has format {manifest.get('format')!r}, expected {STORE_FORMAT!r}")
+            manifest = json.loads(path.read_bytes())
+        except ValueError as error:  # not JSON, or not UTF-8
+            raise DataFormatError(f"{path} is not valid JSON: {error}") from None
+        if not isinstance(manifest, dict) or manifest.get("format") != STORE_FORMAT:
+            found = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
+            raise DataFormatError(f"{path} has format {found!r}, expected {STORE_FORMAT!r}")
+        if not isinstance(manifest.get("config_hash"), str):
+            raise DataFormatError(f"{path} lacks its config_hash")
+        names = manifest.get("shards")
+        if names is not None and not (
+            isinstance(names, list) and all(isinstance(n, str) and _SHARD_NAME.fullmatch(n) for n in names)
+        ):
+            raise DataFormatError(f"{path}: 'shards' must be a list of shard names like 'part-00000'")
         return manifest
 
     @property
@@ -108,16 +151,50 @@ class Store:
     def marker_path(self, name: str) -> Path:
         return self.shard_dir / f"{name}.done.json"
 
-    def is_done(self, name: str, key: str) -> bool:
-        """True when shard ``name`` was completed for input ``key`` under the current config hash."""
-        marker = self.marker_path(name)
-        if not marker.is_file() or not self.shard_path(name).is_file():
-            return False
+    def _marker(self, name: str) -> dict[str, Any] | None:
+        """The marker of shard ``name`` when it is well-formed, else None: a missing, unreadable or garbled marker
+        vouches for nothing."""
         try:
-            data = json.loads(marker.read_text(encoding="utf-8"))
-        except json.JSONDecodeError:
-            return False
-        return data.get("key") == key and data.get("config_hash") == self.config_hash
+            marker = json.loads(self.marker_path(name).read_bytes())
+        except (OSError, ValueError):  # ValueError: not JSON, or not UTF-8
+            return None
+        well_formed = (
+            isinstance(marker, dict)
+            and marker.get("shard") == name
+            and all(isinstance(marker.get(field), str) for field in ("key", "config_hash", "sha256"))
+            and _is_count(marker.get("rows"))
+        )
+        return marker if well_formed else None
+
+    def _problem(self, name: str, marker: dict[str, Any] | None, verify: bool) -> str | None:
+        """What is wrong with shard ``name`` given its ``marker``, or None when the Parquet file is there with the
+        marker's row count (``verify``: and the marker's sha256, which reads the whole file)."""
+        if marker is None:
+            exists = self.marker_path(name).exists()
+            return "its completion marker is unreadable or garbled" if exists else "it has no completion marker"
+        path = self.shard_path(name)
+        if not path.is_file():
+            return "its Parquet file is missing"
+        try:
+            rows = pq.read_metadata(path).num_rows  # the footer only
+        except Exception:  # pyarrow raises several types for damaged files
+            return "its Parquet file is truncated or not Parquet"
+        if rows != marker["rows"]:
+            return f"its Parquet file holds {rows} rows but its marker says {marker['rows']}"
+        if verify and _sha256(path.read_bytes()) != marker["sha256"]:
+            return "its Parquet file does not match the sha256 in its completion marker"
+        return None
+
+    def shard_problem(self, name: str, key: str) -> str | None:
+        """None when shard ``name`` is complete for input ``key`` under the current config hash and its file
+        matches its marker; otherwise why it must be (re)built (:data:`NOT_WRITTEN` when none of its files
+        exist)."""
+        marker = self._marker(name)
+        if marker is None and not self.marker_path(name).exists() and not self.shard_path(name).exists():
+            return NOT_WRITTEN
+        if marker is not None and (marker["key"] != key or marker["config_hash"] != self.config_hash):
+            return "its input or configuration changed"
+        return self._problem(name, marker, verify=True)
 
     def write_shard(
         self, name: str, records: list[dict[str, Any]], key: str, config_hash: str
@@ -130,48 +207,76 @@ class Store:
         marker.unlink(missing_ok=True)  # a stale marker must never vouch for a new file
         temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
         pq.write_table(table, temporary, compression="zstd")
-        digest = hashlib.sha256(temporary.read_bytes()).hexdigest()
+        digest = _sha256(temporary.read_bytes())
         os.replace(temporary, path)
         info = {"shard": name, "rows": len(records), "key": key, "config_hash": config_hash, "sha256": digest}
         _atomic_write_bytes(marker, json.dumps(info, sort_keys=True).encode("utf-8"))
         return info
 
-    def shards(self) -> list[ShardInfo]:
-        """Completed shards, in name order (unfinished or orphaned files are ignored)."""
-        self.manifest()  # a clear error when this is not a store
-        infos = []
-        for marker in sorted(self.shard_dir.glob("*.done.json")):
-            data = json.loads(marker.read_text(encoding="utf-8"))
-            path = self.shard_path(data["shard"])
-            if path.is_file():
-                infos.append(ShardInfo(data["shard"], path, int(data["rows"]), data["key"]))
-        return infos
-
-    def remove_stale(self, keep: set[str]) -> None:
-        """Delete shards (and their markers and temporaries) whose name is not in ``keep``."""
+    def set_shards(self, names: Sequence[str]) -> None:
+        """Record ``names`` in the manifest as the store's shards (so a reader can tell when one is missing) and
+        delete the files of other shards, and leftover temporaries."""
+        manifest = self.manifest()
+        manifest["shards"] = sorted(names)
+        self._write_manifest(manifest)
+        keep = set(names)
         for path in list(self.shard_dir.iterdir()):
             name = path.name
-            if name.startswith("."):
-                path.unlink(missing_ok=True)
-                continue
             stem = name.removesuffix(".done.json").removesuffix(".parquet")
-            if stem not in keep:
+            if name.startswith(".") or stem not in keep:
                 path.unlink(missing_ok=True)
+
+    def shards(self, verify: bool = False) -> list[ShardInfo]:
+        """The store's shards in name order. Each must have a well-formed marker and its Parquet file with the
+        marker's row count (``verify``: and sha256); otherwise a :class:`DataFormatError` names every missing or
+        damaged shard, so no reader silently reads less than the store holds."""
+        names = self.manifest().get("shards")
+        if names is None:  # a store written before shard names were recorded: the shards on disk
+            on_disk = [*self.shard_dir.glob("*.parquet"), *self.shard_dir.glob("*.done.json")]
+            names = sorted({path.name.removesuffix(".done.json").removesuffix(".parquet") for path in on_disk})
+        infos, problems = [], []
+        for name in names:
+            marker = self._marker(name)
+            problem = self._problem(name, marker, verify)
+            if problem is None:
+                infos.append(ShardInfo(name, self.shard_path(name), marker["rows"], marker["key"]))
+            else:
+                problems.append(f"{name}: {problem}")
+        if problems:
+            listed = "; ".join(problems[:_LISTED])
+            more = f"; and {len(problems) - _LISTED} more" if len(problems) > _LISTED else ""
+            raise DataFormatError(
+                f"{self.root} is incomplete or damaged, {len(problems)} of {len(names)} shards cannot be read "
+                f"({listed}{more}); rerun the command that made it to finish or rebuild them"
+            )
+        return infos
 
     # -- reading ---------------------------------------------------------------------------------------
     def read_shard(self, name: str, columns: list[str] | None = None) -> list[dict[str, Any]]:
+        """The records of shard ``name``. Reading all columns checks the file against its marker's sha256; reading
+        some columns reads only those (the marker's row count was checked by :meth:`shards`)."""
         path = self.shard_path(name)
         try:
-            table = pq.read_table(path, columns=columns)
+            if columns is None:
+                data = path.read_bytes()
+                marker = self._marker(name)
+                if marker is None or _sha256(data) != marker["sha256"]:
+                    raise ValueError("it does not match the sha256 in its completion marker")
+                table = pq.read_table(pa.BufferReader(data))
+            else:
+                table = pq.read_table(path, columns=columns)
         except Exception as error:  # pyarrow raises several types for damaged files
-            raise DataFormatError(f"cannot read shard {path}: {error}") from error
+            message = " ".join(str(error).split())
+            raise DataFormatError(
+                f"cannot read shard {path}: {message}; rerun the command that made the store to rebuild it"
+            ) from None
         missing = set(columns or COLUMNS) - set(table.column_names)
         if missing:
             raise DataFormatError(f"shard {path} lacks columns {sorted(missing)}")
         return table_to_records(table)
 
     def iter_records(self, columns: list[str] | None = None) -> Iterator[dict[str, Any]]:
-        """Every record of every completed shard, in shard order."""
+        """Every record of every shard, in shard order (an error names missing or damaged shards)."""
         for shard in self.shards():
             yield from self.read_shard(shard.name, columns)
 
@@ -247,24 +352,27 @@ def deduplicate(store: Store) -> int:
 
 
 def summarize(store: Store) -> dict[str, Any]:
-    """Counts per task, reject reasons, and totals (reads only small columns)."""
+    """Counts per task, reject reasons, and totals (hashes every shard, then reads only small columns)."""
     per_task: Counter[str] = Counter()
     rejected_per_task: Counter[str] = Counter()
     reasons: Counter[str] = Counter()
     empty_instructions = 0
     total = 0
-    for record in store.iter_records(["task", "reject_reasons", "instruction_en", "instruction_zh"]):
-        total += 1
-        per_task[record["task"]] += 1
-        if record["reject_reasons"]:
-            rejected_per_task[record["task"]] += 1
-            for reason in record["reject_reasons"]:
-                reasons[reason.split(":", 1)[0]] += 1
-        if not (record["instruction_en"] or "").strip() or not (record["instruction_zh"] or "").strip():
-            empty_instructions += 1
+    shards = store.shards(verify=True)  # inspecting a store checks every shard against its checksum
+    columns = ["task", "reject_reasons", "instruction_en", "instruction_zh"]
+    for shard in shards:
+        for record in store.read_shard(shard.name, columns):
+            total += 1
+            per_task[record["task"]] += 1
+            if record["reject_reasons"]:
+                rejected_per_task[record["task"]] += 1
+                for reason in record["reject_reasons"]:
+                    reasons[reason.split(":", 1)[0]] += 1
+            if not (record["instruction_en"] or "").strip() or not (record["instruction_zh"] or "").strip():
+                empty_instructions += 1
     return {
         "total": total,
-        "shards": len(store.shards()),
+        "shards": len(shards),
         "per_task": dict(sorted(per_task.items())),
         "rejected": sum(rejected_per_task.values()),
         "rejected_per_task": dict(sorted(rejected_per_task.items())),
@@ -278,6 +386,13 @@ def contact_sheet(
 ) -> Path:
     """Write a PNG grid of ``count`` random samples (source | target, task and instruction underneath)."""
     from PIL import ImageDraw, ImageFont
+
+    count = integer("count", count, 1, MAX_SHEET_SAMPLES)
+    seed = integer("seed", seed, 0, MAX_SEED)
+    out = Path(path)
+    if out.is_dir():
+        raise DataFormatError(f"contact sheet path {out} is a folder; give a file path such as {out / 'sheet.png'}")
+    make_folder(out.parent, "contact sheet folder")
 
     located = [
         (shard.name, record["sample_id"])
@@ -309,7 +424,5 @@ def contact_sheet(
             sheet.paste(image, (x + offset, y))
         draw.text((x, y + cell + 2), record["task"], fill=(200, 0, 0), font=font)
         draw.text((x, y + cell + 16), (record["instruction_en"] or "")[:52], fill=(0, 0, 0), font=font)
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    sheet.save(out)
+    sheet.save(out, format="PNG")
     return out

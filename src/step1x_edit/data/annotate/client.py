@@ -16,6 +16,8 @@ from typing import Any
 
 from ...chat import backoff_delay, classify, image_part, make_client
 from ...errors import Step1XEditError
+from ...validate import integer, number
+from ..limits import MAX_RETRIES, MAX_TIMEOUT
 
 __all__ = ["AnnotationError", "ChatClient", "ChatEndpoint", "image_part", "parse_json_reply"]
 
@@ -38,6 +40,10 @@ class ChatEndpoint:
     max_backoff: float = 30.0
     temperature: float = 0.0
     max_tokens: int = 512
+
+    def __post_init__(self) -> None:
+        number("timeout", self.timeout, 0, MAX_TIMEOUT, low_open=True)
+        integer("max_retries", self.max_retries, 0, MAX_RETRIES)
 
     def fingerprint(self) -> dict[str, Any]:
         return {

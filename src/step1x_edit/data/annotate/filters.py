@@ -9,6 +9,8 @@ import functools
 import numpy as np
 
 from ...errors import DataFormatError
+from ...validate import integer, number
+from ..limits import MAX_PHOTO_SIDE
 from ..records import decode_png
 from ..stages import Record, Stage
 
@@ -61,6 +63,8 @@ def check_triplets(
 def checks_stage(
     min_side: int = 64, max_outside_change: float = 0.0, languages: tuple[str, ...] = ("en", "zh")
 ) -> Stage:
+    integer("min_side", min_side, 1, MAX_PHOTO_SIDE)
+    number("max_outside_change", max_outside_change, 0, 1)
     config = {"min_side": min_side, "max_outside_change": max_outside_change, "languages": list(languages)}
     return Stage(
         "triplet_checks",

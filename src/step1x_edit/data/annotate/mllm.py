@@ -15,6 +15,8 @@ from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from ...validate import integer, number
+from ..limits import MAX_CONCURRENCY, MAX_WORKERS
 from ..records import decode_png, stable_hash, stable_int
 from ..stages import Record, Resources, Stage
 from .client import AnnotationError, ChatClient, ChatEndpoint, image_part
@@ -254,6 +256,8 @@ def annotate_stage(
     actors: int = 1,
 ) -> Stage:
     """A model stage running :class:`MLLMAnnotator` (``concurrency`` requests in flight per worker)."""
+    integer("concurrency", concurrency, 1, MAX_CONCURRENCY)
+    integer("actors", actors, 1, MAX_WORKERS)
     exemplars = dict(exemplars) if exemplars is not None else None
     config = {
         **endpoint.fingerprint(),
@@ -278,6 +282,9 @@ def verify_stage(
     actors: int = 1,
 ) -> Stage:
     """A model stage running :class:`MLLMVerifier`."""
+    number("min_score", min_score, 0, 10)
+    integer("concurrency", concurrency, 1, MAX_CONCURRENCY)
+    integer("actors", actors, 1, MAX_WORKERS)
     config = {
         **endpoint.fingerprint(),
         "prompt_version": PROMPT_VERSION,

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
-from pathlib import Path
 
+from ...validate import integer
+from ..limits import MAX_SIDE, MIN_SIDE
+from ..store import make_folder
 from .world import Face, Person, Scene, Shape, Sign, render, sign_font_size
 
 
@@ -51,8 +53,8 @@ def render_example_images(
 ) -> list[dict[str, str]]:
     """Write ``NAME.png`` for each example scene and ``examples.json`` listing paths and instructions.
     Use the same ``antialias`` setting as the data a model was trained on, to stay in its distribution."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    integer("resolution", resolution, MIN_SIDE, MAX_SIDE)
+    out = make_folder(out_dir, "output folder")
     entries = []
     for name, scene, en, zh in example_scenes(resolution):
         path = out / f"{name}.png"
