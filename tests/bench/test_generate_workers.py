@@ -46,7 +46,11 @@ def test_a_failed_worker_is_reported(workers, tmp_path, monkeypatch, capsys):
     assert "shard(s) [1] of 3 failed; rerun to resume" in capsys.readouterr().err
 
 
-def test_bad_shard_is_refused(tmp_path, capsys):
-    argv = ["bench", "generate", "--bench", str(tmp_path), "--out", str(tmp_path / "r"), "--shard", "3/3"]
-    assert main(argv) == 2
-    assert "--shard must be I/N with 0 <= I < N" in capsys.readouterr().err
+@pytest.mark.parametrize("shard", ["3/3", "-1/3", "1/0", "²/3", "1/3/4", "a/b", "1/1000000"])
+def test_bad_shard_is_refused(shard, tmp_path, capsys):
+    argv = ["bench", "generate", "--bench", str(tmp_path), "--out", str(tmp_path / "r"), f"--shard={shard}"]
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "argument --shard: must be I/N with 0 <= I < N <= 100000" in err and "Traceback" not in err

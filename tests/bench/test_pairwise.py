@@ -8,6 +8,7 @@ from PIL import Image
 
 from step1x_edit.bench.dataset import load_gedit
 from step1x_edit.bench.generate import generate
+from step1x_edit.bench.judges.base import UnusableReply
 from step1x_edit.bench.judging import RetryPolicy
 from step1x_edit.bench.pairwise import (
     bradley_terry,
@@ -88,7 +89,8 @@ def test_unreadable_verdicts_are_recorded_as_failed_and_left_out(three_models, t
     records = read_pairwise(out)
     failed = [r for r in records if r["status"] == "failed"]
     assert len(failed) == 3 and all(r["key"] == samples[0].key for r in failed)
-    assert failed[0]["games"][0]["attempts"][0]["reply"] == "Both are lovely."
+    assert failed[0]["games"][0]["attempts"][0] == {"reply": "Both are lovely.",
+                                                    "error": "no winner (A, B or tie) in the reply"}
     assert pairwise_summary(records)["games"] == 30
 
 
@@ -106,11 +108,20 @@ def test_bradley_terry_recovers_known_strengths():
 
 @pytest.mark.parametrize(
     ("reply", "winner"),
-    [('{"winner": "B", "reasoning": "x"}', "B"), ('{"winner": "Tie"}', "tie"), ("winner: a\nbecause", "A"),
-     ("I cannot decide.", None), (None, None)],
+    [('{"winner": "B", "reasoning": "x"}', "B"), ('{"winner": "Tie"}', "tie"), ("winner: a\nbecause", "A")],
 )
 def test_winner_parsing(reply, winner):
     assert parse_winner(reply) == winner
+
+
+@pytest.mark.parametrize(
+    ("reply", "reason"),
+    [("I cannot decide.", "no winner"), (None, "empty reply"), ("  ", "empty reply"), ('{"winner": "C"}', "no winner"),
+     ('{"winner": 1}', "no winner"), ("[" * 5000 + "{" + "}", "no winner"), ('{"winner": ' + "9" * 5000 + "}", "no winner")],
+)
+def test_a_reply_without_a_winner_is_unusable_with_a_reason(reply, reason):
+    with pytest.raises(UnusableReply, match=reason):
+        parse_winner(reply)
 
 
 def test_cli_pairwise_over_http_reports_ratings(three_models, gedit_copy, chat_server, tmp_path, capsys):

@@ -29,7 +29,8 @@ def test_random_vlm_reply_is_recorded_as_failed_not_scored(tiny_judge, gedit_cop
     record = read_scores(scores)[0]
     assert record["judge"] == {"kind": "transformers", "model": "tiny-qwen2.5-vl", "endpoint": "in-process"}
     assert record["sc_scores"] is None and record["pq_scores"] is None
-    assert [a["error"] for a in record["attempts"]["sc"]] == ["unparseable reply"] * 2
+    assert all(a["error"] in ("no score in the reply", "empty reply") for a in record["attempts"]["sc"])
+    assert len(record["attempts"]["sc"]) == 2
     assert all(isinstance(a["reply"], str) for a in record["attempts"]["pq"])
     stats = compute_statistics(read_scores(scores))
     assert stats.counts["en"]["full"]["color_alter"] == {"scored": 0, "failed": 1}

@@ -3,6 +3,7 @@
 import pytest
 from PIL import Image
 
+from step1x_edit.bench.judges.base import UnusableReply
 from step1x_edit.bench.viescore import (
     parse_scores,
     prepare_images,
@@ -22,9 +23,10 @@ from step1x_edit.protocol import protocol_sha256, protocol_text
         ('||V^=^V||\n{"score": [5, 6], "reasoning": "x"}\n||V^=^V||', [5, 6]),
         ("{score: [4, 8], reasoning: 'fine',}", [4, 8]),  # unquoted keys, single quotes, trailing comma
         ('{"score": 6, "reasoning": "scalar"}', [6]),
-        ('{"score": ["8", "7"], "reasoning": "strings"}', [8, 7]),
         ("[2, 9]", [2, 9]),
         (" 10 ", [10]),
+        ('{"score": [7.0, 2.5]}', [7, 2.5]),
+        ('{"score": [0, 10]}', [0, 10]),
     ],
 )
 def test_well_formed_and_repairable_replies_are_read(reply, scores):
@@ -32,22 +34,35 @@ def test_well_formed_and_repairable_replies_are_read(reply, scores):
 
 
 @pytest.mark.parametrize(
-    "reply",
+    ("reply", "reason"),
     [
-        None,
-        "",
-        "I'm sorry, but I can't help with evaluating these images.",
-        '{"score": [7, oops',
-        '{"reasoning": "no score key"}',
-        '{"score": [], "reasoning": "empty"}',
-        '{"score": [11, 3], "reasoning": "out of range"}',
-        '{"score": [-1, 3], "reasoning": "negative"}',
-        "Score: 7 out of 10",
-        "42",
+        (None, "empty reply"),
+        ("", "empty reply"),
+        ("I'm sorry, but I can't help with evaluating these images.", "no score"),
+        ('{"score": [7, oops', "no score"),
+        ('{"reasoning": "no score key"}', 'no "score"'),
+        ('{"score": [], "reasoning": "empty"}', "list of 1 to 2 scores"),
+        ('{"score": [1, 2, 3]}', "list of 1 to 2 scores"),
+        ('{"score": [11, 3], "reasoning": "out of range"}', r"score\[0\] must be a number from 0 to 10, got 11"),
+        ('{"score": [-1, 3], "reasoning": "negative"}', r"score\[0\] .* got -1"),
+        ('{"score": [7, 1e308]}', r"score\[1\] .* got 1e\+308"),
+        ('{"score": [7, NaN]}', r"score\[1\] .* got nan"),
+        ('{"score": [7, Infinity]}', r"score\[1\] .* got inf"),
+        ('{"score": ["8", "7"], "reasoning": "strings"}', r"score\[0\] .* got '8'"),
+        ('{"score": "7"}', r"score\[0\] .* got '7'"),
+        ('{"score": [true, 5]}', r"score\[0\] .* got True"),
+        ('{"score": [null, 5]}', r"score\[0\] .* got None"),
+        ('{"score": [[7], 5]}', r"score\[0\] .* got \[7\]"),
+        ('{"score": [' + "9" * 5000 + ", 5]}", "JSON cannot be read"),
+        ("{" * 5000 + "}" * 5000, "JSON cannot be read"),
+        ('{"score": [' + "7" * 400 + ", 5]}", r"score\[0\] .* got 7777.*\.\.\.$"),
+        ("Score: 7 out of 10", "no score"),
+        ("42", r"score\[0\] .* got 42"),
     ],
 )
-def test_unreadable_replies_give_none_never_a_guess(reply):
-    assert parse_scores(reply) is None
+def test_unusable_replies_are_refused_with_a_reason_never_a_guess(reply, reason):
+    with pytest.raises(UnusableReply, match=reason):
+        parse_scores(reply)
 
 
 def test_sample_scores_take_minimum_and_geometric_mean():

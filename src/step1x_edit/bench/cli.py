@@ -16,7 +16,21 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 from pathlib import Path
+
+from ..validate import MAX_SEED, float_argument, int_argument, text_argument
+
+# Bounds of the numeric options (the judge's and the retry policy's are those of their classes).
+MAX_STEPS = 1000
+MAX_GUIDANCE = 100.0
+SIZE_LEVEL_RANGE = (16, 4096)
+MAX_PROCESSES = 256
+MAX_BOOTSTRAP = 100_000
+MAX_EXAMPLES = 100
+MAX_GENERATED = 100_000
+RESOLUTION_RANGE = (32, 2048)
+MAX_SHARDS = 100_000
 
 
 def _names(values: list[str] | None) -> list[str] | None:
@@ -26,11 +40,12 @@ def _names(values: list[str] | None) -> list[str] | None:
     return [name for value in values for name in value.split(",") if name]
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
+def _shard(text: str) -> tuple[int, int]:
+    """``"I/N"`` -> ``(I, N)`` with 0 <= I < N <= ``MAX_SHARDS`` (an argparse type)."""
+    match = re.fullmatch(r"([0-9]{1,6})/([0-9]{1,6})", text.strip())
+    if not match or not int(match[1]) < int(match[2]) <= MAX_SHARDS:
+        raise argparse.ArgumentTypeError(f"must be I/N with 0 <= I < N <= {MAX_SHARDS}, got {text!r}")
+    return int(match[1]), int(match[2])
 
 
 def _add_selection(parser: argparse.ArgumentParser) -> None:
@@ -43,19 +58,28 @@ def _add_selection(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_judge(parser: argparse.ArgumentParser) -> None:
+    from .judges.openai_judge import MAX_CONCURRENCY, MAX_TIMEOUT, TEMPERATURE_RANGE
+    from .judging import MAX_ATTEMPTS, MAX_DELAY
+
     judge = parser.add_argument_group("judge")
     judge.add_argument(
         "--judge", choices=("openai", "transformers"), default="openai",
         help="openai: any OpenAI-compatible endpoint (default); transformers: a local VLM run in-process",
     )
-    judge.add_argument("--judge-model", default="gpt-4.1", help="served model name, or the local VLM directory")
+    judge.add_argument("--judge-model", type=text_argument(1000, allow_empty=False), default="gpt-4.1",
+                       help="served model name, or the local VLM directory")
     judge.add_argument("--base-url", help="endpoint root, e.g. http://localhost:8000/v1 (default: OPENAI_BASE_URL or OpenAI)")
     judge.add_argument("--api-key-env", default="OPENAI_API_KEY", help="environment variable holding the API key")
-    judge.add_argument("--temperature", type=float, default=0.0, help="judge temperature (default 0)")
-    judge.add_argument("--concurrency", type=_positive_int, default=6, help="requests in flight at once (openai judge)")
-    judge.add_argument("--timeout", type=float, default=120.0, help="seconds before a judge call is abandoned")
-    judge.add_argument("--attempts", type=_positive_int, default=5, help="calls per question before it is recorded as failed")
-    judge.add_argument("--retry-delay", type=float, default=2.0, help="first backoff delay in seconds (doubles)")
+    judge.add_argument("--temperature", type=float_argument(*TEMPERATURE_RANGE), default=0.0,
+                       help="judge temperature, 0 to 2 (default 0)")
+    judge.add_argument("--concurrency", type=int_argument(1, MAX_CONCURRENCY), default=6,
+                       help=f"requests in flight at once, 1 to {MAX_CONCURRENCY} (openai judge; default 6)")
+    judge.add_argument("--timeout", type=float_argument(0, MAX_TIMEOUT, low_open=True), default=120.0,
+                       help=f"seconds before a judge call is abandoned, at most {MAX_TIMEOUT:g} (default 120)")
+    judge.add_argument("--attempts", type=int_argument(1, MAX_ATTEMPTS), default=5,
+                       help=f"calls per question before it is recorded as failed, 1 to {MAX_ATTEMPTS} (default 5)")
+    judge.add_argument("--retry-delay", type=float_argument(0, MAX_DELAY), default=2.0,
+                       help=f"first backoff delay in seconds (doubles), 0 to {MAX_DELAY:g} (default 2)")
     judge.add_argument("--device", help="device of the transformers judge (default: device_map=auto)")
     judge.add_argument("--retry-failed", action="store_true", help="ask again the samples recorded as failed")
 
@@ -77,19 +101,22 @@ def register(subcommands: argparse._SubParsersAction) -> None:
     generate.add_argument("--model", help="model directory (default: the built-in model)")
     generate.add_argument("--out", required=True, help="results root; edits go to OUT/NAME/fullset/<task>/<lang>/<key>.png")
     generate.add_argument("--name", help="method name (default: the model directory's name)")
-    generate.add_argument("--seed", type=int, default=0)
-    generate.add_argument("--steps", type=int, default=28)
-    generate.add_argument("--guidance", type=float, default=6.0)
-    generate.add_argument("--size-level", type=int, default=1024)
+    generate.add_argument("--seed", type=int_argument(0, MAX_SEED), default=0, help="seed of every edit (default 0)")
+    generate.add_argument("--steps", type=int_argument(1, MAX_STEPS), default=28, help="denoising steps (default 28)")
+    generate.add_argument("--guidance", type=float_argument(0, MAX_GUIDANCE), default=6.0,
+                          help="guidance scale (default 6)")
+    generate.add_argument("--size-level", type=int_argument(*SIZE_LEVEL_RANGE), default=1024,
+                          help="working resolution (default 1024)")
     generate.add_argument("--negative-prompt", default="")
     generate.add_argument("--source", choices=("input_image", "input_image_raw"), default="input_image",
                           help="dataset image to edit (default input_image, the pre-resized source)")
     generate.add_argument("--device", help="device (default: this process's accelerate device)")
     generate.add_argument("--overwrite", action="store_true", help="regenerate edits that already exist")
-    generate.add_argument("--processes", type=_positive_int,
+    generate.add_argument("--processes", type=int_argument(1, MAX_PROCESSES),
                           help="worker processes, one per GPU (default: one per visible GPU; under accelerate "
                                "launch, its processes)")
-    generate.add_argument("--shard", help="I/N: edit only shard I (0-based) of N (set for each worker process)")
+    generate.add_argument("--shard", type=_shard,
+                          help="I/N: edit only shard I (0-based) of N (set for each worker process)")
     generate.set_defaults(handler=_generate)
 
     judge = commands.add_parser("judge", help="score a results directory with VIEScore (resumable)")
@@ -106,7 +133,8 @@ def register(subcommands: argparse._SubParsersAction) -> None:
     stats.add_argument("scores", help="scores file (JSON lines)")
     stats.add_argument("--json", action="store_true", help="print {lang: {full|intersection: {group: [SC, PQ, O]}}}")
     stats.add_argument("--details", action="store_true", help="with --json: also failure counts and 95%% intervals")
-    stats.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the intervals")
+    stats.add_argument("--bootstrap", type=int_argument(0, MAX_BOOTSTRAP), default=1000,
+                       help="bootstrap resamples for the intervals (0: none; default 1000)")
     stats.set_defaults(handler=_stats)
 
     official = commands.add_parser("import-official", help="convert official per-group score CSVs to a scores file")
@@ -120,7 +148,8 @@ def register(subcommands: argparse._SubParsersAction) -> None:
     report.add_argument("--out", required=True, help="report directory")
     report.add_argument("--bench", help="GEdit-Bench copy, to draw example grids")
     report.add_argument("--results-root", help="results root holding NAME/fullset/..., to draw example grids")
-    report.add_argument("--examples", type=int, default=2, help="example samples per task group")
+    report.add_argument("--examples", type=int_argument(1, MAX_EXAMPLES), default=2,
+                        help="example samples per task group (default 2)")
     report.add_argument("--allow-partial", action="store_true")
     report.set_defaults(handler=_report)
 
@@ -136,14 +165,20 @@ def register(subcommands: argparse._SubParsersAction) -> None:
     )
     samples = synthetic.add_mutually_exclusive_group(required=True)
     samples.add_argument("--store", help="data store whose validation split is evaluated")
-    samples.add_argument("--generate", type=_positive_int, metavar="N", help="evaluate N freshly generated samples")
-    synthetic.add_argument("--resolution", type=int, default=128, help="side of generated samples (default 128)")
+    samples.add_argument("--generate", type=int_argument(1, MAX_GENERATED), metavar="N",
+                         help="evaluate N freshly generated samples")
+    synthetic.add_argument("--resolution", type=int_argument(*RESOLUTION_RANGE), default=128,
+                           help="side of generated samples (default 128)")
     synthetic.add_argument("--model", help="model directory (default: the built-in model)")
-    synthetic.add_argument("--steps", type=int, help="denoising steps (default: the model's own)")
-    synthetic.add_argument("--guidance", type=float, help="guidance scale (default: the model's own)")
-    synthetic.add_argument("--strength", type=float, help="image-to-image strength in (0, 1] (default: the model's own)")
-    synthetic.add_argument("--seed", type=int, default=0, help="seed of the edits and of the generated samples")
-    synthetic.add_argument("--size-level", type=int, help="working resolution (default: the model's own)")
+    synthetic.add_argument("--steps", type=int_argument(1, MAX_STEPS), help="denoising steps (default: the model's own)")
+    synthetic.add_argument("--guidance", type=float_argument(0, MAX_GUIDANCE),
+                           help="guidance scale (default: the model's own)")
+    synthetic.add_argument("--strength", type=float_argument(0, 1, low_open=True),
+                           help="image-to-image strength in (0, 1] (default: the model's own)")
+    synthetic.add_argument("--seed", type=int_argument(0, MAX_SEED), default=0,
+                           help="seed of the edits and of the generated samples")
+    synthetic.add_argument("--size-level", type=int_argument(*SIZE_LEVEL_RANGE),
+                           help="working resolution (default: the model's own)")
     synthetic.add_argument("--lang", choices=("en", "zh"), default="en", help="instruction language")
     synthetic.add_argument("--device", help="device (default: the best available)")
     synthetic.add_argument("--out", help="result JSON to write; rows go to OUT.rows.jsonl, so a rerun resumes")
@@ -175,15 +210,6 @@ def _make_judge(args):
 
         judge = TransformersJudge.from_pretrained(args.judge_model, device=args.device)
     return judge, RetryPolicy(attempts=args.attempts, initial_delay=args.retry_delay)
-
-
-def _parse_shard(text: str) -> tuple[int, int]:
-    from ..errors import Step1XEditError
-
-    index, _, count = text.partition("/")
-    if not (index.isdigit() and count.isdigit() and int(index) < int(count)):
-        raise Step1XEditError(f"--shard must be I/N with 0 <= I < N, got {text!r}")
-    return int(index), int(count)
 
 
 def _spawn_workers(args, processes: int) -> int:
@@ -226,7 +252,7 @@ def _generate(args) -> int:
 
     from .generate import PipelineEditor, generate, process_state
 
-    shard = _parse_shard(args.shard) if args.shard else None
+    shard = args.shard
     state = process_state()
     if shard is None and state.num_processes == 1:
         processes = args.processes or max(1, torch.cuda.device_count())

@@ -1,9 +1,11 @@
 """Judge a results directory with VIEScore and append one JSON record a line to a scores file.
 
 For every benchmark sample the judge is asked twice: semantic consistency (source + edit, SC prompt) and
-perceptual quality (edit, PQ prompt). Each question is retried with exponential backoff when the call fails,
-the judge refuses, or the reply cannot be parsed; after the last attempt the sample is recorded with
-``status: "failed"`` and every raw reply - never a 0 and never a guess. A sample whose edited image is missing
+perceptual quality (edit, PQ prompt). Each question is retried with exponential backoff when the call fails
+(including a timeout or a response that is not a chat completion), the judge refuses, or the reply holds no valid
+answer (unreadable, no score, a score of the wrong type or outside 0-10); after the last attempt the sample is
+recorded with ``status: "failed"``, every raw reply and the reason each attempt failed - never a 0 and never a
+guess. A sample whose edited image is missing
 is recorded with ``status: "missing_image"``. Both statuses are excluded from the means and counted by
 :mod:`step1x_edit.bench.stats`.
 
@@ -30,8 +32,9 @@ from PIL import Image
 
 from ..chat import backoff_delay
 from ..errors import DataFormatError
+from ..validate import integer, number
 from .dataset import GEditSample
-from .judges.base import Judge, JudgeCallError, JudgeRefusal
+from .judges.base import Judge, JudgeCallError, JudgeRefusal, UnusableReply
 from .layout import find_edited_image
 from .stats import read_scores
 from .viescore import (
@@ -45,19 +48,24 @@ from .viescore import (
     source_column,
 )
 
+MAX_ATTEMPTS = 100
+MAX_DELAY = 3600.0
+
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    """``attempts`` calls at most per question; the wait before retry ``n`` is ``initial_delay * 2**n``, capped at
-    ``max_delay``, with up to 50% random jitter (so parallel workers do not retry in lockstep)."""
+    """``attempts`` calls at most per question (1 to ``MAX_ATTEMPTS``); the wait before retry ``n`` is
+    ``initial_delay * 2**n``, capped at ``max_delay``, with up to 50% random jitter (so parallel workers do not retry
+    in lockstep). Delays are seconds from 0 to ``MAX_DELAY``."""
 
     attempts: int = 5
     initial_delay: float = 2.0
     max_delay: float = 60.0
 
     def __post_init__(self):
-        if self.attempts < 1 or self.initial_delay < 0 or self.max_delay < 0:
-            raise ValueError(f"invalid retry policy {self}: attempts must be >= 1 and delays >= 0")
+        integer("attempts", self.attempts, 1, MAX_ATTEMPTS)
+        number("initial_delay", self.initial_delay, 0.0, MAX_DELAY)
+        number("max_delay", self.max_delay, 0.0, MAX_DELAY)
 
     def delay(self, retry: int, retry_after: float = 0.0) -> float:
         return backoff_delay(retry, self.initial_delay, self.max_delay, retry_after=retry_after, jitter=True)
@@ -80,7 +88,8 @@ def ask(
     parse: Callable[[str], Any] = parse_scores,
 ) -> tuple[Any, list[dict]]:
     """Ask one question with retries; return the parsed answer (``None`` if every attempt failed) and the log of
-    attempts, each ``{"reply": str | None, "error": str | None}``. ``parse`` returns ``None`` for a bad reply."""
+    attempts, each ``{"reply": str | None, "error": str | None}``. ``parse`` raises
+    :class:`~.judges.base.UnusableReply` for a reply without a valid answer."""
     attempts: list[dict] = []
     retry_after = 0.0
     for attempt in range(policy.attempts):
@@ -96,10 +105,16 @@ def ask(
             attempts.append({"reply": None, "error": str(error)})
             retry_after = error.retry_after
             continue
-        answer = parse(reply)
-        attempts.append({"reply": reply, "error": None if answer is not None else "unparseable reply"})
-        if answer is not None:
-            return answer, attempts
+        if not isinstance(reply, str):  # a judge outside this package that broke the interface
+            attempts.append({"reply": None, "error": f"the judge returned {type(reply).__name__}, not text"})
+            continue
+        try:
+            answer = parse(reply)
+        except UnusableReply as error:
+            attempts.append({"reply": reply, "error": str(error)})
+            continue
+        attempts.append({"reply": reply, "error": None})
+        return answer, attempts
     return None, attempts
 
 
@@ -182,8 +197,8 @@ def judge_results(
     def run(sample: GEditSample) -> None:
         record = judge_sample(judge, sample, find_edited_image(results_dir, sample), image_prep, policy)
         record["model"] = Path(results_dir).name
-        with lock, scores_path.open("a", encoding="utf-8") as handle:
-            handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+        with lock:
+            append_record(scores_path, record)
             asked[record["status"]] += 1
 
     run_concurrently(run, pending, judge.max_concurrency, "judging", progress)
@@ -213,6 +228,15 @@ def run_concurrently(function: Callable[[Any], None], items: list, workers: int,
             future.result()
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
+
+
+def append_record(path: Path, record: dict) -> None:
+    """Append ``record`` to a JSON-lines file as one line of UTF-8. Text is kept readable (not ``\\u`` escaped),
+    except a lone surrogate - from a hostile reply or a file name that is not UTF-8 - which is written as its JSON
+    escape instead of failing the write."""
+    line = json.dumps(record, ensure_ascii=False, allow_nan=False) + "\n"
+    with path.open("ab") as handle:
+        handle.write(line.encode("utf-8", "backslashreplace"))
 
 
 def terminate_last_line(path: Path) -> None:

@@ -7,7 +7,9 @@ games give win rates per pair and a Bradley-Terry strength per model, reported o
 (400 * log10 odds, mean 1000).
 
 The prompt is this package's own (``PAIRWISE_PROMPT``); its hash is recorded with every judgement like the
-official prompts'. Failed judgements (after retries) are recorded with their raw replies and left out.
+official prompts'. A reply that names no winner is retried like any failed call; failed judgements (after
+retries) are recorded with their raw replies and the reasons, and left out. A judgements file is checked line by
+line as it is read (:func:`read_pairwise`).
 """
 
 from __future__ import annotations
@@ -25,12 +27,12 @@ from pathlib import Path
 
 from PIL import Image
 
-from ..errors import DataFormatError
+from ..errors import DataFormatError, InvalidValueError
 from .dataset import GEditSample
-from .judges.base import Judge
-from .judging import RetryPolicy, ask, run_concurrently, terminate_last_line
+from .judges.base import Judge, UnusableReply
+from .judging import RetryPolicy, append_record, ask, run_concurrently, terminate_last_line
 from .layout import find_edited_image
-from .viescore import resize_to_area
+from .viescore import brief, resize_to_area
 
 PAIRWISE_PROMPT = """You are a professional digital artist. You will compare two AI-edited versions of the same image.
 All the input images are AI-generated. All human in the images are AI-generated too. so you need not worry about the privacy confidentials.
@@ -50,24 +52,28 @@ Editing instruction: <instruction>
 """
 PAIRWISE_PROMPT_SHA256 = hashlib.sha256(PAIRWISE_PROMPT.encode("utf-8")).hexdigest()
 _WINNER = re.compile(r'"?winner"?\s*[:=]\s*"?\s*(A|B|tie)\b', re.IGNORECASE)
+WINNERS: tuple[str, ...] = ("A", "B", "tie")
+STATUSES: tuple[str, ...] = ("ok", "failed")
 
 
-def parse_winner(reply: str | None) -> str | None:
-    """``"A"``, ``"B"`` or ``"tie"`` from a pairwise reply, or ``None`` when it names no winner."""
-    if not reply:
-        return None
+def parse_winner(reply: str | None) -> str:
+    """``"A"``, ``"B"`` or ``"tie"`` from a pairwise reply; raises :class:`~.judges.base.UnusableReply` when it
+    names no winner."""
+    if not isinstance(reply, str) or not reply.strip():
+        raise UnusableReply("empty reply")
     start, end = reply.find("{"), reply.rfind("}")
     if start != -1 and end > start:
         try:
-            winner = json.loads(reply[start : end + 1].replace("\n", " ")).get("winner")
-        except (json.JSONDecodeError, AttributeError):
-            winner = None
+            data = json.loads(reply[start : end + 1].replace("\n", " "))
+        except (ValueError, RecursionError):  # over-long integers and deep nesting too
+            data = None
+        winner = data.get("winner") if isinstance(data, dict) else None
         if isinstance(winner, str) and winner.strip().lower() in ("a", "b", "tie"):
             return winner.strip().upper() if winner.strip().lower() != "tie" else "tie"
     match = _WINNER.search(reply)
     if match:
         return match.group(1).upper() if match.group(1).lower() != "tie" else "tie"
-    return None
+    raise UnusableReply("no winner (A, B or tie) in the reply")
 
 
 def judge_pair(
@@ -77,8 +83,11 @@ def judge_pair(
     source = resize_to_area(sample.source_image("input_image_raw"))
     images = {}
     for name in (first, second):
-        with Image.open(edits[name]) as edited:
-            images[name] = resize_to_area(edited.convert("RGB"))
+        try:
+            with Image.open(edits[name]) as edited:
+                images[name] = resize_to_area(edited.convert("RGB"))
+        except OSError as error:  # includes PIL's UnidentifiedImageError and truncated files
+            raise DataFormatError(f"edited image {edits[name]} cannot be read ({error}); regenerate or remove it") from error
     prompt = PAIRWISE_PROMPT.replace("<instruction>", sample.instruction)
     games = []
     for a, b in ((first, second), (second, first)):
@@ -132,8 +141,8 @@ def judge_pairwise(
 
     def run(job) -> None:
         record = judge_pair(judge, *job, policy)
-        with lock, out_path.open("a", encoding="utf-8") as handle:
-            handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+        with lock:
+            append_record(out_path, record)
             statuses[record["status"]] += 1
 
     run_concurrently(run, jobs, judge.max_concurrency, "pairwise", progress)
@@ -141,24 +150,55 @@ def judge_pairwise(
 
 
 def read_pairwise(path: str | os.PathLike) -> list[dict]:
-    """Pairwise records of ``path`` (empty if it does not exist); the last record of a (sample, pair) wins."""
+    """Pairwise records of ``path`` (empty if it does not exist); the last record of a (sample, pair) wins. A line
+    that is not a well-formed record raises :class:`DataFormatError` naming the line and the field; a final line
+    cut short by an interrupted run is skipped."""
     path = Path(path)
     if not path.exists():
         return []
     latest = {}
-    text = path.read_text(encoding="utf-8")
-    lines = text.splitlines()
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as error:
-            if number == len(lines) and not text.endswith("\n"):
-                continue  # a final line cut short by an interrupted run
-            raise DataFormatError(f"{path}:{number}: not a JSON object: {error}") from error
-        latest[(record["key"], record["instruction_language"], tuple(record["models"]))] = record
+    try:
+        with path.open("rb") as handle:
+            for number, line in enumerate(handle, 1):
+                if not line.strip():
+                    continue
+                try:
+                    record = json.loads(line.decode("utf-8"))
+                except (ValueError, RecursionError) as error:  # undecodable bytes included
+                    if not line.endswith(b"\n"):
+                        continue
+                    raise DataFormatError(f"{path}:{number}: not a JSON object ({error})") from None
+                try:
+                    _check_pairwise(record)
+                except InvalidValueError as error:
+                    raise DataFormatError(f"{path}:{number}: {error}") from None
+                latest[(record["key"], record["instruction_language"], tuple(record["models"]))] = record
+    except OSError as error:
+        raise DataFormatError(f"pairwise file {path} cannot be read: {error.strerror or error}") from error
     return list(latest.values())
+
+
+def _check_pairwise(record: object) -> None:
+    """Raise :class:`InvalidValueError` naming the field unless ``record`` is a well-formed pairwise record."""
+    if not isinstance(record, dict):
+        raise InvalidValueError(f"the line holds a JSON {type(record).__name__}, not an object")
+    for field in ("key", "instruction_language"):
+        if not isinstance(record.get(field), str):
+            raise InvalidValueError(f"{field} must be a string, got {brief(record.get(field))}")
+    models = record.get("models")
+    if not isinstance(models, list) or len(models) != 2 or not all(isinstance(m, str) for m in models):
+        raise InvalidValueError(f"models must be a list of two names, got {brief(models)}")
+    if record.get("status") not in STATUSES:
+        raise InvalidValueError(f"status must be one of {', '.join(STATUSES)}, got {brief(record.get('status'))}")
+    games = record.get("games")
+    if not isinstance(games, list):
+        raise InvalidValueError(f"games must be a list, got {brief(games)}")
+    for index, game in enumerate(games):
+        if not isinstance(game, dict) or not isinstance(game.get("a"), str) or not isinstance(game.get("b"), str):
+            raise InvalidValueError(f"games[{index}] must name the models a and b, got {brief(game)}")
+        allowed = WINNERS if record["status"] == "ok" else (*WINNERS, None)
+        if game.get("winner") not in allowed:
+            raise InvalidValueError(f"games[{index}].winner must be A, B or tie, got {brief(game.get('winner'))}")
 
 
 def game_results(records: list[dict]) -> list[tuple[str, str, float]]:

@@ -6,7 +6,10 @@ the groups present). The "intersection" block repeats this on samples with ``int
 reported per instruction language.
 
 Beyond the official script: failed judgements are excluded from every mean and counted per group, and a
-stratified bootstrap (resampling samples within each group) gives 95% confidence intervals.
+stratified bootstrap (resampling samples within each group) gives 95% confidence intervals. A scores file is
+checked line by line as it is read (:func:`read_scores`): a line that is not a well-formed record - not UTF-8 JSON,
+a field of the wrong type, a score that is a string, NaN or outside 0-10 - is refused with the line and the field
+named, never averaged.
 """
 
 from __future__ import annotations
@@ -18,12 +21,13 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import DataFormatError
+from ..errors import DataFormatError, InvalidValueError
 from .dataset import LANGUAGES, TASK_TYPES
-from .viescore import sample_scores
+from .viescore import brief, checked_scores, sample_scores
 
 SUBSETS: tuple[str, ...] = ("full", "intersection")
 REQUIRED_FIELDS: tuple[str, ...] = ("key", "task_type", "instruction_language", "intersection_exist")
+STATUSES: tuple[str, ...] = ("ok", "failed", "missing_image")
 
 
 @dataclass(frozen=True)
@@ -39,26 +43,58 @@ class GEditStatistics:
 
 
 def read_scores(path: str | os.PathLike) -> list[dict]:
-    """Read a scores file (one JSON object a line); the last record of a (key, language) pair wins."""
+    """Read a scores file (one JSON object a line); the last record of a (key, language) pair wins. A line that is
+    not a record :func:`check_record` accepts raises :class:`DataFormatError` naming the line and the field; a
+    final line cut short by an interrupted run is skipped (it is judged again on resume)."""
     path = Path(path)
     if not path.is_file():
         raise DataFormatError(f"scores file {path} does not exist")
     latest: dict[tuple[str, str], dict] = {}
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as error:
-                if not line.endswith("\n"):
-                    continue  # a final line cut short by an interrupted run; it is judged again on resume
-                raise DataFormatError(f"{path}:{number}: not a JSON object: {error}") from error
-            missing = [f for f in REQUIRED_FIELDS if f not in record]
-            if missing:
-                raise DataFormatError(f"{path}:{number}: record lacks field(s) {missing}")
-            latest[(str(record["key"]), str(record["instruction_language"]))] = record
+    try:
+        with path.open("rb") as handle:
+            for number, line in enumerate(handle, 1):
+                if not line.strip():
+                    continue
+                try:
+                    record = json.loads(line.decode("utf-8"))
+                except (ValueError, RecursionError) as error:  # undecodable bytes included
+                    if not line.endswith(b"\n"):
+                        continue
+                    raise DataFormatError(f"{path}:{number}: not a JSON object ({error})") from None
+                try:
+                    check_record(record)
+                except InvalidValueError as error:
+                    raise DataFormatError(f"{path}:{number}: {error}") from None
+                latest[(record["key"], record["instruction_language"])] = record
+    except OSError as error:
+        raise DataFormatError(f"scores file {path} cannot be read: {error.strerror or error}") from error
     return list(latest.values())
+
+
+def check_record(record: object) -> dict:
+    """``record`` if it is a well-formed scores record, else raise :class:`InvalidValueError` naming the field:
+    the :data:`REQUIRED_FIELDS` (strings, and a bool ``intersection_exist``), a ``status`` from :data:`STATUSES`
+    (``ok`` when absent), ``sc_scores`` and ``pq_scores`` valid score lists (see
+    :func:`~.viescore.checked_scores`; either may be null unless the status is ``ok``), a ``judge`` object."""
+    if not isinstance(record, dict):
+        raise InvalidValueError(f"the line holds a JSON {type(record).__name__}, not an object")
+    missing = [field for field in REQUIRED_FIELDS if field not in record]
+    if missing:
+        raise InvalidValueError(f"record lacks field(s) {missing}")
+    for field in ("key", "task_type", "instruction_language"):
+        if not isinstance(record[field], str):
+            raise InvalidValueError(f"{field} must be a string, got {brief(record[field])}")
+    if not isinstance(record["intersection_exist"], bool):
+        raise InvalidValueError(f"intersection_exist must be true or false, got {brief(record['intersection_exist'])}")
+    status = record.get("status", "ok")
+    if not isinstance(status, str) or status not in STATUSES:
+        raise InvalidValueError(f"status must be one of {', '.join(STATUSES)}, got {brief(status)}")
+    for field in ("sc_scores", "pq_scores"):
+        if status == "ok" or record.get(field) is not None:
+            checked_scores(field, record.get(field))
+    if not isinstance(record.get("judge", {}), dict):
+        raise InvalidValueError(f"judge must be an object, got {brief(record['judge'])}")
+    return record
 
 
 def is_scored(record: dict) -> bool:

@@ -11,9 +11,10 @@ Reply parsing follows the official parser for well-formed and repairable replies
    a scalar ``score`` is wrapped in a list;
 2. without braces, a bare ``[a, b]`` list or a bare integer 0-10.
 
-Unlike the official scorer, a reply that still cannot be read (or is a refusal, or holds a score outside
-0-10) is never replaced by a random number: :func:`parse_scores` returns ``None`` and the caller records a
-failure.
+Unlike the official scorer, a reply that still cannot be read (or is a refusal) is never replaced by a random
+number, and a score must be what the prompts ask for: a number from 0 to 10 (not a string, a bool, NaN or
+1e308), one or two of them. :func:`parse_scores` raises :class:`~.judges.base.UnusableReply` saying why, and the
+caller retries, then records a failure. :func:`checked_scores` is the same check for scores read from a file.
 """
 
 from __future__ import annotations
@@ -25,7 +26,10 @@ from typing import Literal
 
 from PIL import Image
 
+from ..errors import InvalidValueError
 from ..protocol import protocol_sha256, protocol_text
+from ..validate import number
+from .judges.base import UnusableReply
 
 SC_PROMPT_FILE = "gedit_sc_prompt.txt"
 PQ_PROMPT_FILE = "gedit_pq_prompt.txt"
@@ -39,7 +43,8 @@ DEFAULT_IMAGE_PREP: ImagePrep = "upstream"
 JUDGE_AREA = 512 * 512
 
 _DELIMITER = "||V^=^V||"
-_SCORE_RANGE = (0, 10)
+SCORE_RANGE = (0, 10)
+MAX_SUB_SCORES = 2  # each prompt asks for [score1, score2]; a scalar is wrapped in a list, as officially
 
 
 def sc_prompt(instruction: str) -> str:
@@ -89,55 +94,72 @@ def _repair_json(text: str) -> str:
     return re.sub(r",\s*([}\]])", r"\1", text)  # trailing commas
 
 
-def _load_json(text: str) -> object | None:
+def _load_json(text: str) -> object:
     text = text.replace("\n", " ")
     for candidate in (text, _repair_json(text)):
         try:
             return json.loads(candidate)
-        except json.JSONDecodeError:
+        except (ValueError, RecursionError):  # over-long integers and deep nesting are refused too
             continue
-    return None
+    raise UnusableReply(f"the reply's JSON cannot be read: {brief(text)}")
 
 
-def _valid(scores: object) -> list[float] | None:
-    if isinstance(scores, bool) or isinstance(scores, (int, float)):
-        scores = [scores]
-    if not isinstance(scores, list) or not scores:
-        return None
+def brief(value: object, limit: int = 60) -> str:
+    """A short printable form of ``value`` (a score or field read from a reply or a file) for error messages."""
+    try:
+        text = repr(value)
+    except ValueError:  # an integer too long to print
+        return f"an integer of {value.bit_length()} bits"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def checked_scores(name: str, scores: object) -> list[int | float]:
+    """``scores`` as a list of one or two VIEScore scores, each a finite number from 0 to 10 (an integral float
+    becomes an int); raises :class:`~step1x_edit.errors.InvalidValueError` naming ``name`` otherwise (a string,
+    a bool, NaN, 11, an empty or longer list)."""
+    if not isinstance(scores, list) or not 1 <= len(scores) <= MAX_SUB_SCORES:
+        raise InvalidValueError(f"{name} must be a list of 1 to {MAX_SUB_SCORES} scores, got {brief(scores)}")
     values = []
-    for score in scores:
-        if isinstance(score, str):
-            try:
-                score = float(score)
-            except ValueError:
-                return None
-        if isinstance(score, bool) or not isinstance(score, (int, float)) or math.isnan(score):
-            return None
-        if not _SCORE_RANGE[0] <= score <= _SCORE_RANGE[1]:
-            return None
-        values.append(int(score) if float(score).is_integer() else float(score))
+    for index, score in enumerate(scores):
+        try:
+            value = number(f"{name}[{index}]", score, *SCORE_RANGE)
+        except InvalidValueError:
+            raise InvalidValueError(
+                f"{name}[{index}] must be a number from {SCORE_RANGE[0]} to {SCORE_RANGE[1]}, got {brief(score)}"
+            ) from None
+        values.append(int(value) if value.is_integer() else value)
     return values
 
 
-def parse_scores(reply: str | None) -> list[float] | None:
-    """The list of scores in a judge ``reply``, or ``None`` if it cannot be read (never a guess)."""
-    if not reply:
-        return None
+def _reply_scores(scores: object) -> list[int | float]:
+    if not isinstance(scores, list):  # a scalar score, wrapped as the official parser does
+        scores = [scores]
+    try:
+        return checked_scores("score", scores)
+    except InvalidValueError as error:
+        raise UnusableReply(str(error)) from None
+
+
+def parse_scores(reply: str | None) -> list[int | float]:
+    """The list of scores in a judge ``reply``; raises :class:`~.judges.base.UnusableReply` saying why when it
+    holds none that is valid (never a guess)."""
+    if not isinstance(reply, str) or not reply.strip():
+        raise UnusableReply("empty reply")
     if reply.count(_DELIMITER) == 2:
         reply = reply.split(_DELIMITER)[1]
     start, end = reply.find("{"), reply.rfind("}")
     if start != -1 and end > start:
         data = _load_json(reply[start : end + 1])
         if not isinstance(data, dict) or "score" not in data:
-            return None
-        return _valid(data["score"])
+            raise UnusableReply('the reply\'s JSON has no "score"')
+        return _reply_scores(data["score"])
     bare_list = re.fullmatch(r"\s*\[\s*([^\[\]]*)\]\s*", reply)
     if bare_list:
-        return _valid(_load_json(bare_list.group(0)))
+        return _reply_scores(_load_json(bare_list.group(0)))
     bare_int = re.fullmatch(r"\s*(\d{1,2})\s*", reply)
     if bare_int:
-        return _valid(int(bare_int.group(1)))
-    return None
+        return _reply_scores(int(bare_int.group(1)))
+    raise UnusableReply("no score in the reply")
 
 
 def sample_scores(sc_scores: list[float], pq_scores: list[float]) -> tuple[float, float, float]:

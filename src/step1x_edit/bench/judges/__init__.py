@@ -5,6 +5,6 @@
 - :class:`~.transformers_judge.TransformersJudge`: a vision-language model run in-process with transformers.
 """
 
-from .base import Judge, JudgeCallError, JudgeRefusal, JudgeUnavailable
+from .base import Judge, JudgeCallError, JudgeRefusal, JudgeUnavailable, UnusableReply
 
-__all__ = ["Judge", "JudgeCallError", "JudgeRefusal", "JudgeUnavailable"]
+__all__ = ["Judge", "JudgeCallError", "JudgeRefusal", "JudgeUnavailable", "UnusableReply"]

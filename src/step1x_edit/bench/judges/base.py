@@ -2,8 +2,10 @@
 
 Judges do transport only. Retrying, parsing and recording failures are done once for every judge by
 :mod:`step1x_edit.bench.judging`, so a judge raises :class:`JudgeCallError` for a call that produced no usable
-reply (network error, timeout, rate limit, server error) and :class:`JudgeRefusal` when the model declined;
-:class:`JudgeUnavailable` stops the whole run (no request can succeed, e.g. a rejected API key).
+reply (network error, timeout, rate limit, server error, a response that is not a chat completion) and
+:class:`JudgeRefusal` when the model declined; :class:`JudgeUnavailable` stops the whole run (no request can
+succeed, e.g. a rejected API key). A reply that arrived but holds no answer is :class:`UnusableReply`, raised by
+the parsers (:func:`~step1x_edit.bench.viescore.parse_scores`, :func:`~step1x_edit.bench.pairwise.parse_winner`).
 """
 
 from __future__ import annotations
@@ -30,6 +32,11 @@ class JudgeRefusal(JudgeCallError):
     def __init__(self, message: str, reply: str | None = None):
         super().__init__(message)
         self.reply = reply
+
+
+class UnusableReply(ValueError):
+    """A judge reply that holds no usable answer (no score, a score of the wrong type or out of range, no
+    winner); the message says why. The caller retries the question, then records a failure."""
 
 
 class JudgeUnavailable(Step1XEditError):
