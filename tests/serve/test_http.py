@@ -12,6 +12,7 @@ import pytest
 import torch
 from fastapi.testclient import TestClient
 from PIL import Image
+from serve_clients import local_client
 
 from step1x_edit.cli import main
 from step1x_edit.serve.http import create_app
@@ -21,7 +22,7 @@ INSTRUCTION = "Make the red circle green."
 
 
 def _client(pipeline, **limits) -> TestClient:
-    return TestClient(create_app(EditService(pipeline, ServeLimits(**limits), name="demo")))
+    return local_client(create_app(EditService(pipeline, ServeLimits(**limits), name="demo")))
 
 
 def _post_edit(client, image: bytes, **fields):
@@ -61,7 +62,7 @@ def test_edit_answers_in_the_asked_format(demo_pipeline, example, output_format,
 
 
 def test_the_openai_client_edits_through_images_edits(demo_pipeline, example):
-    client = openai.OpenAI(base_url="http://testserver/v1", api_key="unused", http_client=_client(demo_pipeline))
+    client = openai.OpenAI(base_url="http://localhost/v1", api_key="unused", http_client=_client(demo_pipeline))
     with example.open("rb") as image:
         result = client.images.edit(image=image, prompt=INSTRUCTION, n=2, model="demo", extra_body={"seed": 5})
     assert [item.model_extra["seed"] for item in result.data] == [5, 6]
@@ -75,17 +76,21 @@ def test_the_openai_client_edits_through_images_edits(demo_pipeline, example):
     ("route", "fields", "files", "status", "message"),
     [
         ("/v1/edit", {"instruction": "  "}, None, 400, "instruction is empty"),
-        ("/v1/edit", {"num_inference_steps": "0"}, None, 400, "num_inference_steps must be between 1 and 100"),
+        ("/v1/edit", {"num_inference_steps": "0"}, None, 400, "num_inference_steps must be an integer between 1 and 50"),
         ("/v1/edit", {"num_inference_steps": "many"}, None, 422, "num_inference_steps"),
-        ("/v1/edit", {"size_level": "100000"}, None, 400, "size_level must be between 16 and 1024"),
+        ("/v1/edit", {"size_level": "100000"}, None, 400, "size_level must be an integer between 16 and 96"),
         ("/v1/edit", {"output_format": "gif"}, None, 400, "output_format"),
         ("/v1/edit", {}, {"image": ("notes.png", b"hello, not a picture", "image/png")}, 400, "not an image"),
         ("/v1/edit", {}, {"image": ("empty.png", b"", "image/png")}, 400, "empty"),
         ("/v1/images/edits", {"prompt": INSTRUCTION, "response_format": "url"}, None, 400, "b64_json"),
         ("/v1/images/edits", {"prompt": INSTRUCTION, "size": "512x512"}, None, 400, "size"),
-        ("/v1/images/edits", {"prompt": INSTRUCTION, "n": "9"}, None, 400, "n must be between 1 and 4"),
+        ("/v1/images/edits", {"prompt": INSTRUCTION, "n": "9"}, None, 400, "n must be an integer between 1 and 4"),
         ("/v1/images/edits", {"prompt": INSTRUCTION, "model": "gpt-image-1"}, None, 400, "serves 'demo'"),
         ("/v1/images/edits", {}, None, 400, "prompt"),
+        ("/v1/edit", {"guidance_scale": "nan"}, None, 400, "guidance_scale must be a finite number"),
+        ("/v1/edit", {"guidance_scale": "-inf"}, None, 400, "guidance_scale must be a finite number"),
+        ("/v1/edit", {"seed": str(2**64)}, None, 400, "seed must be an integer between 0"),
+        ("/v1/edit", {"instruction": "x" * 20_001}, None, 400, "20,001 characters"),
     ],
 )
 def test_bad_requests_get_a_json_error_naming_the_problem(demo_pipeline, example, route, fields, files, status,
@@ -119,7 +124,7 @@ def test_uploads_over_the_limit_are_refused_with_413(demo_pipeline, example):
 
 def test_a_full_queue_answers_503_with_retry_after(gated_pipeline, example):
     service = EditService(gated_pipeline, ServeLimits(max_pending=1))
-    client = TestClient(create_app(service))
+    client = local_client(create_app(service))
     running = threading.Thread(target=service.edit, args=(example, INSTRUCTION))
     running.start()
     try:
@@ -164,7 +169,7 @@ class _FailingPipeline:
 )
 def test_a_failed_edit_answers_json_and_frees_its_place(demo_pipeline, example, error, status, kind, message):
     service = EditService(_FailingPipeline(demo_pipeline, error))
-    response = TestClient(create_app(service), raise_server_exceptions=False).post(
+    response = local_client(create_app(service), raise_server_exceptions=False).post(
         "/v1/edit", data={"instruction": INSTRUCTION}, files={"image": ("a.png", example.read_bytes(), "image/png")})
     assert response.status_code == status
     assert response.json()["error"]["type"] == kind and message in response.json()["error"]["message"]
@@ -175,7 +180,7 @@ def test_a_request_whose_client_has_gone_is_not_edited(gated_pipeline, example):
     """Speaks ASGI directly: the client sends its form, then disconnects while an earlier edit holds the queue."""
     service = EditService(gated_pipeline)
     app = create_app(service)
-    form = httpx.Request("POST", "http://testserver/v1/edit", data={"instruction": INSTRUCTION},
+    form = httpx.Request("POST", "http://localhost/v1/edit", data={"instruction": INSTRUCTION},
                          files={"image": ("a.png", example.read_bytes(), "image/png")})
     body = form.read()
     scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
@@ -204,7 +209,7 @@ def test_a_request_whose_client_has_gone_is_not_edited(gated_pipeline, example):
 
 def test_with_an_api_key_the_api_needs_it_and_health_stays_open(demo_pipeline, example):
     app = create_app(EditService(demo_pipeline, name="demo"), api_key="s3cret")
-    client = TestClient(app)
+    client = local_client(app)
     for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "s3cret"}):
         refused = client.post("/v1/edit", headers=headers, data={"instruction": INSTRUCTION},
                               files={"image": ("a.png", example.read_bytes(), "image/png")})
@@ -212,8 +217,8 @@ def test_with_an_api_key_the_api_needs_it_and_health_stays_open(demo_pipeline, e
         assert refused.json()["error"]["type"] == "authentication_error"
     assert client.get("/v1/models").status_code == 401
     assert client.get("/health").status_code == 200
-    accepted = openai.OpenAI(base_url="http://testserver/v1", api_key="s3cret", http_client=client)
+    accepted = openai.OpenAI(base_url="http://localhost/v1", api_key="s3cret", http_client=client)
     with example.open("rb") as image:
         assert len(accepted.images.edit(image=image, prompt=INSTRUCTION).data) == 1
     with pytest.raises(openai.AuthenticationError):
-        openai.OpenAI(base_url="http://testserver/v1", api_key="wrong", http_client=client).models.list()
+        openai.OpenAI(base_url="http://localhost/v1", api_key="wrong", http_client=client).models.list()

@@ -4,7 +4,7 @@ import sys
 
 import pytest
 import uvicorn
-from fastapi.testclient import TestClient
+from serve_clients import local_client
 
 from step1x_edit.cli import main
 
@@ -20,7 +20,7 @@ def started(monkeypatch) -> dict:
 def test_serve_starts_uvicorn_with_the_api_of_the_demo_model(started, capsys):
     assert main(["serve", "--no-ui", "--port", "8123", "--max-steps", "9", "--device", "cpu"]) == 0
     assert (started["host"], started["port"]) == ("127.0.0.1", 8123)
-    client = TestClient(started["app"])
+    client = local_client(started["app"])
     health = client.get("/health").json()
     assert health["model"] == "step1x-edit-demo" and health["limits"]["max_steps"] == 9
     assert client.get("/ui/").status_code == 404
@@ -30,7 +30,7 @@ def test_serve_starts_uvicorn_with_the_api_of_the_demo_model(started, capsys):
 
 def test_serve_mounts_the_web_ui_by_default(started):
     assert main(["serve", "--name", "mine", "--device", "cpu"]) == 0
-    client = TestClient(started["app"])
+    client = local_client(started["app"])
     assert client.get("/ui/").status_code == 200
     assert client.get("/health").json()["model"] == "mine"
 
@@ -54,7 +54,7 @@ def test_serve_refuses_bad_settings_before_listening(started, capsys, flags):
 def test_serve_takes_its_api_key_from_the_environment(started, monkeypatch, capsys):
     monkeypatch.setenv("STEP1X_EDIT_API_KEY", "from-env")
     assert main(["serve", "--no-ui", "--device", "cpu"]) == 0
-    client = TestClient(started["app"])
+    client = local_client(started["app"])
     assert client.get("/v1/models").status_code == 401
     assert client.get("/v1/models", headers={"Authorization": "Bearer from-env"}).status_code == 200
     assert "no API key" not in capsys.readouterr().err

@@ -3,7 +3,7 @@
 import gradio as gr
 import numpy as np
 import pytest
-from fastapi.testclient import TestClient
+from serve_clients import local_client
 
 from step1x_edit.serve.http import create_app
 from step1x_edit.serve.service import EditService
@@ -42,7 +42,7 @@ def test_the_page_offers_the_example_scenes(demo_pipeline):
 
 
 def test_the_server_mounts_the_page_at_ui_and_leads_there_from_the_root(demo_pipeline):
-    client = TestClient(create_app(EditService(demo_pipeline), ui=True))
+    client = local_client(create_app(EditService(demo_pipeline), ui=True))
     root = client.get("/", follow_redirects=False)
     assert root.status_code in (302, 307) and root.headers["location"] == "/ui"
     page = client.get("/ui/")
@@ -81,7 +81,7 @@ def test_another_model_is_not_labelled_as_the_demo():
 
 
 def test_with_an_api_key_the_page_needs_a_login_whose_password_is_the_key(demo_pipeline):
-    client = TestClient(create_app(EditService(demo_pipeline), ui=True, api_key="s3cret"))
+    client = local_client(create_app(EditService(demo_pipeline), ui=True, api_key="s3cret"))
     assert client.get("/ui/config").status_code == 401
     assert client.post("/ui/login", data={"username": "anyone", "password": "wrong"}).status_code != 200
     assert client.post("/ui/login", data={"username": "anyone", "password": "s3cret"}).status_code == 200

@@ -17,6 +17,11 @@ from ..errors import Step1XEditError
 from ..pipeline import DEMO_MODEL_DIR
 from .service import EditService
 
+# Uploads and results in Gradio's cache: every CACHE_SWEEP_SECONDS, files older than CACHE_MAX_AGE_SECONDS are
+# deleted (and all of them when the server stops).
+CACHE_SWEEP_SECONDS = 600
+CACHE_MAX_AGE_SECONDS = 3600
+
 DEMO_NOTE = (" This is the small built-in demo model, trained on synthetic scenes at 96 px: it makes background, "
              "tone, style and text edits partly and leaves most small local edits undone. Serve the released weights "
              "with `--model DIR` for real edits.")
@@ -24,11 +29,12 @@ DEMO_NOTE = (" This is the small built-in demo model, trained on synthetic scene
 
 def create_ui(service: EditService, examples: list[tuple[str, str]] | None = None) -> gr.Blocks:
     """The Gradio app for ``service``; ``examples`` are (image path, instruction) pairs (default: the synthetic
-    world's example scenes)."""
+    world's example scenes). Its ``example_files`` are the only files besides uploads its requests may name."""
     defaults, limits = service.defaults, service.limits
     if examples is None:
         examples = _synthetic_examples()
-    with gr.Blocks(title="Step1X-Edit", analytics_enabled=False) as app:  # no usage reports to third parties
+    with gr.Blocks(title="Step1X-Edit", analytics_enabled=False,  # no usage reports to third parties
+                   delete_cache=(CACHE_SWEEP_SECONDS, CACHE_MAX_AGE_SECONDS)) as app:
         gr.Markdown(f"## Step1X-Edit\nModel: `{service.name}` ({service.pipeline.version}). Upload an image, say "
                     "what to change, press **Edit**." + (DEMO_NOTE if _is_demo(service) else ""))
         with gr.Row():
@@ -62,6 +68,7 @@ def create_ui(service: EditService, examples: list[tuple[str, str]] | None = Non
               inputs=[source, instruction, steps, guidance, size_level, strength, seed, randomize],
               outputs=[result, seed, details])
         again.click(lambda edited: edited, inputs=[result], outputs=[source], api_visibility="private")
+    app.example_files = [str(path) for path, _ in examples]
     return app
 
 
