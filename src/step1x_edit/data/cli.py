@@ -5,8 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from ..errors import InvalidValueError
-from ..validate import MAX_SEED, float_argument, int_argument, integer, number, text_argument
+from ..validate import MAX_SEED, float_argument, int_argument, text_argument
 from .limits import (
     MAX_ASPECT,
     MAX_CONCURRENCY,
@@ -86,28 +85,32 @@ def _endpoint(args):
 
 
 def _parse_resolution(text: str) -> tuple[int, int]:
-    """``N`` or ``MIN-MAX``, each side an integer in [MIN_SIDE, MAX_SIDE]."""
-    parts = text.split("-")
+    """``N`` or ``MIN-MAX``: integers between MIN_SIDE and MAX_SIDE, MIN <= MAX."""
+    problem = f"must be a side N or a range MIN-MAX of integers between {MIN_SIDE} and {MAX_SIDE}, got {text!r}"
     try:
-        values = [integer("side", int(part), MIN_SIDE, MAX_SIDE) for part in parts]
-    except ValueError as error:  # not an integer, or out of range (InvalidValueError is a ValueError)
-        reason = f": {error}" if isinstance(error, InvalidValueError) else ""
-        raise argparse.ArgumentTypeError(f"must be N or MIN-MAX{reason}, got {text!r}") from None
-    if len(values) not in (1, 2) or values[0] > values[-1]:
-        raise argparse.ArgumentTypeError(f"must be N or MIN-MAX with MIN <= MAX, got {text!r}")
+        values = [int(part) for part in text.split("-")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(problem) from None
+    if len(values) not in (1, 2) or not MIN_SIDE <= values[0] <= values[-1] <= MAX_SIDE:
+        raise argparse.ArgumentTypeError(problem)
     return (values[0], values[-1])
 
 
 def _parse_aspects(text: str) -> tuple[float, ...]:
-    """Comma-separated ``W:H`` (or ``R``) ratios, each finite and in [1/MAX_ASPECT, MAX_ASPECT]."""
+    """Comma-separated ``W:H`` ratios (or plain numbers), each between 1/MAX_ASPECT and MAX_ASPECT."""
+    problem = (
+        f"must be comma-separated ratios W:H such as '1:1,4:3,3:4', each between 1:{MAX_ASPECT:g} and "
+        f"{MAX_ASPECT:g}:1, got {text!r}"
+    )
     ratios = []
     for part in text.split(","):
+        width, _, height = part.partition(":")
         try:
-            width, _, height = part.partition(":")
-            ratio = number("aspect ratio", float(width) / float(height or 1), 1 / MAX_ASPECT, MAX_ASPECT)
-        except (ValueError, ZeroDivisionError) as error:
-            reason = f": {error}" if isinstance(error, InvalidValueError) else ""
-            raise argparse.ArgumentTypeError(f"aspect ratios look like '1:1,4:3,3:4'{reason}, got {text!r}") from None
+            ratio = float(width) / float(height or 1)
+        except (ValueError, ZeroDivisionError):
+            raise argparse.ArgumentTypeError(problem) from None
+        if not 1 / MAX_ASPECT <= ratio <= MAX_ASPECT:  # NaN fails this too
+            raise argparse.ArgumentTypeError(problem)
         ratios.append(ratio)
     return tuple(ratios)
 

@@ -2,8 +2,9 @@
 
 :class:`LocalExecutor` (default) processes shards in worker processes on this machine; :class:`RayExecutor`
 expresses the same pipeline as a Ray Data plan (plain stages as tasks, model stages as actor pools) and can join
-an existing cluster. Both skip shards whose completion marker matches, write each shard atomically, and sort
-rows by ``sample_id``, so the same input gives the same store with either executor.
+an existing cluster. Both skip shards that are complete and intact (see :meth:`~.store.Store.shard_problem`),
+rebuild damaged ones, write each shard atomically, and sort rows by ``sample_id``, so the same input gives the
+same store with either executor. Local worker processes end when their parent does, even when it is killed.
 """
 
 from __future__ import annotations

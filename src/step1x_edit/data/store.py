@@ -170,8 +170,11 @@ class Store:
         """What is wrong with shard ``name`` given its ``marker``, or None when the Parquet file is there with the
         marker's row count (``verify``: and the marker's sha256, which reads the whole file)."""
         if marker is None:
-            exists = self.marker_path(name).exists()
-            return "its completion marker is unreadable or garbled" if exists else "it has no completion marker"
+            if self.marker_path(name).exists():
+                return "its completion marker is unreadable or garbled"
+            if self.shard_path(name).exists():
+                return "it has no completion marker"
+            return "neither its Parquet file nor its completion marker exists"
         path = self.shard_path(name)
         if not path.is_file():
             return "its Parquet file is missing"
