@@ -13,6 +13,7 @@ import os
 import sys
 from pathlib import Path
 
+from . import validate
 from .errors import Step1XEditError
 
 DTYPES = {"auto": None, "float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", "bf16": "bfloat16",
@@ -93,7 +94,7 @@ def _serve(args: argparse.Namespace) -> int:
     try:
         import uvicorn
 
-        from .serve.http import create_app
+        from .serve.http import LOOPBACK_HOSTS, create_app
         from .serve.service import EditService, ServeLimits
         if not args.no_ui:
             import gradio  # noqa: F401
@@ -101,18 +102,60 @@ def _serve(args: argparse.Namespace) -> int:
         raise Step1XEditError(f"serving needs the serve extra ({error.name} is missing): "
                               "pip install 'step1x-edit[serve]'") from error
     limits = ServeLimits(max_steps=args.max_steps, max_size_level=args.max_size_level, max_images=args.max_images,
-                         max_pending=args.max_pending, max_upload_bytes=int(args.max_upload_mb * 1024 * 1024))
+                         max_pending=args.max_pending, max_upload_bytes=int(args.max_upload_mb * 1024 * 1024),
+                         max_seconds=args.max_edit_seconds)
+    allowed_hosts = _allowed_hosts(args.allowed_hosts, args.host, LOOPBACK_HOSTS)
+    api_key = args.api_key or os.environ.get("STEP1X_EDIT_API_KEY") or None
+    if api_key is not None:
+        validate.text("--api-key", api_key, 1024, allow_empty=False)
     lora_scales = _lora_scales(args)
+    if not args.no_ui and not os.environ.get("GRADIO_TEMP_DIR"):
+        import tempfile  # uploads and results in a folder of this server's own, readable by its user only
+
+        os.environ["GRADIO_TEMP_DIR"] = tempfile.mkdtemp(prefix="step1x-edit-serve-")
+    _check_can_listen(args.host, args.port)  # before the model loads (minutes for the released weights)
     pipe = _load_model(args, lora_scales)
     name = args.name or (Path(args.model).resolve().name if args.model else "step1x-edit-demo")
-    api_key = args.api_key or os.environ.get("STEP1X_EDIT_API_KEY") or None
-    app = create_app(EditService(pipe, limits, name=name), ui=not args.no_ui, api_key=api_key)
+    service = EditService(pipe, limits, name=name)
+    app = create_app(service, ui=not args.no_ui, api_key=api_key, allowed_hosts=allowed_hosts)
     where = f"http://{args.host}:{args.port}"
     print(f"serving {name} at {where}: " + ("web UI at /ui, " if not args.no_ui else "")
-          + "HTTP API at /v1/edit and /v1/images/edits, its docs at /docs"
+          + "HTTP API at /v1/edit and /v1/images/edits, its docs at /docs; answering to "
+          + ("any host name" if "*" in allowed_hosts else ", ".join(allowed_hosts))
           + ("" if api_key else "; no API key: anyone who can reach the port can use it"), file=sys.stderr)
     uvicorn.run(app, host=args.host, port=args.port, log_level="info")
     return 0
+
+
+def _check_can_listen(host: str, port: int) -> None:
+    """Raise unless a server could listen on ``host``:``port`` now (the port is free, the address is this
+    machine's)."""
+    import socket
+
+    try:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind((host, port))
+    except OSError as error:  # socket.gaierror included
+        raise Step1XEditError(f"cannot listen on {host}:{port}: {error.strerror or error}") from error
+
+
+def _allowed_hosts(given: list[str] | None, bind: str, loopback: tuple[str, ...]) -> list[str]:
+    """The host names the server answers to: ``--allowed-hosts`` (comma-separated, repeatable), else the loopback
+    names when bound to a loopback address, else any ('*': the server is meant to be reached from elsewhere)."""
+    import ipaddress
+
+    if given:
+        hosts = [host.strip() for value in given for host in value.split(",") if host.strip()]
+        if not hosts:
+            raise Step1XEditError("--allowed-hosts: give host names (comma-separated), or '*' for any")
+        return hosts
+    try:
+        is_loopback = ipaddress.ip_address(bind.strip("[]")).is_loopback
+    except ValueError:
+        is_loopback = bind == "localhost"
+    return list(loopback) if is_loopback else ["*"]
 
 
 def _output_path(args: argparse.Namespace) -> Path:
@@ -225,17 +268,30 @@ def _add_serve(subcommands) -> None:
     _add_model_arguments(parser)
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; 0.0.0.0 for "
                         "every interface)")
-    parser.add_argument("--port", type=int, default=7860, help="port (default 7860)")
+    parser.add_argument("--port", type=validate.int_argument(0, 65535), default=7860, help="port (default 7860)")
+    parser.add_argument("--allowed-hosts", action="append", metavar="NAMES",
+                        help="host names clients may reach the server by, comma-separated ('*': any; "
+                        "'*.example.com': its subdomains); default: localhost, 127.0.0.1 and ::1 when --host is a "
+                        "loopback address, else any")
     parser.add_argument("--no-ui", action="store_true", help="the HTTP API only, without the web UI")
-    parser.add_argument("--name", help="the model id the API reports (default: the model folder's name)")
-    parser.add_argument("--api-key", help="require 'Authorization: Bearer KEY' on the API and KEY as the web UI's "
-                        "password (default: the STEP1X_EDIT_API_KEY environment variable; none: open)")
-    parser.add_argument("--max-steps", type=int, default=100, help="most denoising steps a request may ask for")
-    parser.add_argument("--max-size-level", type=int, default=1024, help="largest working size a request may ask for")
-    parser.add_argument("--max-images", type=int, default=4, help="most images one request may ask for")
-    parser.add_argument("--max-pending", type=int, default=8, help="edits running or waiting before new requests "
-                        "are refused (503)")
-    parser.add_argument("--max-upload-mb", type=float, default=50, help="largest image file accepted, in MB")
+    parser.add_argument("--name", type=validate.text_argument(200, allow_empty=False),
+                        help="the model id the API reports (default: the model folder's name)")
+    parser.add_argument("--api-key", help="require 'Authorization: Bearer KEY' on the API and its docs, and KEY as the "
+                        "web UI's password (default: the STEP1X_EDIT_API_KEY environment variable; none: open)")
+    parser.add_argument("--max-steps", type=validate.int_argument(1, 1000),
+                        help="most denoising steps a request may ask for (default: the larger of 50 and twice the "
+                        "model's default)")
+    parser.add_argument("--max-size-level", type=validate.int_argument(16, 8192),
+                        help="largest working size a request may ask for (default: the model's own, 1024 for the "
+                        "released models, 96 for the built-in demo model)")
+    parser.add_argument("--max-images", type=validate.int_argument(1, 64), default=4,
+                        help="most images one request may ask for (default 4)")
+    parser.add_argument("--max-pending", type=validate.int_argument(1, 10_000), default=8,
+                        help="requests uploading, running or waiting before new ones are refused with 503 (default 8)")
+    parser.add_argument("--max-upload-mb", type=validate.float_argument(0, 1024, low_open=True), default=50,
+                        help="largest image file accepted, in MB (default 50)")
+    parser.add_argument("--max-edit-seconds", type=validate.float_argument(0, 86_400, low_open=True), default=300,
+                        help="longest one edit may run before it is stopped (default 300)")
     parser.set_defaults(handler=_serve)
 
 
