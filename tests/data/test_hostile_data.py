@@ -152,9 +152,12 @@ def test_training_reader_names_a_shard_with_a_garbled_marker(store):
         next(iter_samples(store, split=None))
 
 
-def test_garbled_store_manifest_is_a_clear_error(store, capsys):
+def test_garbled_store_manifest_is_a_clear_error_and_overwrite_starts_afresh(store, made, capsys):
     (store / "store.json").write_text("[1, 2]")
     assert "has format 'list'" in refused(capsys, "inspect", store)
+    assert "pass --overwrite to start the store afresh" in refused(capsys, *GENERATE, "--out", store)
+    assert run(*GENERATE, "--out", store, "--overwrite") == 0
+    assert samples(store) == made[1]
 
 
 # -- workers end with their parent ------------------------------------------------------------------------

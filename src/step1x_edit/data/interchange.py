@@ -167,12 +167,11 @@ def _write_import(
         out_dir, {"config_hash": config_hash, "generator": IMPORT_GENERATOR, "config": fingerprint}, overwrite
     )
     starts = range(0, len(records), shard_size)
-    store.set_shards([f"part-{start // shard_size:05d}" for start in starts])
-    for start in starts:
+    names = [f"part-{start // shard_size:05d}" for start in starts]
+    store.set_shards(names)
+    for name, start in zip(names, starts, strict=True):
         chunk = records[start : start + shard_size]
-        store.write_shard(
-            f"part-{start // shard_size:05d}", chunk, stable_hash([r["sample_id"] for r in chunk]), config_hash
-        )
+        store.write_shard(name, chunk, stable_hash([r["sample_id"] for r in chunk]), config_hash)
     deduplicate(store)
     return store
 

@@ -100,14 +100,18 @@ class Store:
         store = cls(root)
         make_folder(store.root, "output store")
         make_folder(store.shard_dir, "shard folder")
-        manifest_path = store.root / MANIFEST
-        if manifest_path.exists():
-            existing = store.manifest()
-            if existing["config_hash"] != manifest["config_hash"]:
+        if (store.root / MANIFEST).exists():
+            try:
+                existing = store.manifest()["config_hash"]
+            except DataFormatError as error:
+                if not overwrite:
+                    raise DataFormatError(f"{error}; pass --overwrite to start the store afresh") from None
+                existing = None
+            if existing != manifest["config_hash"]:
                 if not overwrite:
                     raise DataFormatError(
                         f"{store.root} holds a dataset made with a different configuration "
-                        f"(config hash {existing['config_hash']} vs {manifest['config_hash']}); "
+                        f"(config hash {existing} vs {manifest['config_hash']}); "
                         "use another output directory or pass --overwrite"
                     )
                 for path in store.shard_dir.iterdir():
