@@ -58,8 +58,9 @@ def pending_shards(store: Store, shards: Sequence[ShardSpec]) -> list[ShardSpec]
     """The shards not yet complete and intact. One that exists but is damaged (its file missing, truncated or not
     matching the sha256 in its marker, its marker garbled) or made from other input is logged as rebuilt."""
     todo = []
+    config_hash = store.config_hash
     for shard in shards:
-        problem = store.shard_problem(shard.name, shard.key)
+        problem = store.shard_problem(shard.name, shard.key, config_hash)
         if problem is None:
             continue
         if problem != NOT_WRITTEN:

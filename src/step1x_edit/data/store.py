@@ -192,14 +192,14 @@ class Store:
             return "its Parquet file does not match the sha256 in its completion marker"
         return None
 
-    def shard_problem(self, name: str, key: str) -> str | None:
-        """None when shard ``name`` is complete for input ``key`` under the current config hash and its file
+    def shard_problem(self, name: str, key: str, config_hash: str) -> str | None:
+        """None when shard ``name`` is complete for input ``key`` under ``config_hash`` (the store's) and its file
         matches its marker; otherwise why it must be (re)built (:data:`NOT_WRITTEN` when none of its files
         exist)."""
         marker = self._marker(name)
         if marker is None and not self.marker_path(name).exists() and not self.shard_path(name).exists():
             return NOT_WRITTEN
-        if marker is not None and (marker["key"] != key or marker["config_hash"] != self.config_hash):
+        if marker is not None and (marker["key"] != key or marker["config_hash"] != config_hash):
             return "its input or configuration changed"
         return self._problem(name, marker, verify=True)
 
