@@ -6,9 +6,9 @@ import torch
 from PIL import Image
 
 from step1x_edit import sampling
-from step1x_edit.errors import DataFormatError
+from step1x_edit.errors import DataFormatError, Step1XEditError
 from step1x_edit.pipeline import Step1XEditPipeline
-from step1x_edit.train.config import DataConfig, TrainingConfigError, load_config
+from step1x_edit.train.config import DataConfig, load_config
 from step1x_edit.train.data import (
     EditExample,
     FeatureCache,
@@ -60,7 +60,7 @@ def test_task_repeats_list_a_category_s_samples_that_many_times_and_reject_unkno
     config_file.write_text('[data]\nstore = "s"\ntask_repeats = {subject_addition = 3}\n', encoding="utf-8")
     assert load_config(config_file).data.task_repeats == {"subject_addition": 3}
     for bad in ({"subject_addition": 0}, {"subject_addition": 1.5}, ["subject_addition"]):
-        with pytest.raises(TrainingConfigError, match="task_repeats"):
+        with pytest.raises(Step1XEditError, match="task_repeats"):
             DataConfig(store="s", task_repeats=bad)
 
 

@@ -63,7 +63,7 @@ def test_interrupted_run_resumed_ends_with_the_same_weights(tmp_path, monkeypatc
     with pytest.raises(KeyboardInterrupt):
         train_vae(config, tmp_path / "resumed", progress=False)
     monkeypatch.setattr(vae_training, "training_batch", real_batch)
-    assert torch.load(tmp_path / "resumed" / "checkpoint.pt", weights_only=False)["step"] == 3
+    assert [folder.name for folder in (tmp_path / "resumed" / "checkpoints").iterdir()] == ["step-0000003"]
     resumed = train_vae(config, tmp_path / "resumed", progress=False)
 
     expected, actual = uninterrupted.state_dict(), resumed.state_dict()
@@ -94,21 +94,20 @@ def test_calibration_gives_zero_mean_unit_std_latents():
     ("field", "value", "message"),
     [
         ("block_out_channels", (32, 48), "multiples of 32"),
-        ("block_out_channels", (), "multiples of 32"),
+        ("block_out_channels", (), "a list of 1 to 8 widths"),
         ("norm_num_groups", 3, "multiple of norm_num_groups 3"),
         ("crop", 33, "crop must be a multiple of 2"),
         ("crop", 128, "at most resolution"),
         ("resolution", 72, "resolution must be a multiple of 16"),
-        ("batch_size", 0, "batch_size must be at least 1"),
-        ("lr", 0.0, "lr must be positive"),
-        ("kl_weight", -1e-6, "must not be negative"),
+        ("batch_size", 0, "batch_size must be an integer between 1 and 4096, got 0"),
+        ("lr", 0.0, r"lr must be a finite number in \(0, 10\], got 0.0"),
+        ("kl_weight", -1e-6, "kl_weight must be a finite number between 0 and"),
         ("tasks", ("juggling",), "unknown: \\['juggling'\\]"),
     ],
 )
 def test_bad_config_values_raise_clear_errors(field, value, message):
-    with pytest.raises(VAEConfigError, match=message):
+    with pytest.raises(Step1XEditError, match=message):
         dataclasses.replace(TINY, **{field: value})
-    assert issubclass(VAEConfigError, Step1XEditError)
 
 
 def test_lists_from_toml_become_tuples():
@@ -130,7 +129,7 @@ def test_train_vae_command_trains_from_a_toml_config(tmp_path, capsys):
     assert main(["train-vae", "--output", str(tmp_path / "run"), "--config", str(path), "--steps", "2",
                  "--no-progress"]) == 0
     assert "held-out reconstruction PSNR" in capsys.readouterr().out
-    assert torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)["step"] == 2
+    assert [folder.name for folder in (tmp_path / "run" / "checkpoints").iterdir()] == ["step-0000002"]
     assert (tmp_path / "run" / "vae" / "config.json").exists()
 
 

@@ -6,12 +6,16 @@ from __future__ import annotations
 import argparse
 import json
 
+from ..validate import float_argument, int_argument
+
+MAX_STEPS = 10**9  # step1x_edit.train.config.MAX_STEPS, repeated so that --help imports nothing heavy
+
 
 def _parse_value(text: str):
     """A TOML-ish scalar from the command line: JSON when it parses (numbers, booleans, lists), else a string."""
     try:
         return json.loads(text)
-    except json.JSONDecodeError:
+    except (json.JSONDecodeError, RecursionError):
         return text
 
 
@@ -90,17 +94,20 @@ def register(subcommands) -> None:
                         help="override one config field, e.g. --set training.learning_rate=5e-5 (repeatable)")
     parser.add_argument("--model", help="shortcut for --set model.path=...")
     parser.add_argument("--output-dir", help="shortcut for --set training.output_dir=...")
-    parser.add_argument("--max-steps", type=int, help="shortcut for --set training.max_steps=...")
-    parser.add_argument("--until-step", type=int, help="stop (with a checkpoint) at this step; rerun to continue")
+    parser.add_argument("--max-steps", type=int_argument(1, MAX_STEPS),
+                        help="shortcut for --set training.max_steps=...")
+    parser.add_argument("--until-step", type=int_argument(1, MAX_STEPS),
+                        help="stop (with a checkpoint) at this step; rerun to continue")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.set_defaults(handler=_train)
 
     vae = subcommands.add_parser(
         "train-vae", help="train a small FLUX-layout VAE on the synthetic editing world (the demo model's VAE)",
-        description="Train an AutoencoderKL on fresh synthetic images; resumes from OUTPUT/checkpoint.pt.",
+        description="Train an AutoencoderKL on fresh synthetic images; resumes from OUTPUT/checkpoints/.",
     )
-    vae.add_argument("--output", required=True, help="output directory (checkpoint.pt, vae/)")
-    vae.add_argument("--steps", type=int, default=None, help="training steps (overrides the config)")
+    vae.add_argument("--output", required=True, help="output directory (checkpoints/, vae/)")
+    vae.add_argument("--steps", type=int_argument(1, MAX_STEPS), default=None,
+                     help="training steps (overrides the config)")
     vae.add_argument("--config", default=None, help="TOML file of VAETrainingConfig fields (default: the demo's)")
     vae.add_argument("--no-resume", action="store_true", help="start over even if OUTPUT holds a checkpoint")
     vae.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -125,7 +132,8 @@ def register(subcommands) -> None:
     )
     merge.add_argument("first", help="a diffusers-layout model folder (e.g. a run's final/)")
     merge.add_argument("second", help="the model to average it with, e.g. the one it was fine-tuned from")
-    merge.add_argument("--weight", type=float, required=True, help="SECOND's share, between 0 and 1")
+    merge.add_argument("--weight", type=float_argument(0, 1, low_open=True), required=True,
+                       help="SECOND's share, between 0 and 1 (exclusive)")
     merge.add_argument("-o", "--output", required=True, help="the folder to write")
     merge.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default="fp32", help="saved weights' dtype")
     merge.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")

@@ -18,8 +18,9 @@ every = 250
 ```
 
 Every field has a default (see the dataclasses); unknown tables or fields are errors, so a typo cannot be
-silently ignored. :func:`load_config` reads a file, :func:`config_from_dict` a dict, and ``overrides``
-(``{"training.max_steps": 10}``) let the command line change single fields.
+silently ignored, and every value is checked for its type and range (:mod:`step1x_edit.validate`: an integer
+field takes no ``4.5`` and no ``true``, a number no NaN). :func:`load_config` reads a file, :func:`config_from_dict`
+a dict, and ``overrides`` (``{"training.max_steps": 10}``) let the command line change single fields.
 """
 
 from __future__ import annotations
@@ -27,12 +28,16 @@ from __future__ import annotations
 import dataclasses
 import os
 import sys
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import Step1XEditError
-from .flow import LOSS_SPACES, LOSS_WEIGHTINGS
+from diffusers.optimization import SchedulerType
+
+from ..errors import InvalidValueError, Step1XEditError
+from ..validate import integer, number, text
+from .flow import LOSS_SPACES, LOSS_WEIGHTINGS, TIMESTEP_SAMPLING
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -42,6 +47,87 @@ else:  # pragma: no cover
 
 class TrainingConfigError(Step1XEditError, ValueError):
     """A training configuration is invalid (unknown field, wrong type, impossible value)."""
+
+
+MAX_STEPS = 10**9
+"""The most optimisation steps (and the bound of every field counted in steps)."""
+MAX_TRAIN_SEED = 2**32 - 1
+"""The largest training seed (accelerate's ``set_seed`` seeds NumPy too, which takes 32-bit seeds)."""
+MAX_CONFIG_BYTES = 1 << 20
+"""The largest TOML file read as a config or recipe."""
+SCHEDULERS = tuple(kind.value for kind in SchedulerType)
+
+
+def read_toml(path: str | os.PathLike, what: str) -> dict[str, Any]:
+    """The tables of the TOML file ``path``; a one-line :class:`TrainingConfigError` naming ``what`` and the file
+    when it cannot be read, is not UTF-8 text or not valid TOML."""
+    path = Path(path)
+    try:
+        with path.open("rb") as handle:
+            raw = handle.read(MAX_CONFIG_BYTES + 1)
+    except OSError as error:
+        raise TrainingConfigError(f"cannot read {what} {path}: {error.strerror or error}") from None
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise TrainingConfigError(f"{what} {path} is larger than {MAX_CONFIG_BYTES >> 20} MiB; is it a TOML file?")
+    try:
+        return tomllib.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as error:
+        raise TrainingConfigError(f"{what} {path} is not UTF-8 text (byte 0x{raw[error.start]:02x} at offset "
+                                  f"{error.start}); is it a TOML file?") from None
+    except tomllib.TOMLDecodeError as error:
+        raise TrainingConfigError(f"{what} {path} is not valid TOML: {error}") from None
+
+
+def _field(table: str, name: str) -> str:
+    return f"{table}.{name}" if table else name
+
+
+def check_fields(config, table: str, integers: dict[str, tuple] | None = None,
+                 numbers: dict[str, tuple] | None = None, flags: Iterable[str] = (),
+                 choices: dict[str, tuple[str, ...]] | None = None) -> None:
+    """Check the fields of the frozen dataclass ``config`` (errors name them ``table.field``, or ``field`` when
+    ``table`` is empty): ``integers`` maps a field to ``(low, high)``; ``numbers`` to ``(low, high)`` or
+    ``(low, high, "open")`` (strictly above ``low``), and stores it as a float; ``flags`` must be booleans;
+    ``choices`` maps a field to its allowed strings."""
+    for name, (low, high) in (integers or {}).items():
+        integer(_field(table, name), getattr(config, name), low, high)
+    for name, bounds in (numbers or {}).items():
+        low, high = bounds[:2]
+        value = number(_field(table, name), getattr(config, name), low, high, low_open=bounds[2:] == ("open",))
+        object.__setattr__(config, name, value)
+    for name in flags:
+        if not isinstance(getattr(config, name), bool):
+            raise InvalidValueError(f"{_field(table, name)} must be true or false, got {getattr(config, name)!r}")
+    for name, allowed in (choices or {}).items():
+        value = getattr(config, name)
+        if not isinstance(value, str) or value not in allowed:
+            raise InvalidValueError(f"{_field(table, name)} must be one of {', '.join(map(repr, allowed))}, got "
+                                    f"{value!r}")
+
+
+def check_texts(config, table: str, *names: str, optional: bool = False) -> None:
+    """The fields ``names`` of ``config`` are UTF-8 strings that are not blank (or ``None`` when ``optional``)."""
+    for name in names:
+        value = getattr(config, name)
+        if not (optional and value is None):
+            text(f"{table}.{name}", value, 4096, allow_empty=False)
+
+
+def check_text_list(config, table: str, name: str) -> None:
+    """The field ``name`` is a list of UTF-8 strings; stored as a tuple."""
+    values = getattr(config, name)
+    if not isinstance(values, (list, tuple)):
+        raise InvalidValueError(f"{_field(table, name)} must be a list of strings, got {values!r}")
+    object.__setattr__(config, name, tuple(text(f"{_field(table, name)}[{index}]", value, 4096, allow_empty=False)
+                                           for index, value in enumerate(values)))
+
+
+def check_below_one(config, table: str, name: str) -> None:
+    """The field ``name`` is a number in [0, 1)."""
+    value = number(f"{table}.{name}", getattr(config, name), 0, 1)
+    if value == 1:
+        raise InvalidValueError(f"{table}.{name} must be a number of at least 0 and below 1, got {value!r}")
+    object.__setattr__(config, name, value)
 
 
 @dataclass(frozen=True)
@@ -68,10 +154,11 @@ class ModelConfig:
     lora_targets: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
-        if self.mode not in ("lora", "full"):
-            raise TrainingConfigError(f"model.mode must be 'lora' or 'full', got {self.mode!r}")
-        if self.lora_rank < 1 or self.lora_alpha <= 0:
-            raise TrainingConfigError("model.lora_rank and model.lora_alpha must be positive")
+        check_texts(self, "model", "path", "version", optional=True)
+        check_fields(self, "model", integers={"lora_rank": (1, 4096)},
+                     numbers={"lora_alpha": (0, 65536, "open"), "lora_dropout": (0, 1)},
+                     flags=("train_connector", "train_text_encoder"), choices={"mode": ("lora", "full")})
+        check_text_list(self, "model", "lora_targets")
         if self.train_text_encoder and self.mode != "full":
             raise TrainingConfigError("model.train_text_encoder needs model.mode = 'full'")
 
@@ -100,17 +187,16 @@ class DataConfig:
     def __post_init__(self) -> None:
         if (self.store is None) == (self.metadata is None):
             raise TrainingConfigError("set exactly one of data.store and data.metadata")
-        if self.language not in ("en", "zh", "both"):
-            raise TrainingConfigError(f"data.language must be 'en', 'zh' or 'both', got {self.language!r}")
-        if self.resolution < 16:
-            raise TrainingConfigError(f"data.resolution must be at least 16, got {self.resolution}")
-        if self.split not in ("train", "validation", "all"):
-            raise TrainingConfigError(f"data.split must be 'train', 'validation' or 'all', got {self.split!r}")
-        if not isinstance(self.task_repeats, dict) or not all(
-                isinstance(count, int) and not isinstance(count, bool) and count >= 1
-                for count in self.task_repeats.values()):
-            raise TrainingConfigError(
-                f"data.task_repeats must map task names to whole numbers of at least 1, got {self.task_repeats!r}")
+        check_texts(self, "data", "store", "metadata", "image_dir", "cache_dir", optional=True)
+        check_fields(self, "data", integers={"resolution": (16, 8192)}, numbers={"validation_fraction": (0, 1)},
+                     flags=("cache",), choices={"language": ("en", "zh", "both"),
+                                                "split": ("train", "validation", "all")})
+        check_text_list(self, "data", "tasks")
+        if not isinstance(self.task_repeats, dict):
+            raise InvalidValueError(f"data.task_repeats must map task names to counts, got {self.task_repeats!r}")
+        for task, count in self.task_repeats.items():
+            text("a data.task_repeats key", task, 4096, allow_empty=False)
+            integer(f"data.task_repeats.{task}", count, 1, 1000)
 
 
 @dataclass(frozen=True)
@@ -182,50 +268,52 @@ class OptimConfig:
     until_step: int | None = None
 
     def __post_init__(self) -> None:
-        if self.max_steps < 1 or self.batch_size < 1 or self.gradient_accumulation_steps < 1:
-            raise TrainingConfigError("max_steps, batch_size and gradient_accumulation_steps must be >= 1")
-        if self.learning_rate <= 0:
-            raise TrainingConfigError(f"learning_rate must be positive, got {self.learning_rate}")
-        if not 0 <= self.pure_noise_rate <= 1:
-            raise TrainingConfigError(f"training.pure_noise_rate must be in [0, 1], got {self.pure_noise_rate}")
-        if self.qk_norm_lr_scale <= 0:
-            raise TrainingConfigError(f"qk_norm_lr_scale must be positive, got {self.qk_norm_lr_scale}")
-        if self.text_encoder_lr_scale <= 0:
-            raise TrainingConfigError(f"text_encoder_lr_scale must be positive, got {self.text_encoder_lr_scale}")
-        if self.loss_weighting not in LOSS_WEIGHTINGS:
-            raise TrainingConfigError(
-                f"training.loss_weighting must be one of {LOSS_WEIGHTINGS}, got {self.loss_weighting!r}"
-            )
-        if self.loss_space not in LOSS_SPACES:
-            raise TrainingConfigError(f"training.loss_space must be one of {LOSS_SPACES}, got {self.loss_space!r}")
+        check_texts(self, "training", "output_dir")
+        rate = (0, 1)
+        weight = (0, 1e6)
+        check_fields(
+            self, "training",
+            integers={"seed": (0, MAX_TRAIN_SEED), "max_steps": (1, MAX_STEPS), "batch_size": (1, 4096),
+                      "gradient_accumulation_steps": (1, 4096), "warmup_steps": (0, MAX_STEPS),
+                      "checkpoint_every": (1, MAX_STEPS), "keep_checkpoints": (1, 1000), "log_every": (1, MAX_STEPS),
+                      "num_threads": (0, 4096)},
+            numbers={"learning_rate": (0, 10, "open"), "weight_decay": (0, 10), "adam_epsilon": (0, 1, "open"),
+                     "max_grad_norm": (0, 1e6), "shift": (0, 1000, "open"), "logit_mean": (-10, 10),
+                     "logit_std": (0, 10, "open"), "pure_noise_rate": rate, "dropout_text": rate,
+                     "dropout_image": rate, "dropout_both": rate, "source_start_rate": rate,
+                     "qk_norm_lr_scale": (0, 1e4, "open"), "text_encoder_lr_scale": (0, 1e4, "open"),
+                     "ssim_loss_weight": weight, "squared_loss_weight": weight, "absolute_loss_weight": weight},
+            flags=("use_8bit_adam", "gradient_checkpointing"),
+            choices={"lr_scheduler": SCHEDULERS, "mixed_precision": ("auto", "no", "bf16", "fp16"),
+                     "timestep_sampling": TIMESTEP_SAMPLING, "loss_weighting": LOSS_WEIGHTINGS,
+                     "loss_space": LOSS_SPACES},
+        )
+        for name in ("adam_beta1", "adam_beta2", "ema_decay"):
+            check_below_one(self, "training", name)
+        if self.until_step is not None:
+            integer("training.until_step", self.until_step, 1, MAX_STEPS)
         if self.loss_space == "pixel" and self.loss_weighting == "none":
             raise TrainingConfigError("training.loss_space 'pixel' needs loss_weighting 'x0' or 'x0_relative'")
-        if self.ssim_loss_weight < 0 or (self.ssim_loss_weight and self.loss_space != "pixel"):
-            raise TrainingConfigError("training.ssim_loss_weight must be non-negative and needs loss_space 'pixel'")
-        if self.absolute_loss_weight < 0 or (self.absolute_loss_weight and self.loss_space != "pixel"):
-            raise TrainingConfigError("training.absolute_loss_weight must be non-negative and needs loss_space 'pixel'")
-        if self.squared_loss_weight < 0 or not self.squared_loss_weight + self.absolute_loss_weight + self.ssim_loss_weight:
-            raise TrainingConfigError("training.squared_loss_weight must be non-negative, and the loss weights "
-                                      "(squared, absolute, ssim) not all zero")
-        if self.mixed_precision not in ("auto", "no", "bf16", "fp16"):
-            raise TrainingConfigError("training.mixed_precision must be 'auto', 'no', 'bf16' or 'fp16'")
-        if not 0 <= self.ema_decay < 1:
-            raise TrainingConfigError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
-        if min(self.dropout_text, self.dropout_image, self.dropout_both) < 0 or (
-            self.dropout_text + self.dropout_image + self.dropout_both > 1
-        ):
-            raise TrainingConfigError("dropout rates must be non-negative and sum to at most 1")
-        low_high = tuple(self.source_start_range)
-        if not 0 <= self.source_start_rate <= 1 or len(low_high) != 2 or not 0 < low_high[0] <= low_high[1] <= 1:
-            raise TrainingConfigError(
-                "training.source_start_rate must be in [0, 1] and source_start_range a pair 0 < low <= high <= 1, got "
-                f"{self.source_start_rate} and {self.source_start_range!r}"
-            )
+        if self.ssim_loss_weight and self.loss_space != "pixel":
+            raise TrainingConfigError("training.ssim_loss_weight needs loss_space 'pixel'")
+        if self.absolute_loss_weight and self.loss_space != "pixel":
+            raise TrainingConfigError("training.absolute_loss_weight needs loss_space 'pixel'")
+        if not self.squared_loss_weight + self.absolute_loss_weight + self.ssim_loss_weight:
+            raise TrainingConfigError("training: the loss weights (squared, absolute, ssim) are all zero")
+        if self.dropout_text + self.dropout_image + self.dropout_both > 1:
+            raise TrainingConfigError("training: the dropout rates (text, image, both) sum to more than 1")
+        pair = self.source_start_range
+        if not isinstance(pair, (list, tuple)) or len(pair) != 2:
+            raise InvalidValueError(f"training.source_start_range must be a pair [low, high], got {pair!r}")
+        low, high = (number(f"training.source_start_range[{index}]", value, 0, 1, low_open=True)
+                     for index, value in enumerate(pair))
+        if low > high:
+            raise TrainingConfigError(f"training.source_start_range must be a pair low <= high, got {pair!r}")
+        object.__setattr__(self, "source_start_range", (low, high))
+        check_text_list(self, "training", "report_to")
         unknown = set(self.report_to) - {"csv", "tensorboard"}
         if unknown:
             raise TrainingConfigError(f"training.report_to accepts 'csv' and 'tensorboard', got {sorted(unknown)}")
-        if self.checkpoint_every < 1 or self.keep_checkpoints < 1:
-            raise TrainingConfigError("checkpoint_every and keep_checkpoints must be >= 1")
 
 
 @dataclass(frozen=True)
@@ -238,6 +326,12 @@ class ValidationConfig:
     steps: int = 28
     guidance_scale: float = 6.0
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        check_fields(self, "validation",
+                     integers={"every": (-1, MAX_STEPS), "num_samples": (1, 10_000), "steps": (1, 1000),
+                               "seed": (0, MAX_TRAIN_SEED)},
+                     numbers={"guidance_scale": (0, 100)})
 
 
 @dataclass(frozen=True)
@@ -277,10 +371,13 @@ def _coerce(cls, name: str, values: dict[str, Any]):
 
 def config_from_dict(values: dict[str, Any], overrides: dict[str, Any] | None = None) -> TrainConfig:
     """A :class:`TrainConfig` from nested tables; ``overrides`` maps ``"table.field"`` to a value."""
-    tables = {name: dict(values.get(name, {})) for name in _SECTIONS}
     unknown = sorted(set(values) - set(_SECTIONS))
     if unknown:
         raise TrainingConfigError(f"unknown table(s) {unknown}; valid: {sorted(_SECTIONS)}")
+    not_tables = [name for name in _SECTIONS if not isinstance(values.get(name, {}), dict)]
+    if not_tables:
+        raise TrainingConfigError(f"{', '.join(not_tables)} must be a table ([{not_tables[0]}]), not a value")
+    tables = {name: dict(values.get(name, {})) for name in _SECTIONS}
     for dotted, value in (overrides or {}).items():
         table, _, key = dotted.partition(".")
         if table not in _SECTIONS or not key:
@@ -291,9 +388,4 @@ def config_from_dict(values: dict[str, Any], overrides: dict[str, Any] | None = 
 
 def load_config(path: str | os.PathLike, overrides: dict[str, Any] | None = None) -> TrainConfig:
     """Read a TOML training config (relative paths in it are relative to the working directory)."""
-    path = Path(path)
-    try:
-        values = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (OSError, tomllib.TOMLDecodeError) as error:
-        raise TrainingConfigError(f"cannot read training config {path}: {error}") from error
-    return config_from_dict(values, overrides)
+    return config_from_dict(read_toml(path, "training config"), overrides)

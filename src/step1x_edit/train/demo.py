@@ -44,7 +44,7 @@ from typing import Any
 import torch
 
 from ..errors import Step1XEditError
-from .config import TrainingConfigError, config_from_dict, tomllib
+from .config import TrainingConfigError, config_from_dict, read_toml
 
 STAGES = ("data", "vae", "assemble", "train", "finetune", "evaluate", "export")
 PATCH_FACTOR = 28  # merged visual token side, in pixels (Qwen2.5-VL)
@@ -60,12 +60,9 @@ def _ordinal(number: int) -> str:
 def load_recipe(path: str | os.PathLike) -> dict[str, Any]:
     """Read and check a demo recipe TOML."""
     path = Path(path)
-    try:
-        recipe = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (OSError, tomllib.TOMLDecodeError) as error:
-        raise TrainingConfigError(f"cannot read recipe {path}: {error}") from error
+    recipe = read_toml(path, "recipe")
     missing = [table for table in ("demo", "vae", "text_encoder", "transformer", "train", "evaluation")
-               if table not in recipe]
+               if not isinstance(recipe.get(table), dict)]
     if missing:
         raise TrainingConfigError(f"recipe {path} lacks the table(s) {missing}")
     return recipe

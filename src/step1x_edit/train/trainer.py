@@ -10,10 +10,12 @@
 3. steps with :func:`~step1x_edit.train.flow.flow_matching_loss` under accelerate (data parallel over processes,
    gradient accumulation, mixed precision, gradient clipping, AdamW or 8-bit AdamW, a diffusers LR schedule,
    optional EMA and gradient checkpointing);
-4. writes checkpoints ``<output_dir>/checkpoints/step-N`` atomically with everything a resume needs (weights or
-   adapters, optimizer, LR schedule, EMA, every RNG, the position in the data plan), so an interrupted run
-   continues with exactly the losses of an uninterrupted one; logs the loss to ``logs/loss.csv`` (and
-   TensorBoard); validates on held-out samples (images + PSNR/SSIM);
+4. writes checkpoints ``<output_dir>/checkpoints/step-N`` atomically, in safetensors and JSON
+   (:mod:`~step1x_edit.train.checkpoint`: loading one runs no code), with everything a resume needs (trained
+   weights, optimizer, LR schedule, EMA, every RNG, the position in the data plan), so an interrupted run
+   continues with exactly the losses of an uninterrupted one; a damaged newest checkpoint is skipped for the one
+   before it; logs the loss to ``logs/loss.csv`` (and TensorBoard); validates on held-out samples (images +
+   PSNR/SSIM);
 5. saves the result in ``<output_dir>/final``: a LoRA in peft/diffusers and in the official kohya format, or a
    full pipeline in the diffusers layout.
 
@@ -26,21 +28,21 @@ from __future__ import annotations
 import csv
 import json
 import math
-import os
-import shutil
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
-from ..errors import Step1XEditError
+from ..errors import CheckpointError, Step1XEditError
 from ..models.mllm import encode_prompts
 from ..models.vae import decode_latents
+from . import checkpoint
 from .config import TrainConfig, TrainingConfigError
 from .data import (
     LANGUAGE_KEYS,
@@ -64,8 +66,6 @@ from .flow import (
     source_start_times,
 )
 
-CHECKPOINT_PREFIX = "step-"
-ADAPTER_FILE = "adapter.safetensors"
 LOG_FIELDS = ("step", "loss", "lr", "samples", "seconds")
 
 
@@ -80,7 +80,8 @@ class TrainResult:
 
 
 class _Progress:
-    """The resumable counters and the trainer's own RNG (noise, flow times, dropout, language choice)."""
+    """The resumable counters (the same in every process) and this process's own RNG (noise, flow times, dropout,
+    language choice)."""
 
     def __init__(self, seed: int, rank: int):
         self.step = 0
@@ -88,13 +89,11 @@ class _Progress:
         self.samples = 0
         self.generator = torch.Generator().manual_seed(seed * 1000 + rank)
 
-    def state_dict(self) -> dict:
-        return {"step": self.step, "micro_step": self.micro_step, "samples": self.samples,
-                "generator": self.generator.get_state()}
+    def counters(self) -> dict[str, int]:
+        return {"step": self.step, "micro_step": self.micro_step, "samples": self.samples}
 
-    def load_state_dict(self, state: dict) -> None:
-        self.step, self.micro_step, self.samples = state["step"], state["micro_step"], state["samples"]
-        self.generator.set_state(state["generator"])
+    def load_counters(self, counters: dict) -> None:
+        self.step, self.micro_step, self.samples = counters["step"], counters["micro_step"], counters["samples"]
 
 
 def _mixed_precision(name: str) -> str:
@@ -172,13 +171,111 @@ def _trained_state_dict(transformer) -> dict[str, torch.Tensor]:
             if param.requires_grad}
 
 
-def _checkpoints(output_dir: Path) -> list[Path]:
-    folder = output_dir / "checkpoints"
-    if not folder.is_dir():
-        return []
-    found = [path for path in folder.iterdir() if path.is_dir() and path.name.startswith(CHECKPOINT_PREFIX)
-             and path.name[len(CHECKPOINT_PREFIX):].isdigit()]
-    return sorted(found, key=lambda path: int(path.name[len(CHECKPOINT_PREFIX):]))
+class _Checkpointer:
+    """Writes and resumes the run's checkpoints (:mod:`~step1x_edit.train.checkpoint`) in ``<output_dir>/checkpoints``.
+
+    ``training.*`` (written by the main process) holds the counters, the trained weights and the optimizer state
+    (unsharded, by parameter name, through torch's distributed state-dict API, so it works under DDP and FSDP), the
+    LR schedule and the EMA; ``process-R.*`` holds process R's own generator and global random states."""
+
+    def __init__(self, accelerator, trained: dict, optimizer, lr_scheduler, ema, progress: _Progress,
+                 root: Path, keep: int):
+        self.accelerator = accelerator
+        self.models = torch.nn.ModuleDict(trained)  # the trained modules under one roof, for one state dict
+        self.trained_names = {f"{prefix}.{name}" for prefix, module in trained.items()
+                              for name, param in accelerator.unwrap_model(module).named_parameters()
+                              if param.requires_grad}
+        self.optimizer = getattr(optimizer, "optimizer", optimizer)  # accelerate's wrapper holds torch's
+        self.lr_scheduler, self.ema, self.progress = lr_scheduler, ema, progress
+        self.root, self.keep = root, keep
+
+    def save(self) -> Path:
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
+
+        accelerator, progress = self.accelerator, self.progress
+        main = accelerator.is_main_process
+        temporary = checkpoint.temporary_folder(self.root, progress.step)
+        if main:
+            checkpoint.begin(self.root, progress.step)
+        accelerator.wait_for_everyone()
+        weights, optimizer = get_state_dict(self.models, self.optimizer, options=StateDictOptions(
+            full_state_dict=True, cpu_offload=True, ignore_frozen_params=True))
+        if main:
+            checkpoint.write_state(temporary, "training", {
+                **progress.counters(), "weights": weights, "optimizer": optimizer,
+                "lr_scheduler": self.lr_scheduler.state_dict(),
+                "ema": None if self.ema is None else self.ema.state_dict(),
+            })
+        checkpoint.write_state(temporary, f"process-{accelerator.process_index}",
+                               {"generator": progress.generator.get_state(), "rng": checkpoint.rng_state()})
+        accelerator.wait_for_everyone()
+        final = self.root / f"{checkpoint.PREFIX}{progress.step:07d}"
+        if main:
+            checkpoint.commit(temporary, self.keep, step=progress.step, processes=accelerator.num_processes)
+        accelerator.wait_for_everyone()
+        return final
+
+    def _read(self, folder: Path) -> tuple[dict | None, dict | None]:
+        """This process's parts of the checkpoint in ``folder``: the training state (main process only; the others
+        read it once every process accepted the checkpoint) and its own process state (``None`` when the run that
+        wrote it had fewer processes)."""
+        accelerator = self.accelerator
+        main = accelerator.is_main_process
+        names = checkpoint.state_files("training") if main else ()
+        manifest = checkpoint.verify(folder, names)
+        processes = manifest.get("processes")
+        mine = accelerator.process_index < processes if isinstance(processes, int) else False
+        if mine:
+            checkpoint.verify(folder, checkpoint.state_files(f"process-{accelerator.process_index}"))
+        training = checkpoint.read_state(folder, "training") if main else None
+        if training is not None and not isinstance(training, dict):
+            raise CheckpointError(f"{folder}: the training state is not a table")
+        own = checkpoint.read_state(folder, f"process-{accelerator.process_index}") if mine else None
+        return training, own
+
+    def resume(self) -> Path | None:
+        """Load the newest usable checkpoint (``None`` when there is none; an error when none is usable)."""
+        accelerator = self.accelerator
+
+        def agree(ok: bool) -> bool:
+            return bool(accelerator.gather(torch.tensor([int(ok)], device=accelerator.device)).all())
+
+        found = checkpoint.load_newest(self.root, self._read, agree)
+        if found is None:
+            return None
+        folder, (training, own) = found
+        if training is None:
+            training = checkpoint.read_state(folder, "training")
+        try:
+            self._apply(folder, training, own)
+        except (KeyError, TypeError, ValueError, RuntimeError) as error:
+            raise CheckpointError(f"{folder} does not fit this run ({' '.join(str(error).split())}); delete it to "
+                                  "resume from an earlier checkpoint") from None
+        return folder
+
+    def _apply(self, folder: Path, training: dict, own: dict | None) -> None:
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
+
+        weights = training["weights"]
+        if not isinstance(weights, dict) or set(weights) != self.trained_names:
+            names = set(weights) if isinstance(weights, dict) else set()
+            raise CheckpointError(
+                f"{folder} holds other trained weights than this run trains (missing "
+                f"{sorted(self.trained_names - names)[:3]}, unexpected {sorted(names - self.trained_names)[:3]})")
+        set_state_dict(self.models, self.optimizer, model_state_dict=weights,
+                       optim_state_dict=training["optimizer"],
+                       options=StateDictOptions(full_state_dict=True, strict=False))
+        self.lr_scheduler.load_state_dict(training["lr_scheduler"])
+        if self.ema is not None:
+            self.ema.load_state_dict(training["ema"])
+        self.progress.load_counters(training)
+        if own is None:
+            warnings.warn(f"{folder} was written by fewer processes than this run has: process "
+                          f"{self.accelerator.process_index} starts with fresh random states, so the resumed run "
+                          "does not repeat an uninterrupted one exactly", stacklevel=2)
+            return
+        self.progress.generator.set_state(own["generator"])
+        checkpoint.set_rng_state(own["rng"])
 
 
 def _check_same_run(output_dir: Path, config: TrainConfig) -> None:
@@ -341,37 +438,15 @@ def train(config: TrainConfig, progress: bool = True) -> TrainResult:
     ema = EMAModel(params, decay=t.ema_decay) if t.ema_decay > 0 else None
     transformer, optimizer, lr_scheduler = accelerator.prepare(transformer, optimizer, lr_scheduler)
     state = _Progress(t.seed, accelerator.process_index)
-    accelerator.register_for_checkpointing(state)
+    trained = {"transformer": transformer}
     if train_text:  # not wrapped for data parallel (its gradients are averaged by hand below)
-        accelerator.register_for_checkpointing(text_encoder)
-    if ema is not None:
-        accelerator.register_for_checkpointing(ema)
-
+        trained["text_encoder"] = text_encoder
+    checkpointer = _Checkpointer(accelerator, trained, optimizer, lr_scheduler, ema, state,
+                                 output_dir / "checkpoints", t.keep_checkpoints)
     lora = config.model.mode == "lora"
-
-    def save_hook(models, weights, directory):
-        if lora and models:
-            if main:
-                save_file(_trained_state_dict(accelerator.unwrap_model(models[0])),
-                          os.path.join(directory, ADAPTER_FILE))
-            weights.pop()
-
-    def load_hook(models, directory):
-        if lora and models:
-            model = accelerator.unwrap_model(models.pop())
-            saved = load_file(os.path.join(directory, ADAPTER_FILE))
-            current = dict(model.named_parameters())
-            with torch.no_grad():
-                for name, tensor in saved.items():
-                    current[name].copy_(tensor)
-
-    accelerator.register_save_state_pre_hook(save_hook)
-    accelerator.register_load_state_pre_hook(load_hook)
-    checkpoints = _checkpoints(output_dir)
-    if checkpoints:
-        accelerator.load_state(str(checkpoints[-1]))
-        if main:
-            print(f"resumed from {checkpoints[-1]} (step {state.step})")
+    resumed = checkpointer.resume()
+    if resumed is not None and main:
+        print(f"resumed from {resumed} (step {state.step})")
     if trackers:
         accelerator.init_trackers("step1x-edit-train", config={"max_steps": t.max_steps})
     log = _LossLog(output_dir, state.step, main and "csv" in t.report_to)
@@ -385,23 +460,6 @@ def train(config: TrainConfig, progress: bool = True) -> TrainResult:
     if t.loss_space == "pixel":  # the frozen VAE's decoder; gradients flow through it to the transformer only
         def decode(latents: torch.Tensor) -> torch.Tensor:
             return decode_latents(pipe.vae, latents.to(accelerator.device))
-
-    def save_checkpoint() -> None:
-        folder = output_dir / "checkpoints"
-        final = folder / f"{CHECKPOINT_PREFIX}{state.step:07d}"
-        temporary = folder / f".tmp-{CHECKPOINT_PREFIX}{state.step:07d}"
-        if main and temporary.exists():
-            shutil.rmtree(temporary)
-        accelerator.wait_for_everyone()
-        accelerator.save_state(str(temporary))
-        accelerator.wait_for_everyone()
-        if main:
-            if final.exists():
-                shutil.rmtree(final)
-            os.replace(temporary, final)
-            for old in _checkpoints(output_dir)[: -t.keep_checkpoints]:
-                shutil.rmtree(old)
-        accelerator.wait_for_everyone()
 
     def validate() -> None:
         if not validation_examples:
@@ -500,7 +558,7 @@ def train(config: TrainConfig, progress: bool = True) -> TrainResult:
         bar.update()
         bar.set_postfix(loss=f"{step_loss:.4f}")
         if state.step % t.checkpoint_every == 0 or state.step == stop:
-            save_checkpoint()
+            checkpointer.save()
         if config.validation.every > 0 and state.step % config.validation.every == 0 and main:
             validate()
     bar.close()

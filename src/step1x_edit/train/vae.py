@@ -27,8 +27,9 @@ This is how the demo model's VAE is made. The recipe:
 
 :func:`train_vae` is deterministic given the config: every random draw after initialisation comes from one
 ``torch.Generator`` whose state is checkpointed with the model, optimiser, scheduler and step every
-``checkpoint_every`` steps (``<output_dir>/checkpoint.pt``, written atomically), so an interrupted run that is
-resumed ends with the same weights as one that was never interrupted. The result is saved with
+``checkpoint_every`` steps (``<output_dir>/checkpoints/step-N``, safetensors and JSON written atomically, see
+:mod:`~step1x_edit.train.checkpoint`; the newest two are kept and a damaged one is skipped for the one before), so
+an interrupted run that is resumed ends with the same weights as one that was never interrupted. The result is saved with
 ``save_pretrained`` to ``<output_dir>/vae`` (plus a ``fp16`` variant when ``save_fp16`` is set).
 
 ``step1x-edit train-vae`` (:mod:`step1x_edit.train.cli`) is the command-line client.
@@ -39,7 +40,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-import sys
+import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,18 +52,18 @@ from diffusers.optimization import get_cosine_schedule_with_warmup
 from tqdm.auto import tqdm
 
 from ..data.synthetic import TASKS, generate_sample
-from ..errors import Step1XEditError
+from ..errors import CheckpointError, InvalidValueError, Step1XEditError
 from ..models.vae import diffusers_vae_config, images_to_pixels
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
+from ..validate import integer
+from . import checkpoint
+from .config import MAX_STEPS, check_fields, check_text_list, read_toml
 
 HELDOUT_SEED = 1_000_000_000
 """First seed of the held-out images; training sample seeds stay below it."""
 
-CHECKPOINT_NAME = "checkpoint.pt"
+CHECKPOINTS = "checkpoints"
+LEGACY_CHECKPOINT = "checkpoint.pt"
+"""The pickle checkpoint of earlier versions: never loaded (unpickling can run code)."""
 
 
 class VAEConfigError(Step1XEditError, ValueError):
@@ -103,18 +104,24 @@ class VAETrainingConfig:
     save_fp16: bool = True
 
     def __post_init__(self) -> None:
-        for name in ("block_out_channels", "tasks"):  # TOML gives lists; tuples keep the config hashable
-            object.__setattr__(self, name, tuple(getattr(self, name)))
         widths = self.block_out_channels
-        if not widths or any(not isinstance(width, int) or width <= 0 or width % 32 for width in widths):
+        if not isinstance(widths, (list, tuple)) or not 1 <= len(widths) <= 8:
+            raise InvalidValueError(f"block_out_channels must be a list of 1 to 8 widths, got {widths!r}")
+        widths = tuple(integer(f"block_out_channels[{index}]", width, 32, 4096) for index, width in enumerate(widths))
+        if any(width % 32 for width in widths):
             raise VAEConfigError(f"block_out_channels must be positive multiples of 32, got {widths}")
-        if self.norm_num_groups < 1 or any(width % self.norm_num_groups for width in widths):
+        object.__setattr__(self, "block_out_channels", widths)  # TOML gives lists; tuples keep it hashable
+        check_text_list(self, "", "tasks")
+        check_fields(self, "", integers={
+            "layers_per_block": (1, 16), "norm_num_groups": (1, 4096), "latent_channels": (1, 1024),
+            "resolution": (16, 4096), "crop": (1, 4096), "batch_size": (1, 4096), "steps": (1, MAX_STEPS),
+            "warmup_steps": (0, MAX_STEPS), "seed": (0, 2**32 - 1), "checkpoint_every": (1, MAX_STEPS),
+            "eval_every": (1, MAX_STEPS), "eval_images": (1, 10_000), "calibration_images": (1, 100_000),
+            "num_threads": (1, 4096),
+        }, numbers={"lr": (0, 10, "open"), "l1_weight": (0, 1e6), "mse_weight": (0, 1e6), "edge_weight": (0, 1e6),
+                    "kl_weight": (0, 1e6)}, flags=("save_fp16",))
+        if any(width % self.norm_num_groups for width in widths):
             raise VAEConfigError(f"every width must be a multiple of norm_num_groups {self.norm_num_groups}")
-        positive = ("layers_per_block", "latent_channels", "resolution", "crop", "batch_size", "steps",
-                    "checkpoint_every", "eval_every", "eval_images", "calibration_images", "num_threads")
-        for name in positive:
-            if getattr(self, name) < 1:
-                raise VAEConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
         factor = self.downsampling
         if self.resolution % 16 or self.resolution % factor:
             raise VAEConfigError(f"resolution must be a multiple of 16 and of {factor}, got {self.resolution}")
@@ -123,15 +130,6 @@ class VAETrainingConfig:
                 f"crop must be a multiple of {factor} (the downsampling) and at most resolution "
                 f"{self.resolution}, got {self.crop}"
             )
-        if self.lr <= 0:
-            raise VAEConfigError(f"lr must be positive, got {self.lr}")
-        if self.warmup_steps < 0:
-            raise VAEConfigError(f"warmup_steps must not be negative, got {self.warmup_steps}")
-        weights = {"l1_weight": self.l1_weight, "mse_weight": self.mse_weight, "edge_weight": self.edge_weight,
-                   "kl_weight": self.kl_weight}
-        negative = [name for name, value in weights.items() if value < 0]
-        if negative:
-            raise VAEConfigError(f"loss weights must not be negative: {negative}")
         if self.l1_weight + self.mse_weight == 0:
             raise VAEConfigError("l1_weight and mse_weight cannot both be zero (nothing would be reconstructed)")
         unknown = sorted(set(self.tasks) - set(TASKS))
@@ -157,12 +155,7 @@ def vae_config_from_dict(values: dict[str, Any]) -> VAETrainingConfig:
 
 def load_vae_config(path: str | os.PathLike, **overrides: Any) -> VAETrainingConfig:
     """Read a TOML file of :class:`VAETrainingConfig` fields (top-level keys); ``overrides`` replace fields."""
-    path = Path(path)
-    try:
-        values = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (OSError, tomllib.TOMLDecodeError) as error:
-        raise VAEConfigError(f"cannot read VAE training config {path}: {error}") from error
-    return vae_config_from_dict({**values, **overrides})
+    return vae_config_from_dict({**read_toml(path, "VAE training config"), **overrides})
 
 
 def build_vae(config: VAETrainingConfig) -> AutoencoderKL:
@@ -260,11 +253,20 @@ def calibrate_latent_scale(vae: AutoencoderKL, images: torch.Tensor, batch_size:
     return 1.0 / std, shift
 
 
-def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    """Write ``state`` to ``path`` atomically (a temporary file, then ``os.replace``)."""
-    temporary = path.with_name(path.name + ".tmp")
-    torch.save(state, temporary)
-    os.replace(temporary, path)
+def _save_checkpoint(root: Path, state: dict[str, Any]) -> None:
+    """Write ``state`` as the checkpoint ``root/step-N`` (keeping the newest two)."""
+    temporary = checkpoint.begin(root, state["step"])
+    checkpoint.write_state(temporary, "state", state)
+    checkpoint.commit(temporary, keep=2, step=state["step"])
+
+
+def _read_checkpoint(folder: Path) -> dict[str, Any]:
+    checkpoint.verify(folder, checkpoint.state_files("state"))
+    state = checkpoint.read_state(folder, "state")
+    if not isinstance(state, dict) or not {"config", "step", "model", "optimizer", "scheduler", "generator"} <= set(
+            state):
+        raise CheckpointError(f"{folder}: not a VAE training state")
+    return state
 
 
 def train_vae(
@@ -277,7 +279,13 @@ def train_vae(
     """
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    checkpoint_path = output_dir / CHECKPOINT_NAME
+    checkpoints = output_dir / CHECKPOINTS
+    if not resume:
+        shutil.rmtree(checkpoints, ignore_errors=True)
+    elif (output_dir / LEGACY_CHECKPOINT).exists() and not checkpoint.checkpoint_folders(checkpoints):
+        raise CheckpointError(
+            f"{output_dir / LEGACY_CHECKPOINT} is a pickle checkpoint of an earlier version, which is never loaded "
+            "(unpickling can run code); pass resume=False (--no-resume) to start over, or delete it")
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(config.num_threads)
     try:
@@ -289,18 +297,23 @@ def train_vae(
         scheduler = get_cosine_schedule_with_warmup(optimizer, config.warmup_steps, config.steps)
         generator = torch.Generator().manual_seed(config.seed)
         step = 0
-        if resume and checkpoint_path.exists():
-            state = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
+        found = checkpoint.load_newest(checkpoints, _read_checkpoint) if resume else None
+        if found is not None:
+            folder, state = found
             if state["config"] != dataclasses.asdict(config):
                 raise VAEConfigError(
-                    f"{checkpoint_path} was written with a different config; pass resume=False (--no-resume) to "
+                    f"{folder} was written with a different config; pass resume=False (--no-resume) to "
                     f"start over, or use the same config. Checkpoint config: {state['config']}"
                 )
-            vae.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-            scheduler.load_state_dict(state["scheduler"])
-            generator.set_state(state["generator"])
-            step = state["step"]
+            try:
+                vae.load_state_dict(state["model"])
+                optimizer.load_state_dict(state["optimizer"])
+                scheduler.load_state_dict(state["scheduler"])
+                generator.set_state(state["generator"])
+                step = integer("the checkpoint's step", state["step"], 0, config.steps)
+            except (KeyError, TypeError, ValueError, RuntimeError) as error:
+                raise CheckpointError(f"{folder} does not fit this VAE ({' '.join(str(error).split())}); delete it "
+                                      "to resume from an earlier checkpoint") from None
 
         eval_pixels = heldout_images(config.eval_images, config.resolution, config.tasks)
         pixel_values = 3 * config.crop * config.crop
@@ -323,7 +336,7 @@ def train_vae(
             bar.update(1)
             bar.set_postfix(loss=f"{loss.item():.4f}", psnr=f"{_psnr(decoded.detach(), pixels).mean().item():.2f}")
             if step % config.checkpoint_every == 0 or step == config.steps:
-                _save_checkpoint(checkpoint_path, {
+                _save_checkpoint(checkpoints, {
                     "config": dataclasses.asdict(config), "step": step, "model": vae.state_dict(),
                     "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                     "generator": generator.get_state(),
