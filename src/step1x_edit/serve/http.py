@@ -70,6 +70,9 @@ EDIT_ROUTES = ("/v1/edit", "/v1/images/edits")
 
 UI_PATH = "/ui"
 
+# Sent with a 413: the server closes the connection instead of reading the rest of the body to reuse it.
+CLOSE_CONNECTION = {"Connection": "close"}
+
 
 def create_app(service: EditService, ui: bool = False, api_key: str | None = None,
                allowed_hosts: Sequence[str] = LOOPBACK_HOSTS) -> FastAPI:
@@ -354,7 +357,7 @@ class BodySizeLimit:
         declared = dict(scope["headers"]).get(b"content-length", b"")
         if declared.isdigit() and int(declared) > self.limit:
             return await _refuse(scope, receive, send, 413, f"the request has {int(declared):,} bytes; the limit is "
-                                 f"{self.limit:,}", "request_too_large")
+                                 f"{self.limit:,}", "request_too_large", headers=CLOSE_CONNECTION)
         received = 0
         cut_off = False
         started = False
@@ -382,8 +385,8 @@ class BodySizeLimit:
             if not cut_off:  # the app may wrap the cut-off in an error of its own
                 raise
         if cut_off and not started:
-            await _error(413, f"the request body passed the limit of {self.limit:,} bytes", "request_too_large")(
-                scope, receive, send)
+            await _refuse(scope, receive, send, 413, f"the request body passed the limit of {self.limit:,} bytes",
+                          "request_too_large", headers=CLOSE_CONNECTION)
 
 
 class _BodyTooLarge(Exception):
