@@ -150,7 +150,6 @@ def test_a_page_on_another_site_cannot_reach_a_loopback_server(live_ui):
 
 def test_a_chunked_upload_is_cut_off_at_the_limit_on_a_real_server(demo_pipeline, uploads):
     service = EditService(demo_pipeline, ServeLimits(max_upload_bytes=100_000))
-    limit = 100_000 + 1024 * 1024
     sent = 0
 
     def endless_body():
