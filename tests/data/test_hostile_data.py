@@ -341,7 +341,8 @@ FLAGS = [
 
 
 @pytest.mark.parametrize("base, flag, values", FLAGS, ids=[f"{base[0]}{flag}" for base, flag, _ in FLAGS])
-def test_out_of_range_number_on_a_data_flag_is_refused_in_one_line(capsys, base, flag, values):
+def test_out_of_range_number_on_a_data_flag_is_refused_in_one_line(capsys, monkeypatch, tmp_path, base, flag, values):
+    monkeypatch.chdir(tmp_path)  # a value wrongly accepted writes its store here, not into the checkout
     for value in values:
         line = refused(capsys, *base, f"{flag}={value}")
         assert f"argument {flag}: must be" in line, (value, line)
