@@ -1,6 +1,8 @@
 """The fake chat server used by tests: queued replies first, then the reply function; requests recorded."""
 
+import http.client
 import json
+import time
 import urllib.error
 import urllib.request
 
@@ -44,3 +46,23 @@ def test_without_a_reply_function_unscripted_requests_get_a_server_error():
     server.close()
     with pytest.raises(urllib.error.URLError):
         post(url, {})
+
+
+def test_a_reply_cut_short_announces_its_full_length_then_closes():
+    reply = Reply(body=completion("a complete answer"), cut_after=10)
+    with ChatServer(lambda request, call: reply) as server:
+        request = urllib.request.Request(server.url + "/chat/completions", b"{}", {"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=5) as response:
+            assert int(response.headers["Content-Length"]) == len(reply.payload())
+            with pytest.raises(http.client.IncompleteRead) as error:
+                response.read()
+    assert error.value.partial == reply.payload()[:10]
+
+
+def test_a_trickled_reply_arrives_byte_by_byte():
+    reply = Reply(raw=b'{"ok": 1}', trickle=0.02)
+    with ChatServer(lambda request, call: reply) as server:
+        started = time.monotonic()
+        status, _, body = post(server.url + "/chat/completions", {})
+    assert (status, body) == (200, b'{"ok": 1}')
+    assert time.monotonic() - started >= 9 * 0.02

@@ -23,7 +23,7 @@ from ..validate import MAX_SEED, float_argument, int_argument, text_argument
 
 # Bounds of the numeric options (the judge's and the retry policy's are those of their classes).
 MAX_STEPS = 1000
-MAX_GUIDANCE = 100.0
+MAX_GUIDANCE = 100
 SIZE_LEVEL_RANGE = (16, 4096)
 MAX_PROCESSES = 256
 MAX_BOOTSTRAP = 100_000

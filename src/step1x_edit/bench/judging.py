@@ -49,7 +49,7 @@ from .viescore import (
 )
 
 MAX_ATTEMPTS = 100
-MAX_DELAY = 3600.0
+MAX_DELAY = 3600
 
 
 @dataclass(frozen=True)

@@ -1,9 +1,9 @@
 """A fake OpenAI-compatible chat server for tests: ``POST /v1/chat/completions`` on 127.0.0.1 with scripted replies.
 
 Each request gets the next reply from ``queue`` (first in, first out) while it holds any, otherwise the one the
-``reply`` function returns. A reply is a :class:`Reply` (status, JSON body or raw bytes, delay, headers) or a
-tuple ``(status, body)`` / ``(status, body, delay_seconds)``; a queued item may also be a function like
-``reply``. Every request body is kept in ``requests``, in arrival order::
+``reply`` function returns. A reply is a :class:`Reply` (status, JSON body or raw bytes, delay, headers, and ways
+to misbehave: a body cut short, a body trickled byte by byte) or a tuple ``(status, body)`` /
+``(status, body, delay_seconds)``; a queued item may also be a function like ``reply``. Every request body is kept in ``requests``, in arrival order::
 
     with ChatServer(lambda request, call: Reply(body=completion("fine"))) as server:
         client = openai.OpenAI(base_url=server.url, api_key="k")
@@ -32,13 +32,17 @@ PATH = "/v1/chat/completions"
 @dataclass(frozen=True)
 class Reply:
     """One scripted HTTP reply: ``body`` is sent as JSON unless ``raw`` bytes are given; the server waits
-    ``delay`` seconds before answering (long enough and the client times out)."""
+    ``delay`` seconds before answering (long enough and the client times out). To misbehave, ``cut_after`` sends
+    only that many bytes of the body (announcing its full length) and closes the connection, and ``trickle``
+    waits that many seconds before each byte of the body."""
 
     status: int = 200
     body: Any = None
     raw: bytes | None = None
     delay: float = 0.0
     headers: Mapping[str, str] = field(default_factory=dict)
+    cut_after: int | None = None
+    trickle: float = 0.0
 
     @classmethod
     def of(cls, value: Reply | tuple) -> Reply:
@@ -153,7 +157,14 @@ def _handler(server: ChatServer) -> type[BaseHTTPRequestHandler]:
                 for name, value in reply.headers.items():
                     self.send_header(name, value)
                 self.end_headers()
-                self.wfile.write(payload)
+                if reply.cut_after is not None:
+                    payload = payload[: reply.cut_after]
+                    self.close_connection = True
+                chunks = [payload[i : i + 1] for i in range(len(payload))] if reply.trickle else [payload]
+                for chunk in chunks:
+                    if reply.trickle:
+                        time.sleep(reply.trickle)
+                    self.wfile.write(chunk)
             except (BrokenPipeError, ConnectionResetError):
                 pass  # the client gave up (timeout)
 

@@ -26,8 +26,8 @@ from .base import JudgeCallError, JudgeRefusal, JudgeUnavailable
 
 DEFAULT_MODEL = "gpt-4.1"
 MAX_REPLY_BYTES = 4 * 1024 * 1024  # a judgement is a few kB (max_tokens 1400); more is not a judge's reply
-TEMPERATURE_RANGE = (0.0, 2.0)  # what the OpenAI API accepts
-MAX_TIMEOUT = 3600.0
+TEMPERATURE_RANGE = (0, 2)  # what the OpenAI API accepts
+MAX_TIMEOUT = 3600
 MAX_CONCURRENCY = 256
 __all__ = ["DEFAULT_MODEL", "MAX_REPLY_BYTES", "UNRECOVERABLE_STATUS", "OpenAIJudge", "completion_text", "jpeg_data_url"]
 
@@ -74,7 +74,6 @@ class OpenAIJudge:
             self.info["temperature"] = str(temperature)
 
     def complete(self, prompt: str, images: list[Image.Image]) -> str:
-        import httpx
         import openai
 
         content = [{"type": "text", "text": prompt}]
@@ -99,21 +98,25 @@ class OpenAIJudge:
             if failure.status is not None:
                 raise JudgeCallError(f"HTTP {failure.status}: {error.message}", failure.retry_after) from error
             raise JudgeCallError(f"{type(error).__name__}: {error}") from error  # timeouts, dropped connections
-        except httpx.HTTPError as error:  # the connection broke or stalled while the body was read
-            raise JudgeCallError(f"{type(error).__name__}: {error}") from error
         return completion_text(body)
 
 
 def _read_body(chunks: Iterable[bytes], deadline: float, timeout: float) -> bytes:
     """The response body, refused once it passes :data:`MAX_REPLY_BYTES` or the call's ``deadline``."""
     body = bytearray()
-    for chunk in chunks:
+    received = iter(chunks)
+    while True:
+        try:
+            chunk = next(received, None)
+        except Exception as error:  # the connection broke or stalled mid-body: an error of the client's HTTP library
+            raise JudgeCallError(f"{type(error).__name__}: {error}") from error
+        if chunk is None:
+            return bytes(body)
         body += chunk
         if len(body) > MAX_REPLY_BYTES:
             raise JudgeCallError(f"the response is larger than {MAX_REPLY_BYTES} bytes")
         if time.monotonic() > deadline:
             raise JudgeCallError(f"the response took longer than the {timeout} s timeout")
-    return bytes(body)
 
 
 def completion_text(body: bytes) -> str:
