@@ -9,7 +9,7 @@ from PIL import Image, ImageOps
 from step1x_edit.bench.dataset import load_gedit
 from step1x_edit.bench.generate import Editor, PipelineEditor, generate
 from step1x_edit.bench.layout import find_edited_image
-from step1x_edit.errors import Step1XEditError
+from step1x_edit.errors import DataFormatError, Step1XEditError
 
 
 class CountingEditor:
@@ -103,3 +103,18 @@ def test_pipeline_editor_calls_the_public_pipeline_api(samples):
     assert editor.settings() == {"model": "some/dir", "version": "v1.1", "num_inference_steps": 3,
                                  "guidance_scale": 4.5, "size_level": 512, "negative_prompt": ""}
     assert PipelineEditor(FakePipeline()).settings()["version"] is None
+
+
+@pytest.mark.parametrize("content", [b"\xff\xfe garbage", b"[1, 2]", b'{"run": [1]', b"7"])
+def test_a_corrupt_manifest_is_refused_with_one_line(content, samples, tmp_path):
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "manifest.json").write_bytes(content)
+    with pytest.raises(DataFormatError, match="manifest.json is not a generation manifest"):
+        generate(samples[:1], CountingEditor(), tmp_path / "m", progress=False, shard=(0, 1))
+
+
+def test_a_manifest_whose_run_is_not_an_object_names_every_setting(samples, tmp_path):
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "manifest.json").write_text('{"run": "odd"}')
+    with pytest.raises(Step1XEditError, match=r"different settings \(seed, source_column\)"):
+        generate(samples[:1], CountingEditor(), tmp_path / "m", progress=False, shard=(0, 1))

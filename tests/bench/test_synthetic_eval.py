@@ -24,7 +24,7 @@ from step1x_edit.bench.synthetic import (
 )
 from step1x_edit.cli import main
 from step1x_edit.data.synthetic.generators import LOCAL_TASKS, TASKS
-from step1x_edit.errors import InvalidImageError, Step1XEditError
+from step1x_edit.errors import DataFormatError, InvalidImageError, Step1XEditError
 from step1x_edit.testing.tiny import save_tiny_official
 
 
@@ -222,3 +222,34 @@ def test_the_table_gives_each_gain_over_the_identity_with_its_standard_error(tmp
     assert "| +2.00 ± 0.58 |" in table and "| +0.00000 ± 0.00058 |" in table
     assert "| style_transfer | 1 | 20.50 | 20.00 | +0.50 | 0.9100 | 0.9000 | +0.01000 |" in table
     assert EvaluationResult.load(result.save(tmp_path / "r.json")).per_task == result.per_task
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [(lambda row: row["model"].update(psnr="30"), r"model.psnr must be a number .* got '30'"),
+     (lambda row: row["model"].update(psnr=float("nan")), "model.psnr must be a finite number"),
+     (lambda row: row["identity"].update(ssim=1e308), "identity.ssim must be a finite number between -1.0 and 1.0"),
+     (lambda row: row["model"].update(region_accuracy=True), "model.region_accuracy must be a number"),
+     (lambda row: row["model"].update(extra=1), "model must be an object with the fields psnr, ssim"),
+     (lambda row: row.update(task=7), "task must be a string"),
+     (lambda row: row.pop("identity"), "identity must be an object")],
+)
+def test_a_rows_file_with_a_bad_value_is_refused_naming_the_line_and_field(change, message, samples, tmp_path):
+    rows_path = tmp_path / "rows.jsonl"
+    evaluate_editor(identity_editor, samples[:2], progress=False, rows_path=rows_path)
+    header, first, second = rows_path.read_text().splitlines()
+    row = json.loads(second)
+    change(row)
+    rows_path.write_text("\n".join([header, first, json.dumps(row)]) + "\n")
+    with pytest.raises(DataFormatError, match=f"rows.jsonl:3: not a synthetic evaluation row \\({message}"):
+        evaluate_editor(identity_editor, samples[:2], progress=False, rows_path=rows_path)
+
+
+@pytest.mark.parametrize("content", [b"\xff\xfe\x00 garbage\n", b"[1, 2]\n", b"[" * 50_000 + b"]" * 50_000 + b"\n"])
+def test_a_rows_or_result_file_of_garbage_is_refused(content, samples, tmp_path):
+    rows_path = tmp_path / "rows.jsonl"
+    rows_path.write_bytes(content)
+    with pytest.raises(DataFormatError, match="is not a synthetic evaluation rows file"):
+        evaluate_editor(identity_editor, samples[:1], progress=False, rows_path=rows_path)
+    with pytest.raises(DataFormatError, match="is not a .*synthetic evaluation result"):
+        EvaluationResult.load(rows_path)

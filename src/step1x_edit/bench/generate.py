@@ -23,7 +23,7 @@ from typing import Protocol, runtime_checkable
 
 from PIL import Image
 
-from ..errors import Step1XEditError
+from ..errors import DataFormatError, Step1XEditError
 from .dataset import GEditSample
 from .layout import edit_path, find_edited_image
 
@@ -127,9 +127,14 @@ def software_versions() -> dict[str, str]:
 def _write_manifest(results_dir: Path, run: dict, overwrite: bool) -> None:
     path = results_dir / MANIFEST_NAME
     if path.exists() and not overwrite:
-        previous = json.loads(path.read_text(encoding="utf-8"))
-        if previous.get("run") != run:
-            changed = sorted(k for k in set(run) | set(previous.get("run", {})) if previous["run"].get(k) != run.get(k))
+        try:
+            previous = json.loads(path.read_bytes().decode("utf-8")).get("run")
+        except (ValueError, RecursionError, AttributeError) as error:  # not UTF-8 JSON, or not an object
+            raise DataFormatError(f"{path} is not a generation manifest ({error}); remove it, or use --overwrite "
+                                  "to regenerate every edit") from None
+        if previous != run:
+            recorded = previous if isinstance(previous, dict) else {}
+            changed = sorted(k for k in set(run) | set(recorded) if recorded.get(k) != run.get(k))
             raise Step1XEditError(
                 f"{results_dir} was generated with different settings ({', '.join(changed)}); use another "
                 "--name, or --overwrite to regenerate every edit"

@@ -38,7 +38,8 @@ import numpy as np
 from PIL import Image
 
 from ..data.synthetic.generators import TASKS, generate_sample
-from ..errors import DataFormatError, InvalidImageError, Step1XEditError
+from ..errors import DataFormatError, InvalidImageError, InvalidValueError, Step1XEditError
+from ..validate import number, text
 
 PSNR_CAP = 100.0
 SSIM_WINDOW = 11
@@ -168,6 +169,11 @@ def generated_sample_seed(seed: int, index: int) -> tuple[str, int]:
 
 
 # -- results ---------------------------------------------------------------------------------------------------
+# The range of each metric: PSNR in dB from 0 (every channel off by 255) to the cap, SSIM from -1 to 1.
+METRIC_RANGES = {"psnr": (0.0, PSNR_CAP), "ssim": (-1.0, 1.0), "region_accuracy": (0.0, 1.0),
+                 "outside_psnr": (0.0, PSNR_CAP)}
+
+
 @dataclass(frozen=True)
 class Scores:
     """Metrics of one image against a sample's target; the mask metrics are ``None`` for global tasks."""
@@ -176,6 +182,19 @@ class Scores:
     ssim: float
     region_accuracy: float | None = None
     outside_psnr: float | None = None
+
+    @classmethod
+    def from_dict(cls, name: str, data: object) -> Scores:
+        """Scores as :func:`dataclasses.asdict` wrote them, each checked against its range (see
+        :data:`METRIC_RANGES`); raises :class:`InvalidValueError` naming ``name`` and the field otherwise."""
+        if not isinstance(data, dict) or not set(data) <= set(METRIC_RANGES):
+            raise InvalidValueError(f"{name} must be an object with the fields {', '.join(METRIC_RANGES)}")
+        values = {}
+        for key, (low, high) in METRIC_RANGES.items():
+            optional = key in ("region_accuracy", "outside_psnr")
+            value = data.get(key)
+            values[key] = None if optional and value is None else number(f"{name}.{key}", value, low, high)
+        return cls(**values)
 
 
 @dataclass(frozen=True)
@@ -191,8 +210,13 @@ class SampleRow:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> SampleRow:
-        return cls(data["sample_id"], data["task"], Scores(**data["model"]), Scores(**data["identity"]))
+    def from_dict(cls, data: object) -> SampleRow:
+        """A row as :meth:`to_dict` wrote it; raises :class:`InvalidValueError` naming a field that is missing, of
+        the wrong type or out of range."""
+        if not isinstance(data, dict):
+            raise InvalidValueError(f"a row must be a JSON object, got {type(data).__name__}")
+        return cls(text("sample_id", data.get("sample_id")), text("task", data.get("task")),
+                   Scores.from_dict("model", data.get("model")), Scores.from_dict("identity", data.get("identity")))
 
 
 def _mean(values: list[float | None]) -> float | None:
@@ -286,12 +310,15 @@ class EvaluationResult:
     def load(cls, path: str | os.PathLike) -> EvaluationResult:
         """Read a file written by :meth:`save` (the means are recomputed from the rows)."""
         try:
-            data = json.loads(Path(path).read_text(encoding="utf-8"))
-            if data.get("format") != ROWS_FORMAT:
-                raise DataFormatError(f"{path} is not a synthetic evaluation result (format {data.get('format')!r})")
-            return cls([SampleRow.from_dict(row) for row in data["rows"]], data["settings"])
-        except (json.JSONDecodeError, KeyError, TypeError) as error:
-            raise DataFormatError(f"{path} is not a valid synthetic evaluation result: {error}") from error
+            data = json.loads(Path(path).read_bytes().decode("utf-8"))
+            if not isinstance(data, dict) or data.get("format") != ROWS_FORMAT:
+                raise DataFormatError(f"{path} is not a synthetic evaluation result")
+            rows = data["rows"]
+            if not isinstance(rows, list) or not isinstance(data["settings"], dict):
+                raise DataFormatError(f"{path} is not a synthetic evaluation result (no list of rows and settings)")
+            return cls([SampleRow.from_dict(row) for row in rows], data["settings"])
+        except (ValueError, RecursionError, KeyError) as error:  # undecodable bytes and bad values included
+            raise DataFormatError(f"{path} is not a valid synthetic evaluation result: {error}") from None
 
 
 def _number(value: float | None, digits: int) -> str:
@@ -341,29 +368,34 @@ def score_image(image: np.ndarray, source: np.ndarray, target: np.ndarray, mask:
 
 
 def _read_rows(path: Path, settings: dict[str, Any]) -> dict[str, SampleRow]:
-    """Rows already in ``path`` by sample id. A header with other settings is refused; a last line cut short by an
-    interruption is dropped from the file."""
-    lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
-    if not lines:
-        return {}
-    if not lines[-1].endswith("\n"):
-        lines = lines[:-1]
-        path.write_text("".join(lines), encoding="utf-8")
+    """Rows already in ``path`` by sample id. A header with other settings is refused, and so is a line that is not
+    a row (naming the line and the field); a last line cut short by an interruption is dropped from the file."""
+    data = path.read_bytes()
+    if not data.endswith(b"\n"):
+        data = data[: data.rfind(b"\n") + 1]
+        path.write_bytes(data)
+    lines = data.split(b"\n")[:-1]
     if not lines:
         return {}
     try:
-        header = json.loads(lines[0])
-        if header.get("format") != ROWS_FORMAT:
-            raise DataFormatError(f"{path} is not a synthetic evaluation rows file")
-        if header["settings"] != settings:
-            raise Step1XEditError(
-                f"{path} holds rows made with other settings ({header['settings']}, now {settings}); "
-                "use another rows file or delete it"
-            )
-        rows = [SampleRow.from_dict(json.loads(line)) for line in lines[1:]]
-    except (json.JSONDecodeError, KeyError, TypeError) as error:
-        raise DataFormatError(f"{path} is not a valid synthetic evaluation rows file: {error}") from error
-    return {row.sample_id: row for row in rows}
+        header = json.loads(lines[0].decode("utf-8"))
+    except (ValueError, RecursionError):
+        header = None
+    if not isinstance(header, dict) or header.get("format") != ROWS_FORMAT:
+        raise DataFormatError(f"{path} is not a synthetic evaluation rows file")
+    if header.get("settings") != settings:
+        raise Step1XEditError(
+            f"{path} holds rows made with other settings ({header.get('settings')}, now {settings}); "
+            "use another rows file or delete it"
+        )
+    rows = {}
+    for line_number, line in enumerate(lines[1:], 2):
+        try:
+            row = SampleRow.from_dict(json.loads(line.decode("utf-8")))
+        except (ValueError, RecursionError) as error:  # undecodable bytes and bad values included
+            raise DataFormatError(f"{path}:{line_number}: not a synthetic evaluation row ({error})") from None
+        rows[row.sample_id] = row
+    return rows
 
 
 def evaluate_editor(
