@@ -5,9 +5,8 @@ perceptual quality (edit, PQ prompt). Each question is retried with exponential 
 (including a timeout or a response that is not a chat completion), the judge refuses, or the reply holds no valid
 answer (unreadable, no score, a score of the wrong type or outside 0-10); after the last attempt the sample is
 recorded with ``status: "failed"``, every raw reply and the reason each attempt failed - never a 0 and never a
-guess. A sample whose edited image is missing
-is recorded with ``status: "missing_image"``. Both statuses are excluded from the means and counted by
-:mod:`step1x_edit.bench.stats`.
+guess. A sample whose edited image is missing is recorded with ``status: "missing_image"``. Both statuses are
+excluded from the means and counted by :mod:`step1x_edit.bench.stats`.
 
 The scores file is resumable: a rerun asks only the samples without a finished record. Samples recorded as
 ``missing_image`` are looked for again on every run; ``failed`` ones are asked again only with ``retry_failed``. Each record carries the judge id and endpoint, the
