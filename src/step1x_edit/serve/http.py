@@ -228,7 +228,8 @@ def create_app(service: EditService, ui: bool = False, api_key: str | None = Non
         login = None if api_key is None else (lambda _user, password: hmac.compare_digest(password.encode(),
                                                                                            api_key.encode()))
         gradio.mount_gradio_app(app, page, path=UI_PATH, max_file_size=limits.max_upload_bytes, auth=login,
-                                auth_message="Any user name; the password is the server's API key.")
+                                auth_message="Any user name; the password is the server's API key.",
+                                show_error=False)  # the page shows our errors (gr.Error), never internal ones
 
         @app.get("/", include_in_schema=False)
         def root() -> RedirectResponse:
