@@ -39,7 +39,7 @@ from PIL import Image
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
-from ..errors import CheckpointError, Step1XEditError
+from ..errors import CheckpointError, DataFormatError, Step1XEditError
 from ..models.mllm import encode_prompts
 from ..models.vae import decode_latents
 from . import checkpoint
@@ -284,7 +284,14 @@ def _check_same_run(output_dir: Path, config: TrainConfig) -> None:
     current = json.loads(json.dumps(config.to_dict()))  # tuples -> lists, as read back
     current["training"].pop("until_step")
     if path.is_file():
-        previous = json.loads(path.read_text())
+        try:
+            previous = json.loads(path.read_text(encoding="utf-8"))
+        except (ValueError, RecursionError) as error:
+            raise TrainingConfigError(f"{path} (the settings of the run in {output_dir}) is unreadable ({error}); "
+                                      "use another training.output_dir or delete that folder") from None
+        if not isinstance(previous, dict) or not all(isinstance(previous.get(table), dict) for table in current):
+            raise TrainingConfigError(f"{path} does not hold a run's settings; use another training.output_dir or "
+                                      "delete that folder")
         previous["training"].pop("until_step", None)
         if previous != current:
             changed = sorted(
@@ -300,8 +307,20 @@ def _check_same_run(output_dir: Path, config: TrainConfig) -> None:
         path.write_text(json.dumps(current, indent=1))
 
 
+def _kept_rows(rows, resume_step: int) -> list[dict]:
+    """The complete rows of a loss log up to ``resume_step`` (a row cut short by a crash is dropped)."""
+    kept = []
+    for row in rows:
+        if None in row or None in row.values() or not str(row.get("step", "")).isdigit():
+            continue
+        if int(row["step"]) <= resume_step:
+            kept.append(row)
+    return kept
+
+
 class _LossLog:
-    """``logs/loss.csv``: one row per optimisation step; rows past a resumed step are dropped first."""
+    """``logs/loss.csv``: one row per optimisation step; rows past a resumed step, and incomplete ones, are dropped
+    first."""
 
     def __init__(self, output_dir: Path, resume_step: int, enabled: bool):
         self.path = output_dir / "logs" / "loss.csv"
@@ -311,8 +330,11 @@ class _LossLog:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         rows = []
         if self.path.is_file():
-            with self.path.open(newline="") as handle:
-                rows = [row for row in csv.DictReader(handle) if int(row["step"]) <= resume_step]
+            try:
+                with self.path.open(newline="", encoding="utf-8", errors="replace") as handle:
+                    rows = _kept_rows(csv.DictReader(handle, LOG_FIELDS), resume_step)
+            except csv.Error as error:
+                raise DataFormatError(f"{self.path} is not a loss log ({error}); move it away to continue") from None
         with self.path.open("w", newline="") as handle:
             writer = csv.DictWriter(handle, LOG_FIELDS)
             writer.writeheader()
@@ -358,7 +380,7 @@ def _save_validation(pipe, examples, config: TrainConfig, step: int, output_dir:
 def train(config: TrainConfig, progress: bool = True) -> TrainResult:
     """Run (or resume) the training job ``config``; see the module docstring."""
     from accelerate import Accelerator
-    from accelerate.utils import ProjectConfiguration, set_seed
+    from accelerate.utils import DistributedType, ProjectConfiguration, set_seed
     from diffusers.optimization import get_scheduler
     from diffusers.training_utils import EMAModel
 
@@ -375,6 +397,9 @@ def train(config: TrainConfig, progress: bool = True) -> TrainResult:
         log_with=trackers,
         project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / "logs")),
     )
+    if accelerator.distributed_type == DistributedType.DEEPSPEED:
+        raise TrainingConfigError("DeepSpeed is not supported: its optimizer state is saved and loaded with pickle "
+                                  "(torch.save / torch.load), which this project never loads; use DDP or FSDP")
     main = accelerator.is_main_process
     if main:
         _check_same_run(output_dir, config)
