@@ -160,3 +160,25 @@ def test_the_merge_weight_must_be_a_number_between_0_and_1(tmp_path, capsys, wei
 
 def test_the_command_line_step_bound_is_the_config_bound():
     assert train_cli.MAX_STEPS == train_config.MAX_STEPS
+
+
+@pytest.mark.parametrize("content", [b"\xff\xfe{", b"[1, 2]", b'{"training": 3}', b"[" * 100_000])
+def test_a_damaged_run_settings_file_is_a_clear_error(tmp_path, content):
+    from step1x_edit.train.trainer import _check_same_run
+
+    (tmp_path / "config.json").write_bytes(content)
+    config = train_config.config_from_dict({"data": {"store": "s"}})
+    with pytest.raises(train_config.TrainingConfigError, match="config.json"):
+        _check_same_run(tmp_path, config)
+
+
+def test_a_loss_log_cut_short_by_a_crash_keeps_its_complete_rows_up_to_the_resumed_step(tmp_path):
+    from step1x_edit.train.trainer import _LossLog
+
+    log = tmp_path / "logs" / "loss.csv"
+    log.parent.mkdir()
+    log.write_text("step,loss,lr,samples,seconds\n1,0.5,0.001,4,0.1\n2,0.4,0.001,8,0.2\n3,0.3,0.001,12,0.3\n"
+                   "4,0.2\nx,1,1,1,1\n", encoding="utf-8")
+    _LossLog(tmp_path, resume_step=3, enabled=True)
+    assert log.read_text(encoding="utf-8").splitlines() == [
+        "step,loss,lr,samples,seconds", "1,0.5,0.001,4,0.1", "2,0.4,0.001,8,0.2", "3,0.3,0.001,12,0.3"]
