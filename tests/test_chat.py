@@ -2,13 +2,14 @@
 
 import base64
 import io
+import time
 
 import openai
 import pytest
 from PIL import Image
 
 from step1x_edit.chat import backoff_delay, classify, data_url, image_part, make_client
-from step1x_edit.testing.chat_server import ChatServer, Reply, error_body
+from step1x_edit.testing.chat_server import ChatServer, Reply, completion, error_body
 
 
 def failed_call(reply: Reply, timeout: float = 2.0) -> openai.APIError:
@@ -67,3 +68,14 @@ def test_backoff_doubles_is_capped_and_honours_a_longer_server_wait():
     assert backoff_delay(0, 1.0, 30.0, retry_after=3.0) == 3.0
     assert backoff_delay(0, 1.0, 2.0, retry_after=3.0) == 2.0
     assert all(2.0 <= backoff_delay(1, 2.0, 60.0, jitter=True) <= 4.0 for _ in range(50))
+
+
+def test_a_reply_body_is_bounded_in_time_and_an_error_body_in_size():
+    start = time.monotonic()
+    trickled = failed_call(Reply(body=completion("ok" * 1000), trickle=0.01), timeout=1.0)  # 20 s to read whole
+    assert time.monotonic() - start < 5
+    assert isinstance(trickled, openai.APIConnectionError) and classify(trickled).retryable
+    endless = failed_call(Reply(500, raw=b"x" * 5_000_000))
+    assert isinstance(endless, openai.APIConnectionError) and classify(endless).retryable
+    short = failed_call(Reply(400, error_body("the model 'm' does not exist")))
+    assert isinstance(short, openai.BadRequestError) and "does not exist" in str(short)

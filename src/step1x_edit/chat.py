@@ -10,9 +10,12 @@ and error types.
 from __future__ import annotations
 
 import base64
+import functools
+import importlib
 import io
 import os
 import random
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -23,17 +26,79 @@ if TYPE_CHECKING:
 
 # Statuses no retry can fix whatever is sent: bad credentials, no permission, unknown model or URL.
 UNRECOVERABLE_STATUS = (401, 403, 404)
+
+# The most of a reply's body the client reads: a chat completion is a few kB; an error reply is read for its
+# message. A longer one ends the call as a dropped connection (retryable).
+MAX_BODY_BYTES = 16 * 1024 * 1024
+MAX_ERROR_BODY_BYTES = 64 * 1024
 IMAGE_FORMATS = ("PNG", "JPEG")
 
 
-def make_client(base_url: str | None, api_key: str | None = None, timeout: float = 60.0) -> openai.OpenAI:
+def make_client(base_url: str | None, api_key: str | None = None, timeout: float = 60.0,
+                max_body_bytes: int = MAX_BODY_BYTES) -> openai.OpenAI:
     """An ``openai.OpenAI`` client for ``base_url`` (``None``: ``$OPENAI_BASE_URL`` or the OpenAI API) that never
     retries by itself. ``api_key`` defaults to ``$OPENAI_API_KEY``, or ``"EMPTY"`` for local servers that need
-    none; ``timeout`` is in seconds per call."""
+    none; ``timeout`` is in seconds per call, the reply's body included.
+
+    A reply whose body passes ``max_body_bytes`` (an error reply's: ``MAX_ERROR_BODY_BYTES``), takes longer than
+    ``timeout`` to arrive in all, or breaks off, fails the call with ``openai.APIConnectionError``, which callers
+    retry: the HTTP client's own timeout is per read, so a server trickling an endless body would otherwise hold a
+    call forever."""
     import openai
 
     api_key = api_key or os.environ.get("OPENAI_API_KEY") or "EMPTY"
-    return openai.OpenAI(base_url=base_url, api_key=api_key, timeout=timeout, max_retries=0)
+    http_client = openai.DefaultHttpxClient(timeout=timeout,
+                                            event_hooks={"response": [_bound_body(timeout, max_body_bytes)]})
+    return openai.OpenAI(base_url=base_url, api_key=api_key, timeout=timeout, max_retries=0,
+                         http_client=http_client)
+
+
+def _bound_body(timeout: float, max_body_bytes: int):
+    """A response hook that bounds the reply's body (see :func:`make_client`)."""
+
+    def hook(response) -> None:
+        limit = MAX_ERROR_BODY_BYTES if response.status_code >= 400 else max_body_bytes
+        bounded = _bounded_stream_class(type(response).__module__.partition(".")[0])
+        response.stream = bounded(response.stream, response.request, limit, timeout)
+
+    return hook
+
+
+@functools.cache
+def _bounded_stream_class(library: str):
+    """The body stream with a size limit and a deadline, for the HTTP library (``httpx`` or its fork ``httpx2``)
+    that the installed ``openai`` uses."""
+    import openai
+
+    base = importlib.import_module(library).SyncByteStream
+
+    class BoundedStream(base):
+        def __init__(self, stream, request, limit: int, timeout: float):
+            self.stream, self.request, self.limit, self.timeout = stream, request, limit, timeout
+            self.deadline = time.monotonic() + timeout
+
+        def __iter__(self):
+            received = 0
+            try:
+                for chunk in self.stream:
+                    received += len(chunk)
+                    if received > self.limit:
+                        raise self.failure(f"the reply is larger than {self.limit} bytes")
+                    if time.monotonic() > self.deadline:
+                        raise self.failure(f"the reply took longer than the {self.timeout:g} s timeout")
+                    yield chunk
+            except openai.APIConnectionError:
+                raise
+            except Exception as error:  # the connection broke or stalled mid-body
+                raise self.failure(f"{type(error).__name__}: {error}") from error
+
+        def failure(self, message: str):
+            return openai.APIConnectionError(message=message, request=self.request)
+
+        def close(self) -> None:
+            self.stream.close()
+
+    return BoundedStream
 
 
 def data_url(image: Image.Image, format: str = "PNG") -> str:

@@ -8,15 +8,14 @@ to vLLM or SGLang serving an open VLM: pass ``base_url`` and the served ``model`
 The client's own retries are disabled; :mod:`step1x_edit.bench.judging` retries with backoff for every judge.
 The response is read and checked here rather than by the client's lenient models: a body that is not a chat
 completion (not JSON, cut short, no choices, no message, content that is not text), larger than
-:data:`MAX_REPLY_BYTES`, or slower in total than ``timeout`` (a server trickling bytes) is a
-:class:`~.base.JudgeCallError`, retried like a dropped connection.
+:data:`MAX_REPLY_BYTES`, or slower in total than ``timeout`` (a server trickling bytes; the client from
+:func:`~step1x_edit.chat.make_client` bounds both) is a :class:`~.base.JudgeCallError`, retried like a dropped
+connection.
 """
 
 from __future__ import annotations
 
 import json
-import time
-from collections.abc import Iterable
 
 from PIL import Image
 
@@ -68,7 +67,7 @@ class OpenAIJudge:
         self.max_tokens = integer("max_tokens", max_tokens, 1)
         self.timeout = number("timeout", timeout, 0.0, MAX_TIMEOUT, low_open=True)
         self.max_concurrency = integer("concurrency", concurrency, 1, MAX_CONCURRENCY)
-        self.client = make_client(base_url, api_key, timeout)
+        self.client = make_client(base_url, api_key, timeout, max_body_bytes=MAX_REPLY_BYTES)
         self.info = {"kind": "openai", "model": model, "endpoint": str(self.client.base_url)}
         if temperature is not None:
             self.info["temperature"] = str(temperature)
@@ -79,15 +78,14 @@ class OpenAIJudge:
         content = [{"type": "text", "text": prompt}]
         content += [image_part(image, "JPEG") for image in images]
         options = {} if self.temperature is None else {"temperature": self.temperature}
-        deadline = time.monotonic() + self.timeout
-        try:
+        try:  # the client bounds the body's size and time (an error past them is an APIConnectionError)
             with self.client.chat.completions.with_streaming_response.create(
                 model=self.model,
                 messages=[{"role": "user", "content": content}],
                 max_tokens=self.max_tokens,
                 **options,
             ) as response:
-                body = _read_body(response.iter_bytes(), deadline, self.timeout)
+                body = response.read()
         except openai.APIError as error:  # every one is retried by the caller, except an unusable endpoint
             failure = classify(error)
             if failure.unrecoverable:
@@ -99,24 +97,6 @@ class OpenAIJudge:
                 raise JudgeCallError(f"HTTP {failure.status}: {error.message}", failure.retry_after) from error
             raise JudgeCallError(f"{type(error).__name__}: {error}") from error  # timeouts, dropped connections
         return completion_text(body)
-
-
-def _read_body(chunks: Iterable[bytes], deadline: float, timeout: float) -> bytes:
-    """The response body, refused once it passes :data:`MAX_REPLY_BYTES` or the call's ``deadline``."""
-    body = bytearray()
-    received = iter(chunks)
-    while True:
-        try:
-            chunk = next(received, None)
-        except Exception as error:  # the connection broke or stalled mid-body: an error of the client's HTTP library
-            raise JudgeCallError(f"{type(error).__name__}: {error}") from error
-        if chunk is None:
-            return bytes(body)
-        body += chunk
-        if len(body) > MAX_REPLY_BYTES:
-            raise JudgeCallError(f"the response is larger than {MAX_REPLY_BYTES} bytes")
-        if time.monotonic() > deadline:
-            raise JudgeCallError(f"the response took longer than the {timeout} s timeout")
 
 
 def completion_text(body: bytes) -> str:
