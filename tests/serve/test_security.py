@@ -293,3 +293,13 @@ def test_uploads_in_the_web_uis_cache_are_deleted_after_their_time(demo_pipeline
         while path.exists() and time.monotonic() < deadline:
             time.sleep(0.2)
         assert not path.exists()
+
+
+def test_web_ui_uploads_stop_when_its_cache_is_full(demo_pipeline, tmp_path, monkeypatch):
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path))
+    client = local_client(create_app(EditService(demo_pipeline, ServeLimits(max_ui_cache_bytes=50_000)), ui=True))
+    filler = b"\0" * 30_000
+    statuses = [client.post("/ui/gradio_api/upload", files={"files": (f"{index}.png", filler, "image/png")}).status_code
+                for index in range(4)]
+    used = sum(path.stat().st_size for path in tmp_path.rglob("*") if path.is_file())
+    assert statuses[0] == 200 and statuses[-1] == 503 and used < 50_000 + 30_000

@@ -99,6 +99,8 @@ def create_app(service: EditService, ui: bool = False, api_key: str | None = Non
 
         page = create_ui(service).queue(max_size=limits.max_pending)
         app.add_middleware(UploadedFilesOnly, prefix=UI_PATH + "/", allowed=[page.GRADIO_CACHE, *page.example_files])
+        app.add_middleware(UploadQuota, route=UI_PATH + "/gradio_api/upload", folder=page.GRADIO_CACHE,
+                           limit=limits.max_ui_cache_bytes)
     app.add_middleware(AdmitEdits, service=service, routes=EDIT_ROUTES)
     app.add_middleware(BodySizeLimit, limit=limits.max_upload_bytes + FORM_OVERHEAD_BYTES)
     if api_key is not None:
@@ -413,6 +415,36 @@ class AdmitEdits:
                                      headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
             scope.setdefault("state", {})["reserved"] = True
             await self.app(scope, receive, send)
+
+
+class UploadQuota:
+    """ASGI middleware: an upload to the web UI's ``route`` while its ``folder`` already holds ``limit`` bytes or
+    more is answered 503 unread (the cache is swept of old files on a schedule; until then it cannot fill the
+    disk)."""
+
+    def __init__(self, app, route: str, folder: str | os.PathLike, limit: int):
+        self.app, self.route, self.folder, self.limit = app, route, Path(folder), limit
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http" and scope["method"] == "POST" and scope["path"].rstrip("/") == self.route:
+            used = await anyio.to_thread.run_sync(_folder_bytes, self.folder)
+            if used >= self.limit:
+                logger.warning("refused an upload: the web UI's cache holds %s bytes (limit %s)", used, self.limit)
+                return await _refuse(scope, receive, send, 503, "the server's upload space is full; retry later",
+                                     "server_busy", headers={"Retry-After": str(RETRY_AFTER_SECONDS * 60)})
+        await self.app(scope, receive, send)
+
+
+def _folder_bytes(folder: Path) -> int:
+    """The bytes of the files under ``folder`` (0 when it does not exist)."""
+    total = 0
+    for root, _, files in os.walk(folder):
+        for name in files:
+            try:
+                total += os.lstat(os.path.join(root, name)).st_size
+            except OSError:  # deleted while we looked
+                pass
+    return total
 
 
 class UploadedFilesOnly:

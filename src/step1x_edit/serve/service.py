@@ -70,6 +70,7 @@ class ServeLimits:
     max_prompt_chars: int = MAX_PROMPT_CHARS
     max_pending: int = 8  # requests uploading, running or waiting; more are refused with ServiceBusyError
     max_seconds: float = 300.0  # one edit's running time; past it the edit stops with EditTimeoutError
+    max_ui_cache_bytes: int = 2 * 1024**3  # the web UI's uploads and results on disk; past it uploads get 503
 
     def __post_init__(self):
         for field in dataclasses.fields(self):
