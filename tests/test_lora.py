@@ -232,11 +232,14 @@ def test_unknown_kohya_key_is_named():
         load_lora(model, kohya)
 
 
-def test_wrong_lora_shape_names_the_module():
+def test_wrong_lora_shape_names_the_tensor_and_both_shapes():
     model = _tiny()
     kohya = _random_kohya(model)
+    rank = kohya["lora_unet_double_blocks_0_img_attn_qkv.lora_down.weight"].shape[0]
     kohya["lora_unet_double_blocks_0_img_attn_qkv.lora_up.weight"] = torch.zeros(5, 2)
-    with pytest.raises(CheckpointError, match=r"double_blocks_0_img_attn_qkv .*\[192, r\]"):
+    message = (r"LoRA tensor lora_unet_double_blocks_0_img_attn_qkv\.lora_up\.weight has shape \(5, 2\), but the "
+               rf"model's double_blocks\.0\.img_attn\.qkv needs \(192, {rank}\)")
+    with pytest.raises(CheckpointError, match=message):
         load_lora(model, kohya)
 
 

@@ -274,8 +274,10 @@ def test_bad_strength_is_refused_before_any_work(pipe, photo, tmp_path, capsys):
         pipe(image=photo, prompt="make it blue", strength=0.01, **FAST)
     with pytest.raises(ValueError, match="strength"):
         pipe(image=photo, prompt="make it blue", strength=2.0, **FAST)
-    assert _edit([photo, "make it blue", "--strength", "0", "-o", tmp_path / "x.png"]) != 0
-    assert "strength" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as refused:  # argparse's own refusal: usage and one error line, exit 2
+        _edit([photo, "make it blue", "--strength", "0", "-o", tmp_path / "x.png"])
+    assert refused.value.code == 2
+    assert "argument --strength: must be a finite number in (0.0, 1.0], got 0.0" in capsys.readouterr().err
 
 
 def _saved_with_defaults(pipe, directory, **defaults):

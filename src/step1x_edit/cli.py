@@ -32,7 +32,7 @@ def _edit(args: argparse.Namespace) -> int:
 
     from . import sampling
     from .image_io import load_image
-    from .pipeline import check_instruction
+    from .pipeline import check_instruction, check_negative_prompt
 
     if args.model is None:
         print(
@@ -40,19 +40,14 @@ def _edit(args: argparse.Namespace) -> int:
             "at 96 px; see its model card). Pass --model DIR for real Step1X-Edit weights.",
             file=sys.stderr,
         )
-    if args.strength is not None:  # checked before the model loads (the number of steps may be the model's)
-        try:
-            if args.steps is None:
-                sampling.check_strength(args.strength)
-            else:
-                sampling.strength_steps(args.steps, args.strength)
-        except ValueError as error:
-            raise Step1XEditError(f"--strength: {error}") from error
-    lora_scales = _lora_scales(args)
     # Everything the user typed is checked before the model loads (minutes for the released weights), so a typo
-    # in a path or an unwritable output costs nothing.
+    # in a path or an unwritable output costs nothing. Numbers were checked by their argparse types.
+    if args.strength is not None and args.steps is not None:
+        sampling.strength_steps(args.steps, args.strength)
+    lora_scales = _lora_scales(args)
     image = load_image(args.image)
     check_instruction(args.instruction)
+    check_negative_prompt(args.negative_prompt)
     output = _output_path(args)
     pipe = _load_model(args, lora_scales)
     generator = torch.Generator("cpu").manual_seed(args.seed)
@@ -66,26 +61,32 @@ def _edit(args: argparse.Namespace) -> int:
         strength=args.strength,
         generator=generator,
     )
-    result.images[0].save(output)
+    try:
+        result.images[0].save(output)
+    except (OSError, ValueError) as error:
+        raise Step1XEditError(f"cannot write {output}: {error}") from error
     print(f"saved {output}")
     return 0
 
 
 def _load_model(args: argparse.Namespace, lora_scales: list[float]):
     """The pipeline the model arguments (``--model``, ``--version``, ``--device``, ``--dtype``, ``--offload``,
-    ``--lora``) describe, LoRAs loaded."""
+    ``--lora``) describe, LoRAs loaded; the device and the LoRA files are checked before the model loads."""
     import torch
 
-    from .pipeline import load_pipeline
+    from .checkpoints.lora import check_lora_file
+    from .pipeline import load_pipeline, resolve_device
 
-    device = torch.device(args.device) if args.device else None
+    device = resolve_device(args.device) if args.device else None
+    if args.offload and (not torch.cuda.is_available() or (device is not None and device.type != "cuda")):
+        raise Step1XEditError("--offload moves models between CPU and GPU, but no GPU is available or chosen")
+    for lora in args.lora:
+        check_lora_file(lora)
     pipe = load_pipeline(args.model, device=None if args.offload else device, torch_dtype=_torch_dtype(args.dtype),
                          version=args.version)
     for index, (lora, scale) in enumerate(zip(args.lora, lora_scales, strict=True)):
         pipe.load_lora_weights(lora, adapter_name=f"lora{index}", scale=scale)
     if args.offload:
-        if not torch.cuda.is_available():
-            raise Step1XEditError("--offload moves models between CPU and GPU, but no GPU is available")
         pipe.enable_model_cpu_offload(device=device or "cuda")
     return pipe
 
@@ -159,8 +160,11 @@ def _allowed_hosts(given: list[str] | None, bind: str, loopback: tuple[str, ...]
 
 
 def _output_path(args: argparse.Namespace) -> Path:
-    """Where the edit is saved (``-o``, else IMAGE-edited.png), its folder created; a path Pillow cannot write an
-    image to (unknown extension, a folder, no write permission) raises before any work is done."""
+    """Where the edit is saved (``-o``, else IMAGE-edited.png), its folder created; a path an RGB image cannot be
+    written to (unknown or unsuitable extension, a folder, a file where a folder belongs, no write permission)
+    raises before any work is done."""
+    import io
+
     from PIL import Image
 
     output = Path(args.output) if args.output else Path(args.image).with_name(Path(args.image).stem + "-edited.png")
@@ -168,8 +172,14 @@ def _output_path(args: argparse.Namespace) -> Path:
     if image_format is None or image_format not in Image.SAVE:
         raise Step1XEditError(f"cannot save an image as {output}: unknown image extension {output.suffix!r}; "
                               "use .png, .jpg or .webp")
+    try:  # some formats Pillow names cannot hold an RGB image (XBM) or need a plugin (BUFR)
+        Image.new("RGB", (1, 1)).save(io.BytesIO(), format=image_format)
+    except (OSError, ValueError, KeyError) as error:
+        raise Step1XEditError(f"cannot save an RGB image as {output.suffix!r} ({error}); use .png, .jpg or "
+                              ".webp") from None
     if output.is_dir():
         raise Step1XEditError(f"the output {output} is a folder; give a file name such as {output / 'edited.png'}")
+    _check_writable_folder(output.parent, output)
     try:
         output.parent.mkdir(parents=True, exist_ok=True)
     except OSError as error:
@@ -177,6 +187,16 @@ def _output_path(args: argparse.Namespace) -> Path:
     if not os.access(output.parent, os.W_OK) or (output.exists() and not os.access(output, os.W_OK)):
         raise Step1XEditError(f"cannot write {output}: permission denied")
     return output
+
+
+def _check_writable_folder(folder: Path, target: Path) -> None:
+    """Raise unless ``folder`` is, or can be created as, a folder to write ``target`` in: its nearest existing
+    ancestor must be a writable folder (not a file)."""
+    existing = next(path for path in (folder, *folder.parents) if path.exists())
+    if not existing.is_dir():
+        raise Step1XEditError(f"cannot write {target}: {existing} is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise Step1XEditError(f"cannot write {target}: permission denied in {existing}")
 
 
 def _lora_scales(args: argparse.Namespace) -> list[float]:
@@ -196,8 +216,11 @@ def _convert(args: argparse.Namespace) -> int:
     from .pipeline import Step1XEditPipeline
 
     out_dir = Path(args.out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise Step1XEditError(f"the output {out_dir} is a file; give a folder to write the model into")
     if out_dir.exists() and any(out_dir.iterdir()) and not args.overwrite:
         raise Step1XEditError(f"{out_dir} is not empty; pass --overwrite to write into it")
+    _check_writable_folder(out_dir, out_dir)
     pipe = Step1XEditPipeline.from_official(
         args.official_dir, version=args.version, torch_dtype=_torch_dtype(args.dtype), device="cpu"
     )
@@ -221,30 +244,39 @@ def _info(args: argparse.Namespace) -> int:
 
 
 def _add_edit(subcommands) -> None:
+    from . import validate
+    from .models.presets import MAX_INFERENCE_STEPS, MAX_SIZE_LEVEL, MIN_SIZE_LEVEL
+
     parser = subcommands.add_parser("edit", help="edit an image following an instruction",
                                     description="Edit IMAGE following INSTRUCTION and save the result.")
     parser.add_argument("image", help="the image to edit (any format Pillow reads)")
     parser.add_argument("instruction", help='what to change, e.g. "make the sky stormy"')
     parser.add_argument("-o", "--output", help="where to save the result (default: IMAGE-edited.png)")
     _add_model_arguments(parser)
-    parser.add_argument("--steps", type=int, default=None,
-                        help="denoising steps (default: the model's, 28 for the released models)")
-    parser.add_argument("--guidance", type=float, default=None,
-                        help="classifier-free guidance scale (default: the model's own, 6.0 for the released models)")
-    parser.add_argument("--size-level", type=int, default=None,
-                        help="working resolution: the image is resized to about SIZE_LEVEL^2 pixels (default: the "
+    parser.add_argument("--steps", type=validate.int_argument(1, MAX_INFERENCE_STEPS), default=None,
+                        help=f"denoising steps, 1 to {MAX_INFERENCE_STEPS} (default: the model's, 28 for the released "
+                        "models)")
+    parser.add_argument("--guidance", type=validate.float_argument(0.0), default=None,
+                        help="classifier-free guidance scale, at least 0 (default: the model's own, 6.0 for the "
+                        "released models)")
+    parser.add_argument("--size-level", type=validate.int_argument(MIN_SIZE_LEVEL, MAX_SIZE_LEVEL), default=None,
+                        help="working resolution: the image is resized to about SIZE_LEVEL^2 pixels, "
+                        f"{MIN_SIZE_LEVEL} to {MAX_SIZE_LEVEL} and what the device's memory holds (default: the "
                         "model's own, 1024 for the released models, 96 for the built-in demo model)")
-    parser.add_argument("--strength", type=float, default=None,
+    parser.add_argument("--strength", type=validate.float_argument(0.0, 1.0, low_open=True), default=None,
                         help="how far the edit may move from the source, in (0, 1]: 1 starts from pure noise (the "
                         "official behaviour), lower starts part-way from the noised source and keeps more of it "
                         "(default: the model's own, 1.0 for the released models)")
-    parser.add_argument("--seed", type=int, default=42, help="random seed (default 42)")
+    parser.add_argument("--seed", type=validate.int_argument(0, validate.MAX_SEED), default=42,
+                        help=f"random seed, 0 to {validate.MAX_SEED} (default 42)")
     parser.add_argument("--negative-prompt", default="", help='negative instruction for guidance (default "")')
     parser.set_defaults(handler=_edit)
 
 
 def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
     """The options that choose and load a model (``edit`` and ``serve``)."""
+    from . import validate
+
     parser.add_argument("--model", help="a Step1X-Edit model directory (official or diffusers layout); "
                         "default: the small built-in model")
     parser.add_argument("--version", choices=["v1.0", "v1.1"], help="force the version of an official checkpoint "
@@ -256,8 +288,9 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
                         help="weights dtype (default: bfloat16 on GPU, float32 on CPU)")
     parser.add_argument("--lora", action="append", default=[], metavar="FILE",
                         help="a LoRA .safetensors file (official kohya-style or peft/diffusers names); repeatable")
-    parser.add_argument("--lora-scale", action="append", type=float, default=[], metavar="S",
-                        help="LoRA multiplier (default 1.0): one for all --lora files, or one per --lora")
+    parser.add_argument("--lora-scale", action="append", type=validate.float_argument(), default=[], metavar="S",
+                        help="LoRA multiplier, a finite number (default 1.0): one for all --lora files, or one per "
+                        "--lora")
 
 
 def _add_serve(subcommands) -> None:

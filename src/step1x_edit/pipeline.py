@@ -13,7 +13,9 @@ Loading: :meth:`Step1XEditPipeline.from_pretrained` reads the diffusers layout (
 
 from __future__ import annotations
 
+import math
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,11 +27,12 @@ from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 from PIL import Image
 
-from . import sampling
-from .errors import CheckpointError, InvalidImageError, InvalidPromptError
+from . import sampling, validate
+from .errors import CheckpointError, InvalidImageError, InvalidPromptError, InvalidValueError
 from .image_io import load_image
 from .models.mllm import MAX_LENGTH, encode_prompts
 from .models.patch_vae import PatchAutoencoder
+from .models.presets import MAX_INFERENCE_STEPS, MAX_SIZE_LEVEL, MIN_SIZE_LEVEL
 from .models.transformer import Step1XEditTransformer2DModel
 from .models.vae import decode_latents, encode_latents, images_to_pixels
 
@@ -49,21 +52,92 @@ DEMO_MODEL_DIR = Path(__file__).parent / "assets" / "demo"
 # Longest instruction accepted, in characters. The MLLM condition is truncated at 640 tokens anyway; this only
 # stops absurd inputs (a pasted file) before they reach the tokenizer.
 MAX_PROMPT_CHARS = 20_000
+# The longest MLLM condition a model may be saved with (Qwen2.5-VL's context is 32k tokens; released: 640).
+MAX_SEQUENCE_LENGTH = 32_768
+
+# A rough cost of one working pixel of one image, measured on CPU with the FLUX-layout presets: the VAE holds about
+# 8 float32 copies of its first block's width at full resolution, the DiT about 24 copies of its hidden width per
+# token (noisy and reference: 2 tokens per 2x2 latent patch, twice with guidance), the host 64 bytes (pixels).
+VAE_COPIES_PER_PIXEL = 8
+DIT_COPIES_PER_TOKEN = 24
+HOST_BYTES_PER_PIXEL = 64
 
 
 def check_instruction(prompt) -> None:
-    """Raise :class:`InvalidPromptError` unless ``prompt`` is a non-blank string of at most ``MAX_PROMPT_CHARS``."""
-    if not isinstance(prompt, str):
-        raise InvalidPromptError(f"prompt must be a string, got {type(prompt).__name__}")
+    """Raise :class:`InvalidPromptError` unless ``prompt`` is a non-blank UTF-8 string of at most
+    ``MAX_PROMPT_CHARS``."""
+    _check_prompt("the instruction", prompt)
     if not prompt.strip():
         raise InvalidPromptError("the instruction is empty; say what to change, e.g. 'make the sky blue'")
-    if len(prompt) > MAX_PROMPT_CHARS:
-        raise InvalidPromptError(f"the instruction has {len(prompt):,} characters (limit {MAX_PROMPT_CHARS:,})")
+
+
+def check_negative_prompt(prompt) -> None:
+    """Raise :class:`InvalidPromptError` unless ``prompt`` is a UTF-8 string (empty allowed) of at most
+    ``MAX_PROMPT_CHARS``."""
+    _check_prompt("the negative prompt", prompt)
+
+
+def _check_prompt(name: str, prompt) -> None:
+    try:
+        validate.text(name, prompt, MAX_PROMPT_CHARS)
+    except InvalidValueError as error:  # a command-line argument that is not UTF-8 arrives with lone surrogates
+        raise InvalidPromptError(str(error)) from None
+
+
+def check_pipeline_settings(settings: Mapping[str, Any]) -> None:
+    """Raise :class:`InvalidValueError` naming the field unless every pipeline setting present in ``settings`` (the
+    fields ``model_index.json`` saves beside the components) is in range; absent ones keep their defaults."""
+    ranges = {"max_sequence_length": (1, MAX_SEQUENCE_LENGTH), "default_size_level": (MIN_SIZE_LEVEL, MAX_SIZE_LEVEL),
+              "default_num_inference_steps": (1, MAX_INFERENCE_STEPS)}
+    for name, (low, high) in ranges.items():
+        if name in settings:
+            validate.integer(name, settings[name], low, high)
+    if "default_guidance_scale" in settings:
+        validate.number("default_guidance_scale", settings["default_guidance_scale"], 0.0)
+    if "default_strength" in settings:
+        validate.number("default_strength", settings["default_strength"], 0.0, 1.0, low_open=True)
 
 
 def default_device() -> torch.device:
     """CUDA when available, else CPU."""
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def resolve_device(device: str | torch.device | int | None) -> torch.device:
+    """``device`` as a torch device that exists on this machine (``None``: :func:`default_device`); raises
+    :class:`InvalidValueError` naming it when it is not a device name or names one this machine lacks."""
+    if device is None:
+        return default_device()
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise InvalidValueError(f"device {device!r} is not a device name; use cpu, cuda or cuda:N") from None
+    if resolved.type == "cpu" and resolved.index in (None, 0):
+        return resolved
+    if resolved.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise InvalidValueError(f"device {device!r}: this machine has no CUDA GPU that torch can use; use cpu")
+        if resolved.index is not None and resolved.index >= count:
+            raise InvalidValueError(f"device {device!r} does not exist: this machine has {count} GPU(s), cuda:0 to "
+                                    f"cuda:{count - 1}")
+        return resolved
+    if resolved.type == "mps" and torch.backends.mps.is_available():
+        return resolved
+    raise InvalidValueError(f"device {device!r} is not available here; use cpu, cuda or cuda:N")
+
+
+def available_memory(device: torch.device) -> int | None:
+    """Bytes that a call could still allocate on ``device``: available RAM on the CPU, free memory (the caching
+    allocator's unused reserve included) on a CUDA GPU; ``None`` for other devices (not measured)."""
+    if device.type == "cpu":
+        import psutil
+
+        return psutil.virtual_memory().available
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+    return None
 
 
 def default_dtype(device: torch.device | str) -> torch.dtype:
@@ -109,15 +183,9 @@ class Step1XEditPipeline(DiffusionPipeline):
         default_num_inference_steps: int = 28,
     ):
         super().__init__()
-        if not 0 < default_strength <= 1:
-            raise ValueError(f"default_strength must be in (0, 1], got {default_strength}")
-        if default_num_inference_steps < 1:
-            raise ValueError(f"default_num_inference_steps must be positive, got {default_num_inference_steps}")
-        if max_sequence_length < 1 or default_size_level < 16:
-            raise ValueError(
-                f"max_sequence_length must be positive and default_size_level >= 16, got {max_sequence_length} "
-                f"and {default_size_level}"
-            )
+        check_pipeline_settings({"max_sequence_length": max_sequence_length, "default_size_level": default_size_level,
+                               "default_guidance_scale": default_guidance_scale, "default_strength": default_strength,
+                               "default_num_inference_steps": default_num_inference_steps})
         self.register_modules(
             transformer=transformer, vae=vae, text_encoder=text_encoder, processor=processor, scheduler=scheduler
         )
@@ -151,7 +219,7 @@ class Step1XEditPipeline(DiffusionPipeline):
         from .checkpoints.official import find_official_files, load_official_transformer, load_official_vae
         from .models.mllm import load_processor, load_text_encoder
 
-        device = torch.device(device) if device is not None else default_device()
+        device = resolve_device(device)
         torch_dtype = torch_dtype or default_dtype(device)
         files = find_official_files(model_dir, version)
         mllm_path = Path(mllm_dir) if mllm_dir is not None else files.mllm_dir
@@ -203,18 +271,59 @@ class Step1XEditPipeline(DiffusionPipeline):
         self.transformer.unload_lora()
 
     # ------------------------------------------------------------------ inputs
-    def _check_inputs(self, images, prompts, negative_prompts, precomputed: bool, size_level, num_inference_steps):
+    def _check_inputs(self, images, prompts, negative_prompts, precomputed: bool, size_level, num_inference_steps,
+                      guidance_scale, strength):
         if not precomputed:
             for prompt in prompts:
                 check_instruction(prompt)
             if len(negative_prompts) != len(prompts):
                 raise ValueError(f"got {len(negative_prompts)} negative prompts for {len(prompts)} prompts")
+            for prompt in negative_prompts:
+                check_negative_prompt(prompt)
         if len(images) != len(prompts):
             raise ValueError(f"got {len(images)} images for {len(prompts)} prompts")
-        if not isinstance(size_level, int) or size_level < 16:
-            raise ValueError(f"size_level must be an integer >= 16, got {size_level!r}")
-        if not isinstance(num_inference_steps, int) or num_inference_steps < 1:
-            raise ValueError(f"num_inference_steps must be a positive integer, got {num_inference_steps!r}")
+        validate.integer("num_inference_steps", num_inference_steps, 1, MAX_INFERENCE_STEPS)
+        validate.integer("size_level", size_level, MIN_SIZE_LEVEL, MAX_SIZE_LEVEL)
+        validate.number("guidance_scale", guidance_scale, 0.0)
+        validate.number("strength", strength, 0.0, 1.0, low_open=True)
+        sampling.strength_steps(num_inference_steps, strength)
+        self.check_size_level(size_level, len(prompts), guided=guidance_scale > 1.0)
+
+    def working_bytes_per_pixel(self, guided: bool = True) -> int:
+        """A rough estimate of the memory one working pixel of one image takes during a call (VAE activations in
+        float32, DiT activations in the transformer's dtype, twice the tokens with guidance), beyond the weights."""
+        vae = self.vae.config
+        widths = getattr(vae, "block_out_channels", None)
+        vae_width = widths[0] if widths else vae.in_channels
+        latent_scale = getattr(vae, "patch_size", None) or 2 ** (len(widths) - 1)  # pixels per latent pixel
+        tokens_per_pixel = 2 / (latent_scale * sampling.PATCH) ** 2  # noisy and reference
+        token_bytes = DIT_COPIES_PER_TOKEN * self.transformer.config.hidden_size * self.transformer.dtype.itemsize
+        return math.ceil(HOST_BYTES_PER_PIXEL + VAE_COPIES_PER_PIXEL * 4 * vae_width
+                         + tokens_per_pixel * token_bytes * (2 if guided else 1))
+
+    def largest_size_level(self, batch_size: int = 1, guided: bool = True) -> int:
+        """The largest ``size_level`` a call editing ``batch_size`` images can run at on the execution device, from
+        the memory available there now and :meth:`working_bytes_per_pixel`; at most ``MAX_SIZE_LEVEL``."""
+        available = available_memory(self._execution_device)
+        if available is None:
+            return MAX_SIZE_LEVEL
+        return min(MAX_SIZE_LEVEL, math.isqrt(available // (batch_size * self.working_bytes_per_pixel(guided))))
+
+    def check_size_level(self, size_level: int, batch_size: int = 1, guided: bool = True) -> None:
+        """Raise :class:`InvalidValueError` (naming the value and the largest that fits) when a call at
+        ``size_level`` would need more memory than the execution device has available."""
+        largest = self.largest_size_level(batch_size, guided)
+        if size_level <= largest:
+            return
+        device = self._execution_device
+        available = available_memory(device)
+        if available is None:  # only the absolute bound applies
+            raise InvalidValueError(f"size_level must be at most {MAX_SIZE_LEVEL}, got {size_level}")
+        needed = size_level**2 * batch_size * self.working_bytes_per_pixel(guided)
+        raise InvalidValueError(
+            f"size_level {size_level} needs about {needed / 2**30:.1f} GiB for {batch_size} image(s) on {device}, "
+            f"which has {available / 2**30:.1f} GiB available: the largest size_level that fits is {largest}"
+        )
 
     @staticmethod
     def _as_list(value, count: int | None = None) -> list:
@@ -286,8 +395,9 @@ class Step1XEditPipeline(DiffusionPipeline):
             strength = self.config.default_strength
         if num_inference_steps is None:
             num_inference_steps = self.config.default_num_inference_steps
-        self._check_inputs(images, prompts, negative_prompts, prompt_embeds is not None, size_level, num_inference_steps)
-        sampling.strength_steps(num_inference_steps, strength)  # a bad strength is refused before any work
+        # Every setting is checked before any work (a NaN guidance would otherwise give a black image).
+        self._check_inputs(images, prompts, negative_prompts, prompt_embeds is not None, size_level,
+                           num_inference_steps, guidance_scale, strength)
         for embeds, mask, name in (
             (prompt_embeds, prompt_attention_mask, "prompt"),
             (negative_prompt_embeds, negative_prompt_attention_mask, "negative_prompt"),
@@ -423,7 +533,7 @@ def load_pipeline(
     ``model=None`` loads the demo model shipped with the package (:data:`DEMO_MODEL_DIR`, trained by
     ``step1x-edit train-demo``; see its ``MODEL_CARD.md``).
     """
-    device = torch.device(device) if device is not None else default_device()
+    device = resolve_device(device)
     torch_dtype = torch_dtype or default_dtype(device)
     if model is None:
         if not (DEMO_MODEL_DIR / "model_index.json").is_file():

@@ -16,6 +16,8 @@ from collections.abc import Callable, Sequence
 import torch
 from PIL import Image
 
+from . import validate
+from .errors import InvalidValueError
 from .models.transformer import VERSIONS
 
 # CFG renorm applies while t > threshold: never in v1.0 (t <= 1), the first steps in v1.1.
@@ -82,9 +84,9 @@ def get_schedule(
 
 
 def check_strength(strength: float) -> None:
-    """Refuse an image-to-image ``strength`` outside (0, 1]."""
-    if not isinstance(strength, (int, float)) or not 0 < strength <= 1:
-        raise ValueError(f"strength must be in (0, 1], got {strength!r}")
+    """Refuse (:class:`~step1x_edit.errors.InvalidValueError`) an image-to-image ``strength`` outside (0, 1], NaN
+    included."""
+    validate.number("strength", strength, 0.0, 1.0, low_open=True)
 
 
 def strength_steps(num_steps: int, strength: float) -> int:
@@ -93,7 +95,8 @@ def strength_steps(num_steps: int, strength: float) -> int:
     check_strength(strength)
     kept = round(num_steps * strength)
     if kept < 1:
-        raise ValueError(f"strength {strength} keeps no step of {num_steps}; raise strength or the number of steps")
+        raise InvalidValueError(f"strength {strength} keeps no step of {num_steps}; raise strength or the number of "
+                                "steps")
     return kept
 
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import re
 import warnings
@@ -38,8 +39,9 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from ..errors import CheckpointError
-from .official import KeyRule, official_module_targets, read_shapes, transformer_key_table
+from .. import validate
+from ..errors import CheckpointError, InvalidValueError
+from .official import KeyRule, check_weights, official_module_targets, read_header, transformer_key_table
 
 logger = logging.getLogger(__name__)
 
@@ -155,16 +157,14 @@ def kohya_to_peft(state_dict: Mapping[str, torch.Tensor], transformer: nn.Module
             raise CheckpointError(f"LoRA module {name} needs both lora_down.weight and lora_up.weight")
         down, up = parts["lora_down.weight"], parts["lora_up.weight"]
         rule = rules[name]
+        official = rule.official.removesuffix(".weight")
         modules = [target.removesuffix(".weight") for target in rule.targets]
         layers = [_base_layer(transformer.get_submodule(module)) for module in modules]
         expected_in, expected_out = layers[0].in_features, sum(layer.out_features for layer in layers)
-        if down.ndim != 2 or up.ndim != 2 or down.shape[1] != expected_in or up.shape != (expected_out, down.shape[0]):
-            raise CheckpointError(
-                f"LoRA module {name} has lora_down {tuple(down.shape)} and lora_up {tuple(up.shape)}, but the "
-                f"model's {rule.official.removesuffix('.weight')} needs [r, {expected_in}] and [{expected_out}, r]"
-            )
+        _check_lora_shape(f"{name}.lora_down.weight", down, ("r", expected_in), official)
+        _check_lora_shape(f"{name}.lora_up.weight", up, (expected_out, down.shape[0]), official)
         rank = down.shape[0]
-        alpha = float(parts["alpha"]) if "alpha" in parts else float(rank)
+        alpha = _alpha(f"{name}.alpha", parts["alpha"]) if "alpha" in parts else float(rank)
         for module, piece in zip(modules, rule.to_diffusers(up), strict=True):
             converted.state_dict[f"{module}.lora_A.weight"] = down.clone()
             converted.state_dict[f"{module}.lora_B.weight"] = piece.contiguous()
@@ -181,33 +181,88 @@ def peft_state_dict_to_lora(
     """Read a peft/diffusers-format LoRA state dict (``transformer.``/``base_model.model.`` prefixes allowed).
 
     ``adapter_config`` holds ``r``, ``lora_alpha`` and optionally ``alpha_pattern`` (peft's fields); without
-    it alpha = r. Raises :class:`CheckpointError` for keys that name no ``nn.Linear`` of ``transformer``.
+    it alpha = r. Raises :class:`CheckpointError` for keys that name no ``nn.Linear`` of ``transformer``, a
+    module without both its A and B tensors, and shapes that do not fit the layer.
     """
-    linear = {name for name, module in transformer.named_modules() if isinstance(_base_layer(module), nn.Linear)}
+    linear = {name: _base_layer(module) for name, module in transformer.named_modules()
+              if isinstance(_base_layer(module), nn.Linear)}
     converted = PeftLora({}, {}, {})
     unknown = []
+    pieces: dict[str, dict[str, tuple[str, torch.Tensor]]] = {}
     for key, tensor in state_dict.items():
         name = next((key.removeprefix(p) for p in PEFT_KEY_PREFIXES if key.startswith(p)), key)
         module, _, suffix = name.rpartition(".lora_")
         if module not in linear or suffix not in ("A.weight", "B.weight"):
             unknown.append(key)
             continue
+        pieces.setdefault(module, {})[suffix] = (key, tensor)
         converted.state_dict[name] = tensor
-        if suffix == "A.weight":
-            converted.ranks[module] = tensor.shape[0]
     if unknown:
         raise CheckpointError(
             f"LoRA file has keys that name no Linear layer of the transformer: {_describe(unknown)}; expected "
             "'<module>.lora_A.weight' / '<module>.lora_B.weight', e.g. 'transformer_blocks.0.attn.to_q.lora_A.weight'"
         )
+    for module, parts in sorted(pieces.items()):
+        if len(parts) != 2:
+            raise CheckpointError(f"LoRA module {module} needs both lora_A.weight and lora_B.weight")
+        (a_key, lora_a), (b_key, lora_b) = parts["A.weight"], parts["B.weight"]
+        layer = linear[module]
+        _check_lora_shape(a_key, lora_a, ("r", layer.in_features), module)
+        _check_lora_shape(b_key, lora_b, (layer.out_features, lora_a.shape[0]), module)
+        converted.ranks[module] = lora_a.shape[0]
     if not converted.ranks:
         raise CheckpointError("LoRA file has no transformer LoRA tensors")
-    config = dict(adapter_config or {})
+    config = _checked_adapter_config(adapter_config)
     alpha_pattern = config.get("alpha_pattern") or {}
     for module, rank in converted.ranks.items():
         pattern = next((p for p in alpha_pattern if re.match(rf"(.*\.)?({p})$", module)), None)
         converted.alphas[module] = float(alpha_pattern[pattern] if pattern else config.get("lora_alpha", rank))
     return converted
+
+
+def _check_lora_shape(key: str, tensor: torch.Tensor, expected: tuple, module: str) -> None:
+    """Raise :class:`CheckpointError` naming ``key`` unless ``tensor`` is a finite floating-point matrix of shape
+    ``expected`` (``"r"`` matches any rank) for the model's ``module``."""
+    got = tuple(tensor.shape)
+    if len(got) != 2 or any(want != "r" and size != want for size, want in zip(got, expected, strict=True)):
+        shown = "(" + ", ".join(map(str, expected)) + ")"
+        raise CheckpointError(f"LoRA tensor {key} has shape {got}, but the model's {module} needs {shown}")
+    if not tensor.is_floating_point():
+        raise CheckpointError(f"LoRA tensor {key} is {tensor.dtype}, not floating point")
+    if not bool(torch.isfinite(tensor).all()):
+        raise CheckpointError(f"LoRA tensor {key} holds NaN or infinite values")
+
+
+def _alpha(key: str, tensor: torch.Tensor) -> float:
+    """The kohya ``alpha`` scalar of ``key``, which must be one finite number."""
+    if tensor.numel() != 1:
+        raise CheckpointError(f"LoRA tensor {key} has shape {tuple(tensor.shape)}, but alpha is one number")
+    alpha = float(tensor.reshape(()))
+    if not math.isfinite(alpha):
+        raise CheckpointError(f"LoRA tensor {key} is {alpha}, but alpha must be a finite number")
+    return alpha
+
+
+def _checked_adapter_config(adapter_config: Mapping | None) -> dict:
+    """The peft adapter config of a LoRA file with the fields this reader uses checked: ``lora_alpha`` a finite
+    number, ``alpha_pattern`` an object of regular expression -> finite number."""
+    config = dict(adapter_config or {})
+    try:
+        if "lora_alpha" in config:
+            validate.number("lora_alpha", config["lora_alpha"])
+        alpha_pattern = config.get("alpha_pattern") or {}
+        if not isinstance(alpha_pattern, Mapping):
+            raise CheckpointError(f"the LoRA's {ADAPTER_METADATA_KEY} alpha_pattern must be an object, got "
+                                  f"{type(alpha_pattern).__name__}")
+        for pattern, alpha in alpha_pattern.items():
+            validate.number(f"alpha_pattern[{pattern!r}]", alpha)
+            re.compile(pattern)
+    except InvalidValueError as error:
+        raise CheckpointError(f"the LoRA's {ADAPTER_METADATA_KEY}: {error}") from None
+    except re.error as error:
+        raise CheckpointError(f"the LoRA's {ADAPTER_METADATA_KEY} alpha_pattern holds an invalid regular expression "
+                              f"{error.pattern!r}: {error}") from None
+    return config
 
 
 def peft_to_kohya(transformer: nn.Module, adapter_name: str = "default") -> dict[str, torch.Tensor]:
@@ -315,9 +370,25 @@ def save_lora(
     return path
 
 
+def check_lora_file(path: str | os.PathLike) -> None:
+    """Check the header of the LoRA file ``path`` without reading its tensors: a safetensors file (pickles are
+    refused) holding at least one tensor, every tensor floating point without an empty dimension, and every
+    ``alpha`` one number. Raises :class:`CheckpointError` naming the file and the tensor."""
+    header = read_header(path)
+    if not header:
+        raise CheckpointError(f"{path} holds no tensors; a LoRA file holds lora_A/lora_B (or lora_down/lora_up) "
+                              "matrices")
+    for key, (dtype, shape) in header.items():
+        if key.endswith(".alpha"):
+            if math.prod(shape) != 1 or dtype == "BOOL":
+                raise CheckpointError(f"{path}: tensor {key} is {dtype} of shape {shape}, but alpha is one number")
+            continue
+        check_weights(path, {key: (dtype, shape)})
+
+
 def load_lora_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """The tensors of a LoRA safetensors file (pickles are refused with :class:`CheckpointError`)."""
-    read_shapes(path)  # raises a clear CheckpointError for missing, pickle and truncated files
+    """The tensors of a LoRA safetensors file, its header checked first (:func:`check_lora_file`)."""
+    check_lora_file(path)
     return load_file(str(path))
 
 
@@ -326,9 +397,13 @@ def load_lora_metadata(path: str | os.PathLike) -> dict | None:
     with safe_open(str(path), framework="pt") as handle:
         text = (handle.metadata() or {}).get(ADAPTER_METADATA_KEY)
     try:
-        return json.loads(text) if text else None
+        config = json.loads(text) if text else None
     except json.JSONDecodeError as error:
         raise CheckpointError(f"{path}: {ADAPTER_METADATA_KEY} metadata is not valid JSON: {error}") from error
+    if config is not None and not isinstance(config, dict):
+        raise CheckpointError(f"{path}: {ADAPTER_METADATA_KEY} metadata must be a JSON object, got "
+                              f"{type(config).__name__}")
+    return config
 
 
 def read_lora(source: str | os.PathLike | Mapping[str, torch.Tensor], transformer: nn.Module) -> PeftLora:
@@ -353,8 +428,10 @@ def load_lora(
     """Add the LoRA ``source`` (kohya or peft format) to ``transformer`` as peft adapter ``adapter_name`` with
     multiplier ``scale``; adapters loaded before stay active.
 
-    Raises :class:`CheckpointError` for unknown keys, wrong shapes and an adapter name already in use.
+    Raises :class:`CheckpointError` for unknown keys, wrong shapes and an adapter name already in use, and
+    :class:`~step1x_edit.errors.InvalidValueError` for a ``scale`` that is not a finite number.
     """
+    scale = validate.number("the LoRA scale", scale)
     lora = read_lora(source, transformer)
     existing = getattr(transformer, "peft_config", {})
     if adapter_name in existing:

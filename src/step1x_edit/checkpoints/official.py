@@ -22,8 +22,8 @@ consumed and every shape must match, otherwise :class:`~step1x_edit.errors.Check
 from __future__ import annotations
 
 import json
+import math
 import re
-import struct
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,10 +35,12 @@ from accelerate.utils import set_module_tensor_to_device
 from safetensors import SafetensorError, safe_open
 from torch import nn
 
-from ..errors import CheckpointError
+from ..errors import CheckpointError, InvalidValueError
 from ..models.presets import transformer_config
 from ..models.transformer import VERSIONS, Step1XEditTransformer2DModel
-from ..models.vae import OFFICIAL_VAE_FIELDS, autoencoder_from_official_config
+from ..models.transformer import check_config as check_transformer_config
+from ..models.vae import MAX_VAE_LEVELS, OFFICIAL_VAE_FIELDS, autoencoder_from_official_config
+from ..models.vae import check_official_config as check_official_vae_config
 
 TRANSFORMER_FILE_NAMES = ("step1x-edit-v1p1-official.safetensors", "step1x-edit-i1258.safetensors")
 VAE_FILE_NAME = "vae.safetensors"
@@ -53,6 +55,10 @@ RELEASED_CONNECTOR_HEADS = 32
 RELEASED_THETA = 10000
 RELEASED_VAE_SCALE_FACTOR = 0.3611
 RELEASED_VAE_SHIFT_FACTOR = 0.1159
+# Largest config file read (the released ones are a few kB; a tokenizer is not a config).
+MAX_CONFIG_BYTES = 1_000_000
+# The safetensors dtypes a weight may be stored in, with their sizes in bytes (torch up-casts the 8-bit floats).
+WEIGHT_DTYPES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "F8_E4M3": 1, "F8_E5M2": 1}
 # Re-open the file after this many bytes so that safetensors' memory map does not hold every page read so far.
 _REOPEN_BYTES = 64 * 2**20
 
@@ -269,37 +275,78 @@ def _check_file(path: str | Path) -> Path:
     return path
 
 
-def read_shapes(path: str | Path) -> dict[str, tuple[int, ...]]:
-    """Every tensor name and shape in the safetensors file ``path`` (reads the header only).
+def read_json_config(path: str | Path) -> dict[str, Any]:
+    """The JSON object in the config file ``path``; raises :class:`CheckpointError` naming the file when it is
+    missing, larger than ``MAX_CONFIG_BYTES``, not UTF-8 JSON, or not an object."""
+    path = Path(path)
+    try:
+        if not path.is_file():
+            raise CheckpointError(f"config file not found: {path}")
+        if path.stat().st_size > MAX_CONFIG_BYTES:
+            raise CheckpointError(f"{path} is {path.stat().st_size:,} bytes, too large for a config file (limit "
+                                  f"{MAX_CONFIG_BYTES:,})")
+        config = json.loads(path.read_bytes().decode("utf-8"))
+    except OSError as error:
+        raise CheckpointError(f"cannot read {path}: {error.strerror or error}") from None
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as error:
+        raise CheckpointError(f"{path} is not valid JSON: {' '.join(str(error).split())}") from None
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{path} must hold a JSON object of config fields, not {type(config).__name__}")
+    return config
 
-    Raises :class:`CheckpointError` for pickles, missing files and truncated or corrupt files.
+
+def read_header(path: str | Path) -> dict[str, tuple[str, tuple[int, ...]]]:
+    """Every tensor of the safetensors file ``path`` as name -> (safetensors dtype name, shape), from the header
+    only (safetensors checks that the header is JSON and that the data covers every tensor exactly).
+
+    Raises :class:`CheckpointError` for pickles, missing files, and files that are truncated or not safetensors.
     """
     path = _check_file(path)
     try:
         with safe_open(str(path), framework="pt") as handle:
-            return {key: tuple(handle.get_slice(key).get_shape()) for key in handle.keys()}
+            return {key: (handle.get_slice(key).get_dtype(), tuple(handle.get_slice(key).get_shape()))
+                    for key in handle.keys()}
     except (SafetensorError, OSError) as error:
-        with path.open("rb") as handle:
-            start = handle.read(2)
+        try:
+            with path.open("rb") as handle:
+                start = handle.read(2)
+        except OSError:
+            start = b""
         if start == b"PK" or start[:1] == b"\x80":  # torch.save zip archive or a raw pickle
             raise CheckpointError(
                 f"{path} is a pickle/zip (torch.save) file, not safetensors; refusing to load it"
             ) from error
         raise CheckpointError(
-            f"{path} is not a complete safetensors file (truncated or interrupted download?): {error}"
+            f"{path} is not a complete safetensors file (truncated or interrupted download, or another format "
+            f"named .safetensors?): {error}"
         ) from error
 
 
-def _tensor_bytes(path: Path) -> dict[str, int]:
-    with path.open("rb") as handle:
-        (header_size,) = struct.unpack("<Q", handle.read(8))
-        header = json.loads(handle.read(header_size))
-    return {k: v["data_offsets"][1] - v["data_offsets"][0] for k, v in header.items() if k != "__metadata__"}
+def check_weights(path: str | Path, header: Mapping[str, tuple[str, tuple[int, ...]]]) -> None:
+    """Raise :class:`CheckpointError` naming ``path`` and the tensor unless every tensor of ``header`` (from
+    :func:`read_header`) is a floating-point weight without an empty dimension."""
+    for key, (dtype, shape) in header.items():
+        if dtype not in WEIGHT_DTYPES:
+            raise CheckpointError(f"{path}: tensor {key} is stored as {dtype}, but weights are floating point "
+                                  f"({', '.join(WEIGHT_DTYPES)})")
+        if 0 in shape:
+            raise CheckpointError(f"{path}: tensor {key} has an empty dimension (shape {shape})")
+
+
+def read_shapes(path: str | Path) -> dict[str, tuple[int, ...]]:
+    """Every tensor name and shape in the safetensors file ``path`` (reads the header only).
+
+    Raises :class:`CheckpointError` for pickles, missing files, truncated or corrupt files, and tensors that are
+    not floating-point weights or have an empty dimension (see :func:`check_weights`).
+    """
+    header = read_header(path)
+    check_weights(path, header)
+    return {key: shape for key, (_, shape) in header.items()}
 
 
 def _iter_tensors(path: Path, keys: list[str]) -> Iterator[tuple[str, torch.Tensor]]:
     """Yield ``(key, tensor)`` one at a time, re-opening the file every ``_REOPEN_BYTES``."""
-    sizes = _tensor_bytes(path)
+    sizes = {key: math.prod(shape) * WEIGHT_DTYPES[dtype] for key, (dtype, shape) in read_header(path).items()}
     batch: list[str] = []
     batch_bytes = 0
     batches = []
@@ -387,18 +434,44 @@ def _version_from_keys(shapes: Mapping[str, Any]) -> str:
     return "v1.0" if "connector.scale_factor" in shapes else "v1.1"
 
 
+def _dims(shapes: Mapping[str, tuple[int, ...]], key: str, rank: int, source: str) -> tuple[int, ...] | None:
+    """The shape of tensor ``key`` (``None`` when absent: the key check names it), which must have ``rank``
+    non-empty dimensions; the sizes inferred from it would be nonsense otherwise."""
+    if key not in shapes:
+        return None
+    shape = tuple(shapes[key])
+    if len(shape) != rank or 0 in shape:
+        kind = {1: "a vector", 2: "a matrix", 4: "a convolution kernel"}[rank]
+        raise CheckpointError(f"{source}: tensor {key} has shape {shape}, but {kind} ({rank} non-empty dimensions) "
+                              "belongs there")
+    return shape
+
+
+def checked_transformer_config(config: Mapping[str, Any], source: str) -> dict[str, Any]:
+    """``config`` (transformer config fields) with every field's type and range checked; raises
+    :class:`CheckpointError` naming ``source`` and the field."""
+    try:
+        check_transformer_config(config)
+    except InvalidValueError as error:
+        raise CheckpointError(f"{source}: {error}") from None
+    return dict(config)
+
+
 def infer_transformer_config(
-    shapes: Mapping[str, tuple[int, ...]], version: str | None = None, config: Mapping[str, Any] | None = None
+    shapes: Mapping[str, tuple[int, ...]], version: str | None = None, config: Mapping[str, Any] | None = None,
+    source: str = "checkpoint",
 ) -> dict[str, Any]:
     """The model config of an official DiT file from its tensor shapes.
 
     Sizes come from the shapes; what shapes cannot tell (rotary ``axes_dim``, ``theta``, connector heads) comes
-    from ``config`` or else the released values. Fields given in ``config`` must agree with the shapes.
+    from ``config`` or else the released values. Fields given in ``config`` must agree with the shapes. Errors
+    name ``source`` (the file).
     """
     config = dict(config or {})
     unknown = sorted(set(config) - set(transformer_config("full")))
     if unknown:
         raise CheckpointError(f"unknown transformer config field(s) {unknown}; valid: {sorted(transformer_config('full'))}")
+    checked_transformer_config(config, "the transformer config")
     if config.get("prediction_type", "velocity") != "velocity":
         raise CheckpointError(
             f"config says prediction_type={config['prediction_type']!r}, but official-format files hold velocity "
@@ -417,32 +490,36 @@ def infer_transformer_config(
         else:
             cause = "is this a VAE or MLLM file?"
         raise CheckpointError(f"not an official Step1X-Edit DiT checkpoint: {_describe(absent)} absent ({cause})")
-    hidden, in_channels = shapes["img_in.weight"]
+    hidden, in_channels = _dims(shapes, "img_in.weight", 2, source)
+    context = _dims(shapes, "txt_in.weight", 2, source)[1]
     depth = _count_blocks(shapes, "double_blocks")
     single = _count_blocks(shapes, "single_blocks")
     norm_key = "double_blocks.0.img_attn.norm.query_norm.scale" if depth else "single_blocks.0.norm.query_norm.scale"
-    head_dim = shapes[norm_key][0] if norm_key in shapes else hidden // config.get("num_heads", 24)
-    if depth:
-        mlp = shapes["double_blocks.0.img_mlp.0.weight"][0]
-    elif single:
-        mlp = shapes["single_blocks.0.linear1.weight"][0] - 3 * hidden
+    norm = _dims(shapes, norm_key, 1, source)
+    head_dim = norm[0] if norm else hidden // config.get("num_heads", 24)
+    mlp_in = _dims(shapes, "double_blocks.0.img_mlp.0.weight", 2, source) if depth else None
+    linear1 = _dims(shapes, "single_blocks.0.linear1.weight", 2, source) if single else None
+    if mlp_in:
+        mlp = mlp_in[0]
+    elif linear1:
+        mlp = linear1[0] - 3 * hidden
     else:
         mlp = int(hidden * config.get("mlp_ratio", 4.0))
-    context = shapes["txt_in.weight"][1]
     inferred = {
         "in_channels": in_channels,
-        "out_channels": shapes["final_layer.linear.weight"][0],
-        "vec_in_dim": shapes["vector_in.in_layer.weight"][1],
+        "out_channels": _dims(shapes, "final_layer.linear.weight", 2, source)[0],
+        "vec_in_dim": _dims(shapes, "vector_in.in_layer.weight", 2, source)[1],
         "context_in_dim": context,
         "hidden_size": hidden,
         "mlp_ratio": mlp / hidden,
         "num_heads": hidden // head_dim,
         "depth": depth,
         "depth_single_blocks": single,
-        "mllm_hidden_size": shapes["connector.S.input_embedder.weight"][1],
+        "mllm_hidden_size": _dims(shapes, "connector.S.input_embedder.weight", 2, source)[1],
         "connector_depth": _count_blocks(shapes, "connector.S.individual_token_refiner.blocks"),
         "version": _version_from_keys(shapes),
     }
+    checked_transformer_config(inferred, f"{source} (the sizes its tensor shapes imply)")
     for field, value in inferred.items():
         if field in config and config[field] != value and not (field == "mlp_ratio" and float(config[field]) == value):
             raise CheckpointError(f"config says {field}={config[field]!r} but the checkpoint has {field}={value!r}")
@@ -509,9 +586,12 @@ def empty_transformer_for(
 
     Raises :class:`CheckpointError` naming missing/unexpected keys or wrong shapes; ``source`` names the file.
     """
-    model_config = infer_transformer_config(shapes, version, config)
-    with init_empty_weights():
-        model = Step1XEditTransformer2DModel(**model_config)
+    model_config = infer_transformer_config(shapes, version, config, source=source)
+    try:
+        with init_empty_weights():
+            model = Step1XEditTransformer2DModel(**model_config)
+    except ValueError as error:  # fields that do not combine, e.g. a width the heads do not divide
+        raise CheckpointError(f"{source}: {error}") from error
     hint = ""
     if model_config["version"] == "v1.0" and "connector.scale_factor" not in shapes:
         hint = " (checkpoint has no connector.scale_factor: this is a v1.1 file loaded as v1.0)"
@@ -545,25 +625,43 @@ def _to_official(state: Mapping[str, torch.Tensor], rules: list[KeyRule]) -> dic
 # VAE
 
 
-def infer_vae_config(shapes: Mapping[str, tuple[int, ...]], config: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """The official ``AutoEncoder`` arguments of a FLUX VAE file from its shapes (``config`` fills the rest)."""
+def infer_vae_config(
+    shapes: Mapping[str, tuple[int, ...]], config: Mapping[str, Any] | None = None, source: str = "checkpoint"
+) -> dict[str, Any]:
+    """The official ``AutoEncoder`` arguments of a FLUX VAE file from its shapes (``config`` fills the rest);
+    errors name ``source`` (the file)."""
     if "encoder.conv_in.weight" not in shapes or "decoder.conv_in.weight" not in shapes:
-        raise CheckpointError("not a FLUX autoencoder checkpoint: encoder.conv_in / decoder.conv_in absent")
-    ch, in_channels = shapes["encoder.conv_in.weight"][:2]
+        raise CheckpointError(f"{source}: not a FLUX autoencoder checkpoint: encoder.conv_in / decoder.conv_in absent")
+
+    def kernel(key: str) -> tuple[int, ...]:
+        shape = _dims(shapes, key, 4, source)
+        if shape is None:
+            raise CheckpointError(f"{source}: not a complete FLUX autoencoder checkpoint: {key} is absent")
+        return shape
+
+    ch, in_channels = kernel("encoder.conv_in.weight")[:2]
     levels = _count_blocks(shapes, "encoder.down")
-    mults = [shapes[f"encoder.down.{i}.block.0.conv1.weight"][0] // ch for i in range(levels)]
+    if not 1 <= levels <= MAX_VAE_LEVELS:
+        raise CheckpointError(f"{source}: the encoder has {levels} resolution levels (encoder.down.N); a FLUX "
+                              f"autoencoder has 1 to {MAX_VAE_LEVELS}")
+    mults = [kernel(f"encoder.down.{i}.block.0.conv1.weight")[0] // ch for i in range(levels)]
     inferred = {
         "in_channels": in_channels,
         "ch": ch,
-        "out_ch": shapes["decoder.conv_out.weight"][0],
+        "out_ch": kernel("decoder.conv_out.weight")[0],
         "ch_mult": mults,
         "num_res_blocks": _count_blocks(shapes, "encoder.down.0.block"),
-        "z_channels": shapes["decoder.conv_in.weight"][1],
+        "z_channels": kernel("decoder.conv_in.weight")[1],
     }
     config = dict(config or {})
     unknown = sorted(set(config) - set(OFFICIAL_VAE_FIELDS))
     if unknown:
         raise CheckpointError(f"unknown VAE config field(s) {unknown}; valid: {list(OFFICIAL_VAE_FIELDS)}")
+    for fields, what in ((config, "the VAE config"), (inferred, f"{source} (the sizes its tensor shapes imply)")):
+        try:
+            check_official_vae_config(fields)
+        except InvalidValueError as error:
+            raise CheckpointError(f"{what}: {error}") from None
     for field, value in inferred.items():
         if field in config and (list(config[field]) if field == "ch_mult" else config[field]) != value:
             raise CheckpointError(f"VAE config says {field}={config[field]!r} but the checkpoint has {value!r}")
@@ -588,7 +686,7 @@ def load_official_vae(
     """
     path = _check_file(path)
     shapes = read_shapes(path)
-    official_config = infer_vae_config(shapes, config)
+    official_config = infer_vae_config(shapes, config, str(path))
     vae = empty_vae_for(shapes, official_config, source=str(path))
     _stream_into(vae, path, vae_key_table(official_config), torch_dtype, device)
     return vae.eval()
@@ -598,9 +696,12 @@ def empty_vae_for(
     shapes: Mapping[str, tuple[int, ...]], config: Mapping[str, Any] | None = None, source: str = "checkpoint"
 ):
     """A meta-device ``AutoencoderKL`` that accepts exactly the official FLUX VAE tensors ``shapes``."""
-    official_config = infer_vae_config(shapes, config)
-    with init_empty_weights():
-        vae = autoencoder_from_official_config(official_config)
+    official_config = infer_vae_config(shapes, config, source)
+    try:
+        with init_empty_weights():
+            vae = autoencoder_from_official_config(official_config)
+    except ValueError as error:  # widths GroupNorm cannot split, say
+        raise CheckpointError(f"{source}: {error}") from error
     _check_keys(source, shapes, vae_key_table(official_config), vae, "")
     return vae
 
@@ -645,12 +746,14 @@ def find_official_files(model_dir: str | Path, version: str | None = None) -> Of
         raise CheckpointError(f"{model_dir} has no {VAE_FILE_NAME} (the FLUX.1 autoencoder)")
     mllm_dir = model_dir / MLLM_DIR_NAME
     config_file = model_dir / TRANSFORMER_CONFIG_FILE_NAME
-    try:
-        config = json.loads(config_file.read_text()) if config_file.is_file() else None
-    except json.JSONDecodeError as error:
-        raise CheckpointError(f"{config_file} is not valid JSON: {error}") from error
-    if config is not None and not isinstance(config, dict):
-        raise CheckpointError(f"{config_file} must hold a JSON object of transformer config fields")
+    config = None
+    if config_file.exists():
+        config = read_json_config(config_file)
+        unknown = sorted(set(config) - set(transformer_config("full")))
+        if unknown:
+            raise CheckpointError(f"{config_file}: unknown transformer config field(s) {unknown}; valid: "
+                                  f"{sorted(transformer_config('full'))}")
+        checked_transformer_config(config, str(config_file))
     return OfficialFiles(
         transformer=transformer,
         vae=vae,

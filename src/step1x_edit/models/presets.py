@@ -1,4 +1,5 @@
-"""Named model sizes: ``full`` (the released Step1X-Edit), ``mid`` (benchmarks) and ``tiny`` (tests, milliseconds on CPU).
+"""Named model sizes: ``full`` (the released Step1X-Edit), ``mid`` (benchmarks) and ``tiny`` (tests, milliseconds on CPU),
+and the bounds of an edit's settings whatever the model (light, so the command line can check them at parse time).
 
 Transformer configs use the field names of :class:`~step1x_edit.models.transformer.Step1XEditTransformer2DModel`
 (which mirror the official ``Step1XParams`` plus the connector); VAE configs are the official ``AutoEncoder``
@@ -9,6 +10,12 @@ from __future__ import annotations
 
 import copy
 from typing import Any
+
+# Bounds of an edit's settings for every model (the released models run 28 steps at size_level 1024). The largest
+# working size a device can hold is usually smaller: see ``Step1XEditPipeline.largest_size_level``.
+MAX_INFERENCE_STEPS = 1000
+MIN_SIZE_LEVEL = 16
+MAX_SIZE_LEVEL = 8192
 
 TRANSFORMER_PRESETS: dict[str, dict[str, Any]] = {
     "full": {

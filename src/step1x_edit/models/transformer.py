@@ -21,6 +21,9 @@ The official checkpoint layout and the key table between the two are in :mod:`st
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import torch
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.loaders import PeftAdapterMixin
@@ -35,10 +38,46 @@ from diffusers.models.transformers.transformer_flux import (
 )
 from torch import nn
 
+from .. import validate
+from ..errors import InvalidValueError
 from .connector import Step1XConnector
 
 VERSIONS = ("v1.0", "v1.1")
 PREDICTION_TYPES = ("velocity", "reference_delta")
+# Bounds of the config's sizes, far above the released model (width 4096, 38 blocks, 32 heads), so that an absurd
+# config is refused before a model is built from it.
+MAX_WIDTH = 65_536
+MAX_HEADS = 1_024
+MAX_BLOCKS = 1_000
+MAX_MLP_RATIO = 64.0
+MAX_ROTARY_AXES = 8
+
+
+def check_config(config: Mapping[str, Any]) -> None:
+    """Raise :class:`~step1x_edit.errors.InvalidValueError` naming the field unless every field present in
+    ``config`` has the type and range :class:`Step1XEditTransformer2DModel` takes (how fields combine, such as the
+    head dim against ``axes_dim``, is checked when the model is built)."""
+    for name in ("in_channels", "out_channels", "vec_in_dim", "context_in_dim", "hidden_size", "mllm_hidden_size"):
+        if name in config:
+            validate.integer(name, config[name], 1, MAX_WIDTH)
+    for name in ("num_heads", "connector_num_heads"):
+        if name in config:
+            validate.integer(name, config[name], 1, MAX_HEADS)
+    for name in ("depth", "depth_single_blocks", "connector_depth"):
+        if name in config:
+            validate.integer(name, config[name], 0, MAX_BLOCKS)
+    if "mlp_ratio" in config:
+        validate.number("mlp_ratio", config["mlp_ratio"], 0.0, MAX_MLP_RATIO, low_open=True)
+    if "theta" in config:
+        validate.number("theta", config["theta"], 0.0, low_open=True)
+    if "axes_dim" in config:
+        axes = config["axes_dim"]
+        if not isinstance(axes, (list, tuple)) or not 1 <= len(axes) <= MAX_ROTARY_AXES:
+            raise InvalidValueError(f"axes_dim must be a list of 1 to {MAX_ROTARY_AXES} integers, got {axes!r}")
+        for value in axes:
+            validate.integer("every axes_dim entry", value, 1, MAX_WIDTH)
+    if "qkv_bias" in config and not isinstance(config["qkv_bias"], bool):
+        raise InvalidValueError(f"qkv_bias must be true or false, got {config['qkv_bias']!r}")
 
 
 class Step1XEditTransformer2DModel(ModelMixin, ConfigMixin, PeftAdapterMixin, AttentionMixin):
@@ -83,6 +122,11 @@ class Step1XEditTransformer2DModel(ModelMixin, ConfigMixin, PeftAdapterMixin, At
         prediction_type: str = "velocity",
     ) -> None:
         super().__init__()
+        check_config({"in_channels": in_channels, "out_channels": out_channels, "vec_in_dim": vec_in_dim,
+                      "context_in_dim": context_in_dim, "hidden_size": hidden_size, "mlp_ratio": mlp_ratio,
+                      "num_heads": num_heads, "depth": depth, "depth_single_blocks": depth_single_blocks,
+                      "axes_dim": axes_dim, "theta": theta, "qkv_bias": qkv_bias, "mllm_hidden_size": mllm_hidden_size,
+                      "connector_num_heads": connector_num_heads, "connector_depth": connector_depth})
         if version not in VERSIONS:
             raise ValueError(f"version must be one of {VERSIONS}, got {version!r}")
         if prediction_type not in PREDICTION_TYPES:
@@ -101,8 +145,6 @@ class Step1XEditTransformer2DModel(ModelMixin, ConfigMixin, PeftAdapterMixin, At
             raise ValueError(f"every axes_dim entry must be even (rotary pairs), got {tuple(axes_dim)}")
         if not qkv_bias:
             raise ValueError("qkv_bias=False is not supported: diffusers' FLUX blocks always have q/k/v biases")
-        if min(depth, depth_single_blocks, connector_depth) < 0:
-            raise ValueError("block counts must not be negative")
 
         self.pos_embed = FluxPosEmbed(theta=theta, axes_dim=list(axes_dim))
         self.time_text_embed = CombinedTimestepTextProjEmbeddings(

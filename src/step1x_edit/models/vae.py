@@ -20,10 +20,43 @@ import torch
 from diffusers import AutoencoderKL
 from PIL import Image
 
+from .. import validate
+from ..errors import InvalidValueError
+
 OFFICIAL_VAE_FIELDS = (
     "resolution", "in_channels", "ch", "out_ch", "ch_mult", "num_res_blocks", "z_channels", "scale_factor",
     "shift_factor",
 )
+# Bounds of the sizes, far above the released VAE (ch 128, 4 levels, 2 res blocks, 16 latent channels), so that
+# an absurd config is refused before an autoencoder is built from it.
+MAX_VAE_LEVELS = 8
+MAX_VAE_WIDTH = 8_192
+MAX_VAE_CHANNELS = 1_024
+MAX_VAE_RES_BLOCKS = 32
+
+
+def check_official_config(config: Mapping[str, Any]) -> None:
+    """Raise :class:`~step1x_edit.errors.InvalidValueError` naming the field unless every official ``AutoEncoder``
+    argument present in ``config`` has a sensible type and range."""
+    for name in ("in_channels", "out_ch", "z_channels"):
+        if name in config:
+            validate.integer(name, config[name], 1, MAX_VAE_CHANNELS)
+    if "ch" in config:
+        validate.integer("ch", config["ch"], 1, MAX_VAE_WIDTH)
+    if "resolution" in config:
+        validate.integer("resolution", config["resolution"], 1, MAX_VAE_WIDTH)
+    if "num_res_blocks" in config:
+        validate.integer("num_res_blocks", config["num_res_blocks"], 1, MAX_VAE_RES_BLOCKS)
+    if "ch_mult" in config:
+        mults = config["ch_mult"]
+        if not isinstance(mults, (list, tuple)) or not 1 <= len(mults) <= MAX_VAE_LEVELS:
+            raise InvalidValueError(f"ch_mult must be a list of 1 to {MAX_VAE_LEVELS} integers, got {mults!r}")
+        for mult in mults:
+            validate.integer("every ch_mult entry", mult, 1, MAX_VAE_WIDTH)
+    if "scale_factor" in config:
+        validate.number("scale_factor", config["scale_factor"], 0.0, low_open=True)
+    if "shift_factor" in config:
+        validate.number("shift_factor", config["shift_factor"])
 
 
 def diffusers_vae_config(official: Mapping[str, Any]) -> dict[str, Any]:
