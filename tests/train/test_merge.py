@@ -44,9 +44,14 @@ def test_merge_refuses_models_with_different_autoencoders_and_bad_weights(tmp_pa
     assert main(["merge", str(tuned), str(tmp_path / "other"), "--weight", "0.5", "-o", str(tmp_path / "a")]) == 2
     assert "autoencoders differ" in capsys.readouterr().err
     assert not (tmp_path / "a").exists()
-    for weight in ("0", "1", "1.5"):
-        assert main(["merge", str(tuned), str(base), "--weight", weight, "-o", str(tmp_path / "b")]) == 2
-        assert "between 0 and 1" in capsys.readouterr().err
+    assert main(["merge", str(tuned), str(base), "--weight", "1", "-o", str(tmp_path / "b")]) == 2
+    assert "between 0 and 1" in capsys.readouterr().err
+    for weight in ("0", "1.5", "nan"):
+        with pytest.raises(SystemExit) as stop:
+            main(["merge", str(tuned), str(base), "--weight", weight, "-o", str(tmp_path / "b")])
+        assert stop.value.code == 2
+        assert "argument --weight: must be a finite number in (0, 1]" in capsys.readouterr().err
+    assert not (tmp_path / "b").exists()
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "keep.txt").write_text("mine")
     assert main(["merge", str(tuned), str(base), "--weight", "0.5", "-o", str(tmp_path / "full")]) == 2

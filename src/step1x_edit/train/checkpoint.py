@@ -232,7 +232,7 @@ def load_newest(root: Path, read: Callable[[Path], T],
         if agree(problem is None):
             return folder, loaded
         problem = problem or "unreadable in another process"
-        warnings.warn(f"skipping the checkpoint {folder}: {problem}", stacklevel=2)
+        warnings.warn(f"skipping the checkpoint {folder.name}: {problem}", stacklevel=2)
         problems.append(f"{folder.name}: {problem}")
     if folders:
         raise CheckpointError(f"no usable checkpoint in {root} ({'; '.join(problems)}); delete that folder to start "

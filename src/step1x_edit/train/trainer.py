@@ -42,6 +42,7 @@ from tqdm.auto import tqdm
 from ..errors import CheckpointError, DataFormatError, Step1XEditError
 from ..models.mllm import encode_prompts
 from ..models.vae import decode_latents
+from ..validate import integer
 from . import checkpoint
 from .config import TrainConfig, TrainingConfigError
 from .data import (
@@ -93,7 +94,8 @@ class _Progress:
         return {"step": self.step, "micro_step": self.micro_step, "samples": self.samples}
 
     def load_counters(self, counters: dict) -> None:
-        self.step, self.micro_step, self.samples = counters["step"], counters["micro_step"], counters["samples"]
+        self.step, self.micro_step, self.samples = (integer(f"the checkpoint's {name}", counters[name], 0)
+                                                    for name in ("step", "micro_step", "samples"))
 
 
 def _mixed_precision(name: str) -> str:
@@ -182,9 +184,6 @@ class _Checkpointer:
                  root: Path, keep: int):
         self.accelerator = accelerator
         self.models = torch.nn.ModuleDict(trained)  # the trained modules under one roof, for one state dict
-        self.trained_names = {f"{prefix}.{name}" for prefix, module in trained.items()
-                              for name, param in accelerator.unwrap_model(module).named_parameters()
-                              if param.requires_grad}
         self.optimizer = getattr(optimizer, "optimizer", optimizer)  # accelerate's wrapper holds torch's
         self.lr_scheduler, self.ema, self.progress = lr_scheduler, ema, progress
         self.root, self.keep = root, keep
@@ -215,10 +214,10 @@ class _Checkpointer:
         accelerator.wait_for_everyone()
         return final
 
-    def _read(self, folder: Path) -> tuple[dict | None, dict | None]:
+    def _read(self, folder: Path) -> tuple[dict | None, dict | None, object]:
         """This process's parts of the checkpoint in ``folder``: the training state (main process only; the others
-        read it once every process accepted the checkpoint) and its own process state (``None`` when the run that
-        wrote it had fewer processes)."""
+        read it once every process accepted the checkpoint), its own process state (``None`` when the run that
+        wrote it had fewer processes) and the number of processes of that run."""
         accelerator = self.accelerator
         main = accelerator.is_main_process
         names = checkpoint.state_files("training") if main else ()
@@ -231,7 +230,7 @@ class _Checkpointer:
         if training is not None and not isinstance(training, dict):
             raise CheckpointError(f"{folder}: the training state is not a table")
         own = checkpoint.read_state(folder, f"process-{accelerator.process_index}") if mine else None
-        return training, own
+        return training, own, processes
 
     def resume(self) -> Path | None:
         """Load the newest usable checkpoint (``None`` when there is none; an error when none is usable)."""
@@ -243,25 +242,35 @@ class _Checkpointer:
         found = checkpoint.load_newest(self.root, self._read, agree)
         if found is None:
             return None
-        folder, (training, own) = found
+        folder, (training, own, processes) = found
         if training is None:
             training = checkpoint.read_state(folder, "training")
+        if processes != accelerator.num_processes and accelerator.is_main_process:
+            warnings.warn(f"{folder} was written by {processes} process(es), this run has {accelerator.num_processes}: "
+                          "batches are dealt differently, so the resumed run does not repeat an uninterrupted one "
+                          "exactly", stacklevel=2)
         try:
             self._apply(folder, training, own)
-        except (KeyError, TypeError, ValueError, RuntimeError) as error:
+        except (KeyError, TypeError, ValueError, RuntimeError, AttributeError, IndexError) as error:
             raise CheckpointError(f"{folder} does not fit this run ({' '.join(str(error).split())}); delete it to "
                                   "resume from an earlier checkpoint") from None
         return folder
 
     def _apply(self, folder: Path, training: dict, own: dict | None) -> None:
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
+        from torch.distributed.checkpoint.state_dict import (
+            StateDictOptions,
+            get_model_state_dict,
+            set_state_dict,
+        )
 
         weights = training["weights"]
-        if not isinstance(weights, dict) or set(weights) != self.trained_names:
+        trained = set(get_model_state_dict(self.models, options=StateDictOptions(ignore_frozen_params=True)))
+        if not isinstance(weights, dict) or set(weights) != trained or not all(
+                isinstance(value, torch.Tensor) for value in weights.values()):
             names = set(weights) if isinstance(weights, dict) else set()
             raise CheckpointError(
-                f"{folder} holds other trained weights than this run trains (missing "
-                f"{sorted(self.trained_names - names)[:3]}, unexpected {sorted(names - self.trained_names)[:3]})")
+                f"{folder} holds other trained weights than this run trains (missing {sorted(trained - names)[:3]}, "
+                f"unexpected {sorted(names - trained)[:3]})")
         set_state_dict(self.models, self.optimizer, model_state_dict=weights,
                        optim_state_dict=training["optimizer"],
                        options=StateDictOptions(full_state_dict=True, strict=False))
@@ -269,10 +278,7 @@ class _Checkpointer:
         if self.ema is not None:
             self.ema.load_state_dict(training["ema"])
         self.progress.load_counters(training)
-        if own is None:
-            warnings.warn(f"{folder} was written by fewer processes than this run has: process "
-                          f"{self.accelerator.process_index} starts with fresh random states, so the resumed run "
-                          "does not repeat an uninterrupted one exactly", stacklevel=2)
+        if own is None:  # the run that wrote it had fewer processes: this one keeps its fresh random states
             return
         self.progress.generator.set_state(own["generator"])
         checkpoint.set_rng_state(own["rng"])

@@ -311,7 +311,7 @@ def train_vae(
                 scheduler.load_state_dict(state["scheduler"])
                 generator.set_state(state["generator"])
                 step = integer("the checkpoint's step", state["step"], 0, config.steps)
-            except (KeyError, TypeError, ValueError, RuntimeError) as error:
+            except (KeyError, TypeError, ValueError, RuntimeError, AttributeError, IndexError) as error:
                 raise CheckpointError(f"{folder} does not fit this VAE ({' '.join(str(error).split())}); delete it "
                                       "to resume from an earlier checkpoint") from None
 
