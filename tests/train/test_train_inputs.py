@@ -182,3 +182,23 @@ def test_a_loss_log_cut_short_by_a_crash_keeps_its_complete_rows_up_to_the_resum
     _LossLog(tmp_path, resume_step=3, enabled=True)
     assert log.read_text(encoding="utf-8").splitlines() == [
         "step,loss,lr,samples,seconds", "1,0.5,0.001,4,0.1", "2,0.4,0.001,8,0.2", "3,0.3,0.001,12,0.3"]
+
+
+@pytest.mark.parametrize(("line", "replacement", "message"), [
+    ("samples = 12000", "samples = 4.5", "demo.samples must be an integer"),
+    ("resolution = 96", "resolution = true", "demo.resolution must be an integer"),
+    ("vision_tokens = [4, 16]", "vision_tokens = [16, 4]", "demo.vision_tokens must be a pair low <= high"),
+    ("guidance_scale = 2.5", "guidance_scale = nan", "evaluation.guidance_scale must be a finite number"),
+    ("guidance_candidates = [1.0, 2.5, 4.0]", "guidance_candidates = [1.0, inf]",
+     "evaluation.guidance_candidates[1] must be a finite number"),
+    ("vocab_size = 2000", "vocab_size = -1", "text_encoder.vocab_size must be an integer"),
+])
+def test_demo_recipe_numbers_are_checked_before_anything_is_built(tmp_path, capsys, line, replacement, message):
+    from pathlib import Path
+
+    recipe = (Path(__file__).parents[2] / "recipes" / "demo.toml").read_text(encoding="utf-8")
+    assert line in recipe
+    path = tmp_path / "recipe.toml"
+    path.write_text(recipe.replace(line, replacement, 1), encoding="utf-8")
+    assert message in _refused(capsys, "train-demo", str(path), "--work-dir", str(tmp_path / "work"))
+    assert not (tmp_path / "work").exists()

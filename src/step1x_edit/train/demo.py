@@ -44,7 +44,8 @@ from typing import Any
 import torch
 
 from ..errors import Step1XEditError
-from .config import TrainingConfigError, config_from_dict, read_toml
+from ..validate import integer, number
+from .config import MAX_TRAIN_SEED, TrainingConfigError, config_from_dict, read_toml
 
 STAGES = ("data", "vae", "assemble", "train", "finetune", "evaluate", "export")
 PATCH_FACTOR = 28  # merged visual token side, in pixels (Qwen2.5-VL)
@@ -57,6 +58,49 @@ def _ordinal(number: int) -> str:
     return ORDINALS[number - 1] if number <= len(ORDINALS) else f"{number}th"
 
 
+RECIPE_INTEGERS = {
+    "demo": {"samples": (1, 10**7), "resolution": (16, 4096), "max_sequence_length": (1, 65_536),
+             "seed": (0, MAX_TRAIN_SEED), "num_threads": (0, 4096)},
+    "text_encoder": {"vocab_size": (16, 10**6), "hidden_size": (1, 65_536), "num_layers": (1, 1000),
+                     "vision_hidden_size": (1, 65_536)},
+    "evaluation": {"steps": (1, 1000), "seed": (0, MAX_TRAIN_SEED), "samples_per_task": (1, 10**6),
+                   "tune_samples_per_task": (1, 10**6), "tune_seed": (0, MAX_TRAIN_SEED)},
+}
+"""The recipe's whole-number fields by table, with their ranges (required unless in :data:`RECIPE_OPTIONAL`)."""
+RECIPE_NUMBERS = {"guidance_scale": (0, 100), "strength": (0, 1)}
+"""The ``[evaluation]`` numbers and their ranges (``strength`` above 0)."""
+RECIPE_OPTIONAL = {"seed", "num_threads", "samples_per_task", "tune_samples_per_task", "tune_seed", "strength"}
+RECIPE_CANDIDATES = {"steps_candidates": "steps", "guidance_candidates": "guidance_scale",
+                     "strength_candidates": "strength"}
+
+
+def _check_recipe_values(recipe: dict[str, Any]) -> None:
+    """Type and range of the recipe's own numbers (the run tables are checked as training configs)."""
+    for table, fields in RECIPE_INTEGERS.items():
+        for name, (low, high) in fields.items():
+            if name in recipe[table] or name not in RECIPE_OPTIONAL:
+                integer(f"{table}.{name}", recipe[table].get(name), low, high)
+    settings = recipe["evaluation"]
+    for name, (low, high) in RECIPE_NUMBERS.items():
+        if name in settings or name not in RECIPE_OPTIONAL:
+            number(f"evaluation.{name}", settings.get(name), low, high, low_open=name == "strength")
+    for name, field in RECIPE_CANDIDATES.items():
+        values = settings.get(name, [])
+        if not isinstance(values, list):
+            raise TrainingConfigError(f"evaluation.{name} must be a list, got {values!r}")
+        for index, value in enumerate(values):
+            if field == "steps":
+                integer(f"evaluation.{name}[{index}]", value, *RECIPE_INTEGERS["evaluation"]["steps"])
+            else:
+                number(f"evaluation.{name}[{index}]", value, *RECIPE_NUMBERS[field], low_open=field == "strength")
+    tokens = recipe["demo"].get("vision_tokens")
+    if not isinstance(tokens, list) or len(tokens) != 2:
+        raise TrainingConfigError(f"demo.vision_tokens must be a pair [low, high], got {tokens!r}")
+    low, high = (integer(f"demo.vision_tokens[{index}]", value, 1, 100_000) for index, value in enumerate(tokens))
+    if low > high:
+        raise TrainingConfigError(f"demo.vision_tokens must be a pair low <= high, got {tokens!r}")
+
+
 def load_recipe(path: str | os.PathLike) -> dict[str, Any]:
     """Read and check a demo recipe TOML."""
     path = Path(path)
@@ -65,6 +109,7 @@ def load_recipe(path: str | os.PathLike) -> dict[str, Any]:
                if not isinstance(recipe.get(table), dict)]
     if missing:
         raise TrainingConfigError(f"recipe {path} lacks the table(s) {missing}")
+    _check_recipe_values(recipe)
     return recipe
 
 
