@@ -176,9 +176,9 @@ def commit(temporary: Path, keep: int, **info: Any) -> Path:
     return final
 
 
-def verify(folder: Path, names: tuple[str, ...] = ()) -> dict[str, Any]:
-    """``folder``'s manifest, after checking that it lists ``names`` and that the files it lists (only those in
-    ``names`` when given) have the recorded size and SHA-256; :class:`CheckpointError` otherwise."""
+def verify(folder: Path, names: tuple[str, ...]) -> dict[str, Any]:
+    """``folder``'s manifest, after checking that it lists the files ``names`` and that they have the recorded size
+    and SHA-256; :class:`CheckpointError` otherwise."""
     path = folder / MANIFEST
     try:
         with path.open("rb") as handle:
@@ -196,7 +196,7 @@ def verify(folder: Path, names: tuple[str, ...] = ()) -> dict[str, Any]:
     missing = [name for name in names if name not in files]
     if missing:
         raise CheckpointError(f"{path} does not list {missing}")
-    for name in names or tuple(files):
+    for name in names:
         entry = files[name]
         target = folder / name
         if Path(name).name != name or not isinstance(entry, dict):

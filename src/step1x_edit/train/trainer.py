@@ -188,7 +188,7 @@ class _Checkpointer:
         self.lr_scheduler, self.ema, self.progress = lr_scheduler, ema, progress
         self.root, self.keep = root, keep
 
-    def save(self) -> Path:
+    def save(self) -> None:
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
 
         accelerator, progress = self.accelerator, self.progress
@@ -208,11 +208,9 @@ class _Checkpointer:
         checkpoint.write_state(temporary, f"process-{accelerator.process_index}",
                                {"generator": progress.generator.get_state(), "rng": checkpoint.rng_state()})
         accelerator.wait_for_everyone()
-        final = self.root / f"{checkpoint.PREFIX}{progress.step:07d}"
         if main:
             checkpoint.commit(temporary, self.keep, step=progress.step, processes=accelerator.num_processes)
         accelerator.wait_for_everyone()
-        return final
 
     def _read(self, folder: Path) -> tuple[dict | None, dict | None, object]:
         """This process's parts of the checkpoint in ``folder``: the training state (main process only; the others
@@ -220,8 +218,7 @@ class _Checkpointer:
         wrote it had fewer processes) and the number of processes of that run."""
         accelerator = self.accelerator
         main = accelerator.is_main_process
-        names = checkpoint.state_files("training") if main else ()
-        manifest = checkpoint.verify(folder, names)
+        manifest = checkpoint.verify(folder, checkpoint.state_files("training") if main else ())
         processes = manifest.get("processes")
         mine = accelerator.process_index < processes if isinstance(processes, int) else False
         if mine:
