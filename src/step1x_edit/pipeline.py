@@ -84,6 +84,11 @@ def _check_prompt(name: str, prompt) -> None:
         raise InvalidPromptError(str(error)) from None
 
 
+# The settings a pipeline saves in model_index.json beside its components.
+PIPELINE_SETTINGS = ("max_sequence_length", "default_size_level", "default_guidance_scale", "default_strength",
+                     "default_num_inference_steps")
+
+
 def check_pipeline_settings(settings: Mapping[str, Any]) -> None:
     """Raise :class:`InvalidValueError` naming the field unless every pipeline setting present in ``settings`` (the
     fields ``model_index.json`` saves beside the components) is in range; absent ones keep their defaults."""
@@ -216,6 +221,7 @@ class Step1XEditPipeline(DiffusionPipeline):
         A ``transformer_config.json`` beside the weights, if present, supplies the config fields that shapes cannot
         tell (rotary ``axes_dim``, ``theta``, ``connector_num_heads``) for non-released sizes.
         """
+        from .checkpoints.folder import check_processor_folder, check_text_encoder_folder
         from .checkpoints.official import find_official_files, load_official_transformer, load_official_vae
         from .models.mllm import load_processor, load_text_encoder
 
@@ -228,6 +234,9 @@ class Step1XEditPipeline(DiffusionPipeline):
                 f"no Qwen2.5-VL folder in {model_dir}: expected {Path(model_dir) / 'Qwen2.5-VL-7B-Instruct'} "
                 "(download Qwen/Qwen2.5-VL-7B-Instruct there) or pass mllm_dir"
             )
+        if mllm_path.is_dir():  # else the loaders below say what is missing
+            check_text_encoder_folder(mllm_path)
+            check_processor_folder(mllm_path)
         transformer = load_official_transformer(
             files.transformer, version=version, config=files.transformer_config, torch_dtype=torch_dtype
         )
@@ -546,11 +555,20 @@ def load_pipeline(
     if not path.exists():
         raise CheckpointError(f"model directory not found: {path}")
     if (path / "model_index.json").is_file():
+        from .checkpoints.folder import check_diffusers_folder
+
         if version is not None:
             raise ValueError("version applies to official checkpoints only; a diffusers folder records its version")
+        check_diffusers_folder(path)  # config files and weight headers, before anything is built
         try:
-            pipe = Step1XEditPipeline.from_pretrained(path)
-        except (OSError, ValueError, KeyError) as error:
-            raise CheckpointError(f"cannot load the diffusers-layout model in {path}: {error}") from error
+            pipe = Step1XEditPipeline.from_pretrained(path, use_safetensors=True)
+        except (OSError, ValueError, KeyError, TypeError, RuntimeError) as error:  # what the checks cannot foresee
+            raise CheckpointError(f"cannot load the diffusers-layout model in {path}: {_one_line(error)}") from error
         return pipe.place(device, torch_dtype)
     return Step1XEditPipeline.from_official(path, version=version, torch_dtype=torch_dtype, device=device)
+
+
+def _one_line(error: BaseException, limit: int = 500) -> str:
+    """``error``'s message on one line, at most ``limit`` characters (library messages can list every tensor)."""
+    message = " ".join(str(error).split()) or type(error).__name__
+    return message if len(message) <= limit else message[: limit - 3] + "..."

@@ -1,41 +1,44 @@
 """Describe a model directory (layout, version, parameter counts, dtypes) from file headers only.
 
 Nothing is loaded into memory: safetensors headers give every tensor's shape and dtype, so ``describe_model``
-is instant even for the 25 GB released checkpoints.
+is instant even for the 25 GB released checkpoints. The headers and config files are checked as loading checks them
+(tensor dtypes and ranks, config fields), so a malformed folder is one clear
+:class:`~step1x_edit.errors.CheckpointError`, not a crash.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from collections import Counter
 from pathlib import Path
 
-from safetensors import safe_open
-
 from ..errors import CheckpointError
+from .folder import check_diffusers_folder, check_text_encoder_folder
+from .official import (
+    empty_transformer_for,
+    empty_vae_for,
+    find_official_files,
+    read_header,
+    read_json_config,
+    read_shapes,
+)
 
 # Transformer config fields worth showing: the sizes that tell the released model from a smaller one.
 ARCHITECTURE_FIELDS = ("hidden_size", "depth", "depth_single_blocks", "num_heads", "mllm_hidden_size")
 
 
 def describe_safetensors(paths: list[Path]) -> dict:
-    """Parameter count and dtype(s) of the tensors stored in ``paths`` (safetensors files)."""
+    """Parameter count and dtype(s) of the tensors stored in ``paths`` (safetensors files, headers only)."""
     if not paths:
         raise CheckpointError("no .safetensors files to describe")
     count = 0
     dtypes: Counter[str] = Counter()
     for path in paths:
-        try:
-            with safe_open(str(path), framework="pt") as handle:
-                for key in handle.keys():
-                    tensor = handle.get_slice(key)
-                    numel = math.prod(tensor.get_shape())
-                    count += numel
-                    dtypes[tensor.get_dtype()] += numel
-        except Exception as error:  # safetensors raises its own error types for bad headers
-            raise CheckpointError(f"{path} is not a readable safetensors file: {error}") from error
+        for dtype, shape in read_header(path).values():
+            numel = math.prod(shape)
+            count += numel
+            dtypes[dtype] += numel
     return {"parameters": count, "dtype": "/".join(name for name, _ in dtypes.most_common())}
 
 
@@ -46,10 +49,13 @@ def describe_model(model_dir: str | os.PathLike) -> dict:
         raise CheckpointError(f"model directory not found: {path}")
     if (path / "model_index.json").is_file():
         return _describe_diffusers(path)
-    from .official import find_official_files, infer_transformer_config, read_shapes
-
     files = find_official_files(path)
-    config = infer_transformer_config(read_shapes(files.transformer), config=files.transformer_config)
+    # Built on the meta device (no memory), so keys and shapes are checked as loading checks them.
+    config = empty_transformer_for(read_shapes(files.transformer), config=files.transformer_config,
+                                   source=str(files.transformer)).config
+    empty_vae_for(read_shapes(files.vae), source=str(files.vae))
+    if files.mllm_dir is not None:
+        check_text_encoder_folder(files.mllm_dir)
     components = {
         "transformer": {
             "file": files.transformer.name,
@@ -67,7 +73,8 @@ def describe_model(model_dir: str | os.PathLike) -> dict:
 
 
 def _describe_diffusers(path: Path) -> dict:
-    index = json.loads((path / "model_index.json").read_text())
+    check_diffusers_folder(path)  # so that what follows reads well-formed files
+    index = read_json_config(path / "model_index.json")
     components = {}
     version = "unknown"
     for name, spec in index.items():
@@ -80,7 +87,7 @@ def _describe_diffusers(path: Path) -> dict:
         components[name] = {"class": spec[1]}
         config_file = folder / "config.json"
         if name == "transformer" and config_file.is_file():
-            config = json.loads(config_file.read_text())
+            config = read_json_config(config_file)
             version = config.get("version", version)
             components[name].update({field: config[field] for field in ARCHITECTURE_FIELDS if field in config})
             components[name]["prediction_type"] = config.get("prediction_type", "velocity")

@@ -541,12 +541,13 @@ def infer_transformer_config(
     result = {**defaults, **config, **inferred}
     if sum(result["axes_dim"]) != head_dim:
         raise CheckpointError(
-            f"the checkpoint's head dim is {head_dim} but axes_dim {tuple(result['axes_dim'])} sums to "
+            f"{source}: the checkpoint's head dim is {head_dim} but axes_dim {tuple(result['axes_dim'])} sums to "
             f"{sum(result['axes_dim'])}; pass config={{'axes_dim': ...}} for this non-released size"
         )
     if context % result["connector_num_heads"]:
         raise CheckpointError(
-            f"connector width {context} is not divisible by {result['connector_num_heads']} heads; pass "
+            f"{source}: the connector width {context} (txt_in.weight's inputs) is not divisible by "
+            f"{result['connector_num_heads']} heads; pass "
             "config={'connector_num_heads': ...} for this non-released size"
         )
     result["axes_dim"] = tuple(result["axes_dim"])

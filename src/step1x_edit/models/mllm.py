@@ -26,7 +26,9 @@ import json
 import math
 import os
 import warnings
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
 from PIL import Image
@@ -39,7 +41,8 @@ from transformers import (
     Qwen2VLImageProcessorPil,
 )
 
-from ..errors import CheckpointError, InvalidImageError, InvalidPromptError
+from .. import validate
+from ..errors import CheckpointError, InvalidImageError, InvalidPromptError, InvalidValueError
 from ..protocol import protocol_text
 
 PREFIX_FILE = "step1x_v1_prefix.txt"
@@ -340,6 +343,56 @@ def encode_prompts(
 
 
 # ---------------------------------------------------------------------------------------------- loading
+# Bounds of a Qwen2.5-VL config's sizes, far above the 7B (28 layers of width 3584, vocabulary 152k, a 32-block
+# vision tower), so that an absurd config.json is refused before transformers builds (and allocates) it. Fields
+# missing from a config would silently take transformers' defaults, so the sizes are required.
+TEXT_CONFIG_BOUNDS = {"hidden_size": 65_536, "intermediate_size": 262_144, "num_hidden_layers": 1_000,
+                      "num_attention_heads": 1_024, "vocab_size": 10_000_000}
+OPTIONAL_TEXT_CONFIG_BOUNDS = {"num_key_value_heads": 1_024, "max_position_embeddings": 10_000_000}
+VISION_CONFIG_BOUNDS = {"depth": 1_000, "hidden_size": 65_536}
+OPTIONAL_VISION_CONFIG_BOUNDS = {"intermediate_size": 262_144, "num_heads": 1_024, "out_hidden_size": 65_536,
+                                 "patch_size": 1_024, "spatial_merge_size": 64, "temporal_patch_size": 64,
+                                 "in_channels": 64, "window_size": 1_000_000}
+# The image processor may not work on images larger than Qwen2-VL's own default limit (in pixels).
+MAX_PROCESSOR_PIXELS = 16384 * PATCH_FACTOR * PATCH_FACTOR
+
+
+def check_text_encoder_config(config: Mapping[str, Any]) -> None:
+    """Raise :class:`~step1x_edit.errors.InvalidValueError` naming the field unless the Qwen2.5-VL ``config.json``
+    ``config`` has every size it needs, each a positive integer within bounds. The text sizes may sit at the top
+    level (the released file) or under ``text_config`` (transformers 5)."""
+    text_config, vision = config.get("text_config", {}), config.get("vision_config")
+    for name, part in (("text_config", text_config), ("vision_config", vision)):
+        if not isinstance(part, Mapping):
+            raise InvalidValueError(f"{name} must be an object, got {part!r}")
+    text = {**config, **text_config}
+    for part, prefix, required, optional in ((text, "", TEXT_CONFIG_BOUNDS, OPTIONAL_TEXT_CONFIG_BOUNDS),
+                                             (vision, "vision_config.", VISION_CONFIG_BOUNDS, OPTIONAL_VISION_CONFIG_BOUNDS)):
+        for name, high in required.items():
+            if name not in part:
+                raise InvalidValueError(f"{prefix}{name} is missing")
+            validate.integer(prefix + name, part[name], 1, high)
+        for name, high in optional.items():
+            if name in part:
+                validate.integer(prefix + name, part[name], 1, high)
+
+
+def check_image_processor_config(config: Mapping[str, Any]) -> None:
+    """Raise :class:`~step1x_edit.errors.InvalidValueError` naming the field unless the image processor settings
+    ``config`` (``preprocessor_config.json``, or the ``image_processor`` object of ``processor_config.json``) keep
+    images within ``MAX_PROCESSOR_PIXELS`` and patch sizes within bounds."""
+    size = config.get("size") or {}
+    if not isinstance(size, Mapping):
+        raise InvalidValueError(f"size must be an object, got {size!r}")
+    pixel_fields = {**{f"size.{key}": value for key, value in size.items() if key in ("shortest_edge", "longest_edge")},
+                    **{key: config[key] for key in ("min_pixels", "max_pixels") if config.get(key) is not None}}
+    for name, value in pixel_fields.items():
+        validate.integer(name, value, 1, MAX_PROCESSOR_PIXELS)
+    for name, high in (("patch_size", 1_024), ("merge_size", 64), ("temporal_patch_size", 64)):
+        if name in config:
+            validate.integer(name, config[name], 1, high)
+
+
 def _check_model_folder(path: Path, processor: bool) -> None:
     """Raise :class:`CheckpointError` naming what the processor (``processor=True``) or the model needs and lacks."""
     if not path.is_dir():

@@ -18,6 +18,9 @@ leftover noise in the weak components decodes to coloured blocky texture).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import numpy as np
 import torch
 from diffusers.configuration_utils import ConfigMixin, register_to_config
@@ -26,8 +29,29 @@ from diffusers.models.autoencoders.vae import DecoderOutput, DiagonalGaussianDis
 from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
+from .. import validate
+from ..errors import InvalidValueError
+
 # Log-variance reported for the (deterministic) posterior, so ``latent_dist.sample()`` equals the mode.
 DETERMINISTIC_LOGVAR = -30.0
+# Bounds of the config (the demo model: 4 x 4 patches, 48 components, RGB).
+MAX_PATCH_SIZE = 64
+MAX_IN_CHANNELS = 16
+
+
+def check_config(config: Mapping[str, Any]) -> None:
+    """Raise :class:`~step1x_edit.errors.InvalidValueError` naming the field unless the ``PatchAutoencoder``
+    config ``config`` (a ``vae/config.json``) has its sizes, each in range, and a sensible latent normalisation."""
+    for name in ("patch_size", "latent_channels"):
+        if name not in config:
+            raise InvalidValueError(f"{name} is missing")
+    patch = validate.integer("patch_size", config["patch_size"], 1, MAX_PATCH_SIZE)
+    channels = validate.integer("in_channels", config.get("in_channels", 3), 1, MAX_IN_CHANNELS)
+    validate.integer("latent_channels", config["latent_channels"], 1, channels * patch**2)
+    if "scaling_factor" in config:
+        validate.number("scaling_factor", config["scaling_factor"], 0.0, low_open=True)
+    if "shift_factor" in config:
+        validate.number("shift_factor", config["shift_factor"])
 
 
 class PatchAutoencoder(ModelMixin, ConfigMixin):

@@ -59,6 +59,33 @@ def check_official_config(config: Mapping[str, Any]) -> None:
         validate.number("shift_factor", config["shift_factor"])
 
 
+def check_diffusers_config(config: Mapping[str, Any]) -> None:
+    """Raise :class:`~step1x_edit.errors.InvalidValueError` naming the field unless the ``AutoencoderKL`` config
+    ``config`` (a ``vae/config.json``) has its sizes, each in range, and sensible latent normalisation."""
+    for name in ("in_channels", "out_channels", "latent_channels", "block_out_channels", "layers_per_block"):
+        if name not in config:
+            raise InvalidValueError(f"{name} is missing")
+    for name in ("in_channels", "out_channels", "latent_channels"):
+        validate.integer(name, config[name], 1, MAX_VAE_CHANNELS)
+    widths = config["block_out_channels"]
+    if not isinstance(widths, (list, tuple)) or not 1 <= len(widths) <= MAX_VAE_LEVELS:
+        raise InvalidValueError(f"block_out_channels must be a list of 1 to {MAX_VAE_LEVELS} integers, got {widths!r}")
+    for width in widths:
+        validate.integer("every block_out_channels entry", width, 1, MAX_VAE_WIDTH)
+    validate.integer("layers_per_block", config["layers_per_block"], 1, MAX_VAE_RES_BLOCKS)
+    if "norm_num_groups" in config:
+        validate.integer("norm_num_groups", config["norm_num_groups"], 1, MAX_VAE_WIDTH)
+    for name in ("down_block_types", "up_block_types"):
+        kinds = config.get(name, ())
+        if not isinstance(kinds, (list, tuple)) or len(kinds) != len(widths) or not all(isinstance(k, str) for k in kinds):
+            raise InvalidValueError(f"{name} must be a list of {len(widths)} block type names (one per "
+                                    f"block_out_channels entry), got {kinds!r}")
+    if config.get("scaling_factor") is not None:
+        validate.number("scaling_factor", config["scaling_factor"], 0.0, low_open=True)
+    if config.get("shift_factor") is not None:
+        validate.number("shift_factor", config["shift_factor"])
+
+
 def diffusers_vae_config(official: Mapping[str, Any]) -> dict[str, Any]:
     """The ``AutoencoderKL`` config equivalent to the official ``AutoEncoder`` arguments ``official``."""
     missing = [field for field in OFFICIAL_VAE_FIELDS if field not in official]

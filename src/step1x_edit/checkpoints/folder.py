@@ -1,0 +1,234 @@
+"""Checks of a diffusers-layout model folder, made before anything is loaded from it.
+
+diffusers builds each component from its ``config.json`` and only then reads the weights, so a malformed or
+hostile folder would fail deep inside a library (a traceback), allocate an absurd model first (``num_layers`` of a
+billion), or import whatever class ``model_index.json`` names. :func:`check_diffusers_folder` reads JSON files and
+safetensors headers only:
+
+* ``model_index.json`` names the classes this project writes, and its settings are in range;
+* every config file is a JSON object whose sizes are integers within bounds, none of them missing;
+* the transformer and VAE weights hold exactly the tensors (names and shapes) of the model their config builds;
+  the text encoder's weights hold the layers, blocks and vocabulary its config says; every weight is floating
+  point; the scheduler and image-processor settings are within bounds.
+
+Each refusal is one :class:`~step1x_edit.errors.CheckpointError` naming the file and the field or tensor.
+:func:`check_text_encoder_folder` and :func:`check_processor_folder` also serve the Qwen2.5-VL folder of the
+official layout.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from accelerate import init_empty_weights
+from diffusers import AutoencoderKL
+from torch import nn
+
+from .. import validate
+from ..errors import CheckpointError, InvalidValueError
+from ..models.mllm import check_image_processor_config, check_text_encoder_config
+from ..models.patch_vae import PatchAutoencoder
+from ..models.patch_vae import check_config as check_patch_vae_config
+from ..models.presets import transformer_config
+from ..models.transformer import Step1XEditTransformer2DModel
+from ..models.transformer import check_config as check_transformer_config
+from ..models.vae import check_diffusers_config as check_vae_config
+from .official import _describe, check_weights, read_header, read_json_config
+
+INDEX_FILE = "model_index.json"
+# The classes model_index.json may name, per component: those this project writes (diffusers imports the module
+# a component names, so nothing else is accepted).
+COMPONENT_CLASSES = {
+    "transformer": {("step1x_edit.models.transformer", "Step1XEditTransformer2DModel")},
+    "vae": {("diffusers", "AutoencoderKL"), ("step1x_edit.models.patch_vae", "PatchAutoencoder")},
+    "text_encoder": {("transformers", "Qwen2_5_VLForConditionalGeneration")},
+    "processor": {("step1x_edit.models.mllm", "ImageOnlyQwen2_5_VLProcessor"), ("transformers", "Qwen2_5_VLProcessor")},
+    "scheduler": {("diffusers", "FlowMatchEulerDiscreteScheduler")},
+}
+# Transformer config fields a saved model may lack: prediction_type came later, and its default is the released one.
+OPTIONAL_TRANSFORMER_FIELDS = ("prediction_type",)
+# Scheduler bounds (the released schedule: 1000 training steps, the shift moving from 256 to 4096 tokens).
+MAX_TRAIN_TIMESTEPS = 100_000
+MAX_SCHEDULE_TOKENS = 10_000_000
+_TEXT_LAYER = re.compile(r"(?:^|\.)layers\.(\d+)\.")
+_VISION_BLOCK = re.compile(r"(?:^|\.)blocks\.(\d+)\.")
+
+
+def check_diffusers_folder(path: str | Path) -> None:
+    """Check the diffusers-layout model folder ``path`` from its JSON files and weight headers (see the module
+    docstring); raises :class:`CheckpointError` naming the file and the field or tensor."""
+    from ..pipeline import PIPELINE_SETTINGS, check_pipeline_settings  # the pipeline module calls this one
+
+    path = Path(path)
+    index_file = path / INDEX_FILE
+    index = read_json_config(index_file)
+    _checked(index_file, check_pipeline_settings, index)
+    unknown = sorted(key for key in index
+                     if not key.startswith("_") and key not in COMPONENT_CLASSES and key not in PIPELINE_SETTINGS)
+    if unknown:
+        raise CheckpointError(f"{index_file}: unknown entries {unknown}; expected the components "
+                              f"{sorted(COMPONENT_CLASSES)} and the settings {list(PIPELINE_SETTINGS)}")
+    for name, allowed in COMPONENT_CLASSES.items():
+        spec = index.get(name)
+        if not (isinstance(spec, list) and all(isinstance(part, str) for part in spec) and tuple(spec) in allowed):
+            raise CheckpointError(f"{index_file}: {name} must be one of {sorted(map(list, allowed))}, got {spec!r}")
+    _check_transformer(path / "transformer")
+    _check_vae(path / "vae", index["vae"][1])
+    check_text_encoder_folder(path / "text_encoder")
+    check_processor_folder(path / "processor")
+    _check_scheduler(path / "scheduler" / "scheduler_config.json")
+
+
+def check_text_encoder_folder(folder: str | Path) -> None:
+    """Check a Qwen2.5-VL folder's ``config.json`` (every size present and within bounds) against its safetensors
+    headers (as many text layers and vision blocks as the config says, the embedding [vocab_size, hidden_size],
+    every weight floating point)."""
+    folder = Path(folder)
+    config_file = folder / "config.json"
+    config = read_json_config(config_file)
+    _checked(config_file, check_text_encoder_config, config)
+    header = weights_header(folder, "model")
+    text, vision = {**config, **config.get("text_config", {})}, config["vision_config"]
+    for pattern, field, value, what in ((_TEXT_LAYER, "num_hidden_layers", text["num_hidden_layers"], "text layers"),
+                                        (_VISION_BLOCK, "vision_config.depth", vision["depth"], "vision blocks")):
+        found = {int(match.group(1)) for key in header if (match := pattern.search(key))}
+        if found != set(range(value)):
+            raise CheckpointError(f"{config_file}: {field} is {value}, but the weights in {folder} hold "
+                                  f"{len(found)} {what}")
+    embedding = (text["vocab_size"], text["hidden_size"])
+    for key, (_, shape, file) in header.items():
+        if key.endswith("embed_tokens.weight") and shape != embedding:
+            raise CheckpointError(f"{file}: tensor {key} has shape {shape}, but {config_file} says (vocab_size, "
+                                  f"hidden_size) = {embedding}")
+
+
+def check_processor_folder(folder: str | Path) -> None:
+    """Check a processor folder's JSON files: ``tokenizer_config.json`` an object, the image processor's sizes
+    (``preprocessor_config.json`` or ``processor_config.json``) within bounds."""
+    folder = Path(folder)
+    for name in ("preprocessor_config.json", "processor_config.json"):
+        config_file = folder / name
+        if not config_file.exists():
+            continue
+        config = read_json_config(config_file)
+        settings = config.get("image_processor", config) if name == "processor_config.json" else config
+        if not isinstance(settings, Mapping):
+            raise CheckpointError(f"{config_file}: image_processor must be an object, got {settings!r}")
+        _checked(config_file, check_image_processor_config, settings)
+    if (folder / "tokenizer_config.json").exists():
+        read_json_config(folder / "tokenizer_config.json")
+
+
+def weights_header(folder: Path, stem: str) -> dict[str, tuple[str, tuple[int, ...], Path]]:
+    """Every tensor of the weights ``stem``.safetensors in ``folder`` (or of the shards its
+    ``stem``.safetensors.index.json lists) as name -> (dtype, shape, file), each checked to be a floating-point
+    weight; pickle weights are refused."""
+    single, index_file = folder / f"{stem}.safetensors", folder / f"{stem}.safetensors.index.json"
+    weight_map = None
+    if single.is_file():
+        files = [single]
+    elif index_file.is_file():
+        weight_map = read_json_config(index_file).get("weight_map")
+        if not isinstance(weight_map, dict) or not weight_map:
+            raise CheckpointError(f"{index_file}: weight_map must be an object of tensor name -> shard file name")
+        for shard in set(weight_map.values()):
+            if not isinstance(shard, str) or Path(shard).name != shard or not shard.endswith(".safetensors"):
+                raise CheckpointError(f"{index_file}: shard {shard!r} is not the name of a .safetensors file beside it")
+        files = [folder / shard for shard in sorted(set(weight_map.values()))]
+    else:
+        pickles = sorted(path.name for path in folder.glob(f"{stem}*.bin")) if folder.is_dir() else []
+        refused = f"; the pickle weights {pickles} are refused, convert them to safetensors" if pickles else ""
+        raise CheckpointError(f"{folder} has no {single.name} (nor {index_file.name} and its shards){refused}")
+    header = {}
+    for file in files:
+        tensors = read_header(file)
+        check_weights(file, tensors)
+        header.update({key: (dtype, shape, file) for key, (dtype, shape) in tensors.items()})
+    for key, shard in (weight_map or {}).items():
+        if key not in header or header[key][2].name != shard:
+            raise CheckpointError(f"{index_file} puts tensor {key} in {shard}, but that file does not hold it")
+    return header
+
+
+def _check_transformer(folder: Path) -> None:
+    config_file = folder / "config.json"
+    config = _fields(read_json_config(config_file))
+    missing = sorted(set(transformer_config("full")) - set(config) - set(OPTIONAL_TRANSFORMER_FIELDS))
+    if missing:
+        raise CheckpointError(f"{config_file}: field(s) {missing} missing")
+    _checked(config_file, check_transformer_config, config)
+    model = _build(config_file, lambda: Step1XEditTransformer2DModel.from_config(config))
+    _check_tensors(folder, config_file, model)
+
+
+def _check_vae(folder: Path, class_name: str) -> None:
+    config_file = folder / "config.json"
+    config = _fields(read_json_config(config_file))
+    if class_name == PatchAutoencoder.__name__:
+        _checked(config_file, check_patch_vae_config, config)
+        model = _build(config_file, lambda: PatchAutoencoder.from_config(config))
+    else:
+        _checked(config_file, check_vae_config, config)
+        model = _build(config_file, lambda: AutoencoderKL.from_config(config))
+    _check_tensors(folder, config_file, model)
+
+
+def _check_scheduler(config_file: Path) -> None:
+    def check(config: Mapping[str, Any]) -> None:
+        if "num_train_timesteps" in config:
+            validate.integer("num_train_timesteps", config["num_train_timesteps"], 1, MAX_TRAIN_TIMESTEPS)
+        if "shift" in config:
+            validate.number("shift", config["shift"], 0.0, low_open=True)
+        for name in ("base_shift", "max_shift"):
+            if name in config:
+                validate.number(name, config[name])
+        base = validate.integer("base_image_seq_len", config.get("base_image_seq_len", 256), 1, MAX_SCHEDULE_TOKENS)
+        top = validate.integer("max_image_seq_len", config.get("max_image_seq_len", 4096), 1, MAX_SCHEDULE_TOKENS)
+        if base >= top:
+            raise InvalidValueError(f"base_image_seq_len ({base}) must be below max_image_seq_len ({top})")
+
+    _checked(config_file, check, read_json_config(config_file))
+
+
+def _check_tensors(folder: Path, config_file: Path, model: nn.Module) -> None:
+    """The weights in ``folder`` hold exactly the tensors of the (meta-device) ``model`` built from
+    ``config_file``, shape for shape."""
+    header = weights_header(folder, "diffusion_pytorch_model")
+    expected = {key: tuple(value.shape) for key, value in model.state_dict().items()}
+    missing, unexpected = set(expected) - set(header), set(header) - set(expected)
+    if missing or unexpected:
+        parts = []
+        if missing:
+            parts.append(f"missing {_describe(missing)}")
+        if unexpected:
+            parts.append(f"unexpected {_describe(unexpected)}")
+        raise CheckpointError(f"the weights in {folder} do not match {config_file}: {'; '.join(parts)}")
+    for key, shape in expected.items():
+        _, got, file = header[key]
+        if got != shape:
+            raise CheckpointError(f"{file}: tensor {key} has shape {got}, but {config_file} implies {shape}")
+
+
+def _fields(config: Mapping[str, Any]) -> dict[str, Any]:
+    """A config without diffusers' bookkeeping entries (``_class_name``, ``_diffusers_version``...)."""
+    return {key: value for key, value in config.items() if not key.startswith("_")}
+
+
+def _checked(source: Path, check: Callable[[Mapping[str, Any]], None], config: Mapping[str, Any]) -> None:
+    try:
+        check(config)
+    except InvalidValueError as error:
+        raise CheckpointError(f"{source}: {error}") from None
+
+
+def _build(config_file: Path, build: Callable[[], nn.Module]) -> nn.Module:
+    """The model ``build`` makes, on the meta device (no memory); a config it refuses raises
+    :class:`CheckpointError` naming ``config_file``."""
+    try:
+        with init_empty_weights():
+            return build()
+    except (ValueError, TypeError, KeyError, IndexError, AttributeError) as error:
+        raise CheckpointError(f"{config_file}: {' '.join(str(error).split())}") from None
