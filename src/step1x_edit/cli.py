@@ -8,9 +8,11 @@ packages (``step1x_edit.data.cli``, ``step1x_edit.train.cli``, ``step1x_edit.ben
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
+import warnings
 from pathlib import Path
 
 from . import validate
@@ -373,6 +375,21 @@ def _add_debug_flag(parser: argparse.ArgumentParser) -> None:
                 _add_debug_flag(subparser)
 
 
+@contextlib.contextmanager
+def _one_line_warnings(prefix: str, enabled: bool):
+    """Warnings printed as ``PREFIX: warning: MESSAGE`` on one line (not Python's file, line and source) while the
+    ``with`` block runs."""
+    if not enabled:
+        yield
+        return
+    original = warnings.formatwarning
+    warnings.formatwarning = lambda message, *_, **__: f"{prefix}: warning: {' '.join(str(message).split())}\n"
+    try:
+        yield
+    finally:
+        warnings.formatwarning = original
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run one command; every error is one line on stderr and a non-zero exit (2 for input the user can fix, 1
     for anything else), the traceback only with ``--debug``."""
@@ -380,7 +397,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     debug = getattr(args, "debug", False)
     try:
-        return int(args.handler(args) or 0)
+        with _one_line_warnings(f"step1x-edit {args.command}", enabled=not debug):
+            return int(args.handler(args) or 0)
     except Step1XEditError as error:
         if debug:
             raise
