@@ -86,14 +86,16 @@ def _argparse_refused(capsys, *args) -> str:
 
 
 def _variant(source, target, changes):
-    """``source`` rebuilt in ``target`` as symbolic links, except ``changes``: relative path -> new bytes, or a
-    function that edits the file's parsed JSON in place."""
+    """``source`` rebuilt in ``target`` as symbolic links, except ``changes``: relative path -> new bytes, a
+    function that edits the file's parsed JSON in place, or None (the file left out)."""
     for item in source.rglob("*"):
         relative = item.relative_to(source)
         if item.is_file() and str(relative) not in changes:
             (target / relative).parent.mkdir(parents=True, exist_ok=True)
             (target / relative).symlink_to(item)
     for relative, change in changes.items():
+        if change is None:
+            continue
         (target / relative).parent.mkdir(parents=True, exist_ok=True)
         if callable(change):
             config = json.loads((source / relative).read_text())
@@ -345,6 +347,23 @@ DIFFUSERS_WEIGHT_CASES = {
 
 
 @pytest.mark.parametrize("command", ["info", "edit"])
+@pytest.mark.parametrize(
+    ("tensor", "replacement", "message"),
+    [("encoder.conv_in.weight", torch.zeros(32, 3, 3), "tensor encoder.conv_in.weight has shape (32, 3, 3), but a "
+      "convolution kernel (4 non-empty dimensions) belongs there"),
+     ("decoder.conv_out.bias", torch.zeros(3, dtype=torch.int8), "tensor decoder.conv_out.bias is stored as I8")],
+)
+def test_a_crafted_official_vae_file_is_one_error_naming_the_file(
+    capsys, official_dir, photo, tmp_path, command, tensor, replacement, message
+):
+    model = _variant(official_dir, tmp_path / "model",
+                     {"vae.safetensors": _mutated(official_dir / "vae.safetensors", tensor, replacement)})
+    args = ["info", model] if command == "info" else ["edit", photo, "make it blue", "--model", model, *FAST]
+    line = _refused(capsys, *args)
+    assert str(model / "vae.safetensors") in line and message in line
+
+
+@pytest.mark.parametrize("command", ["info", "edit"])
 @pytest.mark.parametrize("case", sorted(DIFFUSERS_WEIGHT_CASES))
 def test_a_crafted_diffusers_weight_file_is_one_error_naming_the_file(
     capsys, diffusers_dir, photo, tmp_path, command, case
@@ -405,8 +424,14 @@ CONFIG_CASES = {
                                "text_encoder/config.json: num_hidden_layers is 3, but the weights"),
     "mllm missing width": ("text_encoder/config.json", _set("text_config.hidden_size", ...),
                            "text_encoder/config.json: hidden_size is missing"),
-    "mllm vocabulary off": ("text_encoder/config.json", _set("text_config.vocab_size", 99),
-                            "embed_tokens.weight has shape"),
+    "mllm vocabulary off": ("text_encoder/config.json", _set("text_config.vocab_size", 900),
+                            "text_encoder/config.json implies (900, 32)"),
+    "mllm vocabulary below its padding": ("text_encoder/config.json", _set("text_config.vocab_size", 99),
+                                          "text_encoder/config.json: Padding_idx must be within num_embeddings"),
+    "mllm mlp width off": ("text_encoder/config.json", _set("text_config.intermediate_size", 65),
+                           "mlp.down_proj.weight has shape (32, 64), but"),
+    "mllm vision width off": ("text_encoder/config.json", _set("vision_config.hidden_size", 24),
+                              "text_encoder/model.safetensors: tensor visual."),
     "scheduler huge": ("scheduler/scheduler_config.json", _set("num_train_timesteps", 10**12),
                        "scheduler_config.json: num_train_timesteps must be an integer between 1 and 100000"),
     "scheduler flat shift": ("scheduler/scheduler_config.json", _set("max_image_seq_len", 256),
@@ -423,6 +448,32 @@ def test_a_malformed_diffusers_config_is_one_error_naming_the_file_and_field(dif
     with pytest.raises(CheckpointError) as refused:
         load_pipeline(model, device="cpu")
     assert message in str(refused.value) and "\n" not in str(refused.value)
+
+
+def test_a_sharded_text_encoder_loads_and_a_shard_outside_its_folder_is_refused(diffusers_dir, tmp_path):
+    state = load_file(diffusers_dir / "text_encoder" / "model.safetensors")
+    names = sorted(state)
+    shards = {"model-1.safetensors": names[: len(names) // 2], "model-2.safetensors": names[len(names) // 2:]}
+    index = {"metadata": {"total_size": sum(tensor.nbytes for tensor in state.values())},
+             "weight_map": {name: shard for shard, keys in shards.items() for name in keys}}
+    changes = {f"text_encoder/{shard}": save({name: state[name] for name in keys}) for shard, keys in shards.items()}
+    changes |= {"text_encoder/model.safetensors": None,
+                "text_encoder/model.safetensors.index.json": json.dumps(index).encode()}
+    sharded = _variant(diffusers_dir, tmp_path / "sharded", changes)
+    assert load_pipeline(sharded, device="cpu").text_encoder is not None
+    index["weight_map"][names[0]] = "../../outside.safetensors"
+    changes["text_encoder/model.safetensors.index.json"] = json.dumps(index).encode()
+    escaping = _variant(diffusers_dir, tmp_path / "escaping", changes)
+    with pytest.raises(CheckpointError, match=r"model.safetensors.index.json: shard '../../outside.safetensors' is "
+                                              "not the name of a .safetensors file beside it"):
+        load_pipeline(escaping, device="cpu")
+
+
+def test_pickle_weights_in_a_diffusers_folder_are_refused(diffusers_dir, tmp_path):
+    model = _variant(diffusers_dir, tmp_path / "model", {DIFFUSERS_DIT: None,
+                                                         "transformer/diffusion_pytorch_model.bin": b"\x80\x04K\x01."})
+    with pytest.raises(CheckpointError, match=r"the pickle weights \['diffusion_pytorch_model.bin'\] are refused"):
+        load_pipeline(model, device="cpu")
 
 
 def test_info_and_merge_answer_a_malformed_config_with_one_line(capsys, diffusers_dir, tmp_path):

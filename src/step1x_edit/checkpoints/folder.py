@@ -7,9 +7,10 @@ safetensors headers only:
 
 * ``model_index.json`` names the classes this project writes, and its settings are in range;
 * every config file is a JSON object whose sizes are integers within bounds, none of them missing;
-* the transformer and VAE weights hold exactly the tensors (names and shapes) of the model their config builds;
-  the text encoder's weights hold the layers, blocks and vocabulary its config says; every weight is floating
-  point; the scheduler and image-processor settings are within bounds.
+* the transformer and VAE weights hold exactly the tensors (names and shapes) of the model their config builds
+  (on the meta device: no memory); the text encoder's weights hold the layers and blocks its config says, each
+  tensor of its model's shape; every weight is floating point; the scheduler and image-processor settings are
+  within bounds.
 
 Each refusal is one :class:`~step1x_edit.errors.CheckpointError` naming the file and the field or tensor.
 :func:`check_text_encoder_folder` and :func:`check_processor_folder` also serve the Qwen2.5-VL folder of the
@@ -26,6 +27,7 @@ from typing import Any
 from accelerate import init_empty_weights
 from diffusers import AutoencoderKL
 from torch import nn
+from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
 from .. import validate
 from ..errors import CheckpointError, InvalidValueError
@@ -84,8 +86,8 @@ def check_diffusers_folder(path: str | Path) -> None:
 
 def check_text_encoder_folder(folder: str | Path) -> None:
     """Check a Qwen2.5-VL folder's ``config.json`` (every size present and within bounds) against its safetensors
-    headers (as many text layers and vision blocks as the config says, the embedding [vocab_size, hidden_size],
-    every weight floating point)."""
+    headers: as many text layers and vision blocks as the config says, every tensor of the shape the model built
+    from the config (on the meta device) has, every weight floating point."""
     folder = Path(folder)
     config_file = folder / "config.json"
     config = read_json_config(config_file)
@@ -98,11 +100,22 @@ def check_text_encoder_folder(folder: str | Path) -> None:
         if found != set(range(value)):
             raise CheckpointError(f"{config_file}: {field} is {value}, but the weights in {folder} hold "
                                   f"{len(found)} {what}")
-    embedding = (text["vocab_size"], text["hidden_size"])
+    model = _build(config_file, lambda: Qwen2_5_VLForConditionalGeneration(Qwen2_5_VLConfig.from_dict(config)))
+    expected = {_plain_name(key): tuple(value.shape) for key, value in model.state_dict().items()}
     for key, (_, shape, file) in header.items():
-        if key.endswith("embed_tokens.weight") and shape != embedding:
-            raise CheckpointError(f"{file}: tensor {key} has shape {shape}, but {config_file} says (vocab_size, "
-                                  f"hidden_size) = {embedding}")
+        wanted = expected.get(_plain_name(key))
+        if wanted is not None and shape != wanted:
+            raise CheckpointError(f"{file}: tensor {key} has shape {shape}, but {config_file} implies {wanted}")
+
+
+def _plain_name(key: str) -> str:
+    """A Qwen2.5-VL tensor name without its ``model.`` / ``language_model.`` prefixes, which differ between the
+    released files (``model.layers.0...``, ``visual.blocks.0...``) and transformers 5 (``model.language_model.layers.0
+    ...``, ``model.visual.blocks.0...``)."""
+    parts = key.split(".")
+    while parts and parts[0] in ("model", "language_model"):
+        parts = parts[1:]
+    return ".".join(parts)
 
 
 def check_processor_folder(folder: str | Path) -> None:
@@ -230,5 +243,5 @@ def _build(config_file: Path, build: Callable[[], nn.Module]) -> nn.Module:
     try:
         with init_empty_weights():
             return build()
-    except (ValueError, TypeError, KeyError, IndexError, AttributeError) as error:
+    except (ValueError, TypeError, KeyError, IndexError, AttributeError, AssertionError) as error:
         raise CheckpointError(f"{config_file}: {' '.join(str(error).split())}") from None

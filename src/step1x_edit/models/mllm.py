@@ -447,6 +447,7 @@ def load_text_encoder(
         model = Qwen2_5_VLForConditionalGeneration.from_pretrained(
             path, dtype=torch_dtype or torch.float32, attn_implementation="sdpa", device_map=device
         )
-    except (OSError, ValueError) as error:
-        raise CheckpointError(f"cannot load Qwen2.5-VL from {path}: {error}") from error
+    except (OSError, ValueError, RuntimeError) as error:
+        message = " ".join(str(error).split())
+        raise CheckpointError(f"cannot load Qwen2.5-VL from {path}: {message}") from error
     return model.eval().requires_grad_(False)
