@@ -292,7 +292,6 @@ class Step1XEditPipeline(DiffusionPipeline):
         if len(images) != len(prompts):
             raise ValueError(f"got {len(images)} images for {len(prompts)} prompts")
         validate.integer("num_inference_steps", num_inference_steps, 1, MAX_INFERENCE_STEPS)
-        validate.integer("size_level", size_level, MIN_SIZE_LEVEL, MAX_SIZE_LEVEL)
         validate.number("guidance_scale", guidance_scale, 0.0)
         validate.number("strength", strength, 0.0, 1.0, low_open=True)
         sampling.strength_steps(num_inference_steps, strength)
@@ -319,15 +318,14 @@ class Step1XEditPipeline(DiffusionPipeline):
         return min(MAX_SIZE_LEVEL, math.isqrt(available // (batch_size * self.working_bytes_per_pixel(guided))))
 
     def check_size_level(self, size_level: int, batch_size: int = 1, guided: bool = True) -> None:
-        """Raise :class:`InvalidValueError` (naming the value and the largest that fits) when a call at
-        ``size_level`` would need more memory than the execution device has available."""
+        """Raise :class:`InvalidValueError` (naming the value and the largest that fits) unless ``size_level`` is an
+        integer from ``MIN_SIZE_LEVEL`` to ``MAX_SIZE_LEVEL`` that the execution device has the memory for."""
+        validate.integer("size_level", size_level, MIN_SIZE_LEVEL, MAX_SIZE_LEVEL)
         largest = self.largest_size_level(batch_size, guided)
         if size_level <= largest:
             return
-        device = self._execution_device
+        device = self._execution_device  # below MAX_SIZE_LEVEL, so its memory was measured
         available = available_memory(device)
-        if available is None:  # only the absolute bound applies
-            raise InvalidValueError(f"size_level must be at most {MAX_SIZE_LEVEL}, got {size_level}")
         needed = size_level**2 * batch_size * self.working_bytes_per_pixel(guided)
         raise InvalidValueError(
             f"size_level {size_level} needs about {needed / 2**30:.1f} GiB for {batch_size} image(s) on {device}, "
