@@ -573,12 +573,34 @@ def test_an_unwritable_output_folder_is_refused(capsys, monkeypatch, photo, tmp_
     assert f"permission denied in {locked}" in line
 
 
-def test_convert_refuses_an_output_that_is_a_file(capsys, official_dir, tmp_path):
+def test_convert_refuses_an_output_that_is_a_file_before_loading(capsys, monkeypatch, official_dir, tmp_path):
+    def from_official(*args, **kwargs):
+        raise AssertionError("the model was loaded before the output was checked")
+
+    monkeypatch.setattr("step1x_edit.pipeline.Step1XEditPipeline.from_official", from_official)
     (tmp_path / "taken").write_text("a file")
-    line = _refused(capsys, "convert", official_dir, tmp_path / "taken")
-    assert line.endswith(f"the output {tmp_path / 'taken'} is a file; give a folder to write the model into")
-    line = _refused(capsys, "convert", official_dir, tmp_path / "taken" / "model")
-    assert "taken is a file, not a folder" in line
+    for out in (tmp_path / "taken", tmp_path / "taken" / "model"):
+        line = _refused(capsys, "convert", official_dir, out)
+        assert line.endswith(f"cannot write {out}: {tmp_path / 'taken'} is a file, not a folder")
+
+
+def test_names_too_long_for_the_file_system_are_one_line(capsys, monkeypatch, photo, tmp_path):
+    _no_model_load(monkeypatch)
+    long_name = tmp_path / ("a" * 300 + ".png")
+    assert _refused(capsys, "edit", long_name, "make it blue").endswith(f"cannot open {long_name}: File name too long")
+    line = _refused(capsys, "edit", photo, "make it blue", "-o", long_name)
+    assert line.endswith(f"cannot write {long_name}: File name too long")
+    line = _refused(capsys, "convert", tmp_path, long_name.with_suffix(""))
+    assert line.endswith("File name too long")
+
+
+def test_a_model_argument_that_is_not_a_model_folder_is_one_line(capsys, photo, diffusers_dir):
+    line = _refused(capsys, "edit", photo, "make it blue", "--model", photo)
+    assert line.endswith(f"model directory is not a directory: {photo}")
+    assert _refused(capsys, "info", photo).endswith(f"model directory is not a directory: {photo}")
+    line = _refused(capsys, "edit", photo, "make it blue", "--model", diffusers_dir, "--version", "v1.0")
+    assert line.endswith(f"a version (v1.0) applies to official checkpoints only; the diffusers folder "
+                         f"{diffusers_dir} records its own")
 
 
 def test_saving_that_fails_after_the_edit_is_one_line(capsys, monkeypatch, photo, tmp_path):

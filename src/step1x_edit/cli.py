@@ -179,22 +179,26 @@ def _output_path(args: argparse.Namespace) -> Path:
     except (OSError, ValueError, KeyError) as error:
         raise Step1XEditError(f"cannot save an RGB image as {output.suffix!r} ({error}); use .png, .jpg or "
                               ".webp") from None
-    if output.is_dir():
-        raise Step1XEditError(f"the output {output} is a folder; give a file name such as {output / 'edited.png'}")
-    _check_writable_folder(output.parent, output)
     try:
+        if output.is_dir():
+            raise Step1XEditError(f"the output {output} is a folder; give a file name such as "
+                                  f"{output / 'edited.png'}")
+        _check_writable_folder(output.parent, output)
         output.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise Step1XEditError(f"cannot create the output folder {output.parent}: {error}") from error
-    if not os.access(output.parent, os.W_OK) or (output.exists() and not os.access(output, os.W_OK)):
-        raise Step1XEditError(f"cannot write {output}: permission denied")
+        if not os.access(output.parent, os.W_OK) or (output.exists() and not os.access(output, os.W_OK)):
+            raise Step1XEditError(f"cannot write {output}: permission denied")
+    except OSError as error:  # a name too long for the file system, say
+        raise Step1XEditError(f"cannot write {output}: {error.strerror or error}") from None
     return output
 
 
 def _check_writable_folder(folder: Path, target: Path) -> None:
     """Raise unless ``folder`` is, or can be created as, a folder to write ``target`` in: its nearest existing
     ancestor must be a writable folder (not a file)."""
-    existing = next(path for path in (folder, *folder.parents) if path.exists())
+    try:
+        existing = next(path for path in (folder, *folder.parents) if path.exists())
+    except OSError as error:  # a name too long for the file system, say
+        raise Step1XEditError(f"cannot write {target}: {error.strerror or error}") from None
     if not existing.is_dir():
         raise Step1XEditError(f"cannot write {target}: {existing} is a file, not a folder")
     if not os.access(existing, os.W_OK | os.X_OK):
@@ -218,11 +222,9 @@ def _convert(args: argparse.Namespace) -> int:
     from .pipeline import Step1XEditPipeline
 
     out_dir = Path(args.out_dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise Step1XEditError(f"the output {out_dir} is a file; give a folder to write the model into")
+    _check_writable_folder(out_dir, out_dir)
     if out_dir.exists() and any(out_dir.iterdir()) and not args.overwrite:
         raise Step1XEditError(f"{out_dir} is not empty; pass --overwrite to write into it")
-    _check_writable_folder(out_dir, out_dir)
     pipe = Step1XEditPipeline.from_official(
         args.official_dir, version=args.version, torch_dtype=_torch_dtype(args.dtype), device="cpu"
     )

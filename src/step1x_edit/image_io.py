@@ -47,9 +47,13 @@ def load_image(source: str | os.PathLike | bytes | Image.Image, max_pixels: int 
     else:
         path = Path(source)
         name = str(path)
-        if not path.exists():
+        try:
+            exists, is_file = path.exists(), path.is_file()
+        except OSError as error:  # a name too long for the file system, say
+            raise InvalidImageError(f"cannot open {path}: {error.strerror or error}") from None
+        if not exists:
             raise InvalidImageError(f"image file not found: {path}")
-        if not path.is_file():
+        if not is_file:
             raise InvalidImageError(f"not a file: {path}")
         image = _open(path, name)
 

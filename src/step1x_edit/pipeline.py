@@ -556,7 +556,8 @@ def load_pipeline(
         from .checkpoints.folder import check_diffusers_folder
 
         if version is not None:
-            raise ValueError("version applies to official checkpoints only; a diffusers folder records its version")
+            raise InvalidValueError(f"a version ({version}) applies to official checkpoints only; the diffusers "
+                                    f"folder {path} records its own")
         check_diffusers_folder(path)  # config files and weight headers, before anything is built
         try:
             pipe = Step1XEditPipeline.from_pretrained(path, use_safetensors=True)

@@ -46,7 +46,7 @@ def describe_model(model_dir: str | os.PathLike) -> dict:
     """Layout ("official" or "diffusers"), version and per-component parameter counts of a model directory."""
     path = Path(model_dir)
     if not path.is_dir():
-        raise CheckpointError(f"model directory not found: {path}")
+        raise CheckpointError(f"model directory {'is not a directory' if path.exists() else 'not found'}: {path}")
     if (path / "model_index.json").is_file():
         return _describe_diffusers(path)
     files = find_official_files(path)

@@ -725,7 +725,8 @@ def find_official_files(model_dir: str | Path, version: str | None = None) -> Of
     """
     model_dir = Path(model_dir)
     if not model_dir.is_dir():
-        raise CheckpointError(f"model directory not found: {model_dir}")
+        found = "is not a directory" if model_dir.exists() else "not found"
+        raise CheckpointError(f"model directory {found}: {model_dir}")
     names = TRANSFORMER_FILE_NAMES
     if version == "v1.0":
         names = tuple(reversed(names))
