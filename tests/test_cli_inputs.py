@@ -233,6 +233,16 @@ def test_the_released_size_fits_at_1024_where_its_weights_leave_38_gib(monkeypat
     assert released.largest_size_level(1, guided=True) >= 1024
 
 
+def test_gpu_memory_available_counts_the_allocators_unused_reserve(monkeypatch):
+    from step1x_edit.pipeline import available_memory
+
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (10 * 2**30, 80 * 2**30))
+    monkeypatch.setattr(torch.cuda, "memory_reserved", lambda device: 6 * 2**30)
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device: 4 * 2**30)
+    assert available_memory(torch.device("cuda", 0)) == 12 * 2**30
+    assert available_memory(torch.device("meta")) is None
+
+
 def test_the_demo_model_fits_at_its_default_size():
     demo = load_pipeline(None, device="cpu")
     assert demo.largest_size_level(1, guided=False) >= demo.config.default_size_level
@@ -313,6 +323,8 @@ DIT_CASES = {
                     r"double_blocks.0.img_attn.proj.bias (65,) (expected (64,))"),
     "rank-2 norm": (lambda p: _mutated(p, "double_blocks.0.img_attn.norm.query_norm.scale", torch.zeros(4, 8)),
                     "tensor double_blocks.0.img_attn.norm.query_norm.scale has shape (4, 8), but a vector"),
+    "absurd block index": (lambda p: _mutated(p, "double_blocks.5000.img_mod.lin.bias", torch.zeros(1)),
+                           "(the sizes its tensor shapes imply): depth must be an integer between 0 and 1000, got 5001"),
     "header lies": (_lying_header, "is not a complete safetensors file"),
     "truncated": (lambda p: p.read_bytes()[:-100], "is not a complete safetensors file"),
     "huge header": (lambda p: _raw_safetensors({}, b"", length=2**63), "header too large"),
@@ -520,6 +532,10 @@ LORA_CASES = {
              "tensor transformer_blocks.0.attn.to_q.lora_A.weight is stored as I8"),
     "alpha not a number": (lambda: save({"lora_unet_double_blocks_0_img_attn_qkv.alpha": torch.zeros(3)}),
                            "tensor lora_unet_double_blocks_0_img_attn_qkv.alpha is F32 of shape (3,), but alpha is one"),
+    "bad alpha pattern": (lambda: save(_peft_lora(), metadata={"lora_adapter_metadata": '{"alpha_pattern": {"(": 2}}'}),
+                          "alpha_pattern holds an invalid regular expression '('"),
+    "NaN lora_alpha": (lambda: save(_peft_lora(), metadata={"lora_adapter_metadata": '{"lora_alpha": NaN}'}),
+                       "lora_alpha must be a finite number, got nan"),
     "no tensors": (lambda: save({}), "holds no tensors"),
     "empty file": (lambda: b"", "is not a complete safetensors file"),
     "not safetensors": (lambda: b"\x89PNG\r\n\x1a\n" + bytes(64), "is not a complete safetensors file"),
