@@ -32,6 +32,7 @@ from .dataset import GEditSample
 from .judges.base import Judge, UnusableReply
 from .judging import RetryPolicy, append_record, ask, run_concurrently, terminate_last_line
 from .layout import find_edited_image
+from .stats import read_records
 from .viescore import brief, resize_to_area
 
 PAIRWISE_PROMPT = """You are a professional digital artist. You will compare two AI-edited versions of the same image.
@@ -157,24 +158,8 @@ def read_pairwise(path: str | os.PathLike) -> list[dict]:
     if not path.exists():
         return []
     latest = {}
-    try:
-        with path.open("rb") as handle:
-            for number, line in enumerate(handle, 1):
-                if not line.strip():
-                    continue
-                try:
-                    record = json.loads(line.decode("utf-8"))
-                except (ValueError, RecursionError) as error:  # undecodable bytes included
-                    if not line.endswith(b"\n"):
-                        continue
-                    raise DataFormatError(f"{path}:{number}: not a JSON object ({error})") from None
-                try:
-                    _check_pairwise(record)
-                except InvalidValueError as error:
-                    raise DataFormatError(f"{path}:{number}: {error}") from None
-                latest[(record["key"], record["instruction_language"], tuple(record["models"]))] = record
-    except OSError as error:
-        raise DataFormatError(f"pairwise file {path} cannot be read: {error.strerror or error}") from error
+    for record in read_records(path, _check_pairwise, "pairwise file"):
+        latest[(record["key"], record["instruction_language"], tuple(record["models"]))] = record
     return list(latest.values())
 
 

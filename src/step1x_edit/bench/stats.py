@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,6 +51,17 @@ def read_scores(path: str | os.PathLike) -> list[dict]:
     if not path.is_file():
         raise DataFormatError(f"scores file {path} does not exist")
     latest: dict[tuple[str, str], dict] = {}
+    for record in read_records(path, check_record, "scores file"):
+        latest[(record["key"], record["instruction_language"])] = record
+    return list(latest.values())
+
+
+
+def read_records(path: Path, check: Callable[[dict], object], what: str) -> Iterator[dict]:
+    """The records of the JSON-lines file ``path``, each accepted by ``check`` (which raises
+    :class:`InvalidValueError`). A line that is not a JSON record ``check`` accepts raises :class:`DataFormatError`
+    naming the line and the field; a final line cut short by an interrupted run is skipped (it is written again on
+    resume). ``what`` names the file in errors ("scores file")."""
     try:
         with path.open("rb") as handle:
             for number, line in enumerate(handle, 1):
@@ -62,14 +74,12 @@ def read_scores(path: str | os.PathLike) -> list[dict]:
                         continue
                     raise DataFormatError(f"{path}:{number}: not a JSON object ({error})") from None
                 try:
-                    check_record(record)
+                    check(record)
                 except InvalidValueError as error:
                     raise DataFormatError(f"{path}:{number}: {error}") from None
-                latest[(record["key"], record["instruction_language"])] = record
+                yield record
     except OSError as error:
-        raise DataFormatError(f"scores file {path} cannot be read: {error.strerror or error}") from error
-    return list(latest.values())
-
+        raise DataFormatError(f"{what} {path} cannot be read: {error.strerror or error}") from error
 
 def check_record(record: object) -> dict:
     """``record`` if it is a well-formed scores record, else raise :class:`InvalidValueError` naming the field:

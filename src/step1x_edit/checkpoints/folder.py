@@ -38,7 +38,7 @@ from ..models.presets import transformer_config
 from ..models.transformer import Step1XEditTransformer2DModel
 from ..models.transformer import check_config as check_transformer_config
 from ..models.vae import check_diffusers_config as check_vae_config
-from .official import _describe, check_weights, read_header, read_json_config
+from .official import check_weights, key_mismatch, read_header, read_json_config
 
 INDEX_FILE = "model_index.json"
 # The classes model_index.json may name, per component: those this project writes (diffusers imports the module
@@ -211,14 +211,9 @@ def _check_tensors(folder: Path, config_file: Path, model: nn.Module) -> None:
     ``config_file``, shape for shape."""
     header = weights_header(folder, "diffusion_pytorch_model")
     expected = {key: tuple(value.shape) for key, value in model.state_dict().items()}
-    missing, unexpected = set(expected) - set(header), set(header) - set(expected)
-    if missing or unexpected:
-        parts = []
-        if missing:
-            parts.append(f"missing {_describe(missing)}")
-        if unexpected:
-            parts.append(f"unexpected {_describe(unexpected)}")
-        raise CheckpointError(f"the weights in {folder} do not match {config_file}: {'; '.join(parts)}")
+    mismatch = key_mismatch(expected, header)
+    if mismatch:
+        raise CheckpointError(f"the weights in {folder} do not match {config_file}: {mismatch}")
     for key, shape in expected.items():
         _, got, file = header[key]
         if got != shape:

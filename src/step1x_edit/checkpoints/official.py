@@ -367,6 +367,17 @@ def _iter_tensors(path: Path, keys: list[str]) -> Iterator[tuple[str, torch.Tens
             raise CheckpointError(f"{path}: cannot read tensor data (corrupt file?): {error}") from error
 
 
+def key_mismatch(expected: Iterable[str], found: Iterable[str]) -> str:
+    """What differs between the ``expected`` and the ``found`` tensor names ("missing …; unexpected …"), or ""."""
+    expected, found = set(expected), set(found)
+    parts = []
+    if expected - found:
+        parts.append(f"missing {_describe(expected - found)}")
+    if found - expected:
+        parts.append(f"unexpected {_describe(found - expected)}")
+    return "; ".join(parts)
+
+
 def _describe(keys: Iterable[str], limit: int = 5) -> str:
     keys = sorted(keys)
     shown = ", ".join(keys[:limit])
@@ -378,15 +389,9 @@ def _check_keys(
 ) -> None:
     """Every official key present, none unexpected, every shape as the (meta-device) ``model`` expects."""
     expected = {rule.official for rule in rules}
-    missing = expected - set(shapes)
-    unexpected = set(shapes) - expected
-    if missing or unexpected:
-        parts = []
-        if missing:
-            parts.append(f"missing {_describe(missing)}")
-        if unexpected:
-            parts.append(f"unexpected {_describe(unexpected)}")
-        raise CheckpointError(f"{source} does not match the model: {'; '.join(parts)}.{hint}")
+    mismatch = key_mismatch(expected, shapes)
+    if mismatch:
+        raise CheckpointError(f"{source} does not match the model: {mismatch}.{hint}")
     params = dict(model.named_parameters())
     wrong = []
     for rule in rules:
