@@ -29,6 +29,13 @@ def integer(name: str, value, low: int | None = None, high: int | None = None) -
     return value
 
 
+def integers(name: str, value, max_length: int, low: int | None = None, high: int | None = None) -> tuple[int, ...]:
+    """``value`` as a tuple of 1 to ``max_length`` ints, each within [``low``, ``high``] (see :func:`integer`)."""
+    if not isinstance(value, (list, tuple)) or not 1 <= len(value) <= max_length:
+        raise InvalidValueError(f"{name} must be a list of 1 to {max_length} integers, got {value!r}")
+    return tuple(integer(f"{name}[{index}]", item, low, high) for index, item in enumerate(value))
+
+
 def number(name: str, value, low: float | None = None, high: float | None = None, *,
            low_open: bool = False) -> float:
     """``value`` as a finite float within [``low``, ``high``] (``low_open``: strictly above ``low``); ints are

@@ -94,7 +94,7 @@ def test_calibration_gives_zero_mean_unit_std_latents():
     ("field", "value", "message"),
     [
         ("block_out_channels", (32, 48), "multiples of 32"),
-        ("block_out_channels", (), "a list of 1 to 8 widths"),
+        ("block_out_channels", (), "a list of 1 to 8 integers"),
         ("norm_num_groups", 3, "multiple of norm_num_groups 3"),
         ("crop", 33, "crop must be a multiple of 2"),
         ("crop", 128, "at most resolution"),

@@ -71,11 +71,7 @@ def check_config(config: Mapping[str, Any]) -> None:
     if "theta" in config:
         validate.number("theta", config["theta"], 0.0, low_open=True)
     if "axes_dim" in config:
-        axes = config["axes_dim"]
-        if not isinstance(axes, (list, tuple)) or not 1 <= len(axes) <= MAX_ROTARY_AXES:
-            raise InvalidValueError(f"axes_dim must be a list of 1 to {MAX_ROTARY_AXES} integers, got {axes!r}")
-        for value in axes:
-            validate.integer("every axes_dim entry", value, 1, MAX_WIDTH)
+        validate.integers("axes_dim", config["axes_dim"], MAX_ROTARY_AXES, 1, MAX_WIDTH)
     if "qkv_bias" in config and not isinstance(config["qkv_bias"], bool):
         raise InvalidValueError(f"qkv_bias must be true or false, got {config['qkv_bias']!r}")
 

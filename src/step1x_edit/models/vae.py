@@ -48,11 +48,7 @@ def check_official_config(config: Mapping[str, Any]) -> None:
     if "num_res_blocks" in config:
         validate.integer("num_res_blocks", config["num_res_blocks"], 1, MAX_VAE_RES_BLOCKS)
     if "ch_mult" in config:
-        mults = config["ch_mult"]
-        if not isinstance(mults, (list, tuple)) or not 1 <= len(mults) <= MAX_VAE_LEVELS:
-            raise InvalidValueError(f"ch_mult must be a list of 1 to {MAX_VAE_LEVELS} integers, got {mults!r}")
-        for mult in mults:
-            validate.integer("every ch_mult entry", mult, 1, MAX_VAE_WIDTH)
+        validate.integers("ch_mult", config["ch_mult"], MAX_VAE_LEVELS, 1, MAX_VAE_WIDTH)
     if "scale_factor" in config:
         validate.number("scale_factor", config["scale_factor"], 0.0, low_open=True)
     if "shift_factor" in config:
@@ -67,11 +63,7 @@ def check_diffusers_config(config: Mapping[str, Any]) -> None:
             raise InvalidValueError(f"{name} is missing")
     for name in ("in_channels", "out_channels", "latent_channels"):
         validate.integer(name, config[name], 1, MAX_VAE_CHANNELS)
-    widths = config["block_out_channels"]
-    if not isinstance(widths, (list, tuple)) or not 1 <= len(widths) <= MAX_VAE_LEVELS:
-        raise InvalidValueError(f"block_out_channels must be a list of 1 to {MAX_VAE_LEVELS} integers, got {widths!r}")
-    for width in widths:
-        validate.integer("every block_out_channels entry", width, 1, MAX_VAE_WIDTH)
+    widths = validate.integers("block_out_channels", config["block_out_channels"], MAX_VAE_LEVELS, 1, MAX_VAE_WIDTH)
     validate.integer("layers_per_block", config["layers_per_block"], 1, MAX_VAE_RES_BLOCKS)
     if "norm_num_groups" in config:
         validate.integer("norm_num_groups", config["norm_num_groups"], 1, MAX_VAE_WIDTH)

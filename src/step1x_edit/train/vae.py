@@ -52,9 +52,9 @@ from diffusers.optimization import get_cosine_schedule_with_warmup
 from tqdm.auto import tqdm
 
 from ..data.synthetic import TASKS, generate_sample
-from ..errors import CheckpointError, InvalidValueError, Step1XEditError
+from ..errors import CheckpointError, Step1XEditError
 from ..models.vae import diffusers_vae_config, images_to_pixels
-from ..validate import integer
+from ..validate import integer, integers
 from . import checkpoint
 from .config import MAX_STEPS, check_fields, check_text_list, read_toml
 
@@ -104,10 +104,7 @@ class VAETrainingConfig:
     save_fp16: bool = True
 
     def __post_init__(self) -> None:
-        widths = self.block_out_channels
-        if not isinstance(widths, (list, tuple)) or not 1 <= len(widths) <= 8:
-            raise InvalidValueError(f"block_out_channels must be a list of 1 to 8 widths, got {widths!r}")
-        widths = tuple(integer(f"block_out_channels[{index}]", width, 32, 4096) for index, width in enumerate(widths))
+        widths = integers("block_out_channels", self.block_out_channels, 8, 32, 4096)
         if any(width % 32 for width in widths):
             raise VAEConfigError(f"block_out_channels must be positive multiples of 32, got {widths}")
         object.__setattr__(self, "block_out_channels", widths)  # TOML gives lists; tuples keep it hashable
