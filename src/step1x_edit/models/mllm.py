@@ -445,7 +445,8 @@ def load_text_encoder(
     _check_model_folder(path, processor=False)
     try:
         model = Qwen2_5_VLForConditionalGeneration.from_pretrained(
-            path, dtype=torch_dtype or torch.float32, attn_implementation="sdpa", device_map=device
+            path, dtype=torch_dtype or torch.float32, attn_implementation="sdpa", device_map=device,
+            use_safetensors=True,  # never a pickle (.bin) file
         )
     except (OSError, ValueError, RuntimeError) as error:
         message = " ".join(str(error).split())

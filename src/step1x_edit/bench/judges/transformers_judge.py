@@ -40,7 +40,7 @@ class TransformersJudge:
         try:
             processor = _load_processor(path)
             model = AutoModelForImageTextToText.from_pretrained(
-                path, dtype=torch_dtype or "auto", device_map=device or "auto"
+                path, dtype=torch_dtype or "auto", device_map=device or "auto", use_safetensors=True
             )
         except (OSError, ValueError) as error:
             raise CheckpointError(f"cannot load a judge VLM from {path}: {error}") from error

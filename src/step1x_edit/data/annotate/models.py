@@ -94,7 +94,7 @@ class SamSegmenter:
 
         if isinstance(model, str):
             processor = processor or SamProcessor.from_pretrained(model)
-            model = SamModel.from_pretrained(model)
+            model = SamModel.from_pretrained(model, use_safetensors=True)
         if processor is None:
             raise ValueError("pass the SamProcessor together with a loaded SamModel")
         self.model = model.to(device).eval()
@@ -131,7 +131,7 @@ class DiffusersInpainter:
     def from_pretrained(cls, path: str, device: str = "cpu", **kwargs: Any) -> DiffusersInpainter:
         from diffusers import AutoPipelineForInpainting
 
-        return cls(AutoPipelineForInpainting.from_pretrained(path).to(device), **kwargs)
+        return cls(AutoPipelineForInpainting.from_pretrained(path, use_safetensors=True).to(device), **kwargs)
 
     def inpaint(self, image: Image.Image, mask: Image.Image, prompt: str = "") -> Image.Image:
         import torch
