@@ -86,7 +86,18 @@ class ShardInfo:
 
 
 class Store:
-    """A store directory (see the module docstring). ``Store(path)`` opens; :meth:`create` starts or resumes one."""
+    """A store directory (see the module docstring). ``Store(path)`` opens; :meth:`create` starts or resumes one.
+
+    Its rows are editing triplets (:data:`~.records.SCHEMA`); a store of other rows overrides :attr:`columns`,
+    :meth:`to_table` and :meth:`from_table` and keeps the shard, marker and checksum discipline."""
+
+    columns: tuple[str, ...] = COLUMNS
+
+    def to_table(self, records: list[dict[str, Any]]) -> pa.Table:
+        return records_to_table(records)
+
+    def from_table(self, table: pa.Table) -> list[dict[str, Any]]:
+        return table_to_records(table)
 
     def __init__(self, root: str | os.PathLike):
         self.root = Path(root)
@@ -208,7 +219,7 @@ class Store:
     ) -> dict[str, Any]:
         """Write ``records`` as shard ``name`` atomically, then its marker. Returns the marker contents."""
         records = sorted(records, key=lambda record: record["sample_id"])
-        table = records_to_table(records)
+        table = self.to_table(records)
         path = self.shard_path(name)
         marker = self.marker_path(name)
         marker.unlink(missing_ok=True)  # a stale marker must never vouch for a new file
@@ -277,10 +288,10 @@ class Store:
             raise DataFormatError(
                 f"cannot read shard {path}: {message}; rerun the command that made the store to rebuild it"
             ) from None
-        missing = set(columns or COLUMNS) - set(table.column_names)
+        missing = set(columns or self.columns) - set(table.column_names)
         if missing:
             raise DataFormatError(f"shard {path} lacks columns {sorted(missing)}")
-        return table_to_records(table)
+        return self.from_table(table)
 
     def iter_records(self, columns: list[str] | None = None) -> Iterator[dict[str, Any]]:
         """Every record of every shard, in shard order (an error names missing or damaged shards)."""
