@@ -336,7 +336,7 @@ def test_the_absolute_pixel_error_leaves_an_uncertain_edit_out_where_the_squared
 def test_structural_similarity_is_the_evaluation_ssim():
     import numpy as np
 
-    from step1x_edit.bench.synthetic import ssim
+    from step1x_edit.metrics import ssim
     from step1x_edit.train.flow import structural_similarity
 
     rng = np.random.default_rng(0)

@@ -45,7 +45,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import sampling
-from ..bench.synthetic import SSIM_K1, SSIM_K2, ssim_window
+from ..metrics import SSIM_K1, SSIM_K2, ssim_window
 
 TIMESTEP_SAMPLING = ("shift", "logit_normal", "uniform")
 LOSS_WEIGHTINGS = ("none", "x0", "x0_relative")
@@ -281,7 +281,7 @@ def flow_matching_loss(
 
 def structural_similarity(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """SSIM per image [B] of pixels ``a``, ``b`` [B, C, H, W] in [-1, 1]: the definition of
-    :func:`step1x_edit.bench.synthetic.ssim` (its Gaussian window and constants, positions where the window fits,
+    :func:`step1x_edit.metrics.ssim` (its Gaussian window and constants, positions where the window fits,
     mean over positions and channels), differentiable."""
     window = torch.from_numpy(ssim_window()).to(device=a.device, dtype=a.dtype)
     a, b = (a + 1) / 2, (b + 1) / 2  # [0, 1]: the luminance term depends on the absolute level

@@ -351,7 +351,7 @@ class _LossLog:
 
 def _save_validation(pipe, examples, config: TrainConfig, step: int, output_dir: Path) -> dict[str, float]:
     """Edit the held-out ``examples``, save source | edit | target strips and return the mean PSNR/SSIM."""
-    from ..bench.synthetic import psnr, ssim
+    from ..metrics import psnr, ssim
 
     v = config.validation
     folder = output_dir / "validation" / f"step-{step:06d}"
