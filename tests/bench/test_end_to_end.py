@@ -17,10 +17,7 @@ from step1x_edit.bench.judges.openai_judge import OpenAIJudge
 from step1x_edit.bench.judging import RetryPolicy, judge_results
 from step1x_edit.bench.stats import compute_statistics, read_scores
 from step1x_edit.cli import main
-
-tiny = pytest.importorskip("step1x_edit.testing.tiny", reason="the tiny pipeline components are not available")
-if not hasattr(tiny, "tiny_pipeline"):
-    pytest.skip("the tiny pipeline is not available yet", allow_module_level=True)
+from step1x_edit.testing import tiny
 
 STEPS = 2
 SIZE_LEVEL = 64
