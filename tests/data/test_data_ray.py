@@ -44,7 +44,7 @@ def test_ray_runs_a_derived_pipeline_and_resumes(tmp_path, ray_executor):
     local = transform_store(source.root, tmp_path / "local", pipeline, LocalExecutor(1), progress=False)
     remote = transform_store(source.root, tmp_path / "ray", pipeline, ray_executor, progress=False)
     assert list(remote.iter_records()) == list(local.iter_records())
-    (tmp_path / "ray" / "shards" / "part-00001.done.json").unlink()
+    (tmp_path / "ray" / "shards" / ".part-00001.done.json").unlink()
     transform_store(source.root, tmp_path / "ray", pipeline, ray_executor, progress=False)
     assert len(remote) == 22
 
@@ -61,3 +61,11 @@ def test_model_stage_runs_as_an_actor_pool_with_the_same_results(tmp_path, ray_e
     remote = transform_store(source.root, tmp_path / "ray", pipeline, ray_executor, progress=False)
     assert list(remote.iter_records()) == list(local.iter_records())
     assert all(record["scores"]["mllm_verify"] == 8.0 for record in remote.iter_records())
+
+
+def test_ray_data_reads_a_stores_shard_folder(tmp_path, ray_executor):
+    store = generate_dataset(
+        tmp_path / "store", 12, SyntheticConfig(resolution=(64, 64), shard_size=5), LocalExecutor(1), progress=False
+    )
+    rows = ray.data.read_parquet(str(store.shard_dir)).select_columns(["sample_id"]).take_all()
+    assert sorted(row["sample_id"] for row in rows) == sorted(r["sample_id"] for r in store.iter_records(["sample_id"]))

@@ -79,12 +79,12 @@ def test_killed_run_resumes_to_exactly_the_requested_samples(tmp_path):
     )
     deadline = time.time() + 60
     while time.time() < deadline and process.poll() is None:
-        if (out / "shards").is_dir() and any((out / "shards").glob("*.done.json")):
+        if (out / "shards").is_dir() and any((out / "shards").glob(".*.done.json")):
             break
         time.sleep(0.005)
     os.killpg(process.pid, signal.SIGKILL)  # as abrupt as a power cut: no cleanup runs
     process.wait()
-    finished = len(list((out / "shards").glob("*.done.json")))
+    finished = len(list((out / "shards").glob(".*.done.json")))
     assert 1 <= finished < count // shard_size, f"the run was not interrupted midway ({finished} shards done)"
 
     generate_dataset(out, count, config, LocalExecutor(1), progress=False)  # the same command again
@@ -96,7 +96,7 @@ def test_killed_run_resumes_to_exactly_the_requested_samples(tmp_path):
     assert resumed == [
         (r["sample_id"], r["content_hash"]) for r in clean.iter_records(["sample_id", "content_hash"])
     ]
-    assert not [p for p in (out / "shards").iterdir() if p.name.startswith(".")]  # no temporaries left
+    assert not [p for p in (out / "shards").iterdir() if ".tmp-" in p.name]  # no temporaries left
 
 
 def test_rerun_skips_completed_shards_and_growing_count_keeps_old_samples(tmp_path):

@@ -96,7 +96,7 @@ def test_rerun_rebuilds_a_damaged_shard_exactly_once_and_says_so(store, made, da
     ids=["binary", "empty", "list", "null", "no-fields", "rows-as-text"],
 )
 def test_garbage_marker_counts_as_not_done_and_the_shard_is_rebuilt(store, made, marker, caplog):
-    (store / "shards" / "part-00001.done.json").write_bytes(marker)
+    (store / "shards" / ".part-00001.done.json").write_bytes(marker)
     with caplog.at_level(logging.WARNING):
         assert run(*GENERATE, "--out", store) == 0
     assert any("rebuilding shard part-00001" in m and "garbled" in m for m in caplog.messages)
@@ -113,8 +113,8 @@ def test_rerun_leaves_intact_shards_alone(store):
 @pytest.mark.parametrize(
     "remove, reason",
     [
-        (["part-00001.done.json"], "part-00001: it has no completion marker"),
-        (["part-00001.done.json", "part-00001.parquet"], "part-00001: neither its Parquet file nor its completion"),
+        ([".part-00001.done.json"], "part-00001: it has no completion marker"),
+        ([".part-00001.done.json", "part-00001.parquet"], "part-00001: neither its Parquet file nor its completion"),
         (["part-00002.parquet"], "part-00002: its Parquet file is missing"),
     ],
     ids=["marker", "both-files", "parquet"],
@@ -147,7 +147,7 @@ def test_export_of_a_corrupted_shard_fails_without_a_half_written_tar(store, tmp
 
 
 def test_training_reader_names_a_shard_with_a_garbled_marker(store):
-    (store / "shards" / "part-00000.done.json").write_text("{not json")
+    (store / "shards" / ".part-00000.done.json").write_text("{not json")
     with pytest.raises(DataFormatError, match="part-00000: its completion marker is unreadable or garbled"):
         next(iter_samples(store, split=None))
 

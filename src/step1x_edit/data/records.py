@@ -2,6 +2,8 @@
 
 A record is a plain ``dict`` whose keys are the columns of :data:`SCHEMA`. Images travel as lossless PNG bytes
 so that exact ground truth survives storage; :func:`encode_png` / :func:`decode_png` convert to and from PIL.
+Named scores are stored as lists of ``{name, value}`` structs (read back as dicts) rather than Arrow maps, which
+Hugging Face ``datasets`` cannot load; shards of older stores with map columns read back the same.
 """
 
 from __future__ import annotations
@@ -15,6 +17,12 @@ import pyarrow as pa
 from PIL import Image
 
 from ..errors import DataFormatError
+
+
+def _named(value_type: pa.DataType) -> pa.DataType:
+    """A name → value mapping as a list of ``{name, value}`` structs."""
+    return pa.list_(pa.struct([("name", pa.string()), ("value", value_type)]))
+
 
 # zlib level for PNG bytes: lossless at any level; 1 is several times faster to write than the default 6.
 PNG_COMPRESS_LEVEL = 1
@@ -36,8 +44,8 @@ SCHEMA = pa.schema(
         ),
         pa.field("seed", pa.int64()),
         pa.field("content_hash", pa.string()),
-        pa.field("scores", pa.map_(pa.string(), pa.float64())),
-        pa.field("score_reasons", pa.map_(pa.string(), pa.string())),
+        pa.field("scores", _named(pa.float64())),
+        pa.field("score_reasons", _named(pa.string())),
         pa.field("reject_reasons", pa.list_(pa.string())),
         pa.field(
             "provenance",
@@ -54,7 +62,7 @@ SCHEMA = pa.schema(
 )
 
 COLUMNS = tuple(SCHEMA.names)
-_MAP_COLUMNS = ("scores", "score_reasons")
+_NAMED_COLUMNS = ("scores", "score_reasons")
 
 
 def encode_png(image: Image.Image) -> bytes:
@@ -178,20 +186,21 @@ def records_to_table(records: list[dict[str, Any]]) -> pa.Table:
         if extra:
             raise DataFormatError(f"record {record.get('sample_id')!r} has unknown columns {sorted(extra)}")
         row = dict(record)
-        for column in _MAP_COLUMNS:
+        for column in _NAMED_COLUMNS:
             if isinstance(row.get(column), dict):
-                row[column] = list(row[column].items())
+                row[column] = [{"name": name, "value": value} for name, value in row[column].items()]
         rows.append(row)
     return pa.Table.from_pylist(rows, schema=SCHEMA)
 
 
 def table_to_records(table: pa.Table) -> list[dict[str, Any]]:
-    """Records (dicts) from an Arrow table; map columns come back as dicts."""
+    """Records (dicts) from an Arrow table; named-score columns come back as dicts (from ``{name, value}``
+    structs, or from the Arrow maps of older stores, which read as key-value pairs)."""
     records = table.to_pylist()
     for record in records:
-        for column in _MAP_COLUMNS:
-            value = record.get(column)
-            record[column] = dict(value) if value else {}
+        for column in _NAMED_COLUMNS:
+            items = record.get(column) or []
+            record[column] = dict((item["name"], item["value"]) if isinstance(item, dict) else item for item in items)
         if record.get("reject_reasons") is None:
             record["reject_reasons"] = []
     return records

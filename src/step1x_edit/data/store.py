@@ -4,9 +4,12 @@ Layout of a store directory::
 
     store.json                    what produced it: generator, pipeline fingerprint, config hash, shard names
     shards/part-00000.parquet     rows in :data:`~step1x_edit.data.records.SCHEMA`
-    shards/part-00000.done.json   completion marker: row count, input key, config hash, file sha256
+    shards/.part-00000.done.json  completion marker: row count, input key, config hash, file sha256
 
-A shard is written to a temporary name and renamed, then its marker is written the same way. A shard counts
+Markers and temporaries are hidden (a leading ``.``), so the shard folder opens with standard Parquet readers
+(pandas, pyarrow datasets, Ray Data, Hugging Face ``datasets``), which skip hidden files. Stores written before
+markers were hidden (``part-00000.done.json``) are read as they are; a command that writes to one renames
+their markers. A shard is written to a temporary name and renamed, then its marker is written the same way. A shard counts
 as done only when its marker is well-formed, matches the current config hash and input key, and vouches for the
 file on disk (same row count and sha256), so an interrupted run rerun with the same command redoes exactly the
 unfinished or damaged shards: nothing lost, nothing duplicated. Readers check every listed shard first and
@@ -41,6 +44,7 @@ SHARD_DIR = "shards"
 # What :meth:`Store.shard_problem` says of a shard none of whose files exist yet.
 NOT_WRITTEN = "not written yet"
 _SHARD_NAME = re.compile(r"[A-Za-z0-9_-]+")
+MARKER_SUFFIX = ".done.json"
 # How many shard problems one error message lists before it counts the rest.
 _LISTED = 5
 
@@ -65,6 +69,17 @@ def make_folder(path: str | os.PathLike, what: str) -> Path:
     except OSError as error:
         raise DataFormatError(f"cannot create {what} {folder}: {error.strerror or error}") from None
     return folder
+
+
+def _shard_of(filename: str) -> str | None:
+    """The shard that a file of the shard folder belongs to (its Parquet file or its marker, under either marker
+    name), or None for anything else (a leftover temporary)."""
+    for prefix, suffix in (("", ".parquet"), (".", MARKER_SUFFIX), ("", MARKER_SUFFIX)):
+        if filename.startswith(prefix) and filename.endswith(suffix):
+            stem = filename[len(prefix) : -len(suffix)]
+            if _SHARD_NAME.fullmatch(stem):
+                return stem
+    return None
 
 
 def _is_count(value) -> bool:
@@ -164,7 +179,14 @@ class Store:
         return self.shard_dir / f"{name}.parquet"
 
     def marker_path(self, name: str) -> Path:
-        return self.shard_dir / f"{name}.done.json"
+        """The completion marker of shard ``name``: ``.NAME.done.json``, or ``NAME.done.json`` in a store written
+        before markers were hidden when only that one exists."""
+        hidden, visible = self._marker_names(name)
+        return visible if not hidden.exists() and visible.exists() else hidden
+
+    def _marker_names(self, name: str) -> tuple[Path, Path]:
+        """Shard ``name``'s marker path (hidden) and the visible name older stores gave it."""
+        return self.shard_dir / f".{name}{MARKER_SUFFIX}", self.shard_dir / f"{name}{MARKER_SUFFIX}"
 
     def _marker(self, name: str) -> dict[str, Any] | None:
         """The marker of shard ``name`` when it is well-formed, else None: a missing, unreadable or garbled marker
@@ -221,8 +243,9 @@ class Store:
         records = sorted(records, key=lambda record: record["sample_id"])
         table = self.to_table(records)
         path = self.shard_path(name)
-        marker = self.marker_path(name)
-        marker.unlink(missing_ok=True)  # a stale marker must never vouch for a new file
+        marker, visible = self._marker_names(name)
+        for stale in (marker, visible):  # a stale marker must never vouch for a new file
+            stale.unlink(missing_ok=True)
         temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
         pq.write_table(table, temporary, compression="zstd")
         digest = _sha256(temporary.read_bytes())
@@ -232,17 +255,24 @@ class Store:
         return info
 
     def set_shards(self, names: Sequence[str]) -> None:
-        """Record ``names`` in the manifest as the store's shards (so a reader can tell when one is missing) and
-        delete the files of other shards, and leftover temporaries."""
+        """Record ``names`` in the manifest as the store's shards (so a reader can tell when one is missing),
+        delete the files of other shards and leftover temporaries, and hide markers that older stores left
+        visible (renamed, so their bytes and what they vouch for stay the same)."""
         manifest = self.manifest()
         manifest["shards"] = sorted(names)
         self._write_manifest(manifest)
         keep = set(names)
         for path in list(self.shard_dir.iterdir()):
-            name = path.name
-            stem = name.removesuffix(".done.json").removesuffix(".parquet")
-            if name.startswith(".") or stem not in keep:
+            name = _shard_of(path.name)
+            if name not in keep:
                 path.unlink(missing_ok=True)
+                continue
+            hidden, visible = self._marker_names(name)
+            if path == visible:
+                if hidden.exists():
+                    visible.unlink()
+                else:
+                    os.replace(visible, hidden)
 
     def shards(self, verify: bool = False) -> list[ShardInfo]:
         """The store's shards in name order. Each must have a well-formed marker and its Parquet file with the
@@ -250,8 +280,8 @@ class Store:
         damaged shard, so no reader silently reads less than the store holds."""
         names = self.manifest().get("shards")
         if names is None:  # a store written before shard names were recorded: the shards on disk
-            on_disk = [*self.shard_dir.glob("*.parquet"), *self.shard_dir.glob("*.done.json")]
-            names = sorted({path.name.removesuffix(".done.json").removesuffix(".parquet") for path in on_disk})
+            on_disk = (_shard_of(path.name) for path in self.shard_dir.iterdir()) if self.shard_dir.is_dir() else ()
+            names = sorted({name for name in on_disk if name is not None})
         infos, problems = [], []
         for name in names:
             marker = self._marker(name)
