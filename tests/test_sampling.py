@@ -7,7 +7,6 @@ import torch
 from PIL import Image
 
 from step1x_edit.sampling import (
-    RENORM_THRESHOLD,
     denoise,
     get_schedule,
     guided_velocity,
@@ -17,6 +16,7 @@ from step1x_edit.sampling import (
     resize_for_model,
     unpack_latents,
 )
+from step1x_edit.versions import get_version
 
 
 @pytest.mark.parametrize(
@@ -63,11 +63,13 @@ def test_pack_puts_channel_then_subpixel_in_the_feature_index_and_unpack_inverts
 def test_reference_position_ids_depend_on_the_version():
     img10, txt = position_ids(4, 6, 7, "v1.0")
     img11, _ = position_ids(4, 6, 7, "v1.1")
+    img12, _ = position_ids(4, 6, 7, "v1.2")
     assert img10.shape == (12, 3) and txt.shape == (7, 3) and not txt.any()
     noisy = img10[:6]
     assert noisy[4].tolist() == [0.0, 1.0, 1.0]  # packed row 1, col 1 of a 2x3 grid
     assert torch.equal(img10[6:], noisy)
     assert torch.equal(img11[:6], noisy) and torch.equal(img11[6:], noisy + 1)
+    assert torch.equal(img12[:6], noisy) and torch.equal(img12[6:, 1:], noisy[:, 1:]) and (img12[6:, 0] == 1).all()
     with pytest.raises(ValueError, match="version"):
         position_ids(4, 6, 7, "v2")
 
@@ -80,8 +82,9 @@ def test_cfg_renorm_divides_large_differences_only_above_the_threshold():
     renormed = guided_velocity(cond, uncond, 2.0, t=0.95, renorm_threshold=0.93)
     assert torch.allclose(renormed[0, 0], 2 * cond[0, 0] / 5**0.4)
     assert torch.allclose(renormed[0, 1], 2 * cond[0, 1])
-    assert RENORM_THRESHOLD == {"v1.0": 1.0, "v1.1": 0.93}
-    assert torch.equal(guided_velocity(cond, uncond, 2.0, t=1.0, renorm_threshold=RENORM_THRESHOLD["v1.0"]), plain)
+    v10 = get_version("v1.0").renorm_threshold
+    assert (v10, get_version("v1.1").renorm_threshold) == (1.0, 0.93)
+    assert torch.equal(guided_velocity(cond, uncond, 2.0, t=1.0, renorm_threshold=v10), plain)
 
 
 def test_denoise_updates_noisy_tokens_only_with_cond_then_uncond_batches():

@@ -20,6 +20,7 @@ from .errors import Step1XEditError
 
 DTYPES = {"auto": None, "float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", "bf16": "bfloat16",
           "float16": "float16", "fp16": "float16"}
+from .versions import VERSION_NAMES
 
 
 def _torch_dtype(name: str):
@@ -283,8 +284,9 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
 
     parser.add_argument("--model", help="a Step1X-Edit model directory (official or diffusers layout); "
                         "default: the small built-in model")
-    parser.add_argument("--version", choices=["v1.0", "v1.1"], help="force the version of an official checkpoint "
-                        "(default: detected)")
+    parser.add_argument("--version", choices=VERSION_NAMES, help="the version (model line and inference recipe) to "
+                        "run a single-file checkpoint as, e.g. v1.1-diffusers to run v1.1 weights as the official "
+                        "diffusers pipeline does (default: detected from the checkpoint; see docs/model.md)")
     parser.add_argument("--offload", action="store_true", help="keep models on the CPU and move each to the GPU "
                         "only while it runs (lower GPU memory, slower)")
     parser.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
@@ -338,7 +340,7 @@ def _add_convert(subcommands) -> None:
                                     "Qwen2.5-VL-7B-Instruct/) and write OUT_DIR in the diffusers layout.")
     parser.add_argument("official_dir")
     parser.add_argument("out_dir")
-    parser.add_argument("--version", choices=["v1.0", "v1.1"], help="default: detected from the checkpoint")
+    parser.add_argument("--version", choices=VERSION_NAMES, help="default: detected from the checkpoint")
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="bf16", help="dtype of the written weights")
     parser.add_argument("--overwrite", action="store_true", help="write into a non-empty OUT_DIR")
     parser.set_defaults(handler=_convert)

@@ -35,6 +35,7 @@ from .models.patch_vae import PatchAutoencoder
 from .models.presets import MAX_INFERENCE_STEPS, MAX_SIZE_LEVEL, MIN_SIZE_LEVEL
 from .models.transformer import Step1XEditTransformer2DModel
 from .models.vae import decode_latents, encode_latents, images_to_pixels
+from .versions import get_version
 
 # The resolution-dependent shift of the schedule (FLUX): mu goes from 0.5 at 256 noisy tokens to 1.15 at 4096.
 SCHEDULER_CONFIG = {
@@ -200,7 +201,8 @@ class Step1XEditPipeline(DiffusionPipeline):
 
     @property
     def version(self) -> str:
-        """The Step1X-Edit version the transformer was trained as ("v1.0" or "v1.1")."""
+        """The Step1X-Edit version (:mod:`step1x_edit.versions`) the pipeline runs as: the model line and its
+        inference recipe."""
         return self.transformer.config.version
 
     # ------------------------------------------------------------------ loading
@@ -492,7 +494,8 @@ class Step1XEditPipeline(DiffusionPipeline):
                 reference_tokens,
                 timesteps,
                 guidance_scale=guidance_scale,
-                renorm_threshold=sampling.RENORM_THRESHOLD[self.version],
+                renorm_threshold=get_version(self.version).renorm_threshold,
+                renorm_power=get_version(self.version).renorm_power,
                 callback=on_step,
             )
 

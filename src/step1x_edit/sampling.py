@@ -1,8 +1,9 @@
 """The Step1X-Edit sampler as pure functions, exactly as the official inference code does it.
 
-Input resizing to a ``size_level`` area, the resolution-shifted rectified-flow schedule, 2x2 latent packing,
-the rotary position ids of each version, classifier-free guidance with the v1.1 "renorm", and the Euler loop
-that updates the noisy tokens while the reference tokens stay fixed. No devices, offloading or progress bars
+Input resizing to a ``size_level`` area, the resolution-shifted rectified-flow schedule (the official float
+formula and the diffusers scheduler's sigmas), 2x2 latent packing, the rotary position ids of each version,
+classifier-free guidance with its "renorm", and the Euler loop that updates the noisy tokens while the reference
+tokens stay fixed. What differs between versions is read from :mod:`step1x_edit.versions`. No devices, offloading or progress bars
 here: the pipeline owns those (it gets a per-step ``callback``).
 
 Rectified flow: ``x_t = (1 - t) * x0 + t * noise``; the model predicts ``noise - x0``; t goes from 1 to 0.
@@ -11,26 +12,23 @@ Rectified flow: ``x_t = (1 - t) * x0 + t * noise``; the model predicts ``noise -
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
+import numpy as np
 import torch
 from PIL import Image
 
 from . import validate
 from .errors import InvalidValueError
-from .models.transformer import VERSIONS
+from .versions import REFERENCE_IDS_GRID, REFERENCE_IDS_SAME, VERSIONS, get_version
 
-# CFG renorm applies while t > threshold: never in v1.0 (t <= 1), the first steps in v1.1.
-RENORM_THRESHOLD = {"v1.0": 1.0, "v1.1": 0.93}
-RESIZE_FILTER = {"v1.0": Image.Resampling.BICUBIC, "v1.1": Image.Resampling.LANCZOS}
 LATENT_CHANNELS = 16
 PATCH = 2  # latent pixels per token side
 PIXELS_PER_TOKEN = 16  # VAE /8 times PATCH
-
-
-def _check_version(version: str) -> None:
-    if version not in VERSIONS:
-        raise ValueError(f"version must be one of {VERSIONS}, got {version!r}")
+_FILTERS = {"bicubic": Image.Resampling.BICUBIC, "lanczos": Image.Resampling.LANCZOS}
+# The PIL filter of each version's working-size resize.
+RESIZE_FILTER = {name: _FILTERS[version.resize_filter] for name, version in VERSIONS.items()}
 
 
 def resize_dimensions(width: int, height: int, size_level: int) -> tuple[int, int]:
@@ -54,8 +52,8 @@ def resize_dimensions(width: int, height: int, size_level: int) -> tuple[int, in
 
 
 def resize_for_model(image: Image.Image, size_level: int, version: str) -> Image.Image:
-    """``image`` resized to :func:`resize_dimensions` with the version's filter (v1.0 bicubic, v1.1 Lanczos)."""
-    _check_version(version)
+    """``image`` resized to :func:`resize_dimensions` with the version's filter (v1.0 bicubic, later Lanczos)."""
+    get_version(version)
     size = resize_dimensions(image.width, image.height, size_level)
     return image.resize(size, RESIZE_FILTER[version])
 
@@ -81,6 +79,23 @@ def get_schedule(
     timesteps = torch.linspace(1, 0, num_steps + 1)
     timesteps = math.exp(mu) / (math.exp(mu) + (1 / timesteps - 1) ** 1.0)
     return timesteps.tolist()
+
+
+def scheduler_sigmas(scheduler_config: Mapping[str, Any], num_steps: int, image_seq_len: int) -> list[float]:
+    """The ``num_steps + 1`` flow times (sigmas, last 0) the diffusers pipelines run: diffusers'
+    ``FlowMatchEulerDiscreteScheduler`` with ``scheduler_config``, given the sigmas ``linspace(1, 1/num_steps,
+    num_steps)`` and the shift mu of ``image_seq_len`` noisy tokens (linear through (base_image_seq_len, base_shift)
+    and (max_image_seq_len, max_shift)). Float32 values, as the scheduler holds them."""
+    if num_steps < 1:
+        raise ValueError(f"num_steps must be at least 1, got {num_steps}")
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    scheduler = FlowMatchEulerDiscreteScheduler.from_config(dict(scheduler_config))
+    config = scheduler.config
+    slope = (config.max_shift - config.base_shift) / (config.max_image_seq_len - config.base_image_seq_len)
+    mu = image_seq_len * slope + (config.base_shift - slope * config.base_image_seq_len)
+    scheduler.set_timesteps(sigmas=np.linspace(1.0, 1 / num_steps, num_steps), mu=mu)
+    return scheduler.sigmas.float().tolist()
 
 
 def check_strength(strength: float) -> None:
@@ -136,14 +151,21 @@ def position_ids(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Rotary ids ``(img_ids [2N, 3], txt_ids [L, 3])`` for ``[noisy ; reference]`` image tokens and the text.
 
-    Text ids are 0; the noisy token at packed (row r, col c) is (0, r, c); the reference token is (0, r, c) in
-    v1.0 (identical to the noisy ids) and (1, r + 1, c + 1) in v1.1.
+    Text ids are 0 (v1.2 computes its own, see :mod:`step1x_edit.models.mllm_v1p2`); the noisy token at packed
+    (row r, col c) is (0, r, c); the reference token is (0, r, c) in v1.0 (identical to the noisy ids),
+    (1, r + 1, c + 1) in v1.1 and (1, r, c) in v1.2.
     """
-    _check_version(version)
+    rule = get_version(version).reference_ids
     rows, cols = latent_height // PATCH, latent_width // PATCH
     grid_rows, grid_cols = torch.meshgrid(torch.arange(rows), torch.arange(cols), indexing="ij")
     noisy = torch.stack([torch.zeros_like(grid_rows), grid_rows, grid_cols], dim=-1).reshape(rows * cols, 3)
-    reference = noisy.clone() if version == "v1.0" else noisy + 1
+    if rule == REFERENCE_IDS_SAME:
+        reference = noisy.clone()
+    elif rule == REFERENCE_IDS_GRID:
+        reference = noisy.clone()
+        reference[:, 0] = 1
+    else:
+        reference = noisy + 1
     img_ids = torch.cat([noisy, reference], dim=0).float()  # [2N, 3]
     return img_ids, torch.zeros(text_length, 3)
 
@@ -177,12 +199,15 @@ def denoise(
     renorm_threshold: float,
     renorm_power: float = 0.4,
     callback: Callable[[int, float, torch.Tensor], None] | None = None,
+    uncond_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Euler integration of the noisy tokens [B, N, 64] from ``timesteps[0]`` to ``timesteps[-1]``.
 
     ``model_fn(tokens [k*B, 2N, 64], t [k*B]) -> [k*B, 2N, 64]`` sees ``[noisy ; reference]`` tokens; with
     ``guidance_scale > 1``, k = 2 and the batch is the B conditional rows, then the B unconditional rows;
-    otherwise k = 1 (conditional only). The reference tokens never change. ``callback(step_index, t, tokens)``
+    otherwise k = 1 (conditional only). With ``uncond_fn`` (the diffusers pipelines, whose conditions differ in
+    length), guidance makes two calls instead: ``model_fn`` on the B rows for the condition, then ``uncond_fn``
+    on the same rows for the negative. The reference tokens never change. ``callback(step_index, t, tokens)``
     runs after every step. Returns the final noisy tokens.
     """
     if noisy_tokens.shape != reference_tokens.shape:
@@ -194,12 +219,16 @@ def denoise(
     num_noisy = tokens.shape[1]
     for step, (t_curr, t_prev) in enumerate(zip(timesteps[:-1], timesteps[1:], strict=True)):
         model_input = torch.cat([tokens, reference_tokens], dim=1)  # [B, 2N, 64]
-        if guided:
+        batched = guided and uncond_fn is None
+        if batched:
             model_input = torch.cat([model_input, model_input], dim=0)  # [2B, 2N, 64]
         t_vec = torch.full((model_input.shape[0],), t_curr, dtype=tokens.dtype, device=tokens.device)
         prediction = model_fn(model_input, t_vec)[:, :num_noisy]
         if guided:
-            cond, uncond = prediction.chunk(2, dim=0)
+            if batched:
+                cond, uncond = prediction.chunk(2, dim=0)
+            else:
+                cond, uncond = prediction, uncond_fn(model_input, t_vec)[:, :num_noisy]
             velocity = guided_velocity(cond, uncond, guidance_scale, t_curr, renorm_threshold, renorm_power)
         else:
             velocity = prediction

@@ -132,7 +132,7 @@ def test_non_default_mlp_ratio_resizes_both_block_kinds():
 
 @pytest.mark.parametrize(
     ("overrides", "message"),
-    [({"axes_dim": (8, 8, 8)}, "must equal the head dim 32"), ({"version": "v1.2"}, "version must be one of"),
+    [({"axes_dim": (8, 8, 8)}, "must equal the head dim 32"), ({"version": "v2.0"}, "version must be one of"),
      ({"num_heads": 3}, "not divisible"), ({"qkv_bias": False}, "qkv_bias=False"),
      ({"axes_dim": (9, 11, 12)}, "even")],
 )

@@ -37,12 +37,21 @@ from torch import nn
 
 from ..errors import CheckpointError, InvalidValueError
 from ..models.presets import transformer_config
-from ..models.transformer import VERSIONS, Step1XEditTransformer2DModel
+from ..models.transformer import Step1XEditTransformer2DModel
 from ..models.transformer import check_config as check_transformer_config
 from ..models.vae import MAX_VAE_LEVELS, OFFICIAL_VAE_FIELDS, autoencoder_from_official_config
 from ..models.vae import check_official_config as check_official_vae_config
+from ..versions import (
+    OFFICIAL_VERSIONS,
+    VERSION_NAMES,
+    VERSIONS,
+    detect_official_version,
+    get_version,
+    same_weights,
+)
 
-TRANSFORMER_FILE_NAMES = ("step1x-edit-v1p1-official.safetensors", "step1x-edit-i1258.safetensors")
+# The released DiT files, newest first.
+TRANSFORMER_FILE_NAMES = tuple(name for version in reversed(OFFICIAL_VERSIONS) for name in VERSIONS[version].official_files)
 VAE_FILE_NAME = "vae.safetensors"
 MLLM_DIR_NAME = "Qwen2.5-VL-7B-Instruct"
 # Optional: transformer config fields the weights cannot tell (``axes_dim``, ``theta``, ``connector_num_heads``),
@@ -184,8 +193,11 @@ def transformer_key_table(config: Mapping[str, Any]) -> list[KeyRule]:
         rules += _linear(f"{block_src}.mlp.fc2", f"{block_dst}.ff.net.2")
         rules += _linear(f"{block_src}.adaLN_modulation.1", f"{block_dst}.norm_out.linear")
     rules += _linear("connector.global_proj_out", "connector.global_proj_out")
-    if config["version"] == "v1.0":
+    line = get_version(config["version"])
+    if line.connector_scale_factor:
         rules.append(KeyRule("connector.scale_factor", ("connector.scale_factor",)))
+    if line.text_token_mapping:
+        rules += _linear("text_token_mapping", "text_token_mapping")
     return rules
 
 
@@ -431,12 +443,9 @@ def _count_blocks(shapes: Iterable[str], prefix: str) -> int:
 
 
 def detect_version(path: str | Path) -> str:
-    """``"v1.0"`` if the DiT file has ``connector.scale_factor``, else ``"v1.1"``."""
-    return _version_from_keys(read_shapes(path))
-
-
-def _version_from_keys(shapes: Mapping[str, Any]) -> str:
-    return "v1.0" if "connector.scale_factor" in shapes else "v1.1"
+    """The version of an official DiT file from its tensor names (see
+    :func:`step1x_edit.versions.detect_official_version`)."""
+    return detect_official_version(read_shapes(path))
 
 
 def _dims(shapes: Mapping[str, tuple[int, ...]], key: str, rank: int, source: str) -> tuple[int, ...] | None:
@@ -522,21 +531,23 @@ def infer_transformer_config(
         "depth_single_blocks": single,
         "mllm_hidden_size": _dims(shapes, "connector.S.input_embedder.weight", 2, source)[1],
         "connector_depth": _count_blocks(shapes, "connector.S.individual_token_refiner.blocks"),
-        "version": _version_from_keys(shapes),
+        "version": detect_official_version(shapes),
     }
     checked_transformer_config(inferred, f"{source} (the sizes its tensor shapes imply)")
     for field, value in inferred.items():
         if field in config and config[field] != value and not (field == "mlp_ratio" and float(config[field]) == value):
             raise CheckpointError(f"config says {field}={config[field]!r} but the checkpoint has {field}={value!r}")
     if version is not None:
-        if version not in VERSIONS:
-            raise CheckpointError(f"unknown version {version!r}; expected one of {VERSIONS}")
-        if version != inferred["version"]:
-            if version == "v1.0":
-                cause = "checkpoint has no connector.scale_factor: this is a v1.1 file loaded as v1.0"
+        if version not in VERSION_NAMES:
+            raise CheckpointError(f"unknown version {version!r}; expected one of {VERSION_NAMES}")
+        if not same_weights(version, inferred["version"]):
+            if "connector.scale_factor" in shapes:
+                cause = f"checkpoint has connector.scale_factor: this is a v1.0 file loaded as {version}"
             else:
-                cause = "checkpoint has connector.scale_factor: this is a v1.0 file loaded as v1.1"
+                cause = (f"checkpoint has no connector.scale_factor: this is a {inferred['version']} file loaded as "
+                         f"{version}")
             raise CheckpointError(f"version mismatch: {cause}")
+        inferred["version"] = version  # the recipe the caller asked for, on the same weights
     defaults = {
         "axes_dim": RELEASED_AXES_DIM,
         "theta": RELEASED_THETA,
@@ -733,8 +744,9 @@ def find_official_files(model_dir: str | Path, version: str | None = None) -> Of
         found = "is not a directory" if model_dir.exists() else "not found"
         raise CheckpointError(f"model directory {found}: {model_dir}")
     names = TRANSFORMER_FILE_NAMES
-    if version == "v1.0":
-        names = tuple(reversed(names))
+    if version is not None:  # that version's own file first
+        own = tuple(get_version(version).official_files)
+        names = own + tuple(name for name in names if name not in own)
     transformer = next((model_dir / name for name in names if (model_dir / name).is_file()), None)
     if transformer is None:
         candidates = sorted(model_dir.glob("step1x-edit*.safetensors"))

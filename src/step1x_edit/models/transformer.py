@@ -40,9 +40,9 @@ from torch import nn
 
 from .. import validate
 from ..errors import InvalidValueError
+from ..versions import VERSION_NAMES, get_version
 from .connector import Step1XConnector
 
-VERSIONS = ("v1.0", "v1.1")
 PREDICTION_TYPES = ("velocity", "reference_delta")
 # Bounds of the config's sizes, far above the released model (width 4096, 38 blocks, 32 heads), so that an absurd
 # config is refused before a model is built from it.
@@ -81,7 +81,9 @@ class Step1XEditTransformer2DModel(ModelMixin, ConfigMixin, PeftAdapterMixin, At
 
     The config fields mirror the official ``Step1XParams`` plus the connector: ``mllm_hidden_size`` is the MLLM
     width the connector reads, ``connector_num_heads``/``connector_depth`` its refiner, and its output width is
-    ``context_in_dim``. ``version`` selects the connector variant (``"v1.0"`` has ``scale_factor``).
+    ``context_in_dim``. ``version`` names the model line (:mod:`step1x_edit.versions`): it selects the connector
+    variant (v1.0 has ``scale_factor``) and whether a ``text_token_mapping`` (v1.2: Linear(mllm width -> context
+    width) of the MLLM's input-token embeddings, added to the connector output at quoted-text positions) exists.
 
     ``prediction_type`` says what the output layer predicts. ``"velocity"`` (the released models): the velocity
     itself. ``"reference_delta"``: the change from the reference (source) latents to the clean target,
@@ -123,8 +125,9 @@ class Step1XEditTransformer2DModel(ModelMixin, ConfigMixin, PeftAdapterMixin, At
                       "num_heads": num_heads, "depth": depth, "depth_single_blocks": depth_single_blocks,
                       "axes_dim": axes_dim, "theta": theta, "qkv_bias": qkv_bias, "mllm_hidden_size": mllm_hidden_size,
                       "connector_num_heads": connector_num_heads, "connector_depth": connector_depth})
-        if version not in VERSIONS:
-            raise ValueError(f"version must be one of {VERSIONS}, got {version!r}")
+        if version not in VERSION_NAMES:
+            raise ValueError(f"version must be one of {VERSION_NAMES}, got {version!r}")
+        line = get_version(version)
         if prediction_type not in PREDICTION_TYPES:
             raise ValueError(f"prediction_type must be one of {PREDICTION_TYPES}, got {prediction_type!r}")
         if prediction_type == "reference_delta" and in_channels != out_channels:
@@ -179,8 +182,9 @@ class Step1XEditTransformer2DModel(ModelMixin, ConfigMixin, PeftAdapterMixin, At
             num_heads=connector_num_heads,
             depth=connector_depth,
             pooled_dim=vec_in_dim,
-            use_scale_factor=version == "v1.0",
+            use_scale_factor=line.connector_scale_factor,
         )
+        self.text_token_mapping = nn.Linear(mllm_hidden_size, context_in_dim) if line.text_token_mapping else None
         self.gradient_checkpointing = False
 
     def forward(
@@ -191,6 +195,8 @@ class Step1XEditTransformer2DModel(ModelMixin, ConfigMixin, PeftAdapterMixin, At
         encoder_attention_mask: torch.Tensor,
         img_ids: torch.Tensor,
         txt_ids: torch.Tensor,
+        text_embeddings: torch.Tensor | None = None,
+        text_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Predict the velocity of every image token.
 
@@ -202,6 +208,9 @@ class Step1XEditTransformer2DModel(ModelMixin, ConfigMixin, PeftAdapterMixin, At
             encoder_attention_mask: [B, L], 1 for valid positions; used by the connector only.
             img_ids: [2N, 3] (or [B, 2N, 3], rows identical) rotary position ids of the image tokens.
             txt_ids: [L, 3] (or [B, L, 3]) rotary position ids of the context tokens.
+            text_embeddings: [B, L, mllm_hidden_size] the MLLM's input-token embeddings (v1.2 models, which have a
+                ``text_token_mapping``; required there, refused elsewhere).
+            text_mask: [B, L], 1 where the token is a character of quoted text (v1.2 models).
 
         Returns:
             [B, 2N, out_channels]; the first N rows are the noisy tokens' velocity (for a ``"reference_delta"``
@@ -237,6 +246,18 @@ class Step1XEditTransformer2DModel(ModelMixin, ConfigMixin, PeftAdapterMixin, At
         timestep = timestep.to(dtype)
 
         context, pooled = self.connector(encoder_hidden_states.to(dtype), timestep, encoder_attention_mask)
+        if self.text_token_mapping is not None:
+            if text_embeddings is None or text_mask is None:
+                raise ValueError("a v1.2 model needs text_embeddings and text_mask (its text-token mapping input)")
+            if text_embeddings.shape[:2] != encoder_hidden_states.shape[:2] or text_mask.shape != text_embeddings.shape[:2]:
+                raise ValueError(
+                    f"text_embeddings {tuple(text_embeddings.shape)} and text_mask {tuple(text_mask.shape)} do not "
+                    f"match the MLLM states {tuple(encoder_hidden_states.shape[:2])}"
+                )
+            mapped = self.text_token_mapping(text_embeddings.to(dtype))  # [B, L, context_in_dim]
+            context = context + mapped * text_mask.to(dtype)[..., None]
+        elif text_embeddings is not None or text_mask is not None:
+            raise ValueError(f"a {self.config.version} model has no text-token mapping; pass no text_embeddings")
         temb = self.time_text_embed(timestep * 1000, pooled)
         hidden_states = self.x_embedder(hidden_states)
         encoder_hidden_states = self.context_embedder(context)

@@ -118,6 +118,7 @@ def build_text_encoder(
     config = Qwen2_5_VLConfig(
         text_config={
             "vocab_size": len(tokenizer), "hidden_size": hidden_size, "intermediate_size": 2 * hidden_size,
+    from ..versions import get_version
             "num_hidden_layers": num_layers, "num_attention_heads": 2, "num_key_value_heads": 1,
             "max_position_embeddings": 32768, "rms_norm_eps": 1e-6, "bos_token_id": ids["<|endoftext|>"],
             "eos_token_id": ids["<|im_end|>"], "pad_token_id": ids["<|endoftext|>"],
@@ -188,7 +189,6 @@ def save_tiny_official(directory: str | os.PathLike, seed: int = 0, version: str
     from ..checkpoints.official import (
         MLLM_DIR_NAME,
         TRANSFORMER_CONFIG_FILE_NAME,
-        TRANSFORMER_FILE_NAMES,
         VAE_FILE_NAME,
         transformer_state_dict_to_official,
         vae_state_dict_to_official,
@@ -198,7 +198,7 @@ def save_tiny_official(directory: str | os.PathLike, seed: int = 0, version: str
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     pipe = tiny_pipeline(seed=seed, version=version)
-    file_name = TRANSFORMER_FILE_NAMES[0] if version == "v1.1" else TRANSFORMER_FILE_NAMES[1]
+    file_name = get_version(version).official_files[0]
     save_file(transformer_state_dict_to_official(pipe.transformer), directory / file_name)
     save_file(vae_state_dict_to_official(pipe.vae, vae_config("tiny")), directory / VAE_FILE_NAME)
     save_tiny_mllm(directory / MLLM_DIR_NAME, seed=seed)
