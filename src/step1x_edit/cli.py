@@ -1,7 +1,9 @@
 """The ``step1x-edit`` command line: one entry point whose subcommands are thin clients of the Python API.
 
 ``edit``, ``convert`` and ``info`` live here; ``data``, ``train`` and ``bench`` register themselves from their
-packages (``step1x_edit.data.cli``, ``step1x_edit.train.cli``, ``step1x_edit.bench.cli``). Heavy imports happen inside handlers so
+packages (``step1x_edit.data.cli``, ``step1x_edit.train.cli``, ``step1x_edit.bench.cli``). The demo model's factory
+(``train-demo``, ``train-vae``) is a subpackage the library never imports: its commands are loaded by module name
+(:data:`DEMO_COMMANDS`). Heavy imports happen inside handlers so
 ``step1x-edit --help`` is instant.
 """
 
@@ -9,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib
 import json
 import os
 import sys
@@ -353,6 +356,13 @@ def _add_info(subcommands) -> None:
     parser.set_defaults(handler=_info)
 
 
+DEMO_COMMANDS = "step1x_edit.demo.cli"
+
+
+def _register_demo(subcommands) -> None:
+    importlib.import_module(DEMO_COMMANDS).register(subcommands)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .bench.cli import register as register_bench
     from .data.cli import register as register_data
@@ -365,6 +375,7 @@ def build_parser() -> argparse.ArgumentParser:
     subcommands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for register in (_add_edit, _add_convert, _add_info, register_data, register_train, register_bench, _add_serve):
         register(subcommands)
+    _register_demo(subcommands)
     _add_debug_flag(parser)
     return parser
 

@@ -9,9 +9,10 @@ from step1x_edit.bench.synthetic import EvaluationResult, SampleRow, Scores
 from step1x_edit.cli import main
 from step1x_edit.data.store import Store, iter_samples
 from step1x_edit.data.synthetic import TASKS
+from step1x_edit.demo.card import _objective_note, _verdict
+from step1x_edit.demo.recipe import merge_spec, run_samples
 from step1x_edit.pipeline import load_pipeline
 from step1x_edit.train.config import TrainingConfigError
-from step1x_edit.train.demo import _objective_note, _verdict, merge_spec, run_samples
 
 RECIPE = """
 [demo]
@@ -189,7 +190,7 @@ def test_the_committed_recipe_is_valid_and_samples_from_the_starts_it_trains(tmp
     from pathlib import Path
 
     from step1x_edit import sampling
-    from step1x_edit.train.demo import finetune_runs, load_recipe, run_dir, trained_model, training_config
+    from step1x_edit.demo.recipe import finetune_runs, load_recipe, run_dir, trained_model, training_config
 
     recipe = load_recipe(Path(__file__).parents[2] / "recipes" / "demo.toml")
     config = training_config(recipe, tmp_path, tmp_path / "initial", tmp_path / "data")

@@ -9,12 +9,12 @@ import pytest
 import torch
 
 from step1x_edit.cli import main
+from step1x_edit.demo import vae as vae_training
+from step1x_edit.demo.vae import VAETrainingConfig, train_vae
 from step1x_edit.errors import CheckpointError
 from step1x_edit.train import checkpoint
-from step1x_edit.train import vae as vae_training
 from step1x_edit.train.config import config_from_dict
 from step1x_edit.train.trainer import train
-from step1x_edit.train.vae import VAETrainingConfig, train_vae
 
 # What accelerate's save_state writes (and torch.load / pickle would read back), plus other usual pickle names.
 PICKLE_NAMES = ("custom_checkpoint_0.pkl", "custom_checkpoint_1.pkl", "random_states_0.pkl", "optimizer.bin",

@@ -8,10 +8,8 @@ from diffusers import AutoencoderKL
 from safetensors import safe_open
 
 from step1x_edit.cli import main
-from step1x_edit.errors import Step1XEditError
-from step1x_edit.models.vae import encode_latents
-from step1x_edit.train import vae as vae_training
-from step1x_edit.train.vae import (
+from step1x_edit.demo import vae as vae_training
+from step1x_edit.demo.vae import (
     VAEConfigError,
     VAETrainingConfig,
     build_vae,
@@ -21,6 +19,8 @@ from step1x_edit.train.vae import (
     reconstruction_psnr,
     train_vae,
 )
+from step1x_edit.errors import Step1XEditError
+from step1x_edit.models.vae import encode_latents
 
 TINY = VAETrainingConfig(
     block_out_channels=(32, 32), latent_channels=4, resolution=64, crop=32, batch_size=4, steps=30, lr=2e-3,

@@ -416,9 +416,11 @@ def _check_keys(
 
 
 def _stream_into(
-    model: nn.Module, path: Path, rules: list[KeyRule], torch_dtype: torch.dtype, device: str | torch.device
+    model: nn.Module, path: Path, rules: list[KeyRule], torch_dtype: torch.dtype, device: str | torch.device,
+    check_complete: bool = True,
 ) -> None:
-    """Assign every tensor of ``path`` to the meta-device ``model`` through ``rules`` (keys and shapes checked)."""
+    """Assign every tensor of ``path`` to the meta-device ``model`` through ``rules`` (keys and shapes checked);
+    with ``check_complete``, no parameter may stay unset (a sharded checkpoint checks after its last shard)."""
     by_key = {rule.official: rule for rule in rules}
     for key, tensor in _iter_tensors(path, list(by_key)):
         rule = by_key[key]
@@ -428,7 +430,7 @@ def _stream_into(
             piece = piece.to(device=device, dtype=torch_dtype, copy=True)
             set_module_tensor_to_device(model, target, device, value=piece, dtype=torch_dtype)
     still_empty = [name for name, param in model.named_parameters() if param.device.type == "meta"]
-    if still_empty:
+    if check_complete and still_empty:
         raise CheckpointError(f"{path} left parameters unset: {_describe(still_empty)}")
 
 

@@ -6,7 +6,7 @@ resume where they stopped (a finished stage is skipped):
 1. ``data``: synthetic triplets of all 11 categories (:func:`step1x_edit.data.generate.generate_dataset`);
 2. ``vae``: the autoencoder, fitted or trained on those images: a linear patch autoencoder
    (:mod:`step1x_edit.models.patch_vae`, the shipped model's) or a FLUX-layout ``AutoencoderKL``
-   (:mod:`step1x_edit.train.vae`);
+   (:mod:`step1x_edit.demo.vae`);
 3. ``assemble``: a Qwen2-style BPE tokenizer trained on the dataset's English and Chinese instructions (and the
    prompt prefix), a randomly initialised small Qwen2.5-VL (frozen: the connector learns to read it), a
    processor with a smaller image budget than the released model's, a random DiT; written as a pipeline;
@@ -17,20 +17,15 @@ resume where they stopped (a finished stage is skipped):
    whose ``data`` table sets ``samples`` trains on a store of that many samples of the same world
    (``WORK/data-<samples>``, generated first; its first ``[demo] samples`` are ``WORK/data``'s); a run that is
    only ``merge = {run = K, weight = W}`` trains nothing: it averages the previous run's weights with run K's
-   (:func:`merge_spec`);
+   (:func:`~step1x_edit.demo.recipe.merge_spec`);
 5. ``evaluate``: the guidance scale and strength, picked among ``[evaluation] guidance_candidates`` and
    ``strength_candidates`` on freshly generated samples (:func:`tune_sampling`), then PSNR / SSIM / edit-region
    accuracy per category on the held-out split (all of it, or the first ``samples_per_task`` of each category),
    against the identity;
 6. ``export``: a float16 copy (default guidance and strength = the picked ones) with a model card
-   (``MODEL_CARD.md``, the table of step 5 and a verdict computed from it) to ``--export``.
+   (``MODEL_CARD.md``, :mod:`~step1x_edit.demo.card`) to ``--export``.
 
-The recipe file has the tables ``[demo]`` (resolution, sample count, seeds, condition length, visual tokens),
-``[vae]`` (:class:`~step1x_edit.train.vae.VAETrainingConfig` fields), ``[text_encoder]``, ``[transformer]``
-(overrides of the ``tiny`` transformer preset), ``[train]`` (a training config without paths, see
-:mod:`step1x_edit.train.config`), optionally ``[finetune]`` (the same tables, as changes to ``[train]``; an array
-``[[finetune]]`` for several runs in turn) and
-``[evaluation]``.
+The recipe's tables are described in :mod:`step1x_edit.demo.recipe`.
 """
 
 from __future__ import annotations
@@ -44,96 +39,36 @@ from typing import Any
 import torch
 
 from ..errors import Step1XEditError
-from ..validate import integer, number
-from .config import MAX_TRAIN_SEED, TrainingConfigError, config_from_dict, read_toml
+from ..train.config import TrainingConfigError
+from .card import model_card
+from .recipe import (
+    finetune_runs,
+    load_recipe,
+    merge_spec,
+    run_dir,
+    run_samples,
+    store_dir,
+    trained_model,
+    training_config,
+)
 
 STAGES = ("data", "vae", "assemble", "train", "finetune", "evaluate", "export")
+
+
+
 PATCH_FACTOR = 28  # merged visual token side, in pixels (Qwen2.5-VL)
-ORDINALS = ("first", "second", "third", "fourth", "fifth", "sixth", "seventh", "eighth", "ninth", "tenth", "eleventh",
-            "twelfth")
 
-
-def _ordinal(number: int) -> str:
-    """ "second" for 2; "11th" past :data:`ORDINALS`."""
-    return ORDINALS[number - 1] if number <= len(ORDINALS) else f"{number}th"
-
-
-RECIPE_INTEGERS = {
-    "demo": {"samples": (1, 10**7), "resolution": (16, 4096), "max_sequence_length": (1, 65_536),
-             "seed": (0, MAX_TRAIN_SEED), "num_threads": (0, 4096)},
-    "text_encoder": {"vocab_size": (16, 10**6), "hidden_size": (1, 65_536), "num_layers": (1, 1000),
-                     "vision_hidden_size": (1, 65_536)},
-    "evaluation": {"steps": (1, 1000), "seed": (0, MAX_TRAIN_SEED), "samples_per_task": (1, 10**6),
-                   "tune_samples_per_task": (1, 10**6), "tune_seed": (0, MAX_TRAIN_SEED)},
-}
-"""The recipe's whole-number fields by table, with their ranges (required unless in :data:`RECIPE_OPTIONAL`)."""
-RECIPE_NUMBERS = {"guidance_scale": (0, 100), "strength": (0, 1)}
-"""The ``[evaluation]`` numbers and their ranges (``strength`` above 0)."""
-RECIPE_OPTIONAL = {"seed", "num_threads", "samples_per_task", "tune_samples_per_task", "tune_seed", "strength"}
-RECIPE_CANDIDATES = {"steps_candidates": "steps", "guidance_candidates": "guidance_scale",
-                     "strength_candidates": "strength"}
-
-
-def _check_recipe_values(recipe: dict[str, Any]) -> None:
-    """Type and range of the recipe's own numbers (the run tables are checked as training configs)."""
-    for table, fields in RECIPE_INTEGERS.items():
-        for name, (low, high) in fields.items():
-            if name in recipe[table] or name not in RECIPE_OPTIONAL:
-                integer(f"{table}.{name}", recipe[table].get(name), low, high)
-    settings = recipe["evaluation"]
-    for name, (low, high) in RECIPE_NUMBERS.items():
-        if name in settings or name not in RECIPE_OPTIONAL:
-            number(f"evaluation.{name}", settings.get(name), low, high, low_open=name == "strength")
-    for name, field in RECIPE_CANDIDATES.items():
-        values = settings.get(name, [])
-        if not isinstance(values, list):
-            raise TrainingConfigError(f"evaluation.{name} must be a list, got {values!r}")
-        for index, value in enumerate(values):
-            if field == "steps":
-                integer(f"evaluation.{name}[{index}]", value, *RECIPE_INTEGERS["evaluation"]["steps"])
-            else:
-                number(f"evaluation.{name}[{index}]", value, *RECIPE_NUMBERS[field], low_open=field == "strength")
-    tokens = recipe["demo"].get("vision_tokens")
-    if not isinstance(tokens, list) or len(tokens) != 2:
-        raise TrainingConfigError(f"demo.vision_tokens must be a pair [low, high], got {tokens!r}")
-    low, high = (integer(f"demo.vision_tokens[{index}]", value, 1, 100_000) for index, value in enumerate(tokens))
-    if low > high:
-        raise TrainingConfigError(f"demo.vision_tokens must be a pair low <= high, got {tokens!r}")
-
-
-def load_recipe(path: str | os.PathLike) -> dict[str, Any]:
-    """Read and check a demo recipe TOML."""
-    path = Path(path)
-    recipe = read_toml(path, "recipe")
-    missing = [table for table in ("demo", "vae", "text_encoder", "transformer", "train", "evaluation")
-               if not isinstance(recipe.get(table), dict)]
-    if missing:
-        raise TrainingConfigError(f"recipe {path} lacks the table(s) {missing}")
-    _check_recipe_values(recipe)
-    return recipe
 
 
 def _done(path: Path) -> bool:
     return (path / "DONE").is_file()
 
 
+
 def _mark_done(path: Path, info: dict | None = None) -> None:
     path.mkdir(parents=True, exist_ok=True)
     (path / "DONE").write_text(json.dumps(info or {}, indent=1))
 
-
-def run_samples(recipe: dict, run: int = 0) -> int:
-    """How many synthetic samples run ``run`` trains on: its ``[...data] samples``, else ``[demo] samples``."""
-    count = stage_tables(recipe, run).get("data", {}).get("samples", recipe["demo"]["samples"])
-    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
-        raise TrainingConfigError(f"a store's samples must be a positive whole number, got {count!r}")
-    return count
-
-
-def store_dir(recipe: dict, data_dir: Path, count: int) -> Path:
-    """The store of ``count`` samples: ``data_dir`` itself for ``[demo] samples``, else ``data_dir-<count>`` beside it
-    (the same world and seed, so its first samples are ``data_dir``'s, with the same train/validation split)."""
-    return data_dir if count == int(recipe["demo"]["samples"]) else data_dir.with_name(f"{data_dir.name}-{count}")
 
 
 def build_data(recipe: dict, work: Path, progress: bool = True, count: int | None = None) -> Path:
@@ -150,10 +85,11 @@ def build_data(recipe: dict, work: Path, progress: bool = True, count: int | Non
     return out
 
 
+
 def build_vae(recipe: dict, work: Path, data_dir: Path, progress: bool = True) -> Path:
     """The autoencoder. ``kind = "patch"``: a :class:`~step1x_edit.models.patch_vae.PatchAutoencoder` fitted on
     ``fit_images`` training images of the store; ``kind = "flux"``: a FLUX-layout ``AutoencoderKL`` trained with
-    :func:`step1x_edit.train.vae.train_vae` (the other fields are its :class:`VAETrainingConfig`)."""
+    :func:`step1x_edit.demo.vae.train_vae` (the other fields are its :class:`VAETrainingConfig`)."""
     out = work / "vae"
     if _done(out):
         return out / "vae"
@@ -186,6 +122,7 @@ def build_vae(recipe: dict, work: Path, data_dir: Path, progress: bool = True) -
     return out / "vae"
 
 
+
 def instruction_corpus(store_dir: Path) -> list[str]:
     """Every English and Chinese instruction of a store, plus the prompt prefix (so it tokenizes compactly) and
     curly quotes often enough to become single tokens (quoted text is fed to the encoder as “X”, one character at
@@ -199,6 +136,7 @@ def instruction_corpus(store_dir: Path) -> list[str]:
     return corpus
 
 
+
 def assemble(recipe: dict, work: Path, data_dir: Path, vae_dir: Path) -> Path:
     """The untrained pipeline: trained tokenizer, random frozen MLLM, trained VAE, random DiT."""
     from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler
@@ -208,7 +146,7 @@ def assemble(recipe: dict, work: Path, data_dir: Path, vae_dir: Path) -> Path:
     from ..models.patch_vae import PatchAutoencoder
     from ..models.presets import build_transformer
     from ..pipeline import SCHEDULER_CONFIG, Step1XEditPipeline
-    from ..testing.tiny import build_text_encoder, train_tokenizer
+    from .components import build_text_encoder, train_tokenizer
 
     out = work / "initial"
     if _done(out):
@@ -241,38 +179,10 @@ def assemble(recipe: dict, work: Path, data_dir: Path, vae_dir: Path) -> Path:
     return out
 
 
-def finetune_runs(recipe: dict) -> list[dict]:
-    """The recipe's fine-tuning runs in order: none, one ``[finetune]`` table, or an array ``[[finetune]]``."""
-    runs = recipe.get("finetune", [])
-    return [runs] if isinstance(runs, dict) else list(runs)
-
-
-def merge_spec(recipe: dict, run: int) -> tuple[int, float] | None:
-    """``(other, weight)`` when fine-tuning run ``run`` is a merge (``merge = {run = K, weight = W}`` in its table):
-    it trains nothing, its model is the previous run's with the weights averaged with run K's, ``1 - W`` and ``W``
-    (:func:`step1x_edit.train.merge.average_models`); ``None`` for a training run."""
-    tables = finetune_runs(recipe)[run - 1] if run else {}
-    spec = tables.get("merge")
-    if spec is None:
-        return None
-    where = f"fine-tuning run {run}"
-    if set(tables) != {"merge"}:
-        raise TrainingConfigError(f"{where} is a merge, which trains nothing: it cannot also have the table(s) "
-                                  f"{sorted(set(tables) - {'merge'})}")
-    if not isinstance(spec, dict) or set(spec) != {"run", "weight"}:
-        raise TrainingConfigError(f"{where}: merge must be {{run = K, weight = W}}, got {spec!r}")
-    other, weight = spec["run"], spec["weight"]
-    if isinstance(other, bool) or not isinstance(other, int) or not 0 <= other < run - 1:
-        raise TrainingConfigError(f"{where}: merge run must be an earlier run than the previous one (0 = the train "
-                                  f"stage, K = fine-tuning run K), got {other!r}")
-    if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not 0 < weight < 1:
-        raise TrainingConfigError(f"{where}: merge weight must be between 0 and 1 (exclusive), got {weight!r}")
-    return other, float(weight)
-
 
 def merge_run(work: Path, run: int, spec: tuple[int, float]) -> Path:
     """Make the model of merge run ``run`` (skipped when it is there: the folder appears complete or not at all)."""
-    from .merge import average_models
+    from ..train.merge import average_models
 
     out = run_dir(work, run) / "final"
     if not (out / "model_index.json").is_file():
@@ -281,47 +191,13 @@ def merge_run(work: Path, run: int, spec: tuple[int, float]) -> Path:
     return out
 
 
-def run_dir(work: Path, run: int) -> Path:
-    """Where run ``run`` writes: 0 (the ``train`` stage) ``WORK/run``; fine-tuning run 1 ``WORK/finetune``, then
-    ``WORK/finetune-2``, ..."""
-    return work / ("run" if run == 0 else "finetune" if run == 1 else f"finetune-{run}")
-
-
-def stage_tables(recipe: dict, run: int = 0) -> dict[str, dict]:
-    """The training tables of run ``run``: ``[train]``'s, updated by the ``run``-th ``[finetune]``'s (1-based)."""
-    tables = {name: dict(values) for name, values in recipe["train"].items()}
-    if run:
-        for name, values in finetune_runs(recipe)[run - 1].items():
-            tables.setdefault(name, {}).update(values)
-    return tables
-
-
-def training_config(recipe: dict, work: Path, initial: Path, data_dir: Path, run: int = 0):
-    """The training config of run ``run``: 0 is the ``train`` stage (from ``initial`` into ``WORK/run``), 1, 2, ...
-    the fine-tuning runs (from the previous run's ``final`` into :func:`run_dir`). A run's ``[...data] samples``
-    (not a training config field) picks the store it reads (:func:`store_dir`)."""
-    tables = stage_tables(recipe, run)
-    if run:
-        initial = run_dir(work, run - 1) / "final"
-    tables.setdefault("model", {})["path"] = str(initial)
-    tables.setdefault("data", {}).pop("samples", None)
-    tables["data"]["store"] = str(store_dir(recipe, data_dir, run_samples(recipe, run)))
-    tables["data"].setdefault("resolution", int(recipe["demo"]["resolution"]))
-    tables["data"].setdefault("cache_dir", str(work / "cache"))  # one cache for every run (same VAE and MLLM)
-    tables.setdefault("training", {})["output_dir"] = str(run_dir(work, run))
-    return config_from_dict(tables)
-
-
-def trained_model(recipe: dict, work: Path) -> Path:
-    """The model the recipe evaluates and exports: the last run's."""
-    return run_dir(work, len(finetune_runs(recipe))) / "final"
-
 
 def _editor(recipe: dict, pipe, steps: int, guidance: float, strength: float):
     from ..bench.synthetic import pipeline_editor
 
     return pipeline_editor(pipe, steps=steps, guidance=guidance, strength=strength,
                            seed=int(recipe["evaluation"].get("seed", 0)), size_level=int(recipe["demo"]["resolution"]))
+
 
 
 def rows_path(folder: Path, name: str, settings: dict) -> Path:
@@ -332,6 +208,7 @@ def rows_path(folder: Path, name: str, settings: dict) -> Path:
     return folder / f"{name}-{digest}.jsonl"
 
 
+
 def _candidates(settings: dict) -> list[tuple[int, float, float]]:
     """The (steps, guidance, strength) triples to tune among; a strength that keeps all of the steps (or none) is
     dropped for that step count: it is strength 1 (or impossible) there."""
@@ -340,6 +217,7 @@ def _candidates(settings: dict) -> list[tuple[int, float, float]]:
     strengths = [float(value) for value in settings.get("strength_candidates", [settings.get("strength", 1.0)])]
     return [(count, guidance, strength) for count in steps for strength in strengths for guidance in guidances
             if strength == 1 or 0 < round(count * strength) < count]
+
 
 
 def tune_sampling(recipe: dict, work: Path, model_dir: Path, pipe,
@@ -386,6 +264,7 @@ def tune_sampling(recipe: dict, work: Path, model_dir: Path, pipe,
     return best["steps"], best["guidance_scale"], best["strength"]
 
 
+
 def evaluate(recipe: dict, work: Path, model_dir: Path, pipe, data_dir: Path, steps: int, guidance: float,
              strength: float, progress: bool = True):
     """Per-category scores of the model in ``model_dir`` (loaded as ``pipe``; with ``steps``, ``guidance``,
@@ -414,6 +293,7 @@ def evaluate(recipe: dict, work: Path, model_dir: Path, pipe, data_dir: Path, st
     return result
 
 
+
 def export(model_dir: Path, export_dir: Path, steps: int, guidance_scale: float, strength: float) -> Path:
     """A float16 copy of the pipeline in ``export_dir``; ``steps``, ``guidance_scale`` and ``strength`` (those it was
     evaluated with) become its defaults."""
@@ -430,161 +310,11 @@ def export(model_dir: Path, export_dir: Path, steps: int, guidance_scale: float,
     return export_dir
 
 
-def _verdict(result) -> str:
-    """One sentence on where the model beats returning the source, from the evaluation itself."""
-    summaries = list(result.per_task.values())
-    winners = [summary.task for summary in summaries if summary.beats_identity]
-    losers = [summary.task for summary in summaries if not summary.beats_identity]
-    if not losers:
-        return (f"On held-out data it beats returning the source unchanged in all {len(summaries)} categories, "
-                "on both PSNR and SSIM (table below)")
-    if not winners:
-        return ("On held-out data it does **not** beat returning the source unchanged in any category "
-                "(table below)")
-    psnr_winners = sum(summary.psnr_model > summary.psnr_identity for summary in summaries)
-    psnr_alone = "all" if psnr_winners == len(summaries) else f"{psnr_winners} of"
-    return (f"On held-out data it beats returning the source unchanged (PSNR and SSIM) in {len(winners)} of "
-            f"{len(summaries)} categories; it does **not** in {', '.join(losers)} (table below; its PSNR alone is "
-            f"above the identity's in {psnr_alone} {len(summaries)})")
-
-
-def _region_sentence(result) -> str:
-    accuracy = result.overall.region_accuracy
-    if accuracy is None:
-        return "no sample had an edit region to score"
-    return (f"in the edited regions {accuracy:.0%} of the pixels end closer to the target than to the source "
-            "(how much of the asked-for change it makes)")
-
-
-def _prediction_sentence(recipe: dict) -> str:
-    if recipe["transformer"].get("prediction_type", "velocity") == "velocity":
-        return ""
-    return ("\nIts DiT predicts the change from the source latents to the edited ones (`prediction_type = "
-            "\"reference_delta\"`, turned into the velocity the sampler uses), where the released model predicts the "
-            "velocity itself: untrained, it returns the source exactly, so training only has to teach it the change.")
-
-
-def _objective_note(training: dict, data: dict | None = None, model: dict | None = None) -> str:
-    """What a run's objective (its ``training`` table), sampling (its ``data`` table) and trained parts (its
-    ``model`` table) add to the official ones, for the card ("" when nothing)."""
-    notes = []
-    rate = float(training.get("pure_noise_rate", 0))
-    if rate:
-        notes.append(f"{rate:.0%} of the samples at pure noise")
-    if training.get("loss_weighting") == "x0_relative":
-        notes.append("each sample's error relative to returning its source")
-    if training.get("loss_space") == "pixel":
-        weights = {"squared": float(training.get("squared_loss_weight", 1)),
-                   "absolute": float(training.get("absolute_loss_weight", 0)),
-                   "structural": float(training.get("ssim_loss_weight", 0))}
-        kinds = [kind + (" (SSIM)" if kind == "structural" else "") for kind, weight in weights.items() if weight]
-        listed = kinds[0] if len(kinds) == 1 else ", ".join(kinds[:-1]) + " and " + kinds[-1]
-        notes.append(f"errors measured in pixels, {listed}"
-                     + "".join(f", the {kind} one weighted {weight:g}" for kind, weight in weights.items()
-                               if weight not in (0, 1)))
-    if (data or {}).get("samples"):
-        notes.append(f"on a store of {int(data['samples']):,} samples")
-    if (data or {}).get("tasks"):
-        notes.append(f"{', '.join(data['tasks'])} samples only")
-    repeats = (data or {}).get("task_repeats", {})
-    for count in sorted(set(repeats.values())):
-        tasks = ", ".join(task for task, times in repeats.items() if times == count)
-        notes.append(f"{tasks} samples listed {count} times per epoch")
-    if (model or {}).get("train_text_encoder"):
-        scale = float(training.get("text_encoder_lr_scale", 1))
-        notes.append("the text encoder's language model trained too"
-                     + (f", at {scale:g} times the learning rate" if scale != 1 else ""))
-    return "; ".join(notes)
-
-
-def model_card(recipe_path: Path, recipe: dict, result, size_bytes: int) -> str:
-    from ..bench.synthetic import format_table
-
-    demo = recipe["demo"]
-    tables = stage_tables(recipe)
-    first = tables["training"]
-    note = _objective_note(first, tables.get("data"), tables.get("model"))
-    training = f'for {int(first["max_steps"]):,} steps of batch {int(first.get("batch_size", 1))}'
-    training += f" ({note})" if note else ""
-    encoder_runs = [1] if tables.get("model", {}).get("train_text_encoder") else []  # ordinals of the runs
-    most = run_samples(recipe)  # the largest store a run reads
-    runs = finetune_runs(recipe)
-    for run in range(1, len(runs) + 1):
-        name = "the recipe's finetune stage" if len(runs) == 1 else f"fine-tuning run {run} of the finetune stage"
-        spec = merge_spec(recipe, run)
-        if spec is not None:
-            other, weight = spec
-            training += (f", then the {_ordinal(run)} run's weights averaged with the {_ordinal(other + 1)} run's, "
-                         f"{1 - weight:g} and {weight:g}: the {_ordinal(run + 1)} model ({name}; no training)")
-            continue
-        tables = stage_tables(recipe, run)
-        most = max(most, run_samples(recipe, run))
-        if tables.get("model", {}).get("train_text_encoder"):
-            encoder_runs.append(run + 1)
-        later = tables["training"]
-        note = _objective_note(later, tables.get("data"), tables.get("model"))
-        training += (f', then {int(later["max_steps"]):,} steps of batch {int(later.get("batch_size", 1))} in a '
-                     f"{_ordinal(run + 1)} run ({name}{'; ' + note if note else ''})")
-    if encoder_runs:
-        named = ", ".join(_ordinal(run) for run in encoder_runs)
-        encoder = (f"a randomly initialised Qwen2.5-VL-architecture model, frozen at first and trained with the DiT "
-                   f"in the {named} run{'s' if len(encoder_runs) > 1 else ''} (only its language model)")
-    else:
-        encoder = "a randomly initialised Qwen2.5-VL-architecture model (frozen; the connector learned to read it)"
-    larger = f", {most} for the runs that name a larger store" if most > int(demo["samples"]) else ""
-    guidance = float(result.settings["guidance_scale"])
-    strength = float(result.settings.get("strength", 1.0))
-    steps = int(result.settings["steps"])
-    plural = "s" if steps > 1 else ""
-    one_step = (" (one step: the model's estimate of the edited image from pure noise, the mean of what the "
-                "instruction may mean, so uncertain edits come out soft)") if steps == 1 else ""
-    return f"""# step1x-edit demo model
-
-A small model with the Step1X-Edit architecture (Qwen2.5-VL-style encoder -> connector -> FLUX-style DiT with the
-source latents concatenated to the noisy ones, rectified flow), trained by this project from scratch on its own
-synthetic editing world. It ships inside the package ({size_bytes / 2**20:.1f} MiB, float16) so that
-`step1x-edit edit` runs the whole system without downloads.{_prediction_sentence(recipe)}
-
-**What it can do**: it was trained on edits of the synthetic world (coloured shapes, signs, stick figures,
-cartoon faces on plain or gradient backgrounds) in the 11 task categories, from template instructions (English or
-Chinese), {training}.
-{_verdict(result)}; {_region_sentence(result)}. Its defaults, {steps} sampling step{plural}{one_step},
-guidance scale {guidance:g} and strength {strength:g} (1 = start from pure noise; lower = start part-way from the
-noised source, image-to-image), were chosen on freshly generated samples, not on the held-out split.
-
-**What it cannot do**: photographs, unseen objects or words, fine detail (it works at {demo["resolution"]} px and
-upsamples), long or free-form instructions. Its text encoder is {encoder}, so it understands only the
-vocabulary of the templates. Its autoencoder is a linear patch autoencoder fitted to the synthetic world, not the
-FLUX VAE. It is a demonstration of the whole system, not a substitute for the released Step1X-Edit weights.
-
-## Held-out evaluation
-
-Held-out synthetic samples (the validation split of the training store, never trained on), {result.overall.count}
-in all, each category scored against the exact ground truth at guidance {guidance:g}, strength {strength:g} and
-{steps} step{plural}; "identity" returns the source unchanged. PSNR in dB, SSIM per RGB channel
-(Gaussian window); region accuracy = share of the edited region's pixels closer to the target than to the source;
-"beats identity" = higher mean PSNR and higher mean SSIM; each gain over the identity is given with its standard
-error. An addition instruction names the new shape and a cell of a 3 × 3 grid, not the shape's position in it,
-so on subject additions no editor can be sure to beat the identity's SSIM: one that knows the exact shape and
-size but has to guess the position within the cell scores the identity's SSIM at best
-(`benchmarks/addition_bound.py`).
-
-{format_table(result)}
-## Reproduce
-
-```bash
-step1x-edit train-demo {recipe_path.as_posix()} --work-dir demo-build --export src/step1x_edit/assets/demo
-```
-
-Recipe: `{recipe_path.as_posix()}` ({demo["samples"]} synthetic samples{larger}; VAE, tokenizer, encoder and DiT
-all built by the command).
-"""
-
 
 def build_demo(recipe_path: str | os.PathLike, work_dir: str | os.PathLike, export_dir: str | os.PathLike | None,
                stages: tuple[str, ...] = STAGES, progress: bool = True) -> dict[str, Any]:
     """Run the recipe's ``stages`` (see the module docstring); returns paths and the evaluation table."""
-    from .trainer import train
+    from ..train.trainer import train
 
     unknown = sorted(set(stages) - set(STAGES))
     if unknown:

@@ -32,7 +32,7 @@ This is how the demo model's VAE is made. The recipe:
 an interrupted run that is resumed ends with the same weights as one that was never interrupted. The result is saved with
 ``save_pretrained`` to ``<output_dir>/vae`` (plus a ``fp16`` variant when ``save_fp16`` is set).
 
-``step1x-edit train-vae`` (:mod:`step1x_edit.train.cli`) is the command-line client.
+``step1x-edit train-vae`` (:mod:`step1x_edit.demo.cli`) is the command-line client.
 """
 
 from __future__ import annotations
@@ -54,9 +54,9 @@ from tqdm.auto import tqdm
 from ..data.synthetic import TASKS, generate_sample
 from ..errors import CheckpointError, Step1XEditError
 from ..models.vae import diffusers_vae_config, images_to_pixels
+from ..train import checkpoint
+from ..train.config import MAX_STEPS, check_fields, check_text_list, read_toml
 from ..validate import integer, integers
-from . import checkpoint
-from .config import MAX_STEPS, check_fields, check_text_list, read_toml
 
 HELDOUT_SEED = 1_000_000_000
 """First seed of the held-out images; training sample seeds stay below it."""
