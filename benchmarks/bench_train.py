@@ -4,7 +4,7 @@ Two model sizes, random weights:
 
 * ``tiny``: :func:`step1x_edit.testing.tiny.tiny_pipeline` (the ``tiny`` presets) at 64 px;
 * ``demo``: the demo model's architecture from ``recipes/demo.toml`` (its ``[transformer]``, ``[text_encoder]`` and
-  ``[vae]`` autoencoder, assembled by :func:`step1x_edit.train.demo.assemble`) at the recipe's
+  ``[vae]`` autoencoder, assembled by :func:`step1x_edit.demo.build.assemble`) at the recipe's
   resolution (96 px).
 
 Each is trained (full fine-tuning by default) on a generated store of ``--samples`` triplets at its resolution,
@@ -66,7 +66,8 @@ def prepare_tiny(work: Path, samples: int) -> tuple[Path, Path]:
 def prepare_demo(work: Path, samples: int) -> tuple[Path, Path]:
     """The demo architecture (the recipe's autoencoder built from the store, random DiT) and a store at its size."""
     from step1x_edit.data.generate import SyntheticConfig, generate_dataset
-    from step1x_edit.train.demo import assemble, build_vae, load_recipe
+    from step1x_edit.demo.build import assemble, build_vae
+    from step1x_edit.demo.recipe import load_recipe
 
     recipe = load_recipe(RECIPE)
     resolution = int(recipe["demo"]["resolution"])
@@ -80,7 +81,7 @@ def prepare_demo(work: Path, samples: int) -> tuple[Path, Path]:
 
 def tables(args: argparse.Namespace, work: Path, name: str, model_dir: Path, store: Path) -> dict:
     """The training config of configuration ``name`` (e.g. ``demo-gc-nocache``) as nested tables."""
-    from step1x_edit.train.demo import load_recipe
+    from step1x_edit.demo.recipe import load_recipe
 
     model = name.split("-")[0]
     resolution = TINY_RESOLUTION if model == "tiny" else int(load_recipe(RECIPE)["demo"]["resolution"])
