@@ -20,10 +20,10 @@ from pathlib import Path
 
 from . import validate
 from .errors import Step1XEditError
+from .versions import VERSION_NAMES
 
 DTYPES = {"auto": None, "float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", "bf16": "bfloat16",
           "float16": "float16", "fp16": "float16"}
-from .versions import VERSION_NAMES
 
 
 def _torch_dtype(name: str):
@@ -364,6 +364,7 @@ def _register_demo(subcommands) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .batch.cli import register as register_batch
     from .bench.cli import register as register_bench
     from .data.cli import register as register_data
     from .train.cli import register as register_train
@@ -373,7 +374,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Instruction-based image editing with Step1X-Edit.",
     )
     subcommands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for register in (_add_edit, _add_convert, _add_info, register_data, register_train, register_bench, _add_serve):
+    for register in (_add_edit, register_batch, _add_convert, _add_info, register_data, register_train, register_bench,
+                     _add_serve):
         register(subcommands)
     _register_demo(subcommands)
     _add_debug_flag(parser)
