@@ -190,29 +190,37 @@ class EditService:
         seeds = [first_seed + index for index in range(num_images)]
         with contextlib.nullcontext() if reserved else self.reserve():
             source = load_image(image, max_pixels=self.limits.max_pixels)
-            with self._run_lock:
-                if cancelled is not None and cancelled():
-                    raise EditCancelledError("the request was withdrawn before its edit started")
-                start = time.perf_counter()
-                stop = _Interrupter(cancelled, start + self.limits.max_seconds, self.limits.max_seconds,
-                                    settings["num_inference_steps"])
-                try:
-                    with stop.between_blocks_of(self.pipeline):
-                        result = self.pipeline(
-                            image=source,
-                            prompt=[instruction] * num_images,
-                            negative_prompt=negative_prompt,
-                            generator=[torch.Generator("cpu").manual_seed(value) for value in seeds],
-                            callback_on_step_end=stop.after_step,
-                            **settings,
-                        )
-                except torch.cuda.OutOfMemoryError as error:
-                    torch.cuda.empty_cache()
-                    raise OutOfMemoryError(
-                        f"out of GPU memory for {num_images} image(s) at size_level {settings['size_level']}; "
-                        "ask for a smaller size_level or fewer images"
-                    ) from error
-                return EditResult(images=list(result.images), seeds=seeds, seconds=time.perf_counter() - start)
+            return self.run([source] * num_images, [instruction] * num_images, negative_prompt, settings, seeds,
+                            cancelled)
+
+    def run(self, sources: list[Image.Image], instructions: list[str], negative_prompt: str, settings: dict,
+            seeds: list[int], cancelled: Callable[[], bool] | None = None) -> EditResult:
+        """Edit ``sources[i]`` following ``instructions[i]`` from the noise of ``seeds[i]``, in one pipeline call with
+        ``settings`` (as :meth:`check_request` returns them, the seed left out), one call at a time; it stops as
+        :meth:`edit` says. :meth:`edit` calls it for one request; a server that batches requests, for several."""
+        with self._run_lock:
+            if cancelled is not None and cancelled():
+                raise EditCancelledError("the request was withdrawn before its edit started")
+            start = time.perf_counter()
+            stop = _Interrupter(cancelled, start + self.limits.max_seconds, self.limits.max_seconds,
+                                settings["num_inference_steps"])
+            try:
+                with stop.between_blocks_of(self.pipeline):
+                    result = self.pipeline(
+                        image=sources,
+                        prompt=instructions,
+                        negative_prompt=negative_prompt,
+                        generator=[torch.Generator("cpu").manual_seed(value) for value in seeds],
+                        callback_on_step_end=stop.after_step,
+                        **settings,
+                    )
+            except torch.cuda.OutOfMemoryError as error:
+                torch.cuda.empty_cache()
+                raise OutOfMemoryError(
+                    f"out of GPU memory for {len(sources)} image(s) at size_level {settings['size_level']}; "
+                    "ask for a smaller size_level or fewer images"
+                ) from error
+            return EditResult(images=list(result.images), seeds=seeds, seconds=time.perf_counter() - start)
 
     def check_request(self, instruction, num_inference_steps, guidance_scale, size_level, strength, seed,
                       negative_prompt, num_images) -> dict:
