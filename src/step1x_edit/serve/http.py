@@ -229,7 +229,10 @@ def create_app(service: EditService, ui: bool = False, api_key: str | None = Non
     if ui:
         login = None if api_key is None else (lambda _user, password: hmac.compare_digest(password.encode(),
                                                                                            api_key.encode()))
-        gradio.mount_gradio_app(app, page, path=UI_PATH, max_file_size=limits.max_upload_bytes, auth=login,
+        # root_path: Gradio's direct (unqueued) routes, such as a click on an example, build file URLs from the
+        # server's root without the mount path unless told it (a 404 on /gradio_api/file=... otherwise).
+        gradio.mount_gradio_app(app, page, path=UI_PATH, root_path=UI_PATH, max_file_size=limits.max_upload_bytes,
+                                auth=login,
                                 auth_message="Any user name; the password is the server's API key.",
                                 show_error=False)  # the page shows our errors (gr.Error), never internal ones
 

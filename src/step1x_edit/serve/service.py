@@ -30,6 +30,9 @@ from ..image_io import load_image
 from ..pipeline import MAX_PROMPT_CHARS, Step1XEditPipeline, check_instruction
 
 MAX_SEED = validate.MAX_SEED
+# Random seeds stay at or below 2**53 - 1, the largest integer a JavaScript number holds exactly, so that the one
+# the web page or a JSON client shows reproduces the image.
+MAX_RANDOM_SEED = 2**53 - 1
 
 # Between two checks of a running edit's ``cancelled`` (a round trip to the HTTP server's event loop), at least
 # this long; the deadline is checked at every block.
@@ -242,7 +245,7 @@ class EditService:
         except ValueError as error:
             raise InvalidValueError(f"strength: {error}") from error
         if seed is None:
-            seed = random.randrange(MAX_SEED - limits.max_images)
+            seed = random.randint(0, MAX_RANDOM_SEED - count + 1)
         seed = validate.integer("seed", seed, 0, MAX_SEED - count + 1)
         return {"num_inference_steps": steps, "guidance_scale": guidance, "size_level": size, "strength": strength,
                 "seed": seed}

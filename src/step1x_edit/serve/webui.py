@@ -15,7 +15,7 @@ import gradio as gr
 
 from ..errors import Step1XEditError
 from ..pipeline import DEMO_MODEL_DIR
-from .service import EditService
+from .service import MAX_RANDOM_SEED, EditService
 
 # Uploads and results in Gradio's cache: every CACHE_SWEEP_SECONDS, files older than CACHE_MAX_AGE_SECONDS are
 # deleted (and all of them when the server stops).
@@ -36,13 +36,15 @@ def create_ui(service: EditService, examples: list[tuple[str, str]] | None = Non
     with gr.Blocks(title="Step1X-Edit", analytics_enabled=False,  # no usage reports to third parties
                    delete_cache=(CACHE_SWEEP_SECONDS, CACHE_MAX_AGE_SECONDS)) as app:
         gr.Markdown(f"## Step1X-Edit\nModel: `{service.name}` ({service.pipeline.version}). Upload an image, say "
-                    "what to change, press **Edit**." + (DEMO_NOTE if _is_demo(service) else ""))
+                    "what to change, press **Edit** (or Enter)." + (DEMO_NOTE if _is_demo(service) else ""))
         with gr.Row():
             with gr.Column():
-                source = gr.Image(label="Image", type="filepath", sources=["upload", "clipboard"])
-                instruction = gr.Textbox(label="Instruction", lines=2, max_length=limits.max_prompt_chars,
+                source = gr.Image(label="Image", type="filepath", sources=["upload", "clipboard"], elem_id="source")
+                # One line that grows to four: Enter edits (in a textbox of several lines it would add a line).
+                instruction = gr.Textbox(label="Instruction", lines=1, max_lines=4, max_length=limits.max_prompt_chars,
+                                         elem_id="instruction",
                                          placeholder='e.g. make the sky stormy; change the text "OPEN" to "CLOSED"')
-                with gr.Accordion("Settings", open=False):
+                with gr.Accordion("Settings", open=False, elem_id="settings"):
                     steps = gr.Slider(1, limits.max_steps, value=defaults["num_inference_steps"], step=1,
                                       label="Steps")
                     guidance = gr.Slider(0.0, limits.max_guidance, value=defaults["guidance_scale"], step=0.5,
@@ -51,12 +53,14 @@ def create_ui(service: EditService, examples: list[tuple[str, str]] | None = Non
                                            label="Working size (about size² pixels)")
                     strength = gr.Slider(0.05, 1.0, value=defaults["strength"], step=0.05,
                                          label="Strength (1: from pure noise; lower keeps more of the source)")
-                    seed = gr.Number(value=42, precision=0, minimum=0, label="Seed")
+                    # A browser holds integers exactly only up to 2**53 - 1 (JavaScript numbers).
+                    seed = gr.Number(value=42, precision=0, minimum=0, maximum=MAX_RANDOM_SEED, label="Seed",
+                                     elem_id="seed")
                     randomize = gr.Checkbox(value=True, label="New random seed each edit")
                 run = gr.Button("Edit", variant="primary")
             with gr.Column():
-                result = gr.Image(label="Edited", type="pil", format="png", interactive=False)
-                details = gr.Markdown()
+                result = gr.Image(label="Edited", type="pil", format="png", interactive=False, elem_id="result")
+                details = gr.Markdown(elem_id="details")
                 again = gr.Button("Edit this result further")
         if examples:
             gr.Examples(examples=[[str(path), text] for path, text in examples], inputs=[source, instruction])
