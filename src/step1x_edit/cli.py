@@ -102,12 +102,14 @@ def _serve(args: argparse.Namespace) -> int:
         import uvicorn
 
         from .serve.http import LOOPBACK_HOSTS, create_app
+        from .serve.ray_cli import check_arguments
         from .serve.service import EditService, ServeLimits
         if not args.no_ui:
             import gradio  # noqa: F401
     except ImportError as error:
         raise Step1XEditError(f"serving needs the serve extra ({error.name} is missing): "
                               "pip install 'step1x-edit[serve]'") from error
+    check_arguments(args)
     limits = ServeLimits(max_steps=args.max_steps, max_size_level=args.max_size_level, max_images=args.max_images,
                          max_pending=args.max_pending, max_upload_bytes=int(args.max_upload_mb * 1024 * 1024),
                          max_seconds=args.max_edit_seconds)
@@ -121,6 +123,10 @@ def _serve(args: argparse.Namespace) -> int:
 
         os.environ["GRADIO_TEMP_DIR"] = tempfile.mkdtemp(prefix="step1x-edit-serve-")
     _check_can_listen(args.host, args.port)  # before the model loads (minutes for the released weights)
+    if args.engine == "ray":
+        from .serve.ray_serve import serve_on_ray
+
+        return serve_on_ray(args, limits, api_key, allowed_hosts, lora_scales, DTYPES[args.dtype])
     pipe = _load_model(args, lora_scales)
     name = args.name or (Path(args.model).resolve().name if args.model else "step1x-edit-demo")
     service = EditService(pipe, limits, name=name)
@@ -334,6 +340,9 @@ def _add_serve(subcommands) -> None:
                         help="largest image file accepted, in MB (default 50)")
     parser.add_argument("--max-edit-seconds", type=validate.float_argument(0, 86_400, low_open=True), default=300,
                         help="longest one edit may run before it is stopped (default 300)")
+    from .serve.ray_cli import add_arguments as add_ray_arguments
+
+    add_ray_arguments(parser)
     parser.set_defaults(handler=_serve)
 
 
