@@ -7,6 +7,7 @@ import io
 import socket
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import httpx
 import pytest
@@ -175,3 +176,26 @@ def test_two_replicas_edit_at_once_and_past_their_places_answer_503(ray_serve, e
 def test_serve_refuses_the_other_engines_options(capsys, flags, message):
     assert main(["serve", *flags]) == 2
     assert message in capsys.readouterr().err
+
+
+@pytest.mark.ray
+def test_the_serve_config_file_builds_the_deployment_it_describes(monkeypatch):
+    yaml = pytest.importorskip("yaml")
+    from step1x_edit.errors import Step1XEditError
+    from step1x_edit.serve.ray_serve import build_app
+
+    config = yaml.safe_load((Path(__file__).resolve().parents[2] / "examples" / "ray-serve.yaml").read_text())
+    (application,) = config["applications"]
+    assert application["import_path"] == "step1x_edit.serve.ray_serve:build_app"
+    monkeypatch.setenv("STEP1X_EDIT_API_KEY", KEY)
+    deployment = build_app(application["args"])._bound_deployment
+    assert deployment.max_ongoing_requests > 8
+    assert deployment.ray_actor_options["num_gpus"] == 1
+    assert deployment._deployment_config.autoscaling_config.max_replicas == 8
+    monkeypatch.delenv("STEP1X_EDIT_API_KEY")
+    with pytest.raises(Step1XEditError, match="STEP1X_EDIT_API_KEY"):
+        build_app(application["args"])
+    with pytest.raises(Step1XEditError, match=r"unknown Ray Serve args \['replica'\]"):
+        build_app({"replica": 2})
+    with pytest.raises(Step1XEditError, match="max_pending has the wrong type"):
+        build_app({"max_pending": "8"})
