@@ -6,8 +6,8 @@
   K1 = 0.01, K2 = 0.03, data range 255, population (co)variances, computed per RGB channel over the positions where
   the window fits inside the image, averaged over positions and channels. This is the same number as
   ``skimage.metrics.structural_similarity(a, b, channel_axis=-1, gaussian_weights=True, sigma=1.5,
-  use_sample_covariance=False, data_range=255)``. :func:`ssim_window` and the constants are public so that a
-  differentiable version can use the same definition.
+  use_sample_covariance=False, data_range=255)``; :func:`structural_similarity` is the same number for torch
+  tensors, differentiable.
 - :func:`edit_region_accuracy` (edits with a mask): the fraction of the edited pixels (mask 255, where target and
   source differ) whose output colour is strictly closer to the target's than to the source's.
 - :func:`outside_mask_psnr` (edits with a mask): PSNR to the target outside the mask, i.e. how well the rest is
@@ -114,3 +114,28 @@ def outside_mask_psnr(output: np.ndarray, target: np.ndarray, mask: np.ndarray) 
     if not kept.any():
         return None
     return _psnr_of_errors(output[kept].astype(np.float64) - target[kept].astype(np.float64))
+
+
+def structural_similarity(a, b):
+    """SSIM per image [B] of torch pixels ``a``, ``b`` [B, C, H, W] in [-1, 1]: the definition of :func:`ssim` (its
+    Gaussian window and constants, positions where the window fits, mean over positions and channels),
+    differentiable, for training objectives and experiments that optimise it."""
+    import torch.nn.functional as F
+    from torch import from_numpy
+
+    window = from_numpy(ssim_window()).to(device=a.device, dtype=a.dtype)
+    a, b = (a + 1) / 2, (b + 1) / 2  # [0, 1]: the luminance term depends on the absolute level
+    channels = a.shape[1]
+    rows = window.view(1, 1, -1, 1).expand(channels, 1, -1, 1)
+    columns = window.view(1, 1, 1, -1).expand(channels, 1, 1, -1)
+
+    def blur(x):
+        return F.conv2d(F.conv2d(x, rows, groups=channels), columns, groups=channels)
+
+    mean_a, mean_b = blur(a), blur(b)
+    var_a = blur(a * a) - mean_a.square()
+    var_b = blur(b * b) - mean_b.square()
+    cov = blur(a * b) - mean_a * mean_b
+    c1, c2 = SSIM_K1**2, SSIM_K2**2  # data range 1
+    index = ((2 * mean_a * mean_b + c1) * (2 * cov + c2)) / ((mean_a.square() + mean_b.square() + c1) * (var_a + var_b + c2))
+    return index.mean(dim=(1, 2, 3))

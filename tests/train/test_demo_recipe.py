@@ -54,7 +54,7 @@ language = "both"
 max_steps = 3
 batch_size = 2
 checkpoint_every = 3
-loss_weighting = "x0_relative"
+objective = "x0_relative"
 pure_noise_rate = 0.5
 
 [train.validation]
@@ -74,8 +74,7 @@ samples = 66
 [finetune.training]
 max_steps = 2
 pure_noise_rate = 1.0
-loss_space = "pixel"
-ssim_loss_weight = 1.0
+objective_options = {space = "pixel", ssim = 1.0}
 text_encoder_lr_scale = 0.5
 
 [[finetune]]
@@ -141,7 +140,7 @@ def test_train_demo_builds_evaluates_and_exports_a_small_model(tmp_path):
     assert finetune["training"]["source_start_rate"] == 1.0 and finetune["training"]["batch_size"] == 2
     third = json.loads((work / "finetune-2" / "config.json").read_text())
     assert third["model"]["path"] == str(work / "finetune" / "final")
-    assert third["training"]["loss_space"] == "pixel" and third["training"]["source_start_rate"] == 0.0
+    assert third["training"]["objective_options"]["space"] == "pixel" and third["training"]["source_start_rate"] == 0.0
     # the third run read a larger store of the same world, whose first samples are the other runs'
     assert finetune["data"]["store"] == str(work / "data") and third["data"]["store"] == str(work / "data-66")
     small, large = (sorted(record["sample_id"] for record in Store(work / name).iter_records(["sample_id"]))
@@ -243,17 +242,17 @@ def test_a_merge_run_must_name_an_earlier_run_and_a_weight_between_0_and_1(runs,
 
 
 def test_the_card_names_a_run_s_structural_weight_and_repeated_categories():
-    note = _objective_note({"loss_space": "pixel", "loss_weighting": "x0_relative", "ssim_loss_weight": 2.0},
+    note = _objective_note({"objective": "x0_relative", "objective_options": {"space": "pixel", "ssim": 2.0}},
                            {"task_repeats": {"subject_addition": 2, "color_alteration": 3, "text_modification": 2}})
     assert note == ("each sample's error relative to returning its source; errors measured in pixels, squared and "
                     "structural (SSIM), the structural one weighted 2; subject_addition, text_modification samples "
                     "listed 2 times per epoch; color_alteration samples listed 3 times per epoch")
-    assert _objective_note({"loss_space": "pixel", "loss_weighting": "x0", "ssim_loss_weight": 1.0}) == (
+    assert _objective_note({"objective": "x0", "objective_options": {"space": "pixel", "ssim": 1.0}}) == (
         "errors measured in pixels, squared and structural (SSIM)")
-    assert _objective_note({"loss_space": "pixel", "loss_weighting": "x0", "squared_loss_weight": 0,
-                            "absolute_loss_weight": 1}) == "errors measured in pixels, absolute"
-    assert _objective_note({"loss_space": "pixel", "loss_weighting": "x0", "absolute_loss_weight": 0.5,
-                            "ssim_loss_weight": 2}) == (
+    assert _objective_note({"objective": "x0", "objective_options": {"space": "pixel", "squared": 0, "absolute": 1}}
+                           ) == "errors measured in pixels, absolute"
+    assert _objective_note({"objective": "x0",
+                            "objective_options": {"space": "pixel", "absolute": 0.5, "ssim": 2}}) == (
         "errors measured in pixels, squared, absolute and structural (SSIM), the absolute one weighted 0.5, the "
         "structural one weighted 2")
     assert _objective_note({"text_encoder_lr_scale": 0.03}, None, {"train_text_encoder": True}) == (

@@ -98,17 +98,28 @@ def test_a_run_with_other_settings_in_the_same_folder_is_refused(tables, tiny_mo
         train(config_from_dict(config, {"training.learning_rate": 5e-4}), progress=False)
 
 
-def test_the_pixel_loss_weights_reach_the_objective(tables, tiny_model_dir, small_store, tmp_path):
-    def first_loss(name: str, **weights) -> float:
+def test_a_registered_objective_and_its_options_reach_the_training_step(tables, tiny_model_dir, small_store,
+                                                                       tmp_path):
+    from step1x_edit.demo.objectives import DEMO_OBJECTIVES
+
+    def first_loss(name: str, **options) -> float:
         config = tables(tiny_model_dir, small_store, tmp_path / name, max_steps=1, checkpoint_every=1,
-                        loss_weighting="x0_relative", loss_space="pixel", **weights)
-        return train(config_from_dict(config), progress=False).losses[1]
+                        objective="x0_relative", objective_options={"space": "pixel", **options})
+        return train(config_from_dict(config), progress=False, objectives=DEMO_OBJECTIVES).losses[1]
 
     squared = first_loss("squared")
-    both = first_loss("both", absolute_loss_weight=1.0)
-    absolute = first_loss("absolute", squared_loss_weight=0.0, absolute_loss_weight=1.0)
+    both = first_loss("both", absolute=1.0)
+    absolute = first_loss("absolute", squared=0.0, absolute=1.0)
     assert both == pytest.approx(squared + absolute, rel=1e-4)  # the same batch, noise and weights at step 1
     assert absolute != pytest.approx(squared, rel=1e-3)
+    # the product knows only the official objective, and a bad option is refused before anything is loaded
+    with pytest.raises(TrainingConfigError, match="training.objective must be one of 'flow_matching'"):
+        train(config_from_dict(tables(tiny_model_dir, small_store, tmp_path / "unknown", objective="x0")),
+              progress=False)
+    with pytest.raises(TrainingConfigError, match="objective_options.space"):
+        train(config_from_dict(tables(tiny_model_dir, small_store, tmp_path / "bad", objective="x0",
+                                      objective_options={"space": "rgb"})), progress=False, objectives=DEMO_OBJECTIVES)
+    assert not (tmp_path / "bad").exists()
 
 
 def test_attention_query_key_gains_get_their_own_learning_rate(tiny_model_dir, small_store, tmp_path):
@@ -157,20 +168,10 @@ def test_unknown_config_fields_and_bad_values_are_errors():
                 {"source_start_range": [0.5]}):
         with pytest.raises(Step1XEditError, match="source_start"):
             config_from_dict({"data": {"store": "x"}, "training": bad})
-    with pytest.raises(Step1XEditError, match="loss_weighting"):
-        config_from_dict({"data": {"store": "x"}, "training": {"loss_weighting": "snr"}})
     with pytest.raises(Step1XEditError, match="pure_noise_rate"):
         config_from_dict({"data": {"store": "x"}, "training": {"pure_noise_rate": -0.1}})
-    for bad, message in (({"loss_space": "rgb"}, "loss_space must be one of"),
-                         ({"loss_space": "pixel"}, "needs loss_weighting"),
-                         ({"ssim_loss_weight": 1.0, "loss_weighting": "x0"}, "ssim_loss_weight"),
-                         ({"ssim_loss_weight": -1.0, "loss_space": "pixel", "loss_weighting": "x0"}, "ssim_loss_weight"),
-                         ({"absolute_loss_weight": 1.0, "loss_weighting": "x0"}, "absolute_loss_weight"),
-                         ({"absolute_loss_weight": -1.0, "loss_space": "pixel", "loss_weighting": "x0"},
-                          "absolute_loss_weight"),
-                         ({"squared_loss_weight": 0.0}, "all zero")):
-        with pytest.raises(Step1XEditError, match=message):
-            config_from_dict({"data": {"store": "x"}, "training": bad})
+    with pytest.raises(Step1XEditError, match="objective_options must be a table"):
+        config_from_dict({"data": {"store": "x"}, "training": {"objective_options": ["x0"]}})
 
 
 def test_cli_trains_from_a_toml_file_with_overrides(toml_config, tiny_model_dir, small_store, tmp_path):
@@ -204,3 +205,34 @@ def test_lora_on_an_untrained_reference_delta_model_is_refused_unless_its_output
         "mode": "lora", "lora_rank": 2, "lora_targets": ["to_q", "proj_out"]}})
     assert _set_trainable(build_transformer("tiny", prediction_type="reference_delta"), with_output)
     assert _set_trainable(build_transformer("tiny"), lora)  # velocity models are unaffected
+
+
+def test_validation_edits_with_the_model_s_own_defaults_and_the_thread_count_is_restored(
+        tables, tiny_model_dir, small_store, tmp_path, monkeypatch):
+    from step1x_edit.models.transformer import Step1XEditTransformer2DModel
+
+    model_dir = tmp_path / "one-step-model"  # a model whose own defaults are the demo model's: 1 step, guidance 1
+    pipe = Step1XEditPipeline.from_pretrained(tiny_model_dir)
+    pipe.register_to_config(default_num_inference_steps=1, default_guidance_scale=1.0)
+    pipe.save_pretrained(model_dir, safe_serialization=True)
+    edits = []
+    forward = Step1XEditTransformer2DModel.forward
+
+    def counting(self, *args, **kwargs):
+        if not self.training:  # the validation's edits (training steps run in train mode)
+            edits.append(kwargs["hidden_states"].shape[0])
+        return forward(self, *args, **kwargs)
+
+    monkeypatch.setattr(Step1XEditTransformer2DModel, "forward", counting)
+    config = tables(model_dir, small_store, tmp_path / "run", max_steps=1, checkpoint_every=1, num_threads=1)
+    config["validation"] = {"every": 0, "num_samples": 2}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        train(config_from_dict(config), progress=False)
+        assert torch.get_num_threads() == 2  # the run used 1 and gave the caller's back
+    finally:
+        torch.set_num_threads(threads)
+    assert edits == [1, 1]  # one transformer call per sample: 1 step, no guidance (not 28 steps of CFG)
+    metrics = json.loads((tmp_path / "run" / "validation" / "step-000001" / "metrics.json").read_text())
+    assert {"psnr", "ssim", "identity_psnr"} <= set(metrics)

@@ -173,7 +173,8 @@ def assemble(recipe: dict, work: Path, data_dir: Path, vae_dir: Path) -> Path:
                               FlowMatchEulerDiscreteScheduler(**SCHEDULER_CONFIG),
                               max_sequence_length=int(demo["max_sequence_length"]),
                               default_size_level=int(demo["resolution"]),
-                              default_guidance_scale=float(recipe["evaluation"]["guidance_scale"]))
+                              default_guidance_scale=float(recipe["evaluation"]["guidance_scale"]),
+                              default_num_inference_steps=int(recipe["evaluation"]["steps"]))
     pipe.save_pretrained(out, safe_serialization=True)
     _mark_done(out)
     return out
@@ -315,6 +316,7 @@ def build_demo(recipe_path: str | os.PathLike, work_dir: str | os.PathLike, expo
                stages: tuple[str, ...] = STAGES, progress: bool = True) -> dict[str, Any]:
     """Run the recipe's ``stages`` (see the module docstring); returns paths and the evaluation table."""
     from ..train.trainer import train
+    from .objectives import DEMO_OBJECTIVES
 
     unknown = sorted(set(stages) - set(STAGES))
     if unknown:
@@ -342,7 +344,8 @@ def build_demo(recipe_path: str | os.PathLike, work_dir: str | os.PathLike, expo
             count = run_samples(recipe, run)
             if count != int(recipe["demo"]["samples"]):  # a larger (or smaller) store of the same world
                 build_data(recipe, work, progress, count)
-            result = train(training_config(recipe, work, initial, data_dir, run), progress=progress)
+            result = train(training_config(recipe, work, initial, data_dir, run), progress=progress,
+                           objectives=DEMO_OBJECTIVES)
             if result.final_dir is None:
                 raise Step1XEditError(f"{run_dir(work, run).name} stopped at step {result.step}; rerun to resume")
     if "evaluate" in stages:

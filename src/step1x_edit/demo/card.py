@@ -62,12 +62,12 @@ def _objective_note(training: dict, data: dict | None = None, model: dict | None
     rate = float(training.get("pure_noise_rate", 0))
     if rate:
         notes.append(f"{rate:.0%} of the samples at pure noise")
-    if training.get("loss_weighting") == "x0_relative":
+    options = training.get("objective_options", {})
+    if training.get("objective") == "x0_relative":
         notes.append("each sample's error relative to returning its source")
-    if training.get("loss_space") == "pixel":
-        weights = {"squared": float(training.get("squared_loss_weight", 1)),
-                   "absolute": float(training.get("absolute_loss_weight", 0)),
-                   "structural": float(training.get("ssim_loss_weight", 0))}
+    if options.get("space") == "pixel":
+        weights = {"squared": float(options.get("squared", 1)), "absolute": float(options.get("absolute", 0)),
+                   "structural": float(options.get("ssim", 0))}
         kinds = [kind + (" (SSIM)" if kind == "structural" else "") for kind, weight in weights.items() if weight]
         listed = kinds[0] if len(kinds) == 1 else ", ".join(kinds[:-1]) + " and " + kinds[-1]
         notes.append(f"errors measured in pixels, {listed}"

@@ -9,6 +9,7 @@ import json
 from ..validate import float_argument, int_argument
 
 MAX_STEPS = 10**9  # step1x_edit.train.config.MAX_STEPS, repeated so that --help imports nothing heavy
+MERGE_DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 
 
 def _parse_value(text: str):
@@ -45,7 +46,8 @@ def _train(args: argparse.Namespace) -> int:
 def _merge(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from ..cli import _torch_dtype
+    import torch
+
     from ..errors import Step1XEditError
     from .merge import average_models
 
@@ -53,7 +55,7 @@ def _merge(args: argparse.Namespace) -> int:
     if out.exists() and any(out.iterdir()) and not args.overwrite:
         raise Step1XEditError(f"{out} is not empty; pass --overwrite to replace it")
     try:
-        average_models(args.first, args.second, args.weight, out, torch_dtype=_torch_dtype(args.dtype))
+        average_models(args.first, args.second, args.weight, out, torch_dtype=getattr(torch, MERGE_DTYPES[args.dtype]))
     except ValueError as error:
         raise Step1XEditError(str(error)) from error
     print(f"wrote {1 - args.weight:g} x {args.first} + {args.weight:g} x {args.second} to {out}")
@@ -88,6 +90,6 @@ def register(subcommands) -> None:
     merge.add_argument("--weight", type=float_argument(0, 1, low_open=True), required=True,
                        help="SECOND's share, between 0 and 1 (exclusive)")
     merge.add_argument("-o", "--output", required=True, help="the folder to write")
-    merge.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default="fp32", help="saved weights' dtype")
+    merge.add_argument("--dtype", choices=list(MERGE_DTYPES), default="fp32", help="saved weights' dtype")
     merge.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
     merge.set_defaults(handler=_merge)

@@ -37,7 +37,7 @@ from diffusers.optimization import SchedulerType
 
 from ..errors import InvalidValueError, Step1XEditError
 from ..validate import integer, number, text
-from .flow import LOSS_SPACES, LOSS_WEIGHTINGS, TIMESTEP_SAMPLING
+from .flow import TIMESTEP_SAMPLING
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -211,17 +211,9 @@ class OptimConfig:
     ``text_encoder_lr_scale`` multiplies the learning rate of a trained text encoder (``model.train_text_encoder``).
     ``qk_norm_lr_scale`` multiplies the learning rate of the attention query/key RMSNorm gains, which set how
     sharp attention can be (a small model trained from scratch needs them to grow to copy its reference tokens
-    precisely). ``loss_weighting``: "none" (default, the official objective: mean squared velocity error) or "x0"
-    (each sample's error times t², i.e. the error of the implied clean latents ``x_t - t * v``; it keeps the loss
-    of a ``reference_delta`` model, whose velocity error is its delta error over t, bounded at small t) or
-    "x0_relative" (that error divided by the sample's no-edit error, so small edits count as much as large ones).
-    ``loss_space``: "latent" (default) or "pixel": with an x0 weighting, measure those errors on the frozen VAE's
-    decoding instead (exact and cheap for the demo's linear patch autoencoder, a decoder pass per step for the
-    FLUX VAE); pixels, not latent channels, are then what counts, which is what PSNR scores.
-    ``ssim_loss_weight`` (pixel space) adds that multiple of the structural dissimilarity (1 - SSIM).
-    ``absolute_loss_weight`` (pixel space) adds that multiple of the mean absolute error, whose minimiser leaves an
-    object alone unless the model is more than even sure the instruction names it; ``squared_loss_weight`` (1)
-    scales the squared error (0 leaves it out).
+    precisely). ``objective`` names the loss (:mod:`step1x_edit.train.objectives`; ``"flow_matching"``, the official
+    mean squared velocity error, unless the caller of the trainer registered others) and ``objective_options`` are
+    its settings (a table; the official objective has none).
     ``ema_decay`` > 0 keeps an exponential moving average of the trained weights (used for validation and the
     saved model). ``until_step`` stops early (a checkpoint is written) without changing the schedule, like a
     preemption; a rerun resumes."""
@@ -254,11 +246,8 @@ class OptimConfig:
     source_start_range: tuple[float, float] = (0.3, 0.8)
     qk_norm_lr_scale: float = 1.0
     text_encoder_lr_scale: float = 1.0
-    loss_weighting: str = "none"
-    loss_space: str = "latent"
-    ssim_loss_weight: float = 0.0
-    squared_loss_weight: float = 1.0
-    absolute_loss_weight: float = 0.0
+    objective: str = "flow_matching"
+    objective_options: dict[str, Any] = field(default_factory=dict)
     ema_decay: float = 0.0
     checkpoint_every: int = 500
     keep_checkpoints: int = 2
@@ -268,9 +257,8 @@ class OptimConfig:
     until_step: int | None = None
 
     def __post_init__(self) -> None:
-        check_texts(self, "training", "output_dir")
+        check_texts(self, "training", "output_dir", "objective")
         rate = (0, 1)
-        weight = (0, 1e6)
         check_fields(
             self, "training",
             integers={"seed": (0, MAX_TRAIN_SEED), "max_steps": (1, MAX_STEPS), "batch_size": (1, 4096),
@@ -281,25 +269,20 @@ class OptimConfig:
                      "max_grad_norm": (0, 1e6), "shift": (0, 1000, "open"), "logit_mean": (-10, 10),
                      "logit_std": (0, 10, "open"), "pure_noise_rate": rate, "dropout_text": rate,
                      "dropout_image": rate, "dropout_both": rate, "source_start_rate": rate,
-                     "qk_norm_lr_scale": (0, 1e4, "open"), "text_encoder_lr_scale": (0, 1e4, "open"),
-                     "ssim_loss_weight": weight, "squared_loss_weight": weight, "absolute_loss_weight": weight},
+                     "qk_norm_lr_scale": (0, 1e4, "open"), "text_encoder_lr_scale": (0, 1e4, "open")},
             flags=("use_8bit_adam", "gradient_checkpointing"),
             choices={"lr_scheduler": SCHEDULERS, "mixed_precision": ("auto", "no", "bf16", "fp16"),
-                     "timestep_sampling": TIMESTEP_SAMPLING, "loss_weighting": LOSS_WEIGHTINGS,
-                     "loss_space": LOSS_SPACES},
+                     "timestep_sampling": TIMESTEP_SAMPLING},
         )
         for name in ("adam_beta1", "adam_beta2", "ema_decay"):
             check_below_one(self, "training", name)
         if self.until_step is not None:
             integer("training.until_step", self.until_step, 1, MAX_STEPS)
-        if self.loss_space == "pixel" and self.loss_weighting == "none":
-            raise TrainingConfigError("training.loss_space 'pixel' needs loss_weighting 'x0' or 'x0_relative'")
-        if self.ssim_loss_weight and self.loss_space != "pixel":
-            raise TrainingConfigError("training.ssim_loss_weight needs loss_space 'pixel'")
-        if self.absolute_loss_weight and self.loss_space != "pixel":
-            raise TrainingConfigError("training.absolute_loss_weight needs loss_space 'pixel'")
-        if not self.squared_loss_weight + self.absolute_loss_weight + self.ssim_loss_weight:
-            raise TrainingConfigError("training: the loss weights (squared, absolute, ssim) are all zero")
+        if not isinstance(self.objective_options, dict):
+            raise InvalidValueError(f"training.objective_options must be a table of option = value, got "
+                                    f"{self.objective_options!r}")
+        for name in self.objective_options:
+            text("a training.objective_options key", name, 4096, allow_empty=False)
         if self.dropout_text + self.dropout_image + self.dropout_both > 1:
             raise TrainingConfigError("training: the dropout rates (text, image, both) sum to more than 1")
         pair = self.source_start_range
@@ -319,19 +302,24 @@ class OptimConfig:
 @dataclass(frozen=True)
 class ValidationConfig:
     """Periodic validation: every ``every`` steps (0 = only at the end; -1 = never) the model edits the first
-    ``num_samples`` held-out samples; images and PSNR/SSIM go to ``<output_dir>/validation/step-N/``."""
+    ``num_samples`` held-out samples; images and PSNR/SSIM go to ``<output_dir>/validation/step-N/``. ``steps`` and
+    ``guidance_scale`` unset (the default) use the model's own defaults (its pipeline's
+    ``default_num_inference_steps`` and ``default_guidance_scale``: 28 and 6 for the released models, 1 and 1 for
+    the built-in demo model)."""
 
     every: int = 0
     num_samples: int = 8
-    steps: int = 28
-    guidance_scale: float = 6.0
+    steps: int | None = None
+    guidance_scale: float | None = None
     seed: int = 0
 
     def __post_init__(self) -> None:
         check_fields(self, "validation",
-                     integers={"every": (-1, MAX_STEPS), "num_samples": (1, 10_000), "steps": (1, 1000),
-                               "seed": (0, MAX_TRAIN_SEED)},
-                     numbers={"guidance_scale": (0, 100)})
+                     integers={"every": (-1, MAX_STEPS), "num_samples": (1, 10_000), "seed": (0, MAX_TRAIN_SEED)})
+        if self.steps is not None:
+            integer("validation.steps", self.steps, 1, 1000)
+        if self.guidance_scale is not None:
+            object.__setattr__(self, "guidance_scale", number("validation.guidance_scale", self.guidance_scale, 0, 100))
 
 
 @dataclass(frozen=True)

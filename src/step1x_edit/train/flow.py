@@ -38,26 +38,13 @@ zeros, or both, so that classifier-free guidance has an unconditional model to e
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 from .. import sampling
-from ..metrics import SSIM_K1, SSIM_K2, ssim_window
 
 TIMESTEP_SAMPLING = ("shift", "logit_normal", "uniform")
-LOSS_WEIGHTINGS = ("none", "x0", "x0_relative")
-LOSS_SPACES = ("latent", "pixel")
-# "x0_relative": a sample's no-edit error (target vs source latents, mean square) counts as at least this much
-RELATIVE_FLOOR = 0.01
-# ... and in pixels ([-1, 1], mean square over pixels and channels; 1e-4 is a PSNR of about 46 dB)
-PIXEL_RELATIVE_FLOOR = 1e-4
-# ... its mean absolute difference in pixels (the absolute term; 0.01 is the square root of the above)
-PIXEL_ABSOLUTE_RELATIVE_FLOOR = 0.01
-# ... and its structural dissimilarity 1 - SSIM
-SSIM_RELATIVE_FLOOR = 1e-3
 OFFICIAL_SHIFT = 3.1582
 
 
@@ -164,6 +151,57 @@ def drop_conditions(
     return embeds, mask, drop_reference(reference, drop_image)
 
 
+def flow_path(
+    target_tokens: torch.Tensor,
+    noise_tokens: torch.Tensor,
+    t: torch.Tensor,
+    start_times: torch.Tensor | None = None,
+    source_tokens: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The noisy tokens ``x_t`` and the true velocity [B, N, D] of packed ``target_tokens`` and ``noise_tokens`` at
+    flow times ``t`` [B]: the plain path ``(1 - t) x0 + t noise``, or with ``start_times`` ``t0`` [B] the path from
+    the noised ``source_tokens`` (module docstring; ``t`` at most ``t0``)."""
+    if start_times is None:
+        noisy = (1 - t[:, None, None]) * target_tokens + t[:, None, None] * noise_tokens
+        return noisy, noise_tokens - target_tokens
+    t0 = start_times.to(device=target_tokens.device, dtype=target_tokens.dtype)[:, None, None]
+    along = t[:, None, None] / t0  # fraction of the path from the target (0) to the start (1)
+    noisy = t[:, None, None] * noise_tokens + along * (1 - t0) * source_tokens + (1 - along) * target_tokens
+    return noisy, noise_tokens + (1 - t0) / t0 * (source_tokens - target_tokens) - target_tokens
+
+
+def predict_velocity(
+    transformer: torch.nn.Module,
+    noisy: torch.Tensor,
+    reference: torch.Tensor,
+    embeds: torch.Tensor,
+    mask: torch.Tensor,
+    t: torch.Tensor,
+    version: str,
+    latent_size: tuple[int, int],
+) -> torch.Tensor:
+    """The transformer's velocity [B, N, D] for the ``noisy`` tokens, with the clean ``reference`` tokens [B, N, D]
+    after them and the version's position ids for a latent of ``latent_size`` (height, width)."""
+    img_ids, txt_ids = sampling.position_ids(*latent_size, embeds.shape[1], version)
+    return transformer(
+        hidden_states=torch.cat([noisy, reference], dim=1),  # [B, 2N, D]
+        timestep=t,
+        encoder_hidden_states=embeds,
+        encoder_attention_mask=mask,
+        img_ids=img_ids.to(noisy.device),
+        txt_ids=txt_ids.to(noisy.device),
+    )[:, : noisy.shape[1]]
+
+
+def check_latent_shapes(target_latents: torch.Tensor, reference_latents: torch.Tensor, noise: torch.Tensor) -> None:
+    """Target, reference and noise latents [B, C, h, w] must share one shape."""
+    if target_latents.shape != reference_latents.shape or noise.shape != target_latents.shape:
+        raise ValueError(
+            f"target {tuple(target_latents.shape)}, reference {tuple(reference_latents.shape)} and noise "
+            f"{tuple(noise.shape)} latents must share one shape"
+        )
+
+
 def flow_matching_loss(
     transformer: torch.nn.Module,
     target_latents: torch.Tensor,
@@ -175,127 +213,23 @@ def flow_matching_loss(
     version: str,
     start_times: torch.Tensor | None = None,
     source_latents: torch.Tensor | None = None,
-    loss_weighting: str = "none",
-    decode: Callable[[torch.Tensor], torch.Tensor] | None = None,
-    ssim_weight: float = 0.0,
-    squared_weight: float = 1.0,
-    absolute_weight: float = 0.0,
 ) -> torch.Tensor:
-    """Mean squared error between the predicted and the true velocity ``noise - x0`` on the noisy tokens.
+    """The official objective: the mean squared error between the predicted and the true velocity ``noise - x0`` on
+    the noisy tokens.
 
     ``target_latents``/``reference_latents``/``noise``: [B, C, h, w] normalised latents (``noise`` like the target);
     ``embeds``/``mask``: the MLLM condition [B, L, C'] / [B, L]; ``t``: flow times [B]. ``version`` selects the
     reference position ids (v1.0: same as the noisy tokens; v1.1: offset). ``start_times`` [B] (``t0``, default
     all 1) makes a sample's path start from its noised ``source_latents`` (default ``reference_latents``; pass the
     source itself when condition dropout zeroed the reference) at ``t0`` (module docstring); ``t`` must then be at
-    most ``t0``. ``loss_weighting="x0"`` weights each sample's squared error by t², which makes it the error of
-    the implied clean latents ``x_t - t * v`` (every path here ends at the target at t = 0);
-    ``"x0_relative"`` divides that by the sample's no-edit error (target vs source, at least
-    :data:`RELATIVE_FLOOR`; in pixels :data:`PIXEL_RELATIVE_FLOOR`), so every sample counts by how much of its own edit is still missing (1 = no better
-    than returning the source): the per-image PSNR gain over the identity is the log of that ratio, and without
-    it the samples with large edits (new backgrounds, styles) outweigh the small ones.
-
-    ``decode`` (latents [B, C, h, w] -> pixels [B, 3, H, W], e.g. the frozen VAE's decoder) measures those two
-    errors in pixels instead of latents: the implied clean latents ``x_t - t * v``, the target and the source
-    are decoded and compared there (the loss then weighs each latent direction by how much it moves the pixels;
-    with ``"x0_relative"`` it is the per-image squared pixel error over the identity's, whose log is the PSNR
-    gain). It needs ``"x0"`` or ``"x0_relative"``. ``ssim_weight`` (pixel space only) adds that multiple of the
-    structural dissimilarity ``1 - SSIM`` (:func:`structural_similarity`) of the implied clean image to the target,
-    relative to the source's with ``"x0_relative"``: the squared error alone does not mind faint blotches on
-    flat regions, which break the image's structure. ``absolute_weight`` (pixel space only) adds that multiple of
-    the mean absolute pixel error (relative to the source's with ``"x0_relative"``) and ``squared_weight`` scales
-    the squared one (0 leaves it out): under an instruction that leaves the model unsure which object it names,
-    the squared error's minimiser is each pixel's mean edit, a little change on every candidate, and the absolute
-    error's is the median, no change on an object it is less than even sure of.
+    most ``t0``.
     """
-    if min(squared_weight, absolute_weight, ssim_weight) < 0 or squared_weight + absolute_weight + ssim_weight == 0:
-        raise ValueError("the loss weights (squared_weight, absolute_weight, ssim_weight) must be non-negative and "
-                         "not all zero")
-    if (absolute_weight or ssim_weight) and decode is None:
-        raise ValueError("absolute_weight and ssim_weight need a pixel-space loss (decode)")
-    if loss_weighting not in LOSS_WEIGHTINGS:
-        raise ValueError(f"loss_weighting must be one of {LOSS_WEIGHTINGS}, got {loss_weighting!r}")
-    if decode is not None and loss_weighting == "none":
-        raise ValueError("a pixel-space loss (decode) needs loss_weighting 'x0' or 'x0_relative'")
-    if target_latents.shape != reference_latents.shape or noise.shape != target_latents.shape:
-        raise ValueError(
-            f"target {tuple(target_latents.shape)}, reference {tuple(reference_latents.shape)} and noise "
-            f"{tuple(noise.shape)} latents must share one shape"
-        )
-    latent_height, latent_width = target_latents.shape[-2:]
+    check_latent_shapes(target_latents, reference_latents, noise)
     t = t.to(device=target_latents.device, dtype=target_latents.dtype)
-    x0 = sampling.pack_latents(target_latents)  # [B, N, 4C]
-    eps = sampling.pack_latents(noise)  # [B, N, 4C]
     reference = sampling.pack_latents(reference_latents)  # [B, N, 4C]
     source = reference if source_latents is None else sampling.pack_latents(source_latents)  # [B, N, 4C]
-    if start_times is None:
-        noisy = (1 - t[:, None, None]) * x0 + t[:, None, None] * eps
-        velocity = eps - x0
-    else:
-        t0 = start_times.to(device=x0.device, dtype=x0.dtype)[:, None, None]
-        along = t[:, None, None] / t0  # fraction of the path from the target (0) to the start (1)
-        noisy = t[:, None, None] * eps + along * (1 - t0) * source + (1 - along) * x0
-        velocity = eps + (1 - t0) / t0 * (source - x0) - x0
-    img_ids, txt_ids = sampling.position_ids(latent_height, latent_width, embeds.shape[1], version)
-    prediction = transformer(
-        hidden_states=torch.cat([noisy, reference], dim=1),  # [B, 2N, 4C]
-        timestep=t,
-        encoder_hidden_states=embeds,
-        encoder_attention_mask=mask,
-        img_ids=img_ids.to(noisy.device),
-        txt_ids=txt_ids.to(noisy.device),
-    )[:, : x0.shape[1]]
-    if decode is None:
-        squared = (prediction.float() - velocity.float()).square()  # [B, N, 4C]
-        if loss_weighting == "none":
-            return squared_weight * squared.mean()
-        no_edit = (x0 - source).float().square().mean(dim=(1, 2))  # [B]
-        terms = [(squared_weight, squared.mean(dim=(1, 2)) * t.float().square(), no_edit, RELATIVE_FLOOR)]
-    else:  # the implied clean latents (every path ends at the target at t = 0), in pixels
-        implied = noisy.float() - t.float()[:, None, None] * prediction.float()
-
-        def pixels(tokens: torch.Tensor) -> torch.Tensor:
-            return decode(sampling.unpack_latents(tokens, latent_height, latent_width)).float()
-
-        target_pixels, implied_pixels = pixels(x0).detach(), pixels(implied)
-        relative = loss_weighting == "x0_relative"
-        source_pixels = pixels(source).detach() if relative else None  # only the relative weighting needs it
-        measures = []  # (weight, error per image [B] of pixels a against the target b, floor of the identity's)
-        if squared_weight:
-            measures.append((squared_weight, lambda a, b: (a - b).square().mean(dim=(1, 2, 3)), PIXEL_RELATIVE_FLOOR))
-        if absolute_weight:
-            measures.append((absolute_weight, lambda a, b: (a - b).abs().mean(dim=(1, 2, 3)),
-                             PIXEL_ABSOLUTE_RELATIVE_FLOOR))
-        if ssim_weight:
-            measures.append((ssim_weight, lambda a, b: 1 - structural_similarity(a, b), SSIM_RELATIVE_FLOOR))
-        terms = [(weight, error(implied_pixels, target_pixels),
-                  error(source_pixels, target_pixels) if relative else None, floor)
-                 for weight, error, floor in measures]
-    loss = 0.0
-    for weight, model_error, no_edit_error, floor in terms:
-        if loss_weighting == "x0_relative":
-            model_error = model_error / no_edit_error.clamp_min(floor)
-        loss = loss + weight * model_error.mean()
-    return loss
-
-
-def structural_similarity(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """SSIM per image [B] of pixels ``a``, ``b`` [B, C, H, W] in [-1, 1]: the definition of
-    :func:`step1x_edit.metrics.ssim` (its Gaussian window and constants, positions where the window fits,
-    mean over positions and channels), differentiable."""
-    window = torch.from_numpy(ssim_window()).to(device=a.device, dtype=a.dtype)
-    a, b = (a + 1) / 2, (b + 1) / 2  # [0, 1]: the luminance term depends on the absolute level
-    channels = a.shape[1]
-    rows = window.view(1, 1, -1, 1).expand(channels, 1, -1, 1)
-    columns = window.view(1, 1, 1, -1).expand(channels, 1, 1, -1)
-
-    def blur(x: torch.Tensor) -> torch.Tensor:
-        return F.conv2d(F.conv2d(x, rows, groups=channels), columns, groups=channels)
-
-    mean_a, mean_b = blur(a), blur(b)
-    var_a = blur(a * a) - mean_a.square()
-    var_b = blur(b * b) - mean_b.square()
-    cov = blur(a * b) - mean_a * mean_b
-    c1, c2 = SSIM_K1**2, SSIM_K2**2  # data range 1
-    index = ((2 * mean_a * mean_b + c1) * (2 * cov + c2)) / ((mean_a.square() + mean_b.square() + c1) * (var_a + var_b + c2))
-    return index.mean(dim=(1, 2, 3))
+    noisy, velocity = flow_path(sampling.pack_latents(target_latents), sampling.pack_latents(noise), t, start_times,
+                                source)
+    prediction = predict_velocity(transformer, noisy, reference, embeds, mask, t, version,
+                                  tuple(target_latents.shape[-2:]))
+    return (prediction.float() - velocity.float()).square().mean()

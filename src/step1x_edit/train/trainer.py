@@ -1,13 +1,15 @@
 """The Step1X-Edit trainer: rectified-flow fine-tuning of the DiT (LoRA or full) on accelerate.
 
-:func:`train` runs a whole job described by a :class:`~step1x_edit.train.config.TrainConfig`:
+:func:`train` runs a whole job described by a :class:`~step1x_edit.train.config.TrainConfig` with a
+:class:`Trainer`:
 
 1. loads the pipeline (VAE and MLLM frozen), makes LoRA adapters with peft (default targets: the Linear layers of
    the DiT blocks that the official LoRA trains) or unfreezes the whole DiT; optionally the connector too, and in
    full mode the MLLM's language model (``model.train_text_encoder``);
 2. caches every sample's VAE latents and MLLM conditions (including the empty-instruction condition); a trained
    MLLM's conditions are instead computed at every step, with gradients, and only the latents are cached;
-3. steps with :func:`~step1x_edit.train.flow.flow_matching_loss` under accelerate (data parallel over processes,
+3. steps with the objective ``training.objective`` names (:mod:`~step1x_edit.train.objectives`; by default the
+   official :func:`~step1x_edit.train.flow.flow_matching_loss`) under accelerate (data parallel over processes,
    gradient accumulation, mixed precision, gradient clipping, AdamW or 8-bit AdamW, a diffusers LR schedule,
    optional EMA and gradient checkpointing);
 4. writes checkpoints ``<output_dir>/checkpoints/step-N`` atomically, in safetensors and JSON
@@ -15,12 +17,13 @@
    weights, optimizer, LR schedule, EMA, every RNG, the position in the data plan), so an interrupted run
    continues with exactly the losses of an uninterrupted one; a damaged newest checkpoint is skipped for the one
    before it; logs the loss to ``logs/loss.csv`` (and TensorBoard); validates on held-out samples (images +
-   PSNR/SSIM);
+   PSNR/SSIM, with the model's own default steps and guidance unless ``[validation]`` sets them);
 5. saves the result in ``<output_dir>/final``: a LoRA in peft/diffusers and in the official kohya format, or a
    full pipeline in the diffusers layout.
 
 Run it from the command line (``step1x-edit train CONFIG.toml``), with ``accelerate launch`` for several
-processes, or call :func:`train` from Python.
+processes, or call :func:`train` from Python. torch's CPU thread count (``training.num_threads``) is restored when
+the job ends.
 """
 
 from __future__ import annotations
@@ -28,8 +31,10 @@ from __future__ import annotations
 import csv
 import json
 import math
+import sys
 import time
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,6 +45,7 @@ from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
 from ..errors import CheckpointError, DataFormatError, Step1XEditError
+from ..metrics import psnr, ssim
 from ..models.mllm import encode_prompts
 from ..models.vae import decode_latents
 from ..validate import integer
@@ -62,10 +68,10 @@ from .flow import (
     drop_conditions,
     drop_reference,
     dropout_draws,
-    flow_matching_loss,
     sample_flow_times,
     source_start_times,
 )
+from .objectives import FlowBatch, ObjectiveFactory, build_objective
 
 LOG_FIELDS = ("step", "loss", "lr", "samples", "seconds")
 
@@ -116,11 +122,11 @@ def _set_trainable(transformer, config: TrainConfig) -> list[torch.nn.Parameter]
 
         transformer.requires_grad_(False)
         targets = list(model.lora_targets) or default_lora_targets(transformer)
-        if (transformer.config.prediction_type == "reference_delta" and "proj_out" not in targets
-                and not transformer.proj_out.weight.any()):
+        if "proj_out" not in targets and not transformer.proj_out.weight.any():
             raise TrainingConfigError(
-                "this reference_delta model's output layer is still zero (untrained), so no gradient reaches LoRA "
-                "adapters behind it; train it fully first (model.mode = 'full') or add 'proj_out' to lora_targets"
+                "this model's output layer is still zero (untrained, as a fresh reference_delta model's), so no "
+                "gradient reaches LoRA adapters behind it; train it fully first (model.mode = 'full') or add "
+                "'proj_out' to lora_targets"
             )
         transformer.add_adapter(LoraConfig(
             r=model.lora_rank, lora_alpha=model.lora_alpha, lora_dropout=model.lora_dropout,
@@ -349,17 +355,18 @@ class _LossLog:
                 csv.DictWriter(handle, LOG_FIELDS).writerow(row)
 
 
-def _save_validation(pipe, examples, config: TrainConfig, step: int, output_dir: Path) -> dict[str, float]:
-    """Edit the held-out ``examples``, save source | edit | target strips and return the mean PSNR/SSIM."""
-    from ..metrics import psnr, ssim
-
+def _save_validation(pipe, examples, config: TrainConfig, step: int, output_dir: Path,
+                     progress: bool = True) -> dict[str, float]:
+    """Edit the held-out ``examples`` (with ``validation.steps`` and ``guidance_scale``, or the model's own defaults
+    when they are unset), save source | edit | target strips and return the mean PSNR/SSIM."""
     v = config.validation
     folder = output_dir / "validation" / f"step-{step:06d}"
     folder.mkdir(parents=True, exist_ok=True)
     language = LANGUAGE_KEYS[config.data.language][0]
     pipe.set_progress_bar_config(disable=True)
     scores = {"psnr": [], "ssim": [], "identity_psnr": []}
-    for index, example in enumerate(examples):
+    for index, example in enumerate(tqdm(examples, desc=f"validation at step {step}", unit="sample",
+                                         disable=not progress, leave=False)):
         instruction = example.instructions[language]
         generator = torch.Generator("cpu").manual_seed(v.seed + index)
         edited = pipe(image=example.source, prompt=instruction, num_inference_steps=v.steps,
@@ -380,152 +387,224 @@ def _save_validation(pipe, examples, config: TrainConfig, step: int, output_dir:
     return metrics
 
 
-def train(config: TrainConfig, progress: bool = True) -> TrainResult:
-    """Run (or resume) the training job ``config``; see the module docstring."""
-    from accelerate import Accelerator
-    from accelerate.utils import DistributedType, ProjectConfiguration, set_seed
-    from diffusers.optimization import get_scheduler
-    from diffusers.training_utils import EMAModel
+class Trainer:
+    """One training job (see the module docstring), in the phases :meth:`run` calls in turn: :meth:`setup_model`,
+    :meth:`setup_data`, :meth:`setup_optimization` (and resume), then :meth:`step` until the last step, with
+    :meth:`checkpoint` and :meth:`validate` on the way, and :meth:`save_final`.
 
-    from ..pipeline import load_pipeline
+    ``objectives`` adds named entries to the objectives registry (:mod:`~step1x_edit.train.objectives`) for
+    ``training.objective`` to choose from; the objective and its options are checked before anything is loaded.
+    Every phase that can take more than a moment shows a progress bar or says what it does (main process)."""
 
-    t = config.training
-    output_dir = Path(t.output_dir)
-    if t.num_threads:
-        torch.set_num_threads(t.num_threads)
-    trackers = ["tensorboard"] if "tensorboard" in t.report_to else None
-    accelerator = Accelerator(
-        mixed_precision=_mixed_precision(t.mixed_precision),
-        gradient_accumulation_steps=t.gradient_accumulation_steps,
-        log_with=trackers,
-        project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / "logs")),
-    )
-    if accelerator.distributed_type == DistributedType.DEEPSPEED:
-        raise TrainingConfigError("DeepSpeed is not supported: its optimizer state is saved and loaded with pickle "
-                                  "(torch.save / torch.load), which this project never loads; use DDP or FSDP")
-    main = accelerator.is_main_process
-    if main:
-        _check_same_run(output_dir, config)
-    accelerator.wait_for_everyone()
-    set_seed(t.seed)
-    weight_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(accelerator.mixed_precision, torch.float32)
+    def __init__(self, config: TrainConfig, progress: bool = True,
+                 objectives: Mapping[str, ObjectiveFactory] | None = None):
+        t = config.training
+        self.config = config
+        self.progress = progress
+        self.output_dir = Path(t.output_dir)
+        self.objective = build_objective(t.objective, t.objective_options, objectives)
 
-    # 1. Model: frozen VAE / MLLM, trainable DiT parts in float32 (autocast does the low-precision math).
-    pipe = load_pipeline(config.model.path, device="cpu", torch_dtype=torch.float32, version=config.model.version)
-    pipe.vae.to(accelerator.device).requires_grad_(False).eval()
-    text_encoder = pipe.text_encoder
-    train_text = config.model.train_text_encoder
-    text_encoder.to(accelerator.device, dtype=torch.float32 if train_text else weight_dtype)
-    text_encoder.requires_grad_(False).eval()
-    transformer = pipe.transformer
-    params = _set_trainable(transformer, config)
-    text_params = []
-    if train_text:  # the language model (embeddings, layers, final norm); the vision tower stays frozen
-        text_encoder.model.language_model.requires_grad_(True)
-        text_params = list(text_encoder.model.language_model.parameters())
-    if config.model.mode == "lora" and weight_dtype != torch.float32:
-        for param in transformer.parameters():
-            if not param.requires_grad:
-                param.data = param.data.to(weight_dtype)
-    transformer.to(accelerator.device).train()
-    if t.gradient_checkpointing:
-        transformer.enable_gradient_checkpointing()
-    version = transformer.config.version
+    def say(self, message: str) -> None:
+        """A line about the current phase (main process; on its own line, never inside a progress bar)."""
+        if self.accelerator.is_main_process:
+            tqdm.write(message, file=sys.stderr)
 
-    # 2. Data: examples, buckets, cached features.
-    store = resolve_store(config.data, output_dir)
-    examples = load_examples(config.data, store)
-    if not examples:
-        raise Step1XEditError(f"no training samples in {store} (split {config.data.split!r}, "
-                              f"tasks {list(config.data.tasks) or 'all'}, language {config.data.language!r})")
-    examples = repeat_tasks(examples, config.data.task_repeats)
-    languages = LANGUAGE_KEYS[config.data.language]
-    featurized = () if train_text else languages  # a trained MLLM's conditions are computed per step
-    cache = None
-    if config.data.cache:
-        fingerprint = model_fingerprint(pipe, config.data.resolution, featurized)
-        cache = FeatureCache(config.data.cache_dir or output_dir / "cache", fingerprint)
-    source = FeatureSource(examples, config.data.resolution, Featurizer(pipe, featurized), cache)
-    source.fill(progress=progress and main, shard=(accelerator.process_index, accelerator.num_processes))
-    accelerator.wait_for_everyone()
-    validation_examples = []
-    if config.validation.every >= 0 and main:
-        validation_examples = load_examples(config.data, store, split="validation",
-                                            limit=config.validation.num_samples)
-    batches_per_epoch = len(plan_batches(source.sizes, t.batch_size, t.seed, 0, accelerator.num_processes, 0))
-    if batches_per_epoch == 0:
-        raise Step1XEditError(f"{len(examples)} samples give no batch for {accelerator.num_processes} processes")
-
-    # 3. Optimisation.
-    optimizer = _optimizer(_parameter_groups(transformer, config, text_params), config)
-    lr_scheduler = get_scheduler(
-        t.lr_scheduler, optimizer, num_warmup_steps=t.warmup_steps * accelerator.num_processes,
-        num_training_steps=t.max_steps * accelerator.num_processes,
-    )
-    params = params + text_params
-    ema = EMAModel(params, decay=t.ema_decay) if t.ema_decay > 0 else None
-    transformer, optimizer, lr_scheduler = accelerator.prepare(transformer, optimizer, lr_scheduler)
-    state = _Progress(t.seed, accelerator.process_index)
-    trained = {"transformer": transformer}
-    if train_text:  # not wrapped for data parallel (its gradients are averaged by hand below)
-        trained["text_encoder"] = text_encoder
-    checkpointer = _Checkpointer(accelerator, trained, optimizer, lr_scheduler, ema, state,
-                                 output_dir / "checkpoints", t.keep_checkpoints)
-    lora = config.model.mode == "lora"
-    resumed = checkpointer.resume()
-    if resumed is not None and main:
-        print(f"resumed from {resumed} (step {state.step})")
-    if trackers:
-        accelerator.init_trackers("step1x-edit-train", config={"max_steps": t.max_steps})
-    log = _LossLog(output_dir, state.step, main and "csv" in t.report_to)
-    schedule = pipe.scheduler.config  # the inference schedule's shift, matched by "logit_normal"
-    sampling_config = FlowTimeSampling(
-        t.timestep_sampling, t.shift, t.logit_mean, t.logit_std, base_shift=schedule.base_shift,
-        max_shift=schedule.max_shift, base_seq_len=schedule.base_image_seq_len,
-        max_seq_len=schedule.max_image_seq_len, pure_noise_rate=t.pure_noise_rate,
-    )
-    decode = None
-    if t.loss_space == "pixel":  # the frozen VAE's decoder; gradients flow through it to the transformer only
-        def decode(latents: torch.Tensor) -> torch.Tensor:
-            return decode_latents(pipe.vae, latents.to(accelerator.device))
-
-    def validate() -> None:
-        if not validation_examples:
-            return
-        model = accelerator.unwrap_model(transformer)
-        if ema is not None:
-            ema.store(params)
-            ema.copy_to(params)
-        model.eval()
+    def run(self) -> TrainResult:
+        """Run (or resume) the job; torch's CPU thread count is restored afterwards."""
+        threads = torch.get_num_threads()
         try:
-            with accelerator.autocast():
-                metrics = _save_validation(pipe, validation_examples, config, state.step, output_dir)
+            self.setup_accelerator()
+            self.setup_model()
+            self.setup_data()
+            self.setup_optimization()
+            return self.fit()
         finally:
-            model.train()
-            if ema is not None:
-                ema.restore(params)
-        print(f"validation at step {state.step}: " + ", ".join(f"{k} {v:.3f}" for k, v in metrics.items()))
-        if trackers:
-            accelerator.log({f"validation/{k}": v for k, v in metrics.items()}, step=state.step)
+            torch.set_num_threads(threads)
 
-    # 4. Loop.
-    stop = t.max_steps if t.until_step is None else min(t.max_steps, t.until_step)
-    losses: dict[int, float] = {}
-    started = time.perf_counter()
-    accumulated = []
-    bar = tqdm(total=t.max_steps, initial=state.step, desc="training", disable=not (progress and main), unit="step")
-    plans: dict[int, list[list[int]]] = {}
-    while state.step < stop:
-        epoch, position = divmod(state.micro_step, batches_per_epoch)
-        if epoch not in plans:
-            plans = {epoch: plan_batches(source.sizes, t.batch_size, t.seed, epoch, accelerator.num_processes,
-                                         accelerator.process_index)}
-        indices = plans[epoch][position]
-        language = languages[int(torch.randint(len(languages), (1,), generator=state.generator))]
-        batch = collate([source[i] for i in indices], language, pipe.config.max_sequence_length)
+    def setup_accelerator(self) -> None:
+        from accelerate import Accelerator
+        from accelerate.utils import DistributedType, ProjectConfiguration, set_seed
+
+        t = self.config.training
+        if t.num_threads:
+            torch.set_num_threads(t.num_threads)
+        self.trackers = ["tensorboard"] if "tensorboard" in t.report_to else None
+        self.accelerator = accelerator = Accelerator(
+            mixed_precision=_mixed_precision(t.mixed_precision),
+            gradient_accumulation_steps=t.gradient_accumulation_steps,
+            log_with=self.trackers,
+            project_config=ProjectConfiguration(project_dir=str(self.output_dir),
+                                                logging_dir=str(self.output_dir / "logs")),
+        )
+        if accelerator.distributed_type == DistributedType.DEEPSPEED:
+            raise TrainingConfigError("DeepSpeed is not supported: its optimizer state is saved and loaded with pickle "
+                                      "(torch.save / torch.load), which this project never loads; use DDP or FSDP")
+        self.main = accelerator.is_main_process
+        if self.main:
+            _check_same_run(self.output_dir, self.config)
+        accelerator.wait_for_everyone()
+        set_seed(t.seed)
+        self.weight_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(accelerator.mixed_precision,
+                                                                                torch.float32)
+
+    def setup_model(self) -> None:
+        """Load the pipeline: frozen VAE and MLLM, the trained DiT parts in float32 (autocast does the low-precision
+        math), LoRA adapters or the whole DiT (and, if asked, the MLLM's language model) trainable."""
+        from ..pipeline import load_pipeline
+
+        model, t = self.config.model, self.config.training
+        device = self.accelerator.device
+        self.say(f"loading the model from {model.path or 'the built-in demo model'}")
+        self.pipe = pipe = load_pipeline(model.path, device="cpu", torch_dtype=torch.float32, version=model.version)
+        pipe.vae.to(device).requires_grad_(False).eval()
+        self.text_encoder = text_encoder = pipe.text_encoder
+        text_encoder.to(device, dtype=torch.float32 if model.train_text_encoder else self.weight_dtype)
+        text_encoder.requires_grad_(False).eval()
+        transformer = pipe.transformer
+        self.params = _set_trainable(transformer, self.config)
+        self.text_params = []
+        if model.train_text_encoder:  # the language model (embeddings, layers, final norm); the vision tower stays frozen
+            text_encoder.model.language_model.requires_grad_(True)
+            self.text_params = list(text_encoder.model.language_model.parameters())
+        if model.mode == "lora" and self.weight_dtype != torch.float32:
+            for param in transformer.parameters():
+                if not param.requires_grad:
+                    param.data = param.data.to(self.weight_dtype)
+        transformer.to(device).train()
+        if t.gradient_checkpointing:
+            transformer.enable_gradient_checkpointing()
+        self.transformer = transformer
+        self.version = transformer.config.version
+
+    def setup_data(self) -> None:
+        """The training examples (repeated per task), their cached VAE latents and MLLM conditions, the held-out
+        examples for validation, and the number of batches in an epoch."""
+        config, accelerator = self.config, self.accelerator
+        data = config.data
+        store = resolve_store(data, self.output_dir)
+        self.say(f"reading the training samples of {store}")
+        examples = load_examples(data, store)
+        if not examples:
+            raise Step1XEditError(f"no training samples in {store} (split {data.split!r}, "
+                                  f"tasks {list(data.tasks) or 'all'}, language {data.language!r})")
+        examples = repeat_tasks(examples, data.task_repeats)
+        self.languages = LANGUAGE_KEYS[data.language]
+        featurized = () if config.model.train_text_encoder else self.languages  # a trained MLLM's: at every step
+        cache = None
+        if data.cache:
+            fingerprint = model_fingerprint(self.pipe, data.resolution, featurized)
+            cache = FeatureCache(data.cache_dir or self.output_dir / "cache", fingerprint)
+        self.source = FeatureSource(examples, data.resolution, Featurizer(self.pipe, featurized), cache)
+        self.source.fill(progress=self.progress and self.main,
+                         shard=(accelerator.process_index, accelerator.num_processes))
+        accelerator.wait_for_everyone()
+        self.validation_examples = []
+        if config.validation.every >= 0 and self.main:
+            self.validation_examples = load_examples(data, store, split="validation",
+                                                     limit=config.validation.num_samples)
+        t = config.training
+        self.batches_per_epoch = len(plan_batches(self.source.sizes, t.batch_size, t.seed, 0,
+                                                  accelerator.num_processes, 0))
+        if self.batches_per_epoch == 0:
+            raise Step1XEditError(f"{len(examples)} samples give no batch for {accelerator.num_processes} processes")
+
+    def setup_optimization(self) -> None:
+        """Optimizer, LR schedule, EMA, accelerate's wrappers, the checkpointer (resuming from the newest usable
+        checkpoint), the loss log and the flow-time sampling."""
+        from diffusers.optimization import get_scheduler
+        from diffusers.training_utils import EMAModel
+
+        t, accelerator = self.config.training, self.accelerator
+        optimizer = _optimizer(_parameter_groups(self.transformer, self.config, self.text_params), self.config)
+        lr_scheduler = get_scheduler(
+            t.lr_scheduler, optimizer, num_warmup_steps=t.warmup_steps * accelerator.num_processes,
+            num_training_steps=t.max_steps * accelerator.num_processes,
+        )
+        self.params = self.params + self.text_params
+        self.ema = EMAModel(self.params, decay=t.ema_decay) if t.ema_decay > 0 else None
+        self.transformer, self.optimizer, self.lr_scheduler = accelerator.prepare(self.transformer, optimizer,
+                                                                                  lr_scheduler)
+        self.state = _Progress(t.seed, accelerator.process_index)
+        trained = {"transformer": self.transformer}
+        if self.config.model.train_text_encoder:  # not wrapped for data parallel (its gradients are averaged by hand)
+            trained["text_encoder"] = self.text_encoder
+        self.checkpointer = _Checkpointer(accelerator, trained, self.optimizer, self.lr_scheduler, self.ema, self.state,
+                                          self.output_dir / "checkpoints", t.keep_checkpoints)
+        resumed = self.checkpointer.resume()
+        if resumed is not None:
+            self.say(f"resumed from {resumed} (step {self.state.step})")
+        if self.trackers:
+            accelerator.init_trackers("step1x-edit-train", config={"max_steps": t.max_steps})
+        self.log = _LossLog(self.output_dir, self.state.step, self.main and "csv" in t.report_to)
+        schedule = self.pipe.scheduler.config  # the inference schedule's shift, matched by "logit_normal"
+        self.time_sampling = FlowTimeSampling(
+            t.timestep_sampling, t.shift, t.logit_mean, t.logit_std, base_shift=schedule.base_shift,
+            max_shift=schedule.max_shift, base_seq_len=schedule.base_image_seq_len,
+            max_seq_len=schedule.max_image_seq_len, pure_noise_rate=t.pure_noise_rate,
+        )
+
+    def fit(self) -> TrainResult:
+        """Step until ``max_steps`` (or ``until_step``), logging, checkpointing and validating on the way; then the
+        final validation and model."""
+        t, accelerator, state = self.config.training, self.accelerator, self.state
+        every = self.config.validation.every
+        stop = t.max_steps if t.until_step is None else min(t.max_steps, t.until_step)
+        losses: dict[int, float] = {}
+        started = time.perf_counter()
+        accumulated = []
+        bar = tqdm(total=t.max_steps, initial=state.step, desc="training", unit="step",
+                   disable=not (self.progress and self.main))
+        plans: dict[int, list[list[int]]] = {}
+        while state.step < stop:
+            epoch, position = divmod(state.micro_step, self.batches_per_epoch)
+            if epoch not in plans:
+                plans = {epoch: plan_batches(self.source.sizes, t.batch_size, t.seed, epoch,
+                                             accelerator.num_processes, accelerator.process_index)}
+            accumulated.append(self.step(plans[epoch][position]))
+            if not accelerator.sync_gradients:
+                continue
+            state.step += 1
+            if self.ema is not None:
+                self.ema.step(self.params)
+            step_loss = float(accelerator.gather(torch.stack(accumulated).mean()[None]).mean())
+            accumulated = []
+            if not math.isfinite(step_loss):
+                raise Step1XEditError(f"the loss became {step_loss} at step {state.step}; lower the learning rate")
+            losses[state.step] = step_loss
+            if state.step % t.log_every == 0 or state.step == stop:
+                lr = self.lr_scheduler.get_last_lr()[0]
+                self.log.write({"step": state.step, "loss": f"{step_loss:.6g}", "lr": f"{lr:.6g}",
+                                "samples": state.samples, "seconds": f"{time.perf_counter() - started:.1f}"})
+                if self.trackers:
+                    accelerator.log({"loss": step_loss, "lr": lr}, step=state.step)
+            bar.update()
+            bar.set_postfix(loss=f"{step_loss:.4f}")
+            if state.step % t.checkpoint_every == 0 or state.step == stop:
+                self.checkpoint()
+            if every > 0 and state.step % every == 0:
+                self.validate()
+        bar.close()
+        final_dir = None
+        if state.step >= t.max_steps:
+            final_dir = self.output_dir / "final"
+            if every == 0 or (every > 0 and state.step % every):
+                self.validate()
+            if self.main:
+                self.save_final(final_dir)
+        accelerator.wait_for_everyone()
+        accelerator.end_training()
+        return TrainResult(state.step, final_dir, losses)
+
+    def step(self, indices: list[int]) -> torch.Tensor:
+        """One micro-step on the samples ``indices``: draw times, noise and dropout, compute the objective, step the
+        optimizer when the gradients are accumulated. Returns the (detached) loss."""
+        t, accelerator, state, source = self.config.training, self.accelerator, self.state, self.source
+        train_text = self.config.model.train_text_encoder
+        language = self.languages[int(torch.randint(len(self.languages), (1,), generator=state.generator))]
+        batch = collate([source[i] for i in indices], language, self.pipe.config.max_sequence_length)
         batch = {key: value.to(accelerator.device) for key, value in batch.items()}
         target = batch["target"]
-        flow_t = sample_flow_times(target.shape[0], target.shape[-2] * target.shape[-1] // 4, sampling_config,
+        flow_t = sample_flow_times(target.shape[0], target.shape[-2] * target.shape[-1] // 4, self.time_sampling,
                                    state.generator)
         noise = torch.randn(target.shape, generator=state.generator).to(accelerator.device)
         start_times = None
@@ -544,65 +623,71 @@ def train(config: TrainConfig, progress: bool = True) -> TrainResult:
                 batch["embeds"], batch["mask"], batch["uncond_embeds"], batch["uncond_mask"], batch["reference"],
                 t.dropout_text, t.dropout_image, t.dropout_both, state.generator,
             )
-        with accelerator.accumulate(transformer):
+        with accelerator.accumulate(self.transformer):
             with accelerator.autocast():
                 if train_text:
-                    embeds, mask = encode_prompts(text_encoder, pipe.processor,
+                    embeds, mask = encode_prompts(self.text_encoder, self.pipe.processor,
                                                   [source.source_image(i) for i in indices], prompts,
-                                                  max_length=pipe.config.max_sequence_length, grad=True)
-                loss = flow_matching_loss(transformer, target, reference, embeds.to(weight_dtype), mask, flow_t,
-                                          noise, version, start_times, batch["reference"], t.loss_weighting,
-                                          decode, t.ssim_loss_weight, t.squared_loss_weight,
-                                          t.absolute_loss_weight)
+                                                  max_length=self.pipe.config.max_sequence_length, grad=True)
+                loss = self.objective(self.transformer, FlowBatch(
+                    target, reference, embeds.to(self.weight_dtype), mask, flow_t, noise, self.version, start_times,
+                    batch["reference"], self._decode))
             accelerator.backward(loss)
             if train_text and accelerator.sync_gradients and accelerator.num_processes > 1:
-                for param in text_params:
+                for param in self.text_params:
                     if param.grad is not None:
                         param.grad = accelerator.reduce(param.grad, reduction="mean")
             if accelerator.sync_gradients and t.max_grad_norm > 0:
-                accelerator.clip_grad_norm_(params, t.max_grad_norm)
-            optimizer.step()
-            lr_scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-        accumulated.append(loss.detach())
+                accelerator.clip_grad_norm_(self.params, t.max_grad_norm)
+            self.optimizer.step()
+            self.lr_scheduler.step()
+            self.optimizer.zero_grad(set_to_none=True)
         state.micro_step += 1
         state.samples += target.shape[0] * accelerator.num_processes
-        if not accelerator.sync_gradients:
-            continue
-        state.step += 1
-        if ema is not None:
-            ema.step(params)
-        step_loss = float(accelerator.gather(torch.stack(accumulated).mean()[None]).mean())
-        accumulated = []
-        if not math.isfinite(step_loss):
-            raise Step1XEditError(f"the loss became {step_loss} at step {state.step}; lower the learning rate")
-        losses[state.step] = step_loss
-        if state.step % t.log_every == 0 or state.step == stop:
-            row = {"step": state.step, "loss": f"{step_loss:.6g}", "lr": f"{lr_scheduler.get_last_lr()[0]:.6g}",
-                   "samples": state.samples, "seconds": f"{time.perf_counter() - started:.1f}"}
-            log.write(row)
-            if trackers:
-                accelerator.log({"loss": step_loss, "lr": lr_scheduler.get_last_lr()[0]}, step=state.step)
-        bar.update()
-        bar.set_postfix(loss=f"{step_loss:.4f}")
-        if state.step % t.checkpoint_every == 0 or state.step == stop:
-            checkpointer.save()
-        if config.validation.every > 0 and state.step % config.validation.every == 0 and main:
-            validate()
-    bar.close()
+        return loss.detach()
 
-    # 5. Result.
-    final_dir = None
-    if state.step >= t.max_steps:
-        final_dir = output_dir / "final"
-        if main:
-            every = config.validation.every
-            if every == 0 or (every > 0 and state.step % every):
-                validate()
-            _save_final(accelerator.unwrap_model(transformer), pipe, params, ema, lora, final_dir)
-    accelerator.wait_for_everyone()
-    accelerator.end_training()
-    return TrainResult(state.step, final_dir, losses)
+    def _decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """The frozen VAE's decoding of normalised latents (gradients flow through it to the transformer only)."""
+        return decode_latents(self.pipe.vae, latents.to(self.accelerator.device))
+
+    def checkpoint(self) -> None:
+        """Write ``checkpoints/step-N`` (every process takes part)."""
+        self.checkpointer.save()
+        self.say(f"saved the checkpoint of step {self.state.step}")
+
+    def validate(self) -> None:
+        """Edit the held-out samples with the current (EMA) weights and log PSNR/SSIM (main process)."""
+        if not self.validation_examples:
+            return
+        model = self.accelerator.unwrap_model(self.transformer)
+        ema, params = self.ema, self.params
+        if ema is not None:
+            ema.store(params)
+            ema.copy_to(params)
+        model.eval()
+        try:
+            with self.accelerator.autocast():
+                metrics = _save_validation(self.pipe, self.validation_examples, self.config, self.state.step,
+                                           self.output_dir, progress=self.progress)
+        finally:
+            model.train()
+            if ema is not None:
+                ema.restore(params)
+        self.say(f"validation at step {self.state.step}: " + ", ".join(f"{k} {v:.3f}" for k, v in metrics.items()))
+        if self.trackers:
+            self.accelerator.log({f"validation/{k}": v for k, v in metrics.items()}, step=self.state.step)
+
+    def save_final(self, final_dir: Path) -> None:
+        """The result in ``final_dir`` (:func:`_save_final`)."""
+        self.say(f"saving the final model to {final_dir}")
+        _save_final(self.accelerator.unwrap_model(self.transformer), self.pipe, self.params, self.ema,
+                    self.config.model.mode == "lora", final_dir)
+
+
+def train(config: TrainConfig, progress: bool = True,
+          objectives: Mapping[str, ObjectiveFactory] | None = None) -> TrainResult:
+    """Run (or resume) the training job ``config`` (see the module docstring and :class:`Trainer`)."""
+    return Trainer(config, progress, objectives).run()
 
 
 def _save_final(model, pipe, params, ema, lora: bool, final_dir: Path) -> None:
