@@ -269,3 +269,133 @@ def test_the_velocity_only_official_format_neither_writes_nor_reads_a_reference_
     with pytest.raises(CheckpointError, match="official-format files hold velocity models only"):
         load_official_transformer(tmp_path / "tiny.safetensors",
                                   config={"axes_dim": (8, 12, 12), "prediction_type": "reference_delta"})
+
+
+# ------------------------------------------------------------------ official diffusers-format repositories
+@pytest.fixture(scope="module")
+def tiny_v1p2_repository(tmp_path_factory):
+    from step1x_edit.testing.tiny import save_tiny_official_diffusers
+
+    return save_tiny_official_diffusers(tmp_path_factory.mktemp("v1p2"), "v1.2", shards=2)
+
+
+def _copy_repository(source, target):
+    import shutil
+
+    shutil.copytree(source, target)
+    return target
+
+
+@pytest.mark.parametrize(("version", "tensors", "parameters"),
+                         [("v1.2", 1198, 12_442_484_544), ("v1.1-diffusers", 1196, 12_427_800_384)])
+def test_full_size_official_repository_manifest_loads_on_meta_with_every_key_consumed(fixture_dir, version, tensors,
+                                                                                      parameters):
+    from step1x_edit.checkpoints.official_diffusers import empty_fork_transformer_for
+
+    manifest = json.loads((fixture_dir / version / "keys" / "full_size_manifest.json").read_text())
+    shapes = {name: tuple(shape) for name, shape, _ in manifest["tensors"]}
+    model, rules = empty_fork_transformer_for(manifest["config"], shapes, version, "manifest")
+    assert len(shapes) == tensors and {rule.official for rule in rules} == set(shapes)
+    assert _count(model) == parameters
+    assert model.config.version == version and model.config.hidden_size == 3072
+
+
+def test_official_v1p2_repository_loads_as_released_without_conversion(tiny_v1p2_repository):
+    from step1x_edit.pipeline import Step1XEditPipeline, load_pipeline
+
+    assert len(list((tiny_v1p2_repository / "transformer").glob("*-of-00002.safetensors"))) == 2
+    pipe = load_pipeline(tiny_v1p2_repository, device="cpu")
+    assert pipe.version == "v1.2" and pipe.transformer.text_token_mapping is not None
+    assert pipe.config.default_num_inference_steps == 28
+    assert Step1XEditPipeline.from_pretrained(tiny_v1p2_repository).version == "v1.2"
+
+
+def test_edit_command_runs_an_official_v1p2_repository(tiny_v1p2_repository, tmp_path):
+    from PIL import Image
+
+    from step1x_edit.cli import main
+
+    Image.new("RGB", (72, 56), (20, 120, 200)).save(tmp_path / "in.png")
+    code = main(["edit", str(tmp_path / "in.png"), 'write "HI" on it', "--model", str(tiny_v1p2_repository),
+                 "--steps", "2", "--size-level", "64", "--device", "cpu", "-o", str(tmp_path / "out.png")])
+    assert code == 0 and Image.open(tmp_path / "out.png").size == (72, 56)
+
+
+def test_info_describes_an_official_repository_from_headers(tiny_v1p2_repository):
+    from step1x_edit.checkpoints.inspect import describe_model
+
+    description = describe_model(tiny_v1p2_repository)
+    assert description["layout"] == "official diffusers" and description["version"] == "v1.2"
+    assert description["components"]["transformer"]["parameters"] > 0
+
+
+def test_convert_writes_this_projects_layout_from_an_official_repository(tiny_v1p2_repository, tmp_path):
+    from step1x_edit.cli import main
+    from step1x_edit.pipeline import load_pipeline
+
+    assert main(["convert", str(tiny_v1p2_repository), str(tmp_path / "ours"), "--dtype", "fp32"]) == 0
+    converted = load_pipeline(tmp_path / "ours", device="cpu")
+    original = load_pipeline(tiny_v1p2_repository, device="cpu")
+    assert converted.version == "v1.2"
+    for name, tensor in original.transformer.state_dict().items():
+        assert torch.equal(converted.transformer.state_dict()[name], tensor), name
+
+
+def test_official_repository_with_a_missing_shard_is_refused(tiny_v1p2_repository, tmp_path):
+    from step1x_edit.pipeline import load_pipeline
+
+    repository = _copy_repository(tiny_v1p2_repository, tmp_path / "repo")
+    next((repository / "transformer").glob("*-00002-of-00002.safetensors")).unlink()
+    with pytest.raises(CheckpointError, match="00002-of-00002"):
+        load_pipeline(repository, device="cpu")
+
+
+@pytest.mark.parametrize(("edit", "message"), [("rename", "unexpected 1 key"), ("reshape", "wrong shape")])
+def test_official_repository_with_a_wrong_tensor_is_refused(tiny_v1p2_repository, tmp_path, edit, message):
+    from step1x_edit.pipeline import load_pipeline
+
+    repository = _copy_repository(tiny_v1p2_repository, tmp_path / "repo")
+    index_file = repository / "transformer" / "diffusion_pytorch_model.safetensors.index.json"
+    index = json.loads(index_file.read_text())
+    shard = repository / "transformer" / index["weight_map"]["proj_out.bias"]
+    tensors = load_file(shard)
+    if edit == "rename":
+        tensors["proj_out.bias_typo"] = tensors.pop("proj_out.bias")
+        index["weight_map"]["proj_out.bias_typo"] = index["weight_map"].pop("proj_out.bias")
+        index_file.write_text(json.dumps(index))
+    else:
+        tensors["proj_out.bias"] = torch.zeros(3)
+    save_file(tensors, shard)
+    with pytest.raises(CheckpointError, match=message):
+        load_pipeline(repository, device="cpu")
+
+
+def test_repository_of_an_unknown_version_is_refused_with_the_reason(tiny_v1p2_repository, tmp_path):
+    from step1x_edit.pipeline import load_pipeline
+
+    repository = _copy_repository(tiny_v1p2_repository, tmp_path / "repo")
+    index = json.loads((repository / "model_index.json").read_text())
+    (repository / "model_index.json").write_text(json.dumps({**index, "_class_name": "Step1XEditPipelineV2"}))
+    with pytest.raises(CheckpointError, match="not a Step1X-Edit release.*refusing to guess"):
+        load_pipeline(repository, device="cpu")
+
+
+def test_official_repository_naming_another_transformer_class_is_refused(tiny_v1p2_repository, tmp_path):
+    from step1x_edit.pipeline import load_pipeline
+
+    repository = _copy_repository(tiny_v1p2_repository, tmp_path / "repo")
+    index = json.loads((repository / "model_index.json").read_text())
+    index["vae"] = ["mypackage", "EvilAutoencoder"]
+    (repository / "model_index.json").write_text(json.dumps(index))
+    with pytest.raises(CheckpointError, match="vae must be one of"):
+        load_pipeline(repository, device="cpu")
+
+
+def test_v1_1_single_file_can_run_as_the_diffusers_recipe_but_not_as_v1_2(tmp_path):
+    model = build_transformer("tiny", version="v1.1")
+    path = tmp_path / "step1x-edit-v1p1-official.safetensors"
+    save_file(transformer_state_dict_to_official(model), path)
+    config = {"axes_dim": list(model.config.axes_dim), "connector_num_heads": model.config.connector_num_heads}
+    assert load_official_transformer(path, version="v1.1-diffusers", config=config).config.version == "v1.1-diffusers"
+    with pytest.raises(CheckpointError, match="version mismatch"):
+        load_official_transformer(path, version="v1.2", config=config)

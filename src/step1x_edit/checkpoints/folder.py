@@ -5,7 +5,9 @@ hostile folder would fail deep inside a library (a traceback), allocate an absur
 billion), or import whatever class ``model_index.json`` names. :func:`check_diffusers_folder` reads JSON files and
 safetensors headers only:
 
-* ``model_index.json`` names the classes this project writes, and its settings are in range;
+* ``model_index.json`` names the classes this project writes, and its settings are in range; an official
+  released repository (the diffusers fork's classes) is recognised through :mod:`step1x_edit.versions` and checked
+  by :func:`step1x_edit.checkpoints.official_diffusers.check_official_diffusers_folder`;
 * every config file is a JSON object whose sizes are integers within bounds, none of them missing;
 * the transformer and VAE weights hold exactly the tensors (names and shapes) of the model their config builds
   (on the meta device: no memory); the text encoder's weights hold the layers and blocks its config says, each
@@ -63,8 +65,12 @@ def check_diffusers_folder(path: str | Path) -> None:
     """Check the diffusers-layout model folder ``path`` from its JSON files and weight headers (see the module
     docstring); raises :class:`CheckpointError` naming the file and the field or tensor."""
     from ..pipeline import PIPELINE_SETTINGS, check_pipeline_settings  # the pipeline module calls this one
+    from .official_diffusers import check_official_diffusers_folder, is_official_diffusers_folder
 
     path = Path(path)
+    if is_official_diffusers_folder(path):  # a released repository: the fork's classes, checked by the registry
+        check_official_diffusers_folder(path)
+        return
     index_file = path / INDEX_FILE
     index = read_json_config(index_file)
     _checked(index_file, check_pipeline_settings, index)
@@ -78,10 +84,10 @@ def check_diffusers_folder(path: str | Path) -> None:
         if not (isinstance(spec, list) and all(isinstance(part, str) for part in spec) and tuple(spec) in allowed):
             raise CheckpointError(f"{index_file}: {name} must be one of {sorted(map(list, allowed))}, got {spec!r}")
     _check_transformer(path / "transformer")
-    _check_vae(path / "vae", index["vae"][1])
+    check_vae_folder(path / "vae", index["vae"][1])
     check_text_encoder_folder(path / "text_encoder")
     check_processor_folder(path / "processor")
-    _check_scheduler(path / "scheduler" / "scheduler_config.json")
+    check_scheduler_config(path / "scheduler" / "scheduler_config.json")
 
 
 def check_text_encoder_folder(folder: str | Path) -> None:
@@ -177,7 +183,8 @@ def _check_transformer(folder: Path) -> None:
     _check_tensors(folder, config_file, model)
 
 
-def _check_vae(folder: Path, class_name: str) -> None:
+def check_vae_folder(folder: Path, class_name: str) -> None:
+    """Check a VAE folder's ``config.json`` (bounds) against its weight headers (every tensor, shape for shape)."""
     config_file = folder / "config.json"
     config = _fields(read_json_config(config_file))
     if class_name == PatchAutoencoder.__name__:
@@ -189,7 +196,8 @@ def _check_vae(folder: Path, class_name: str) -> None:
     _check_tensors(folder, config_file, model)
 
 
-def _check_scheduler(config_file: Path) -> None:
+def check_scheduler_config(config_file: Path) -> None:
+    """Check a ``FlowMatchEulerDiscreteScheduler`` config file's settings (bounds)."""
     def check(config: Mapping[str, Any]) -> None:
         if "num_train_timesteps" in config:
             validate.integer("num_train_timesteps", config["num_train_timesteps"], 1, MAX_TRAIN_TIMESTEPS)

@@ -23,6 +23,12 @@ from .official import (
     read_json_config,
     read_shapes,
 )
+from .official_diffusers import (
+    check_official_diffusers_folder,
+    is_official_diffusers_folder,
+    transformer_config_from_fork,
+    transformer_files,
+)
 
 # Transformer config fields worth showing: the sizes that tell the released model from a smaller one.
 ARCHITECTURE_FIELDS = ("hidden_size", "depth", "depth_single_blocks", "num_heads", "mllm_hidden_size")
@@ -43,7 +49,8 @@ def describe_safetensors(paths: list[Path]) -> dict:
 
 
 def describe_model(model_dir: str | os.PathLike) -> dict:
-    """Layout ("official" or "diffusers"), version and per-component parameter counts of a model directory."""
+    """Layout ("official", "official diffusers" or "diffusers"), version and per-component parameter counts of a
+    model directory."""
     path = Path(model_dir)
     if not path.is_dir():
         raise CheckpointError(f"model directory {'is not a directory' if path.exists() else 'not found'}: {path}")
@@ -72,7 +79,25 @@ def describe_model(model_dir: str | os.PathLike) -> dict:
     return {"layout": "official", "version": config["version"], "components": components}
 
 
+def _describe_official_diffusers(path: Path) -> dict:
+    """An official diffusers-format repository: its version from the registry, the transformer's sizes in this
+    project's field names."""
+    version = check_official_diffusers_folder(path)
+    config = transformer_config_from_fork(read_json_config(path / "transformer" / "config.json"), version,
+                                          str(path / "transformer"))
+    components = {"transformer": {"class": "Step1XEditTransformer2DModel (official diffusers fork)",
+                                  **{field: config[field] for field in ARCHITECTURE_FIELDS},
+                                  **describe_safetensors(transformer_files(path / "transformer"))}}
+    for name in ("text_encoder", "vae"):
+        weights = sorted((path / name).glob("*.safetensors"))
+        if weights:
+            components[name] = describe_safetensors(weights)
+    return {"layout": "official diffusers", "version": version, "components": components}
+
+
 def _describe_diffusers(path: Path) -> dict:
+    if is_official_diffusers_folder(path):
+        return _describe_official_diffusers(path)
     check_diffusers_folder(path)  # so that what follows reads well-formed files
     index = read_json_config(path / "model_index.json")
     components = {}

@@ -31,7 +31,7 @@ from accelerate import init_empty_weights
 from .. import validate
 from ..errors import CheckpointError, InvalidValueError
 from ..models.transformer import Step1XEditTransformer2DModel
-from ..versions import VERSIONS, detect_diffusers_version, get_version
+from ..versions import detect_diffusers_version, get_version
 from .official import (
     KeyRule,
     _check_keys,
@@ -196,23 +196,30 @@ def transformer_files(folder: Path) -> list[Path]:
     return sorted({file for _, _, file in weights_header(folder, "diffusion_pytorch_model").values()})
 
 
-def empty_fork_transformer(folder: str | os.PathLike, version: str) -> tuple[Step1XEditTransformer2DModel, list[KeyRule]]:
-    """A meta-device model for the fork's ``transformer/`` ``folder`` of ``version``, and its key table; the
-    tensors' names and shapes are checked against it (headers only), every one consumed."""
-    from .folder import weights_header
-
-    folder = Path(folder)
-    config = transformer_config_from_fork(read_json_config(folder / "config.json"), version,
-                                          str(folder / "config.json"))
+def empty_fork_transformer_for(
+    fork_config: Mapping[str, Any], shapes: Mapping[str, tuple[int, ...]], version: str, source: str
+) -> tuple[Step1XEditTransformer2DModel, list[KeyRule]]:
+    """A meta-device model (no memory) for the fork's transformer config ``fork_config`` of ``version`` that
+    accepts exactly the tensors ``shapes`` (fork name -> shape), and its key table; raises
+    :class:`CheckpointError` naming ``source`` and the missing, unexpected or misshapen tensors."""
+    config = transformer_config_from_fork(fork_config, version, source)
     try:
         with init_empty_weights():
             model = Step1XEditTransformer2DModel(**config)
     except ValueError as error:
-        raise CheckpointError(f"{folder / 'config.json'}: {error}") from error
+        raise CheckpointError(f"{source}: {error}") from error
     rules = fork_key_table(model.config)
-    shapes = {key: shape for key, (_, shape, _) in weights_header(folder, "diffusion_pytorch_model").items()}
-    _check_keys(str(folder), shapes, rules, model, "")
+    _check_keys(source, {key: tuple(shape) for key, shape in shapes.items()}, rules, model, "")
     return model, rules
+
+
+def empty_fork_transformer(folder: str | os.PathLike, version: str) -> tuple[Step1XEditTransformer2DModel, list[KeyRule]]:
+    """:func:`empty_fork_transformer_for` the fork's ``transformer/`` ``folder`` (its config and weight headers)."""
+    from .folder import weights_header
+
+    folder = Path(folder)
+    shapes = {key: shape for key, (_, shape, _) in weights_header(folder, "diffusion_pytorch_model").items()}
+    return empty_fork_transformer_for(read_json_config(folder / "config.json"), shapes, version, str(folder))
 
 
 def load_fork_transformer(
@@ -234,6 +241,27 @@ def load_fork_transformer(
     return model.eval()
 
 
+def check_official_diffusers_folder(path: str | os.PathLike) -> str:
+    """Check an official diffusers-format repository from its JSON files and weight headers (component classes,
+    version, every transformer tensor against the model its config builds, the VAE, text encoder, processor and
+    scheduler as :mod:`step1x_edit.checkpoints.folder` checks them); its version. Nothing is loaded."""
+    from .folder import (
+        check_processor_folder,
+        check_scheduler_config,
+        check_text_encoder_folder,
+        check_vae_folder,
+    )
+
+    path = Path(path)
+    version, _ = read_index(path)
+    empty_fork_transformer(path / "transformer", version)
+    check_vae_folder(path / "vae", "AutoencoderKL")
+    check_text_encoder_folder(path / "text_encoder")
+    check_processor_folder(path / "processor")
+    check_scheduler_config(path / "scheduler" / "scheduler_config.json")
+    return version
+
+
 def transformer_state_dict_to_fork(model: Step1XEditTransformer2DModel) -> dict[str, torch.Tensor]:
     """The fork-named state dict of ``model`` (what the official diffusers repositories store)."""
     state = model.state_dict()
@@ -241,6 +269,3 @@ def transformer_state_dict_to_fork(model: Step1XEditTransformer2DModel) -> dict[
             for rule in fork_key_table(model.config)}
 
 
-def diffusers_versions() -> tuple[str, ...]:
-    """The versions released in the official diffusers format."""
-    return tuple(name for name, version in VERSIONS.items() if version.layout == "diffusers")

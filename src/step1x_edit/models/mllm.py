@@ -418,14 +418,15 @@ def _check_model_folder(path: Path, processor: bool) -> None:
         raise CheckpointError(f"Qwen2.5-VL folder {path} is incomplete; missing: {', '.join(missing)}")
 
 
-def load_processor(path: str | os.PathLike) -> ImageOnlyQwen2_5_VLProcessor:
-    """The processor of a local Qwen2.5-VL folder (tokenizer + image processor) with the official image limits
-    and the stock chat template. With the real Qwen vocabulary the prefix must be 217 tokens."""
+def load_processor(path: str | os.PathLike, pixels: tuple[int, int] = (MIN_PIXELS, MAX_PIXELS)) -> ImageOnlyQwen2_5_VLProcessor:
+    """The processor of a local Qwen2.5-VL folder (tokenizer + image processor) with the image limits ``pixels``
+    (min, max; default the v1 ones, 256-324 visual tokens) and the stock chat template. With the real Qwen
+    vocabulary the prefix must be 217 tokens."""
     path = Path(path)
     _check_model_folder(path, processor=True)
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
-        image_processor = Qwen2VLImageProcessorPil.from_pretrained(path, min_pixels=MIN_PIXELS, max_pixels=MAX_PIXELS)
+        image_processor = Qwen2VLImageProcessorPil.from_pretrained(path, min_pixels=pixels[0], max_pixels=pixels[1])
     except (OSError, ValueError) as error:
         raise CheckpointError(f"cannot load the Qwen2.5-VL processor from {path}: {error}") from error
     processor = build_processor(tokenizer, image_processor)

@@ -4,7 +4,8 @@
 ``config.json`` plus official-format weights and recorded inputs/outputs, any size, seed or version), builds
 this project's models from the official weights with :mod:`step1x_edit.checkpoints.official`, reruns every
 recorded computation and returns the relative max error (max abs error / max abs reference) per output.
-:data:`FIXTURE_TOLERANCES` holds the agreement expected in float32.
+:data:`FIXTURE_TOLERANCES` holds the agreement expected in float32. Fixtures of the official diffusers pipelines
+(v1.2, v1.1-diffusers) are checked by :mod:`step1x_edit.testing.parity_diffusers`.
 """
 
 from __future__ import annotations
@@ -32,6 +33,8 @@ FIXTURE_TOLERANCES: dict[str, float] = {
     "schedules": 0.0,
     "resize": 0.0,
 }
+# The sub-folders of a fixture made with the official diffusers pipelines (v1.2, v1.1-diffusers).
+DIFFUSERS_FIXTURE_FOLDERS = ("models", "transformer", "denoise", "keys")
 FIXTURE_FILES = (
     "config.json", "dit_official.safetensors", "dit_forward.safetensors", "denoise.safetensors",
     "vae_official.safetensors", "vae_io.safetensors",
@@ -72,11 +75,19 @@ def transformer_config_from_fixture(config: Mapping[str, Any]) -> dict[str, Any]
 def check_fixture(directory: str | Path) -> dict[str, float]:
     """Rerun a fixture directory's recorded computations; the relative max error of each output.
 
+    A folder in the format of the ``v1.2/`` or ``v1.1-diffusers/`` fixtures (``models/``, ``transformer/``,
+    ``denoise/``, ``keys/``; made with the official diffusers pipelines) is checked by
+    :func:`step1x_edit.testing.parity_diffusers.check_diffusers_fixture`, whose keys are listed there. Otherwise:
+
     Keys: ``dit_out``, ``connector_txt``, ``connector_vec`` (one DiT forward), ``denoise`` (the whole loop over
     the recorded timesteps, with this project's position ids and CFG), ``vae_encode``, ``vae_decode``,
     ``schedules`` (the config's table and the recorded loop's timesteps), ``resize``.
     """
     directory = Path(directory)
+    if all((directory / name).is_dir() for name in DIFFUSERS_FIXTURE_FOLDERS):
+        from .parity_diffusers import check_diffusers_fixture
+
+        return check_diffusers_fixture(directory)
     absent = [name for name in FIXTURE_FILES if not (directory / name).is_file()]
     if absent:
         raise DataFormatError(f"{directory} is not a parity fixture directory: {absent} missing")

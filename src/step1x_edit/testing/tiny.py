@@ -132,3 +132,49 @@ def save_tiny_official(directory: str | os.PathLike, seed: int = 0, version: str
                                "connector_num_heads": config.connector_num_heads}
     (directory / TRANSFORMER_CONFIG_FILE_NAME).write_text(json.dumps(unreadable_from_weights, indent=1))
     return directory
+
+
+def save_tiny_official_diffusers(directory: str | os.PathLike, version: str = "v1.2", seed: int = 0,
+                                 shards: int = 2) -> Path:
+    """Write a tiny model laid out as an official diffusers-format repository is released (``Step1X-Edit-v1p2``,
+    ``-v1p1-diffusers``): ``model_index.json`` naming the official fork's classes, ``transformer/`` in the fork's
+    config fields and tensor names split into ``shards`` files with their index, ``text_encoder/``, ``vae/``,
+    ``scheduler/`` and ``processor/``."""
+    from safetensors.torch import save_file
+
+    from ..checkpoints.official_diffusers import fork_config_from_transformer, transformer_state_dict_to_fork
+    from ..versions import get_version
+
+    line = get_version(version)
+    if line.layout != "diffusers":
+        raise ValueError(f"{version} is not released in diffusers format")
+    directory = Path(directory)
+    pipe = tiny_pipeline(seed=seed, version=version)
+    transformer_dir = directory / "transformer"
+    transformer_dir.mkdir(parents=True, exist_ok=True)
+    state = transformer_state_dict_to_fork(pipe.transformer)
+    keys = sorted(state)
+    weight_map = {}
+    for index in range(shards):
+        name = f"diffusion_pytorch_model-{index + 1:05d}-of-{shards:05d}.safetensors"
+        part = keys[index::shards]
+        save_file({key: state[key] for key in part}, transformer_dir / name)
+        weight_map.update(dict.fromkeys(part, name))
+    total = sum(tensor.numel() * tensor.element_size() for tensor in state.values())
+    (transformer_dir / "diffusion_pytorch_model.safetensors.index.json").write_text(
+        json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=1))
+    fork_config = {"_class_name": "Step1XEditTransformer2DModel", "_diffusers_version": "0.36.0.dev0",
+                   **fork_config_from_transformer(pipe.transformer.config)}
+    (transformer_dir / "config.json").write_text(json.dumps(fork_config, indent=1))
+    pipe.vae.save_pretrained(directory / "vae")
+    pipe.text_encoder.save_pretrained(directory / "text_encoder")
+    pipe.scheduler.save_pretrained(directory / "scheduler")
+    pipe.processor.tokenizer.save_pretrained(directory / "processor")
+    pipe.processor.image_processor.save_pretrained(directory / "processor")
+    index = {"_class_name": line.pipeline_class, "_diffusers_version": "0.36.0.dev0",
+             "processor": ["transformers", "Qwen2_5_VLProcessor"],
+             "scheduler": ["diffusers", "FlowMatchEulerDiscreteScheduler"],
+             "text_encoder": ["transformers", "Qwen2_5_VLForConditionalGeneration"],
+             "transformer": ["diffusers", "Step1XEditTransformer2DModel"], "vae": ["diffusers", "AutoencoderKL"]}
+    (directory / "model_index.json").write_text(json.dumps(index, indent=1))
+    return directory
