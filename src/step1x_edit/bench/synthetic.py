@@ -230,9 +230,11 @@ def _gain(model: float, identity: float, error: float | None, digits: int) -> st
     return gain if error is None else f"{gain} ± {error:.{digits}f}"
 
 
-def format_table(result: EvaluationResult) -> str:
+def format_table(result: EvaluationResult, beats: Callable[[TaskSummary], bool] | None = None) -> str:
     """Markdown table of the per-task means (and a last row over all samples), with the mean gain over the
-    identity and its standard error."""
+    identity and its standard error; ``beats`` decides the "beats identity" column (default:
+    :attr:`TaskSummary.beats_identity`)."""
+    beats = beats or (lambda summary: summary.beats_identity)
     lines = [
         "| task | n | PSNR model | PSNR identity | PSNR gain | SSIM model | SSIM identity | SSIM gain | region acc | "
         "beats identity |",
@@ -245,7 +247,7 @@ def format_table(result: EvaluationResult) -> str:
             f"{_gain(s.psnr_model, s.psnr_identity, s.psnr_gain_se, 2)} | "
             f"{_number(s.ssim_model, 4)} | {_number(s.ssim_identity, 4)} | "
             f"{_gain(s.ssim_model, s.ssim_identity, s.ssim_gain_se, 5)} | {_number(s.region_accuracy, 3)} | "
-            f"{'yes' if s.beats_identity else 'no'} |"
+            f"{'yes' if beats(s) else 'no'} |"
         )
     return "\n".join(lines) + "\n"
 

@@ -40,7 +40,7 @@ import torch
 
 from ..errors import Step1XEditError
 from ..train.config import TrainingConfigError
-from .card import model_card
+from .card import clearly_beats_identity, model_card
 from .recipe import (
     finetune_runs,
     load_recipe,
@@ -55,20 +55,16 @@ from .recipe import (
 STAGES = ("data", "vae", "assemble", "train", "finetune", "evaluate", "export")
 
 
-
 PATCH_FACTOR = 28  # merged visual token side, in pixels (Qwen2.5-VL)
-
 
 
 def _done(path: Path) -> bool:
     return (path / "DONE").is_file()
 
 
-
 def _mark_done(path: Path, info: dict | None = None) -> None:
     path.mkdir(parents=True, exist_ok=True)
     (path / "DONE").write_text(json.dumps(info or {}, indent=1))
-
 
 
 def build_data(recipe: dict, work: Path, progress: bool = True, count: int | None = None) -> Path:
@@ -83,7 +79,6 @@ def build_data(recipe: dict, work: Path, progress: bool = True, count: int | Non
                      SyntheticConfig(resolution=(resolution, resolution), seed=int(demo.get("seed", 0))),
                      progress=progress)
     return out
-
 
 
 def build_vae(recipe: dict, work: Path, data_dir: Path, progress: bool = True) -> Path:
@@ -122,7 +117,6 @@ def build_vae(recipe: dict, work: Path, data_dir: Path, progress: bool = True) -
     return out / "vae"
 
 
-
 def instruction_corpus(store_dir: Path) -> list[str]:
     """Every English and Chinese instruction of a store, plus the prompt prefix (so it tokenizes compactly) and
     curly quotes often enough to become single tokens (quoted text is fed to the encoder as “X”, one character at
@@ -134,7 +128,6 @@ def instruction_corpus(store_dir: Path) -> list[str]:
     for record in Store(store_dir).iter_records(["instruction_en", "instruction_zh"]):
         corpus += [text for text in (record["instruction_en"], record["instruction_zh"]) if text]
     return corpus
-
 
 
 def assemble(recipe: dict, work: Path, data_dir: Path, vae_dir: Path) -> Path:
@@ -180,7 +173,6 @@ def assemble(recipe: dict, work: Path, data_dir: Path, vae_dir: Path) -> Path:
     return out
 
 
-
 def merge_run(work: Path, run: int, spec: tuple[int, float]) -> Path:
     """Make the model of merge run ``run`` (skipped when it is there: the folder appears complete or not at all)."""
     from ..train.merge import average_models
@@ -192,13 +184,11 @@ def merge_run(work: Path, run: int, spec: tuple[int, float]) -> Path:
     return out
 
 
-
 def _editor(recipe: dict, pipe, steps: int, guidance: float, strength: float):
     from ..bench.synthetic import pipeline_editor
 
     return pipeline_editor(pipe, steps=steps, guidance=guidance, strength=strength,
                            seed=int(recipe["evaluation"].get("seed", 0)), size_level=int(recipe["demo"]["resolution"]))
-
 
 
 def rows_path(folder: Path, name: str, settings: dict) -> Path:
@@ -209,7 +199,6 @@ def rows_path(folder: Path, name: str, settings: dict) -> Path:
     return folder / f"{name}-{digest}.jsonl"
 
 
-
 def _candidates(settings: dict) -> list[tuple[int, float, float]]:
     """The (steps, guidance, strength) triples to tune among; a strength that keeps all of the steps (or none) is
     dropped for that step count: it is strength 1 (or impossible) there."""
@@ -218,7 +207,6 @@ def _candidates(settings: dict) -> list[tuple[int, float, float]]:
     strengths = [float(value) for value in settings.get("strength_candidates", [settings.get("strength", 1.0)])]
     return [(count, guidance, strength) for count in steps for strength in strengths for guidance in guidances
             if strength == 1 or 0 < round(count * strength) < count]
-
 
 
 def tune_sampling(recipe: dict, work: Path, model_dir: Path, pipe,
@@ -265,7 +253,6 @@ def tune_sampling(recipe: dict, work: Path, model_dir: Path, pipe,
     return best["steps"], best["guidance_scale"], best["strength"]
 
 
-
 def evaluate(recipe: dict, work: Path, model_dir: Path, pipe, data_dir: Path, steps: int, guidance: float,
              strength: float, progress: bool = True):
     """Per-category scores of the model in ``model_dir`` (loaded as ``pipe``; with ``steps``, ``guidance``,
@@ -294,7 +281,6 @@ def evaluate(recipe: dict, work: Path, model_dir: Path, pipe, data_dir: Path, st
     return result
 
 
-
 def export(model_dir: Path, export_dir: Path, steps: int, guidance_scale: float, strength: float) -> Path:
     """A float16 copy of the pipeline in ``export_dir``; ``steps``, ``guidance_scale`` and ``strength`` (those it was
     evaluated with) become its defaults."""
@@ -309,7 +295,6 @@ def export(model_dir: Path, export_dir: Path, steps: int, guidance_scale: float,
         module.to(torch.float16)
     pipe.save_pretrained(export_dir, safe_serialization=True)
     return export_dir
-
 
 
 def build_demo(recipe_path: str | os.PathLike, work_dir: str | os.PathLike, export_dir: str | os.PathLike | None,
@@ -354,7 +339,8 @@ def build_demo(recipe_path: str | os.PathLike, work_dir: str | os.PathLike, expo
 
         pipe = load_pipeline(final, device="cpu", torch_dtype=torch.float32)  # once, for tuning and evaluation
         steps, guidance, strength = tune_sampling(recipe, work, final, pipe, progress)
-        table = format_table(evaluate(recipe, work, final, pipe, data_dir, steps, guidance, strength, progress))
+        table = format_table(evaluate(recipe, work, final, pipe, data_dir, steps, guidance, strength, progress),
+                             beats=clearly_beats_identity)
         (work / "evaluation.md").write_text(table + "\n", encoding="utf-8")
         report["table"] = table
     if "export" in stages:
@@ -366,6 +352,8 @@ def build_demo(recipe_path: str | os.PathLike, work_dir: str | os.PathLike, expo
         out = export(final, Path(export_dir), int(result.settings["steps"]), float(result.settings["guidance_scale"]),
                      float(result.settings.get("strength", 1.0)))
         size = sum(path.stat().st_size for path in out.rglob("*") if path.is_file())
-        (out / "MODEL_CARD.md").write_text(model_card(recipe_path, recipe, result, size), encoding="utf-8")
+        vae_config = json.loads((out / "vae" / "config.json").read_text(encoding="utf-8"))
+        (out / "MODEL_CARD.md").write_text(model_card(recipe_path, recipe, result, size, vae_config),
+                                           encoding="utf-8")
         report["export"] = str(out)
     return report

@@ -11,30 +11,54 @@ ORDINALS = ("first", "second", "third", "fourth", "fifth", "sixth", "seventh", "
             "twelfth")
 
 
-
 def _ordinal(number: int) -> str:
     """ "second" for 2; "11th" past :data:`ORDINALS`."""
     return ORDINALS[number - 1] if number <= len(ORDINALS) else f"{number}th"
 
 
+def clearly_beats_identity(summary) -> bool:
+    """Whether a category (a :class:`~step1x_edit.bench.synthetic.TaskSummary`) counts as beating the identity on the
+    card: its mean PSNR gain and its mean SSIM gain over the identity both exceed their standard errors (a category
+    of one sample has none, and does not count)."""
+    gains = ((summary.psnr_model - summary.psnr_identity, summary.psnr_gain_se),
+             (summary.ssim_model - summary.ssim_identity, summary.ssim_gain_se))
+    return all(error is not None and gain > error for gain, error in gains)
+
 
 def _verdict(result) -> str:
-    """One sentence on where the model beats returning the source, from the evaluation itself."""
+    """One sentence on where the model beats returning the source, from the evaluation itself
+    (:func:`clearly_beats_identity`)."""
     summaries = list(result.per_task.values())
-    winners = [summary.task for summary in summaries if summary.beats_identity]
-    losers = [summary.task for summary in summaries if not summary.beats_identity]
+    winners = [summary.task for summary in summaries if clearly_beats_identity(summary)]
+    losers = [summary.task for summary in summaries if not clearly_beats_identity(summary)]
     if not losers:
         return (f"On held-out data it beats returning the source unchanged in all {len(summaries)} categories, "
-                "on both PSNR and SSIM (table below)")
+                "its PSNR and its SSIM gains both above their standard errors (table below)")
     if not winners:
-        return ("On held-out data it does **not** beat returning the source unchanged in any category "
-                "(table below)")
-    psnr_winners = sum(summary.psnr_model > summary.psnr_identity for summary in summaries)
+        return ("On held-out data it does **not** beat returning the source unchanged in any category by more than "
+                "the standard errors of its gains (table below)")
+    psnr_winners = sum(summary.psnr_gain_se is not None
+                       and summary.psnr_model - summary.psnr_identity > summary.psnr_gain_se for summary in summaries)
     psnr_alone = "all" if psnr_winners == len(summaries) else f"{psnr_winners} of"
-    return (f"On held-out data it beats returning the source unchanged (PSNR and SSIM) in {len(winners)} of "
-            f"{len(summaries)} categories; it does **not** in {', '.join(losers)} (table below; its PSNR alone is "
-            f"above the identity's in {psnr_alone} {len(summaries)})")
+    return (f"On held-out data it beats returning the source unchanged in {len(winners)} of {len(summaries)} "
+            f"categories (its PSNR and its SSIM gains both above their standard errors); it does **not** in "
+            f"{', '.join(losers)} (table below; its PSNR gain alone is above its standard error in {psnr_alone} "
+            f"{len(summaries)})")
 
+
+def autoencoder_description(config: dict) -> str:
+    """What the model's autoencoder is, from its saved ``vae/config.json`` (``_class_name`` included)."""
+    if config.get("_class_name") == "PatchAutoencoder":
+        side, channels = int(config["patch_size"]), int(config["latent_channels"])
+        values = int(config.get("in_channels", 3)) * side * side
+        kept = ("all of them, so nothing is lost but rounding" if channels >= values
+                else f"of the {values} values of a patch")
+        return (f"a linear patch autoencoder fitted to the synthetic world: {side} × {side}-pixel patches projected "
+                f"on {channels} whitened principal components ({kept}), not the FLUX VAE")
+    widths = [int(width) for width in config.get("block_out_channels", ())]
+    return (f"a FLUX-layout `AutoencoderKL` trained by this project on the synthetic world ({len(widths)} levels of "
+            f"widths {', '.join(map(str, widths))}, {int(config['latent_channels'])} latent channels, "
+            f"{2 ** max(len(widths) - 1, 0)}× downsampling), not the released FLUX VAE")
 
 
 def _region_sentence(result) -> str:
@@ -45,14 +69,12 @@ def _region_sentence(result) -> str:
             "(how much of the asked-for change it makes)")
 
 
-
 def _prediction_sentence(recipe: dict) -> str:
     if recipe["transformer"].get("prediction_type", "velocity") == "velocity":
         return ""
     return ("\nIts DiT predicts the change from the source latents to the edited ones (`prediction_type = "
             "\"reference_delta\"`, turned into the velocity the sampler uses), where the released model predicts the "
             "velocity itself: untrained, it returns the source exactly, so training only has to teach it the change.")
-
 
 
 def _objective_note(training: dict, data: dict | None = None, model: dict | None = None) -> str:
@@ -88,8 +110,9 @@ def _objective_note(training: dict, data: dict | None = None, model: dict | None
     return "; ".join(notes)
 
 
-
-def model_card(recipe_path: Path, recipe: dict, result, size_bytes: int) -> str:
+def model_card(recipe_path: Path, recipe: dict, result, size_bytes: int, vae_config: dict) -> str:
+    """The card's Markdown: the recipe, the evaluation ``result`` (its table with :func:`clearly_beats_identity` as
+    the "beats identity" column), the exported size and the exported autoencoder's ``vae_config``."""
     from ..bench.synthetic import format_table
 
     demo = recipe["demo"]
@@ -146,8 +169,7 @@ noised source, image-to-image), were chosen on freshly generated samples, not on
 
 **What it cannot do**: photographs, unseen objects or words, fine detail (it works at {demo["resolution"]} px and
 upsamples), long or free-form instructions. Its text encoder is {encoder}, so it understands only the
-vocabulary of the templates. Its autoencoder is a linear patch autoencoder fitted to the synthetic world, not the
-FLUX VAE. It is a demonstration of the whole system, not a substitute for the released Step1X-Edit weights.
+vocabulary of the templates. Its autoencoder is {autoencoder_description(vae_config)}. It is a demonstration of the whole system, not a substitute for the released Step1X-Edit weights.
 
 ## Held-out evaluation
 
@@ -155,13 +177,13 @@ Held-out synthetic samples (the validation split of the training store, never tr
 in all, each category scored against the exact ground truth at guidance {guidance:g}, strength {strength:g} and
 {steps} step{plural}; "identity" returns the source unchanged. PSNR in dB, SSIM per RGB channel
 (Gaussian window); region accuracy = share of the edited region's pixels closer to the target than to the source;
-"beats identity" = higher mean PSNR and higher mean SSIM; each gain over the identity is given with its standard
-error. An addition instruction names the new shape and a cell of a 3 × 3 grid, not the shape's position in it,
+each gain over the identity is given with its standard error, and "beats identity" = both the PSNR and the SSIM
+gain above their standard errors. An addition instruction names the new shape and a cell of a 3 × 3 grid, not the shape's position in it,
 so on subject additions no editor can be sure to beat the identity's SSIM: one that knows the exact shape and
 size but has to guess the position within the cell scores the identity's SSIM at best
 (`benchmarks/addition_bound.py`).
 
-{format_table(result)}
+{format_table(result, beats=clearly_beats_identity)}
 ## Reproduce
 
 ```bash

@@ -28,19 +28,15 @@ RECIPE_INTEGERS = {
 """The recipe's whole-number fields by table, with their ranges (required unless in :data:`RECIPE_OPTIONAL`)."""
 
 
-
 RECIPE_NUMBERS = {"guidance_scale": (0, 100), "strength": (0, 1)}
 """The ``[evaluation]`` numbers and their ranges (``strength`` above 0)."""
-
 
 
 RECIPE_OPTIONAL = {"seed", "num_threads", "samples_per_task", "tune_samples_per_task", "tune_seed", "strength"}
 
 
-
 RECIPE_CANDIDATES = {"steps_candidates": "steps", "guidance_candidates": "guidance_scale",
                      "strength_candidates": "strength"}
-
 
 
 def _check_recipe_values(recipe: dict[str, Any]) -> None:
@@ -70,7 +66,6 @@ def _check_recipe_values(recipe: dict[str, Any]) -> None:
         raise TrainingConfigError(f"demo.vision_tokens must be a pair low <= high, got {tokens!r}")
 
 
-
 def load_recipe(path: str | os.PathLike) -> dict[str, Any]:
     """Read and check a demo recipe TOML."""
     path = Path(path)
@@ -83,7 +78,6 @@ def load_recipe(path: str | os.PathLike) -> dict[str, Any]:
     return recipe
 
 
-
 def run_samples(recipe: dict, run: int = 0) -> int:
     """How many synthetic samples run ``run`` trains on: its ``[...data] samples``, else ``[demo] samples``."""
     count = stage_tables(recipe, run).get("data", {}).get("samples", recipe["demo"]["samples"])
@@ -92,19 +86,16 @@ def run_samples(recipe: dict, run: int = 0) -> int:
     return count
 
 
-
 def store_dir(recipe: dict, data_dir: Path, count: int) -> Path:
     """The store of ``count`` samples: ``data_dir`` itself for ``[demo] samples``, else ``data_dir-<count>`` beside it
     (the same world and seed, so its first samples are ``data_dir``'s, with the same train/validation split)."""
     return data_dir if count == int(recipe["demo"]["samples"]) else data_dir.with_name(f"{data_dir.name}-{count}")
 
 
-
 def finetune_runs(recipe: dict) -> list[dict]:
     """The recipe's fine-tuning runs in order: none, one ``[finetune]`` table, or an array ``[[finetune]]``."""
     runs = recipe.get("finetune", [])
     return [runs] if isinstance(runs, dict) else list(runs)
-
 
 
 def merge_spec(recipe: dict, run: int) -> tuple[int, float] | None:
@@ -130,12 +121,10 @@ def merge_spec(recipe: dict, run: int) -> tuple[int, float] | None:
     return other, float(weight)
 
 
-
 def run_dir(work: Path, run: int) -> Path:
     """Where run ``run`` writes: 0 (the ``train`` stage) ``WORK/run``; fine-tuning run 1 ``WORK/finetune``, then
     ``WORK/finetune-2``, ..."""
     return work / ("run" if run == 0 else "finetune" if run == 1 else f"finetune-{run}")
-
 
 
 def stage_tables(recipe: dict, run: int = 0) -> dict[str, dict]:
@@ -145,7 +134,6 @@ def stage_tables(recipe: dict, run: int = 0) -> dict[str, dict]:
         for name, values in finetune_runs(recipe)[run - 1].items():
             tables.setdefault(name, {}).update(values)
     return tables
-
 
 
 def training_config(recipe: dict, work: Path, initial: Path, data_dir: Path, run: int = 0):
@@ -162,7 +150,6 @@ def training_config(recipe: dict, work: Path, initial: Path, data_dir: Path, run
     tables["data"].setdefault("cache_dir", str(work / "cache"))  # one cache for every run (same VAE and MLLM)
     tables.setdefault("training", {})["output_dir"] = str(run_dir(work, run))
     return config_from_dict(tables)
-
 
 
 def trained_model(recipe: dict, work: Path) -> Path:
