@@ -30,10 +30,10 @@ from dataclasses import replace
 import numpy as np
 import torch
 
-from step1x_edit.bench.synthetic import generated_sample_seed, psnr, ssim
+from step1x_edit.bench.synthetic import generated_sample_seed
 from step1x_edit.data.synthetic import TASKS, edit_scenes, generate_sample, render
 from step1x_edit.data.synthetic.language import position_phrase
-from step1x_edit.metrics import structural_similarity
+from step1x_edit.metrics import psnr, ssim, structural_similarity
 
 TASK = "subject_addition"
 
