@@ -18,7 +18,7 @@ import sys
 import warnings
 from pathlib import Path
 
-from . import validate
+from . import __version__, validate
 from .errors import Step1XEditError
 from .versions import VERSION_NAMES
 
@@ -304,7 +304,8 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="auto",
                         help="weights dtype (default: bfloat16 on GPU, float32 on CPU)")
     parser.add_argument("--lora", action="append", default=[], metavar="FILE",
-                        help="a LoRA .safetensors file (official kohya-style or peft/diffusers names); repeatable")
+                        help="a LoRA .safetensors file (official kohya-style or peft/diffusers names); repeatable "
+                        "(default: none)")
     parser.add_argument("--lora-scale", action="append", type=validate.float_argument(), default=[], metavar="S",
                         help="LoRA multiplier, a finite number (default 1.0): one for all --lora files, or one per "
                         "--lora")
@@ -352,17 +353,19 @@ def _add_convert(subcommands) -> None:
     parser = subcommands.add_parser("convert", help="convert an official model directory to the diffusers layout",
                                     description="Read OFFICIAL_DIR (step1x-edit-*.safetensors, vae.safetensors, "
                                     "Qwen2.5-VL-7B-Instruct/) and write OUT_DIR in the diffusers layout.")
-    parser.add_argument("official_dir")
-    parser.add_argument("out_dir")
-    parser.add_argument("--version", choices=VERSION_NAMES, help="default: detected from the checkpoint")
-    parser.add_argument("--dtype", choices=sorted(DTYPES), default="bf16", help="dtype of the written weights")
+    parser.add_argument("official_dir", help="the official model directory to read")
+    parser.add_argument("out_dir", help="the folder to write the diffusers layout to")
+    parser.add_argument("--version", choices=VERSION_NAMES,
+                        help="the checkpoint's version (default: detected from the checkpoint)")
+    parser.add_argument("--dtype", choices=sorted(DTYPES), default="bf16",
+                        help="dtype of the written weights (default bf16)")
     parser.add_argument("--overwrite", action="store_true", help="write into a non-empty OUT_DIR")
     parser.set_defaults(handler=_convert)
 
 
 def _add_info(subcommands) -> None:
     parser = subcommands.add_parser("info", help="describe a model directory without loading the weights")
-    parser.add_argument("model_dir")
+    parser.add_argument("model_dir", help="a model directory (official or diffusers layout)")
     parser.add_argument("--json", action="store_true", help="print JSON")
     parser.set_defaults(handler=_info)
 
@@ -384,6 +387,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="step1x-edit",
         description="Instruction-based image editing with Step1X-Edit.",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}",
+                        help="print the package version and exit")
     subcommands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for register in (_add_edit, register_batch, _add_convert, _add_info, register_data, register_train, register_bench,
                      _add_serve):

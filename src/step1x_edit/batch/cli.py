@@ -65,7 +65,7 @@ def register(subcommands) -> None:
         f"settings), a folder of images with {INSTRUCTIONS_FILE}, or a data store (step1x-edit data ...).")
     parser.add_argument("input", help="a .jsonl or .csv file, a folder of images, or a data store")
     parser.add_argument("--out", required=True, help="the output store (a folder; created, or resumed)")
-    parser.add_argument("--png-dir", help="also write each edited image there as SAMPLE_ID.png")
+    parser.add_argument("--png-dir", help="also write each edited image there as SAMPLE_ID.png (default: the store only)")
     parser.add_argument("--instructions", help=f"a folder input's instructions file (default: FOLDER/{INSTRUCTIONS_FILE}"
                         "), one instruction a line; every image is edited with each")
     parser.add_argument("--language", choices=("en", "zh"), default="en",

@@ -67,9 +67,10 @@ def _add_judge(parser: argparse.ArgumentParser) -> None:
         help="openai: any OpenAI-compatible endpoint (default); transformers: a local VLM run in-process",
     )
     judge.add_argument("--judge-model", type=text_argument(1000, allow_empty=False), default="gpt-4.1",
-                       help="served model name, or the local VLM directory")
+                       help="served model name, or the local VLM directory (default gpt-4.1)")
     judge.add_argument("--base-url", help="endpoint root, e.g. http://localhost:8000/v1 (default: OPENAI_BASE_URL or OpenAI)")
-    judge.add_argument("--api-key-env", default="OPENAI_API_KEY", help="environment variable holding the API key")
+    judge.add_argument("--api-key-env", default="OPENAI_API_KEY",
+                       help="environment variable holding the API key (default OPENAI_API_KEY)")
     judge.add_argument("--temperature", type=float_argument(*TEMPERATURE_RANGE), default=0.0,
                        help="judge temperature, 0 to 2 (default 0)")
     judge.add_argument("--concurrency", type=int_argument(1, MAX_CONCURRENCY), default=6,
@@ -107,7 +108,8 @@ def register(subcommands: argparse._SubParsersAction) -> None:
                           help="guidance scale (default 6)")
     generate.add_argument("--size-level", type=int_argument(*SIZE_LEVEL_RANGE), default=1024,
                           help="working resolution (default 1024)")
-    generate.add_argument("--negative-prompt", default="")
+    generate.add_argument("--negative-prompt", default="",
+                          help='negative instruction for guidance (default "", as the released models use)')
     generate.add_argument("--source", choices=("input_image", "input_image_raw"), default="input_image",
                           help="dataset image to edit (default input_image, the pre-resized source)")
     generate.add_argument("--device", help="device (default: this process's accelerate device)")
@@ -116,7 +118,8 @@ def register(subcommands: argparse._SubParsersAction) -> None:
                           help="worker processes, one per GPU (default: one per visible GPU; under accelerate "
                                "launch, its processes)")
     generate.add_argument("--shard", type=_shard,
-                          help="I/N: edit only shard I (0-based) of N (set for each worker process)")
+                          help="I/N: edit only shard I (0-based) of N, set for each worker process "
+                               "(default: all samples)")
     generate.set_defaults(handler=_generate)
 
     judge = commands.add_parser("judge", help="score a results directory with VIEScore (resumable)")
@@ -146,11 +149,13 @@ def register(subcommands: argparse._SubParsersAction) -> None:
     report.add_argument("--scores", nargs="+", required=True, metavar="NAME=SCORES",
                         help="one scores file per model, as NAME=PATH (NAME defaults to the file stem)")
     report.add_argument("--out", required=True, help="report directory")
-    report.add_argument("--bench", help="GEdit-Bench copy, to draw example grids")
-    report.add_argument("--results-root", help="results root holding NAME/fullset/..., to draw example grids")
+    report.add_argument("--bench", help="GEdit-Bench copy, to draw example grids (default: no grids)")
+    report.add_argument("--results-root",
+                        help="results root holding NAME/fullset/..., to draw example grids (default: no grids)")
     report.add_argument("--examples", type=int_argument(1, MAX_EXAMPLES), default=2,
                         help="example samples per task group (default 2)")
-    report.add_argument("--allow-partial", action="store_true")
+    report.add_argument("--allow-partial", action="store_true",
+                        help="accept a GEdit-Bench copy whose sample counts differ from the published set")
     report.set_defaults(handler=_report)
 
     pairwise = commands.add_parser("pairwise", help="side-by-side judging of two or more models, with Elo ratings")
@@ -164,9 +169,10 @@ def register(subcommands: argparse._SubParsersAction) -> None:
         "synthetic", help="PSNR / SSIM / edit-region accuracy per task on held-out synthetic data, vs the identity"
     )
     samples = synthetic.add_mutually_exclusive_group(required=True)
-    samples.add_argument("--store", help="data store whose validation split is evaluated")
+    samples.add_argument("--store", help="data store whose validation split is evaluated (this or --generate is "
+                         "required)")
     samples.add_argument("--generate", type=int_argument(1, MAX_GENERATED), metavar="N",
-                         help="evaluate N freshly generated samples")
+                         help="evaluate N freshly generated samples (this or --store is required)")
     synthetic.add_argument("--resolution", type=int_argument(*RESOLUTION_RANGE), default=128,
                            help="side of generated samples (default 128)")
     synthetic.add_argument("--model", help="model directory (default: the built-in model)")
@@ -176,14 +182,17 @@ def register(subcommands: argparse._SubParsersAction) -> None:
     synthetic.add_argument("--strength", type=float_argument(0, 1, low_open=True),
                            help="image-to-image strength in (0, 1] (default: the model's own)")
     synthetic.add_argument("--seed", type=int_argument(0, MAX_SEED), default=0,
-                           help="seed of the edits and of the generated samples")
+                           help="seed of the edits and of the generated samples (default 0)")
     synthetic.add_argument("--size-level", type=int_argument(*SIZE_LEVEL_RANGE),
                            help="working resolution (default: the model's own)")
-    synthetic.add_argument("--lang", choices=("en", "zh"), default="en", help="instruction language")
+    synthetic.add_argument("--lang", choices=("en", "zh"), default="en", help="instruction language (default en)")
     synthetic.add_argument("--device", help="device (default: the best available)")
-    synthetic.add_argument("--out", help="result JSON to write; rows go to OUT.rows.jsonl, so a rerun resumes")
-    synthetic.add_argument("--rows", help="JSON-lines file of per-sample rows to resume from (overrides the default)")
-    synthetic.add_argument("--markdown", help="write the per-task table to this Markdown file too")
+    synthetic.add_argument("--out", help="result JSON to write; rows go to OUT.rows.jsonl, so a rerun resumes "
+                           "(default: print the table only)")
+    synthetic.add_argument("--rows", help="JSON-lines file of per-sample rows to resume from (default: "
+                           "OUT.rows.jsonl with --out, else none)")
+    synthetic.add_argument("--markdown",
+                           help="write the per-task table to this Markdown file too (default: print it only)")
     synthetic.set_defaults(handler=_synthetic)
 
 

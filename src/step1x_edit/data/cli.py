@@ -33,10 +33,10 @@ def _add_engine(parser: argparse.ArgumentParser) -> None:
         help="local worker processes (default: all cores)",
     )
     parser.add_argument(
-        "--ray-address", default=None, help="join an existing Ray cluster (e.g. 'auto' or ray://host:10001)"
+        "--ray-address", default=None, help="join an existing Ray cluster, e.g. 'auto' or ray://host:10001 (default: start a local Ray)"
     )
     parser.add_argument(
-        "--overwrite", action="store_true", help="replace an output store made with a different config"
+        "--overwrite", action="store_true", help="replace an output store made with a different config (default: refuse)"
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
@@ -44,22 +44,23 @@ def _add_engine(parser: argparse.ArgumentParser) -> None:
 def _add_endpoint(parser: argparse.ArgumentParser, required: bool) -> None:
     parser.add_argument(
         "--endpoint", required=required, help="OpenAI-compatible base URL, e.g. http://localhost:8000/v1"
+        + ("" if required else " (default: no MLLM verifier)")
     )
-    parser.add_argument("--model", default=None, help="model name served by the endpoint")
+    parser.add_argument("--model", default=None, help="model name served by the endpoint (required with --endpoint)")
     parser.add_argument(
-        "--api-key-env", default="OPENAI_API_KEY", help="environment variable holding the API key"
-    )
-    parser.add_argument(
-        "--concurrency", type=int_argument(1, MAX_CONCURRENCY), default=8, help="requests in flight per worker"
+        "--api-key-env", default="OPENAI_API_KEY", help="environment variable holding the API key (default OPENAI_API_KEY)"
     )
     parser.add_argument(
-        "--timeout", type=float_argument(0, MAX_TIMEOUT, low_open=True), default=120.0, help="seconds per request"
+        "--concurrency", type=int_argument(1, MAX_CONCURRENCY), default=8, help="requests in flight per worker (default 8)"
+    )
+    parser.add_argument(
+        "--timeout", type=float_argument(0, MAX_TIMEOUT, low_open=True), default=120.0, help="seconds per request (default 120)"
     )
     parser.add_argument(
         "--max-retries",
         type=int_argument(0, MAX_RETRIES),
         default=4,
-        help="retries per request (timeouts, 429, 5xx, malformed replies)",
+        help="retries per request: timeouts, 429, 5xx, malformed replies (default 4)",
     )
 
 
@@ -294,10 +295,10 @@ def register(subcommands: argparse._SubParsersAction) -> None:
         "generate", help="generate synthetic triplets (or model-free edits of a photo folder)"
     )
     generate.add_argument(
-        "--tasks", type=text_argument(2000), default="all", help=f"'all' or a comma-separated subset of: {', '.join(TASKS)}"
+        "--tasks", type=text_argument(2000), default="all", help=f"'all' or a comma-separated subset of: {', '.join(TASKS)} (default all)"
     )
     generate.add_argument(
-        "--count", type=int_argument(1, MAX_COUNT), default=None, help="number of triplets (the task of sample i is tasks[i %% n])"
+        "--count", type=int_argument(1, MAX_COUNT), default=None, help="number of triplets, the task of sample i being tasks[i %% n] (required unless --photos or --regions)"
     )
     generate.add_argument(
         "--out", required=True, help="output store directory (rerun the same command to resume)"
@@ -314,23 +315,24 @@ def register(subcommands: argparse._SubParsersAction) -> None:
         default=(1.0,),
         help="aspect ratios W:H, comma-separated (default 1:1)",
     )
-    generate.add_argument("--seed", type=int_argument(0, MAX_SEED), default=0)
+    generate.add_argument("--seed", type=int_argument(0, MAX_SEED), default=0,
+                          help="seed of the world: the same seed and config give the same samples (default 0)")
     generate.add_argument(
-        "--shard-size", type=int_argument(1, MAX_SHARD_SIZE), default=256, help="samples per Parquet shard"
+        "--shard-size", type=int_argument(1, MAX_SHARD_SIZE), default=256, help="samples per Parquet shard (default 256)"
     )
     generate.add_argument(
-        "--antialias", action="store_true", help="smooth edges (drawn at 2x, averaged down)"
+        "--antialias", action="store_true", help="smooth edges, drawn at 2x and averaged down"
     )
     generate.add_argument(
-        "--photos", default=None, help="folder of photos: make tone/style triplets from them instead"
+        "--photos", default=None, help="folder of photos: make tone/style triplets from them instead (default: the synthetic world)"
     )
     generate.add_argument(
-        "--license", type=text_argument(200), default=None, help="licence recorded for --photos sources"
+        "--license", type=text_argument(200), default=None, help="licence recorded for --photos sources (default: none recorded)"
     )
     generate.add_argument(
         "--regions",
         default=None,
-        help="JSON-lines spec of colour/text edits of real images with masks or boxes",
+        help="JSON-lines spec of colour/text edits of real images with masks or boxes (default: none)",
     )
     _add_engine(generate)
     generate.set_defaults(handler=_generate)
@@ -340,7 +342,7 @@ def register(subcommands: argparse._SubParsersAction) -> None:
     )
     annotate.add_argument("input", help="input store")
     annotate.add_argument("--out", required=True, help="output store")
-    annotate.add_argument("--actors", type=int_argument(1, MAX_WORKERS), default=1, help="model actors (Ray engine)")
+    annotate.add_argument("--actors", type=int_argument(1, MAX_WORKERS), default=1, help="model actors, Ray engine (default 1)")
     _add_endpoint(annotate, required=True)
     _add_engine(annotate)
     annotate.set_defaults(handler=_annotate)
@@ -351,83 +353,89 @@ def register(subcommands: argparse._SubParsersAction) -> None:
     filter_.add_argument("input", help="input store")
     filter_.add_argument("--out", required=True, help="output store")
     filter_.add_argument(
-        "--min-side", type=int_argument(1, MAX_PHOTO_SIDE), default=64, help="smallest image side accepted"
+        "--min-side", type=int_argument(1, MAX_PHOTO_SIDE), default=64, help="smallest image side accepted, pixels (default 64)"
     )
     filter_.add_argument(
         "--max-outside-change",
         type=float_argument(0, 1),
         default=0.0,
-        help="largest changed fraction allowed outside the mask",
+        help="largest changed fraction allowed outside the mask (default 0)",
     )
     filter_.add_argument(
-        "--min-score", type=float_argument(0, 10), default=6.0, help="MLLM score below which a sample is rejected"
+        "--min-score", type=float_argument(0, 10), default=6.0, help="MLLM score below which a sample is rejected (default 6)"
     )
     filter_.add_argument(
-        "--language", choices=("en", "zh"), default="en", help="instruction shown to the verifier"
+        "--language", choices=("en", "zh"), default="en", help="instruction language shown to the verifier (default en)"
     )
-    filter_.add_argument("--actors", type=int_argument(1, MAX_WORKERS), default=1, help="model actors (Ray engine)")
+    filter_.add_argument("--actors", type=int_argument(1, MAX_WORKERS), default=1, help="model actors, Ray engine (default 1)")
     _add_endpoint(filter_, required=False)
     _add_engine(filter_)
     filter_.set_defaults(handler=_filter)
 
     inspect = commands.add_parser("inspect", help="counts per task, rejects, and a contact sheet PNG")
-    inspect.add_argument("store")
+    inspect.add_argument("store", help="the store directory")
     inspect.add_argument("--sheet", default=None, help="contact sheet path (default STORE/contact_sheet.png)")
     inspect.add_argument(
-        "--samples", type=int_argument(1, MAX_SHEET_SAMPLES), default=12, help="samples on the contact sheet"
+        "--samples", type=int_argument(1, MAX_SHEET_SAMPLES), default=12, help="samples on the contact sheet (default 12)"
     )
-    inspect.add_argument("--seed", type=int_argument(0, MAX_SEED), default=0)
+    inspect.add_argument("--seed", type=int_argument(0, MAX_SEED), default=0,
+                         help="seed of the choice of samples for the contact sheet (default 0)")
     inspect.add_argument("--json", action="store_true", help="print the summary as JSON")
     inspect.set_defaults(handler=_inspect)
 
     export = commands.add_parser(
         "export", help="export to WebDataset shards or the official fine-tuning JSON"
     )
-    export.add_argument("store")
-    export.add_argument("--format", choices=("webdataset", "official-json"), required=True)
-    export.add_argument("--out", required=True)
+    export.add_argument("store", help="the store directory")
+    export.add_argument("--format", choices=("webdataset", "official-json"), required=True,
+                        help="WebDataset tar shards, or the official fine-tuning metadata JSON and images")
+    export.add_argument("--out", required=True, help="output folder")
     export.add_argument(
-        "--language", choices=("en", "zh"), default="en", help="caption language (official-json)"
+        "--language", choices=("en", "zh"), default="en", help="caption language, official-json (default en)"
     )
-    export.add_argument("--split", choices=("all", "train", "validation"), default="all")
+    export.add_argument("--split", choices=("all", "train", "validation"), default="all",
+                        help="which samples, by a hash of their id (default all)")
     export.add_argument(
         "--validation-fraction",
         type=float_argument(0, 1),
         default=0.05,
-        help="share of samples (by id hash) in validation"
+        help="share of samples (by id hash) in validation (default 0.05)"
     )
     export.add_argument(
-        "--samples-per-shard", type=int_argument(1, MAX_SAMPLES_PER_SHARD), default=1000, help="samples per tar"
+        "--samples-per-shard", type=int_argument(1, MAX_SAMPLES_PER_SHARD), default=1000, help="samples per tar (default 1000)"
     )
-    export.add_argument("--include-rejected", action="store_true")
+    export.add_argument("--include-rejected", action="store_true",
+                        help="also export samples a filter rejected (default: skip them)")
     export.add_argument(
         "--relative-paths",
         action="store_true",
         help="official-json: paths relative to --out (default absolute)",
     )
-    export.add_argument("--quiet", action="store_true")
+    export.add_argument("--quiet", action="store_true", help="no progress bar")
     export.set_defaults(handler=_export)
 
     import_ = commands.add_parser("import", help="import the official fine-tuning JSON or a folder of pairs")
     import_.add_argument("source", help="metadata JSON file or pair folder")
-    import_.add_argument("--format", choices=("official-json", "pairs"), required=True)
-    import_.add_argument("--out", required=True)
+    import_.add_argument("--format", choices=("official-json", "pairs"), required=True,
+                         help="the official fine-tuning metadata JSON, or a folder of source/target pairs")
+    import_.add_argument("--out", required=True, help="output store directory")
     import_.add_argument(
-        "--task", type=text_argument(100, allow_empty=False), default="unknown", help="task recorded for every sample"
+        "--task", type=text_argument(100, allow_empty=False), default="unknown", help="task recorded for every sample (default unknown)"
     )
     import_.add_argument(
-        "--language", choices=("en", "zh"), default="en", help="language of the captions (official-json)"
+        "--language", choices=("en", "zh"), default="en", help="language of the captions, official-json (default en)"
     )
-    import_.add_argument("--license", type=text_argument(200), default=None, help="licence recorded for every sample")
+    import_.add_argument("--license", type=text_argument(200), default=None, help="licence recorded for every sample (default: none recorded)")
     import_.add_argument(
         "--image-dir", default=None, help="official-json: base of relative paths (default: its folder)"
     )
-    import_.add_argument("--overwrite", action="store_true")
-    import_.add_argument("--quiet", action="store_true")
+    import_.add_argument("--overwrite", action="store_true",
+                         help="replace an output store made from other input (default: refuse)")
+    import_.add_argument("--quiet", action="store_true", help="no progress bar")
     import_.set_defaults(handler=_import)
 
     examples = commands.add_parser("examples", help="write example source images with suggested instructions")
-    examples.add_argument("--out", required=True)
-    examples.add_argument("--resolution", type=int_argument(MIN_SIDE, MAX_SIDE), default=256, help="image side")
-    examples.add_argument("--antialias", action="store_true", help="smooth edges (match the training data)")
+    examples.add_argument("--out", required=True, help="output folder")
+    examples.add_argument("--resolution", type=int_argument(MIN_SIDE, MAX_SIDE), default=256, help="image side, pixels (default 256)")
+    examples.add_argument("--antialias", action="store_true", help="smooth edges, to match training data made with --antialias")
     examples.set_defaults(handler=_examples)

@@ -39,7 +39,7 @@ def register(subcommands) -> None:
     )
     vae.add_argument("--output", required=True, help="output directory (checkpoints/, vae/)")
     vae.add_argument("--steps", type=int_argument(1, MAX_STEPS), default=None,
-                     help="training steps (overrides the config)")
+                     help="training steps (default: the config's)")
     vae.add_argument("--config", default=None, help="TOML file of VAETrainingConfig fields (default: the demo's)")
     vae.add_argument("--no-resume", action="store_true", help="start over even if OUTPUT holds a checkpoint")
     vae.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -52,7 +52,8 @@ def register(subcommands) -> None:
     )
     demo.add_argument("recipe", help="recipe TOML, e.g. recipes/demo.toml")
     demo.add_argument("--work-dir", required=True, help="where data, checkpoints and the evaluation go")
-    demo.add_argument("--export", help="where to write the float16 model and its card (the export stage)")
-    demo.add_argument("--stages", help="comma-separated subset of data,vae,assemble,train,finetune,evaluate,export")
+    demo.add_argument("--export", help="where to write the float16 model and its card (required by the export stage)")
+    demo.add_argument("--stages", help="comma-separated subset of data,vae,assemble,train,finetune,evaluate,export "
+                      "(default: all)")
     demo.add_argument("--no-progress", action="store_true", help="no progress bars")
     demo.set_defaults(handler=_train_demo)

@@ -27,7 +27,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--min-replicas", type=validate.int_argument(0, MAX_REPLICAS),
                         help="autoscaling: fewest replicas (default 1)")
     parser.add_argument("--max-replicas", type=validate.int_argument(1, MAX_REPLICAS),
-                        help="autoscaling: most replicas")
+                        help="autoscaling: most replicas (required to autoscale; default: a fixed number)")
     parser.add_argument("--gpus-per-replica", type=validate.float_argument(0.0, 64.0),
                         help="GPUs per replica (default: 1 when the cluster has GPUs, else 0)")
     parser.add_argument("--cpus-per-replica", type=validate.float_argument(0.0, MAX_WORKERS, low_open=True),

@@ -70,13 +70,14 @@ def register(subcommands) -> None:
     )
     parser.add_argument("config", help="training config TOML ([model], [data], [training], [validation])")
     parser.add_argument("--set", action="append", metavar="TABLE.FIELD=VALUE",
-                        help="override one config field, e.g. --set training.learning_rate=5e-5 (repeatable)")
-    parser.add_argument("--model", help="shortcut for --set model.path=...")
-    parser.add_argument("--output-dir", help="shortcut for --set training.output_dir=...")
+                        help="override one config field, e.g. --set training.learning_rate=5e-5 (repeatable; "
+                        "default: the config's values)")
+    parser.add_argument("--model", help="shortcut for --set model.path=... (default: the config's)")
+    parser.add_argument("--output-dir", help="shortcut for --set training.output_dir=... (default: the config's)")
     parser.add_argument("--max-steps", type=int_argument(1, MAX_STEPS),
-                        help="shortcut for --set training.max_steps=...")
+                        help="shortcut for --set training.max_steps=... (default: the config's)")
     parser.add_argument("--until-step", type=int_argument(1, MAX_STEPS),
-                        help="stop (with a checkpoint) at this step; rerun to continue")
+                        help="stop (with a checkpoint) at this step; rerun to continue (default: run to max_steps)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.set_defaults(handler=_train)
 
@@ -90,6 +91,6 @@ def register(subcommands) -> None:
     merge.add_argument("--weight", type=float_argument(0, 1, low_open=True), required=True,
                        help="SECOND's share, between 0 and 1 (exclusive)")
     merge.add_argument("-o", "--output", required=True, help="the folder to write")
-    merge.add_argument("--dtype", choices=list(MERGE_DTYPES), default="fp32", help="saved weights' dtype")
+    merge.add_argument("--dtype", choices=list(MERGE_DTYPES), default="fp32", help="saved weights' dtype (default fp32)")
     merge.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
     merge.set_defaults(handler=_merge)
