@@ -107,8 +107,8 @@ class RayEngine:
         dataset = ray.data.from_items(items, override_num_blocks=len(items))
         options = {"num_gpus": gpus} if gpus else {}
         edited = dataset.map_batches(_RayShardEditor, fn_constructor_args=(model, defaults, batch_size), batch_size=1,
-                                     batch_format="pyarrow", concurrency=self.actors, num_cpus=self.cpus_per_actor,
-                                     **options)
+                                     batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=self.actors),
+                                     num_cpus=self.cpus_per_actor, **options)
         for row in edited.iter_rows():
             shard = shards[row["shard"]]
             write(shard, pickle.loads(row["rows"]))
@@ -185,9 +185,10 @@ def edit_batch(
     store.set_shards([shard.name for shard in shards])
     todo_names = {spec.name for spec in pending_shards(store, [ShardSpec(shard.name, shard.key) for shard in shards])}
     todo = [shard for shard in shards if shard.name in todo_names]
-    if pngs is not None:
+    if pngs is not None:  # finished shards whose PNGs are missing (a first --png-dir, or files deleted since)
         for shard in shards:
-            if shard.name not in todo_names:
+            if shard.name not in todo_names and not all((pngs / png_name(sample.sample_id)).exists()
+                                                        for sample in shard.samples):
                 _write_pngs(pngs, store.read_shard(shard.name, ["sample_id", "edited"]))
 
     failed = 0

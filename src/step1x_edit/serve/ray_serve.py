@@ -145,6 +145,7 @@ class BatchingEditService(EditService):
 
         super().__init__(pipeline, limits, name=name)
         self._batched = serve.batch(max_batch_size=max_batch_size, batch_wait_timeout_s=batch_wait_s)(self._edit_batch)
+        self._editor_thread = None  # the batches' own worker thread: the shared ones may all hold waiting requests
 
     def run(self, sources, instructions, negative_prompt, settings, seeds, cancelled=None) -> EditResult:
         # Called by edit() in a worker thread of the app's event loop: the batch queue lives on that loop.
@@ -159,8 +160,11 @@ class BatchingEditService(EditService):
         groups: dict[tuple, list[int]] = {}
         for index, request in enumerate(requests):
             groups.setdefault(request.group(), []).append(index)
+        if self._editor_thread is None:
+            self._editor_thread = anyio.CapacityLimiter(1)
         for members in groups.values():
-            results = await anyio.to_thread.run_sync(self._edit_group, [requests[index] for index in members])
+            results = await anyio.to_thread.run_sync(self._edit_group, [requests[index] for index in members],
+                                                     limiter=self._editor_thread)
             outcomes.update(zip(members, results, strict=True))
         return [outcomes[index] for index in range(len(requests))]
 
