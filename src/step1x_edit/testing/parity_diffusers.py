@@ -10,9 +10,12 @@ project's code and returns:
 * ``transformer``, ``encode``, ``denoise``, ``decode``: relative max errors (max abs error / max abs reference);
 * ``schedules``: max abs error of the scheduler sigmas and timesteps;
 * ``keys``, ``encode_exact``: counts of mismatches (tensor names, shapes and values of the key conversion and the
-  full-size manifest; token ids, masks, position ids, sizes, segments and strings of the conditioning).
+  full-size manifest; token ids, masks, position ids, sizes, segments and strings of the conditioning);
+* ``thinker``: count of mismatches of the reasoning loop (:mod:`step1x_edit.reasoning`) against ``thinker/``:
+  unit functions, message texts, decisions, scores, the chosen round, each round's image, with the fixture's
+  canned replies in place of the model's generation.
 
-``encode`` and ``encode_exact`` only for folders with ``encode/`` (v1.2).
+``encode``, ``encode_exact`` and ``thinker`` only for folders with ``encode/`` (v1.2).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -37,6 +41,7 @@ from transformers import (
     Qwen2VLImageProcessorPil,
 )
 
+from .. import reasoning
 from ..checkpoints.official import transformer_key_table
 from ..checkpoints.official_diffusers import (
     fork_config_from_transformer,
@@ -56,7 +61,7 @@ from .parity import relative_error
 
 DIFFUSERS_FIXTURE_TOLERANCES: dict[str, float] = {
     "transformer": 1e-4, "encode": 1e-4, "denoise": 1e-3, "decode": 1e-3, "schedules": 1e-6, "keys": 0,
-    "encode_exact": 0,
+    "encode_exact": 0, "thinker": 0,
 }
 # Qwen2.5-VL's added tokens end here; the BPE package also carries Qwen3's, which the recipe drops.
 QWEN25_LAST_ADDED_ID = 151664
@@ -70,6 +75,7 @@ def check_diffusers_fixture(directory: str | Path) -> dict[str, float]:
     pipe = fixture_pipeline(directory / "models", version)
     if version == "v1.2":
         results["encode"], results["encode_exact"] = _check_encode(directory / "encode", pipe)
+        results["thinker"] = _check_thinker(directory / "thinker", pipe)
     results["denoise"], results["decode"], results["schedules"] = _check_denoise(directory / "denoise", pipe)
     results["keys"] = _check_keys(directory / "keys", version)
     return results
@@ -321,3 +327,195 @@ def _pieces(tensor: torch.Tensor, official: dict[str, torch.Tensor], offsets: di
         else:
             runs.append((key, [source_row, source_row + 1]))
     return runs
+
+
+# ---------------------------------------------------------------------------------------------- the reasoning loop
+class _RepliesExhausted(BaseException):
+    """The model asked for more replies than the fixture recorded (a BaseException, as in the fixture's recipe, so
+    no retry loop swallows it)."""
+
+
+class _CannedModel:
+    """Stands in for ``text_encoder.generate`` as the fixture's recipe does: each call takes the next canned reply,
+    tokenizes it, keeps at most ``max_new_tokens`` tokens (``<|im_end|>`` appended when shorter) and returns the
+    prompt's ids followed by them; what each call received is recorded."""
+
+    def __init__(self, tokenizer, replies: list[str]):
+        self.tokenizer, self.replies, self.seen = tokenizer, list(replies), []
+
+    def __call__(self, input_ids=None, attention_mask=None, pixel_values=None, image_grid_thw=None, **kwargs):
+        if not self.replies:
+            raise _RepliesExhausted
+        ids = self.tokenizer(self.replies.pop(0), add_special_tokens=False).input_ids
+        cap = kwargs["max_new_tokens"]
+        kept = ids[:cap] + ([self.tokenizer.convert_tokens_to_ids("<|im_end|>")] if len(ids) < cap else [])
+        settings = {key: value for key, value in kwargs.items() if not isinstance(value, torch.Tensor)}
+        self.seen.append({"n_input_tokens": input_ids.shape[1], "generate_kwargs": settings,
+                          "image_grid_thw": [] if image_grid_thw is None else image_grid_thw.tolist(),
+                          "canned_reply_n_tokens": len(ids), "truncated_at_max_new_tokens": len(ids) > cap})
+        return torch.cat([input_ids, torch.tensor([kept], dtype=input_ids.dtype)], dim=1)
+
+
+# The image each stage judges as "the edited one" (its position among the stage's images): in a loop its pixels
+# depend on float rounding, so only its size is compared there.
+_EDITED_IMAGE = {reasoning.STAGE_CONSISTENCY: 0, reasoning.STAGE_REFLECT: 1, reasoning.STAGE_SCORE_EDIT: 1,
+                 reasoning.STAGE_SCORE_QUALITY: 0}
+
+
+def _without_edited_hash(stage: str, messages: list[dict]) -> list[dict]:
+    """``messages`` with the hash of the stage's edited image (see :data:`_EDITED_IMAGE`) cut off."""
+    position, result = 0, []
+    for message in messages:
+        content = message["content"]
+        if isinstance(content, list):
+            parts = []
+            for part in content:
+                if part["type"] == "image_url":
+                    url = part["image_url"]["url"]
+                    if _EDITED_IMAGE.get(stage) == position:
+                        url = url.split(" rgb_sha256=")[0]
+                    position += 1
+                    part = {**part, "image_url": {"url": url}}
+                parts.append(part)
+            content = parts
+        result.append({**message, "content": content})
+    return result
+
+
+def _check_calls(calls: list, model: _CannedModel, expected: list[dict], processor, loop: bool) -> int:
+    """Mismatches between this project's model calls (and what the canned model saw) and the recorded ones."""
+    mismatches = abs(len(calls) - len(expected)) + abs(len(model.seen) - len(expected))
+    for call, seen, reference in zip(calls, model.seen, expected, strict=False):
+        ours, theirs = call.messages, reference["messages"]
+        if loop:
+            ours, theirs = _without_edited_hash(call.stage, ours), _without_edited_hash(reference["stage"], theirs)
+        mismatches += _differs(call.stage, reference["stage"]) + _differs(ours, theirs)
+        mismatches += _differs(reasoning.chat_template_text(processor, call.messages),
+                               reference["rendered_chat_template"])
+        mismatches += _differs(call.reply, reference["returned_text"])
+        mismatches += sum(_differs(seen[key], reference[key]) for key in (
+            "n_input_tokens", "generate_kwargs", "image_grid_thw", "canned_reply_n_tokens",
+            "truncated_at_max_new_tokens"))
+    return mismatches + len(model.replies)  # every canned reply must have been asked for
+
+
+def _message_builders(entry: dict) -> int:
+    """Mismatches of the six message builders for one instruction, with the placeholder data URLs; the description
+    and the prior score and reason are read from the recorded texts (the fixture does not list them apart)."""
+    instruction, source, edited = entry["instruction"], "data:image/png;base64,SRC", "data:image/png;base64,TGT"
+
+    def fields(stage: str, messages: list[dict]) -> dict[str, str] | None:
+        text = next(part["text"] for part in messages[1]["content"] if part["type"] == "text")
+        template, pattern, seen = reasoning.render(stage, "user", **{name: "\0" + name + "\0" for name in
+                                                                     reasoning.PROMPT_FIELDS}), "", set()
+        for piece in re.split(r"\0(\w+)\0", template):
+            if piece in reasoning.PROMPT_FIELDS:
+                pattern += f"(?P={piece})" if piece in seen else f"(?P<{piece}>.*?)"
+                seen.add(piece)
+            else:
+                pattern += re.escape(piece)
+        match = re.fullmatch(pattern, text, flags=re.S)
+        return None if match is None else match.groupdict()
+
+    found = {"_build_scoring_messages": fields(reasoning.STAGE_CONSISTENCY, entry["_build_scoring_messages"]),
+             "_build_reflection_messages": fields(reasoning.STAGE_REFLECT, entry["_build_reflection_messages"])}
+    mismatches = sum(value is None for value in found.values())
+    scoring = found["_build_scoring_messages"] or {"description": ""}
+    prior = found["_build_reflection_messages"] or {"score": "", "reason": ""}
+    ours = {
+        "build_reformt_prompt": reasoning.rewrite_messages(source, instruction),
+        "build_descriptions_messages": reasoning.describe_messages(source, instruction),
+        "_build_scoring_messages": reasoning.consistency_messages(edited, scoring["description"], instruction),
+        "_build_reflection_messages": reasoning.reflection_messages(source, edited, instruction, prior["score"],
+                                                                    prior["reason"]),
+        "_build_score1_messages": reasoning.edit_score_messages(source, edited, instruction),
+        "_build_score2_messages": reasoning.quality_score_messages(edited),
+    }
+    return mismatches + sum(_differs(messages, entry[name]) for name, messages in ours.items())
+
+
+def check_thinker_units(units: dict) -> int:
+    """Mismatches of the reasoning loop's pure functions and message builders against ``thinker.json``'s
+    ``units`` (no model needed)."""
+    functions = {
+        "format_text": lambda case: list(reasoning.parse_decision(case["text"])),
+        "validate_string": lambda case: reasoning.is_decision(case["text"]),
+        "_validate_reflection_response": lambda case: list(reasoning.check_reflection(case["text"])),
+        "_apply_score_caps_and_finalize": lambda case: reasoning.finalize_consistency(case["obj"]),
+        "_parse_json_block": lambda case: reasoning.parse_json_block(case["text"]),
+        "_validate_score1_response": lambda case: list(reasoning.check_scores(case["text"])),
+        "analyze_text": lambda case: reasoning.language_of(case["text"]),
+    }
+    mismatches = len(set(units) - set(functions) - {"message_builders"})
+    for name, function in functions.items():
+        mismatches += sum(_differs(function(case), case["result"]) for case in units.get(name, []))
+    return mismatches + sum(_message_builders(entry) for entry in units.get("message_builders", []))
+
+
+def _check_direct(folder: Path, case: dict, pipe) -> int:
+    """One direct call of the official thinker (``think`` or ``reflect``) on the fixture's images."""
+    model = _CannedModel(pipe.processor.tokenizer, [call["canned_reply"] for call in case["model_calls"]])
+    chat = reasoning.LocalChat(pipe.text_encoder, pipe.processor)
+    images = [Image.open(folder / name) for name in re.findall(r"[\w.-]+\.png", case["call"])]
+    calls: list = []
+    pipe.text_encoder.generate = model
+    try:
+        if case["call"].startswith("think("):
+            mismatches = _differs(reasoning.think(chat, images[0], case["instruction"], calls), case["result"])
+        else:
+            judgement = reasoning.reflect(chat, images[0], images[1], case["instruction"], calls)
+            mismatches = _differs(judgement.reflection, case["result"]["reflection"])
+            mismatches += _differs({"score1": judgement.edit_scores, "score2": judgement.quality_scores},
+                                   case["result"]["best_info"])
+            mismatches += _differs(list(reasoning.parse_decision(judgement.reflection)), case["format_text"])
+    except _RepliesExhausted:
+        return 1 + len(case["model_calls"])
+    finally:
+        del pipe.text_encoder.generate
+    return mismatches + _check_calls(calls, model, case["model_calls"], chat.processor, loop=False)
+
+
+def _check_loop(folder: Path, case: dict, pipe) -> int:
+    """One whole pipeline call with reflection (and thinking when the scenario says so)."""
+    scenario = case["scenario"]
+    model = _CannedModel(pipe.processor.tokenizer, case["canned_replies"])
+    options = reasoning.ReasoningOptions(think=scenario["thinking"], reflect=scenario.get("reflection", True),
+                                         max_tries=scenario.get("max_try_cnt", reasoning.DEFAULT_MAX_TRIES), seed=0)
+    pipe.text_encoder.generate = model
+    try:
+        with torch.no_grad():
+            trace = pipe(image=Image.open(folder / case["input_png"]), prompt=scenario["prompt"],
+                         guidance_scale=scenario["cfg"], size_level=scenario["size_level"],
+                         num_inference_steps=scenario["steps"], generator=torch.Generator().manual_seed(scenario["seed"]),
+                         reasoning=options).reasoning[0]
+    except _RepliesExhausted:
+        return 1 + len(case["attempts"]) + len(case["model_calls"])
+    finally:
+        del pipe.text_encoder.generate
+    mismatches = _differs(trace.rewritten, case["reformat_prompt"]) + _differs(trace.chosen, case["final_index"])
+    mismatches += abs(len(trace.rounds) - len(case["attempts"]))
+    kinds = {"original": "original", "previous": "previous attempt's output"}
+    for item, attempt in zip(trace.rounds, case["attempts"], strict=False):
+        width, height = resize_dimensions(*item.image.size, scenario["size_level"])
+        judgement = item.judgement
+        mismatches += _differs(kinds[item.source], attempt["input_image"])
+        mismatches += _differs(list(item.image.size), attempt["input_size"])
+        mismatches += _differs([width, height], [attempt["width"], attempt["height"]])
+        mismatches += _grey_levels_apart(item.image, Image.open(folder / attempt["output_png"]))
+        mismatches += _differs(judgement.reflection, attempt["reflection"])
+        mismatches += _differs(list(reasoning.parse_decision(judgement.reflection)), attempt["format_text"])
+        mismatches += _differs({"score1": judgement.edit_scores, "score2": judgement.quality_scores},
+                               attempt["best_info"])
+        mismatches += _differs(item.score, attempt["score_product"])
+    processor = reasoning.judge_processor(pipe.processor)
+    return mismatches + _check_calls(trace.calls, model, case["model_calls"], processor, loop=True)
+
+
+def _check_thinker(folder: Path, pipe) -> int:
+    """Mismatches of the reasoning loop against ``thinker.json``: the unit functions, the message builders, the
+    direct calls and whole loops (message texts, chat-template strings, token counts, decisions, scores, the chosen
+    round, the round images within one grey level)."""
+    recorded = json.loads((folder / "thinker.json").read_text(encoding="utf-8"))
+    mismatches = check_thinker_units(recorded.get("units", {}))
+    mismatches += sum(_check_direct(folder, case, pipe) for case in recorded.get("direct", []))
+    return mismatches + sum(_check_loop(folder, case, pipe) for case in recorded.get("loops", []))
