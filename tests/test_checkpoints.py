@@ -317,7 +317,7 @@ def test_edit_command_runs_an_official_v1p2_repository(tiny_v1p2_repository, tmp
 
     Image.new("RGB", (72, 56), (20, 120, 200)).save(tmp_path / "in.png")
     code = main(["edit", str(tmp_path / "in.png"), 'write "HI" on it', "--model", str(tiny_v1p2_repository),
-                 "--steps", "2", "--size-level", "64", "--device", "cpu", "-o", str(tmp_path / "out.png")])
+                 "--steps", "2", "--size-level", "64", "--device", "cpu", "--no-reflect", "-o", str(tmp_path / "out.png")])
     assert code == 0 and Image.open(tmp_path / "out.png").size == (72, 56)
 
 

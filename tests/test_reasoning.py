@@ -189,3 +189,29 @@ def test_openai_judge_sends_the_messages_and_retries_a_rate_limit():
     assert chat(reasoning.STAGE_REFLECT, [{"role": "user", "content": "hi"}]) == SUCCESS
     assert len(sent) == 2 and sent[1]["max_tokens"] == 512 and sent[1]["seed"] == 4
     assert (sent[1]["temperature"], sent[1]["top_p"]) == (reasoning.TEMPERATURE, reasoning.TOP_P)
+
+
+def test_edit_command_thinks_reflects_and_writes_the_trace(tiny_v1p2, tmp_path, monkeypatch, capsys):
+    from step1x_edit import cli
+
+    model = judge(["<#Think> Faint. <#Reflection> Add a bolder red.", SUCCESS], rewrite=["Paint the sign red."])
+    monkeypatch.setattr(reasoning.LocalChat, "__call__", lambda self, stage, messages: model(stage, messages))
+    monkeypatch.setattr(cli, "_load_model", lambda args, lora_scales: tiny_v1p2)
+    Image.new("RGB", (72, 56), (20, 120, 200)).save(tmp_path / "in.png")
+    code = cli.main(["edit", str(tmp_path / "in.png"), "make the sign pop", "--version", "v1.2", "--steps", "1",
+                     "--size-level", "64", "--think", "--max-tries", "2", "--verbose", "--trace-json",
+                     str(tmp_path / "trace.json"), "-o", str(tmp_path / "out.png")])
+    assert code == 0 and Image.open(tmp_path / "out.png").size == (72, 56)
+    trace = json.loads((tmp_path / "trace.json").read_text(encoding="utf-8"))
+    assert trace["rewritten"] == "Paint the sign red." and trace["think"] and trace["max_tries"] == 2
+    assert [item["decision"] for item in trace["rounds"]] == ["refine", "success"] and trace["seed"] == 42
+    assert "round 2 (previous image, 'Add a bolder red.'): success" in capsys.readouterr().err
+
+
+def test_edit_command_refuses_reasoning_options_with_another_model_before_loading_it(tmp_path, capsys):
+    from step1x_edit.cli import main
+
+    Image.new("RGB", (32, 32)).save(tmp_path / "in.png")
+    assert main(["edit", str(tmp_path / "in.png"), "make it red", "--think", "--greedy"]) == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "need a v1.2 model" in error and "asked for: thinking and greedy" in error

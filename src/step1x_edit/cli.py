@@ -55,6 +55,7 @@ def _edit(args: argparse.Namespace) -> int:
     check_instruction(args.instruction)
     check_negative_prompt(args.negative_prompt)
     output = _output_path(args)
+    reasoning = _reasoning_options(args)
     pipe = _load_model(args, lora_scales)
     generator = torch.Generator("cpu").manual_seed(args.seed)
     result = pipe(
@@ -66,13 +67,39 @@ def _edit(args: argparse.Namespace) -> int:
         size_level=args.size_level,
         strength=args.strength,
         generator=generator,
+        reasoning=reasoning,
     )
     try:
         result.images[0].save(output)
     except (OSError, ValueError) as error:
         raise Step1XEditError(f"cannot write {output}: {error}") from error
     print(f"saved {output}")
+    for trace in result.reasoning or []:
+        if args.verbose:
+            print(trace.summary(), file=sys.stderr)
+        if args.trace_json:
+            Path(args.trace_json).write_text(json.dumps(trace.to_dict(), indent=1, ensure_ascii=False) + "\n",
+                                             encoding="utf-8")
+            print(f"saved the reasoning trace to {args.trace_json}")
     return 0
+
+
+def _reasoning_options(args: argparse.Namespace):
+    """The thinking and reflection options of ``edit`` (the model's version read from its files' headers, so that
+    asking a model of another version for them fails before it loads)."""
+    from .checkpoints.inspect import describe_model
+    from .pipeline import DEMO_MODEL_DIR
+    from .reasoning import OpenAIChat, options_for
+
+    if args.trace_json and not Path(args.trace_json).resolve().parent.is_dir():
+        raise Step1XEditError(f"--trace-json {args.trace_json}: its folder does not exist")
+    version = args.version or describe_model(args.model or DEMO_MODEL_DIR)["version"]
+    judge = None
+    if args.judge_model:
+        judge = OpenAIChat(args.judge_model, base_url=args.judge_base_url, greedy=args.greedy, seed=args.seed,
+                           max_tokens=args.reply_tokens or 128)
+    return options_for(version, think=args.think, reflect=args.reflect, max_tries=args.max_tries,
+                       max_new_tokens=args.reply_tokens, greedy=args.greedy, judge=judge, seed=args.seed)
 
 
 def _load_model(args: argparse.Namespace, lora_scales: list[float]):
@@ -286,6 +313,26 @@ def _add_edit(subcommands) -> None:
     parser.add_argument("--seed", type=validate.int_argument(0, validate.MAX_SEED), default=42,
                         help=f"random seed, 0 to {validate.MAX_SEED} (default 42)")
     parser.add_argument("--negative-prompt", default="", help='negative instruction for guidance (default "")')
+    reasoning = parser.add_argument_group("thinking and reflection (v1.2 models; see docs/reasoning.md)")
+    reasoning.add_argument("--think", action=argparse.BooleanOptionalAction, default=None,
+                           help="rewrite the instruction into concrete edit actions first (default: off)")
+    reasoning.add_argument("--reflect", action=argparse.BooleanOptionalAction, default=None,
+                           help="judge each edit, retry with a refined instruction or from the source, keep the best "
+                           "round (default: on for v1.2 models, as the official pipeline)")
+    reasoning.add_argument("--max-tries", type=validate.int_argument(1, 10), default=None,
+                           help="rounds of reflection at most, 1 to 10 (default 3)")
+    reasoning.add_argument("--reply-tokens", type=validate.int_argument(1, 4096), default=None,
+                           help="cap of each reasoning reply in tokens, 1 to 4096 (default 128, as the official code)")
+    reasoning.add_argument("--greedy", action="store_true",
+                           help="decode the reasoning replies greedily (default: sampled, top-p 0.9, temperature 0.7)")
+    reasoning.add_argument("--judge-model", help="reflect with this model of an OpenAI-compatible endpoint instead "
+                           "of the model's own Qwen2.5-VL, e.g. gpt-4.1 (key from OPENAI_API_KEY; default: none)")
+    reasoning.add_argument("--judge-base-url", help="the judge endpoint's root, e.g. http://localhost:8000/v1 "
+                           "(default: OPENAI_BASE_URL or OpenAI)")
+    reasoning.add_argument("--verbose", action="store_true", help="print the reasoning trace (rewrite, each round's "
+                           "reflection and scores, the chosen round)")
+    reasoning.add_argument("--trace-json", metavar="FILE", help="write the reasoning trace as JSON to FILE "
+                           "(default: none)")
     parser.set_defaults(handler=_edit)
 
 

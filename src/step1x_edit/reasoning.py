@@ -607,18 +607,22 @@ def resolve_options(version: str, options: ReasoningOptions | None) -> Reasoning
 
 
 def options_for(version: str, think: bool | None = None, reflect: bool | None = None, max_tries: int | None = None,
-                **settings: Any) -> ReasoningOptions:
+                max_new_tokens: int | None = None, greedy: bool = False, judge: ChatModel | None = None,
+                seed: int | None = None) -> ReasoningOptions:
     """The reasoning of an edit with a ``version`` model from a surface's choices (``None``: not chosen) over the
-    version's defaults; ``settings`` are the other :class:`ReasoningOptions` fields. Choosing thinking, reflection
-    or a number of rounds for another version raises :class:`InvalidValueError`."""
+    version's defaults. Choosing thinking, reflection, rounds, a reply cap, greedy decoding or a judge for a model of
+    another version raises :class:`InvalidValueError` naming them."""
     if not supports_reasoning(version):
-        chosen = [name for name, value in (("thinking", think), ("reflection", reflect), ("max_tries", max_tries))
+        chosen = [name for name, value in (("thinking", think), ("reflection", reflect), ("max_tries", max_tries),
+                                           ("max_new_tokens", max_new_tokens), ("greedy", greedy), ("judge", judge))
                   if value]
         if chosen:
             raise _refuse(version, " and ".join(chosen))
         return PLAIN
     return ReasoningOptions(think=bool(think), reflect=True if reflect is None else reflect,
-                            max_tries=DEFAULT_MAX_TRIES if max_tries is None else max_tries, **settings)
+                            max_tries=DEFAULT_MAX_TRIES if max_tries is None else max_tries, seed=seed,
+                            max_new_tokens=REPLY_TOKENS if max_new_tokens is None else max_new_tokens, greedy=greedy,
+                            judge=judge)
 
 
 @dataclass
