@@ -456,18 +456,25 @@ def _add_debug_flag(parser: argparse.ArgumentParser) -> None:
 
 
 @contextlib.contextmanager
-def _one_line_warnings(prefix: str, enabled: bool):
-    """Warnings printed as ``PREFIX: warning: MESSAGE`` on one line (not Python's file, line and source) while the
-    ``with`` block runs."""
-    if not enabled:
-        yield
-        return
-    original = warnings.formatwarning
-    warnings.formatwarning = lambda message, *_, **__: f"{prefix}: warning: {' '.join(str(message).split())}\n"
+def _messages_above_progress_bars(prefix: str, one_line: bool):
+    """While the ``with`` block runs, warnings and log records are written with ``tqdm.write``, so a message never
+    shares a line with a progress bar (the bar is redrawn below it); with ``one_line``, warnings print as
+    ``PREFIX: warning: MESSAGE`` (not Python's file, line and source)."""
+    from tqdm import tqdm
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        text = (f"{prefix}: warning: {' '.join(str(message).split())}" if one_line
+                else warnings.formatwarning(message, category, filename, lineno, line).rstrip("\n"))
+        tqdm.write(text, file=file or sys.stderr)
+
+    original = warnings.showwarning
+    warnings.showwarning = show
     try:
-        yield
+        with logging_redirect_tqdm():
+            yield
     finally:
-        warnings.formatwarning = original
+        warnings.showwarning = original
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -477,7 +484,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     debug = getattr(args, "debug", False)
     try:
-        with _one_line_warnings(f"step1x-edit {args.command}", enabled=not debug):
+        with _messages_above_progress_bars(f"step1x-edit {args.command}", one_line=not debug):
             return int(args.handler(args) or 0)
     except Step1XEditError as error:
         if debug:
