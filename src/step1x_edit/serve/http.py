@@ -3,7 +3,10 @@
 Routes:
 
 * ``POST /v1/edit``: multipart form (``image`` file, ``instruction`` and optional settings); answers the edited
-  image's bytes (``image/png`` unless ``output_format`` says ``jpeg`` or ``webp``), its seed in ``X-Seed``.
+  image's bytes (``image/png`` unless ``output_format`` says ``jpeg`` or ``webp``), its seed in ``X-Seed``. A v1.2
+  model thinks and reflects as ``think``, ``reflect`` and ``max_tries`` say (``X-Reasoning-Rounds`` and
+  ``X-Reasoning-Chosen`` tell how it went); ``response_format=json`` answers JSON instead: the image in base64 and
+  the whole reasoning trace, each round's image included.
 * ``POST /v1/images/edits``: the OpenAI images-edit shape (``image``, ``prompt``, ``n``, ``response_format=b64_json``),
   so the ``openai`` client and tools built on it work unchanged; the Step1X settings ride along as extra form
   fields (``extra_body`` in the client).
@@ -167,16 +170,32 @@ def create_app(service: EditService, ui: bool = False, api_key: str | None = Non
         seed: Annotated[int | None, Form(description="random when left out; returned in X-Seed")] = None,
         negative_prompt: Annotated[str, Form()] = "",
         output_format: Annotated[str, Form(description="png, jpeg or webp")] = "png",
+        think: Annotated[bool | None, Form(description="v1.2 models: rewrite the instruction first (default "
+                                                       "off)")] = None,
+        reflect: Annotated[bool | None, Form(description="v1.2 models: judge each edit and retry (default on)")] = None,
+        max_tries: Annotated[int | None, Form(description="v1.2 models: rounds of reflection at most (default "
+                                                          "3)")] = None,
+        response_format: Annotated[str, Form(description="image (default), or json: the image in base64 and the "
+                                                         "reasoning trace")] = "image",
     ) -> Response:
         image_format, media_type = _output_format(output_format)
+        if response_format not in ("image", "json"):
+            raise HTTPException(400, f"response_format: image or json, got {response_format!r}")
         await _one_image(request, "image")
         result = await _edit_upload(
             service, request, image, instruction, num_inference_steps=num_inference_steps,
             guidance_scale=guidance_scale, size_level=size_level, strength=strength, seed=seed,
-            negative_prompt=negative_prompt,
+            negative_prompt=negative_prompt, think=think, reflect=reflect, max_tries=max_tries,
         )
-        return Response(_encode(result.images[0], image_format), media_type=media_type,
-                        headers={"X-Seed": str(result.seeds[0]), "X-Edit-Seconds": f"{result.seconds:.3f}"})
+        trace = result.reasoning[0] if result.reasoning else None
+        if response_format == "json":
+            return JSONResponse({"image": base64.b64encode(_encode(result.images[0], image_format)).decode("ascii"),
+                                 "output_format": output_format, "seed": result.seeds[0], "seconds": result.seconds,
+                                 "reasoning": None if trace is None else _trace_json(trace, image_format)})
+        headers = {"X-Seed": str(result.seeds[0]), "X-Edit-Seconds": f"{result.seconds:.3f}"}
+        if trace is not None:
+            headers.update({"X-Reasoning-Rounds": str(len(trace.rounds)), "X-Reasoning-Chosen": str(trace.chosen)})
+        return Response(_encode(result.images[0], image_format), media_type=media_type, headers=headers)
 
     @app.post("/v1/images/edits")
     async def openai_images_edits(
@@ -196,6 +215,9 @@ def create_app(service: EditService, ui: bool = False, api_key: str | None = Non
         strength: Annotated[float | None, Form()] = None,
         seed: Annotated[int | None, Form()] = None,
         negative_prompt: Annotated[str, Form()] = "",
+        think: Annotated[bool | None, Form()] = None,
+        reflect: Annotated[bool | None, Form()] = None,
+        max_tries: Annotated[int | None, Form()] = None,
     ) -> dict:
         await _one_image(request, "image", "image[]")
         if images:
@@ -216,6 +238,7 @@ def create_app(service: EditService, ui: bool = False, api_key: str | None = Non
         result = await _edit_upload(
             service, request, image, prompt, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
             size_level=size_level, strength=strength, seed=seed, negative_prompt=negative_prompt, num_images=n,
+            think=think, reflect=reflect, max_tries=max_tries,
         )
         width, height = result.images[0].size
         return {
@@ -568,6 +591,14 @@ async def _read_upload(upload: UploadFile, limit: int) -> bytes:
     if len(data) > limit:
         raise HTTPException(413, f"the image file is larger than the limit of {limit:,} bytes")
     return data
+
+
+def _trace_json(trace, image_format: str) -> dict:
+    """A reasoning trace as JSON, each round with its image in base64 (``image``)."""
+    record = trace.to_dict()
+    for item, shown in zip(trace.rounds, record["rounds"], strict=True):
+        shown["image"] = base64.b64encode(_encode(item.image, image_format)).decode("ascii")
+    return record
 
 
 def _encode(image, image_format: str) -> bytes:

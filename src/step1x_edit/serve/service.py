@@ -28,6 +28,7 @@ from .. import sampling, validate
 from ..errors import InvalidValueError, Step1XEditError
 from ..image_io import load_image
 from ..pipeline import MAX_PROMPT_CHARS, Step1XEditPipeline, check_instruction
+from ..reasoning import options_for
 
 MAX_SEED = validate.MAX_SEED
 # Random seeds stay at or below 2**53 - 1, the largest integer a JavaScript number holds exactly, so that the one
@@ -100,6 +101,7 @@ class EditResult:
     images: list[Image.Image]
     seeds: list[int]  # image i was drawn with seeds[i] (seed, seed + 1, ...)
     seconds: float  # time spent editing, queueing excluded
+    reasoning: list | None = None  # with thinking or reflection (v1.2): one ReasoningTrace per image
 
 
 class EditService:
@@ -178,6 +180,9 @@ class EditService:
         num_images: int = 1,
         cancelled: Callable[[], bool] | None = None,
         reserved: bool = False,
+        think: bool | None = None,
+        reflect: bool | None = None,
+        max_tries: int | None = None,
     ) -> EditResult:
         """Edit ``image`` following ``instruction``; fields left as ``None`` take the model's defaults, and
         ``seed=None`` draws a random seed (returned in the result, so any result can be reproduced).
@@ -186,9 +191,11 @@ class EditService:
         ``CANCEL_CHECK_INTERVAL_SECONDS``, between the blocks of the models; once it answers true the edit stops
         with :class:`EditCancelledError` (the HTTP API passes "has the client disconnected?", so an abandoned request
         does not hold the queue). An edit running longer than ``limits.max_seconds`` stops with
-        :class:`EditTimeoutError`. ``reserved`` says the caller already holds a place (:meth:`reserve`)."""
+        :class:`EditTimeoutError`. ``reserved`` says the caller already holds a place (:meth:`reserve`).
+        ``think``, ``reflect`` and ``max_tries`` choose the reasoning of a v1.2 model (:mod:`step1x_edit.reasoning`;
+        ``None``: the model's default) and are refused for other models."""
         settings = self.check_request(instruction, num_inference_steps, guidance_scale, size_level, strength, seed,
-                                      negative_prompt, num_images)
+                                      negative_prompt, num_images, think, reflect, max_tries)
         first_seed = settings.pop("seed")
         seeds = [first_seed + index for index in range(num_images)]
         with contextlib.nullcontext() if reserved else self.reserve():
@@ -223,10 +230,11 @@ class EditService:
                     f"out of GPU memory for {len(sources)} image(s) at size_level {settings['size_level']}; "
                     "ask for a smaller size_level or fewer images"
                 ) from error
-            return EditResult(images=list(result.images), seeds=seeds, seconds=time.perf_counter() - start)
+            return EditResult(images=list(result.images), seeds=seeds, seconds=time.perf_counter() - start,
+                              reasoning=result.reasoning)
 
     def check_request(self, instruction, num_inference_steps, guidance_scale, size_level, strength, seed,
-                      negative_prompt, num_images) -> dict:
+                      negative_prompt, num_images, think=None, reflect=None, max_tries=None) -> dict:
         """Every field checked against the limits, the defaults filled in; returns the pipeline's keyword
         arguments plus ``seed``. Raises :class:`InvalidRequestError` (or ``InvalidPromptError``) naming the field."""
         limits, defaults = self.limits, self.defaults
@@ -247,8 +255,9 @@ class EditService:
         if seed is None:
             seed = random.randint(0, MAX_RANDOM_SEED - count + 1)
         seed = validate.integer("seed", seed, 0, MAX_SEED - count + 1)
+        reasoning = options_for(self.pipeline.version, think=think, reflect=reflect, max_tries=max_tries)
         return {"num_inference_steps": steps, "guidance_scale": guidance, "size_level": size, "strength": strength,
-                "seed": seed}
+                "reasoning": reasoning, "seed": seed}
 
 
 def _or(value, default):

@@ -1,7 +1,8 @@
 """The web UI: a Gradio page over one :class:`~step1x_edit.serve.service.EditService`.
 
 An image, an instruction, the model's settings under "Settings" (steps, guidance, working size, strength, seed)
-and the edited image with the seed that made it. Clickable examples come from the synthetic world's example
+and the edited image with the seed that made it; for a v1.2 model also thinking and reflection, with every round's
+image and the reasoning shown. Clickable examples come from the synthetic world's example
 scenes unless others are given. ``create_ui(service).launch()`` serves it alone; ``step1x-edit serve`` mounts it
 at ``/ui`` beside the HTTP API.
 """
@@ -15,6 +16,7 @@ import gradio as gr
 
 from ..errors import Step1XEditError
 from ..pipeline import DEMO_MODEL_DIR
+from ..reasoning import DEFAULT_MAX_TRIES, MAX_TRIES, supports_reasoning
 from .service import MAX_RANDOM_SEED, EditService
 
 # Uploads and results in Gradio's cache: every CACHE_SWEEP_SECONDS, files older than CACHE_MAX_AGE_SECONDS are
@@ -31,6 +33,7 @@ def create_ui(service: EditService, examples: list[tuple[str, str]] | None = Non
     """The Gradio app for ``service``; ``examples`` are (image path, instruction) pairs (default: the synthetic
     world's example scenes). Its ``example_files`` are the only files besides uploads its requests may name."""
     defaults, limits = service.defaults, service.limits
+    reasoning_ui = supports_reasoning(service.pipeline.version)
     if examples is None:
         examples = _synthetic_examples()
     with gr.Blocks(title="Step1X-Edit", analytics_enabled=False,  # no usage reports to third parties
@@ -57,20 +60,33 @@ def create_ui(service: EditService, examples: list[tuple[str, str]] | None = Non
                     seed = gr.Number(value=42, precision=0, minimum=0, maximum=MAX_RANDOM_SEED, label="Seed",
                                      elem_id="seed")
                     randomize = gr.Checkbox(value=True, label="New random seed each edit")
+                choices = []
+                if reasoning_ui:
+                    with gr.Accordion("Thinking and reflection", open=False, elem_id="reasoning"):
+                        choices = [gr.Checkbox(value=False, label="Think first: rewrite the instruction into "
+                                               "concrete edits"),
+                                   gr.Checkbox(value=True, label="Reflect: judge each edit, retry, keep the best round"),
+                                   gr.Slider(1, MAX_TRIES, value=DEFAULT_MAX_TRIES, step=1, label="Rounds at most")]
                 run = gr.Button("Edit", variant="primary")
             with gr.Column():
                 result = gr.Image(label="Edited", type="pil", format="png", interactive=False, elem_id="result")
                 details = gr.Markdown(elem_id="details")
+                rounds = [gr.Gallery(label="Rounds", columns=3, elem_id="rounds")] if reasoning_ui else []
                 again = gr.Button("Edit this result further")
         if examples:
             gr.Examples(examples=[[str(path), text] for path, text in examples], inputs=[source, instruction])
 
-        def on_edit(image, text, step_count, scale, size, amount, seed_value, new_seed):
-            return edit_for_ui(service, image, text, step_count, scale, size, amount, seed_value, new_seed)
+        def on_edit(image, text, step_count, scale, size, amount, seed_value, new_seed, *reasoning):
+            edited = run_for_ui(service, image, text, step_count, scale, size, amount, seed_value, new_seed, *reasoning)
+            shown = _shown(edited)
+            if not reasoning_ui:
+                return shown
+            return *shown, [(item.image, f"round {item.index + 1}: {item.decision or 'edited'}")
+                            for item in (edited.reasoning[0].rounds if edited.reasoning else [])]
 
         gr.on([run.click, instruction.submit], on_edit, api_name="edit",
-              inputs=[source, instruction, steps, guidance, size_level, strength, seed, randomize],
-              outputs=[result, seed, details])
+              inputs=[source, instruction, steps, guidance, size_level, strength, seed, randomize, *choices],
+              outputs=[result, seed, details, *rounds])
         again.click(lambda edited: edited, inputs=[result], outputs=[source], api_visibility="private")
     app.example_files = [str(path) for path, _ in examples]
     return app
@@ -79,6 +95,13 @@ def create_ui(service: EditService, examples: list[tuple[str, str]] | None = Non
 def edit_for_ui(service: EditService, image, instruction, steps, guidance, size_level, strength, seed, randomize):
     """One press of **Edit**: (edited image, the seed used, a line of details); input errors become Gradio
     errors shown on the page."""
+    return _shown(run_for_ui(service, image, instruction, steps, guidance, size_level, strength, seed, randomize))
+
+
+def run_for_ui(service: EditService, image, instruction, steps, guidance, size_level, strength, seed, randomize,
+               think=None, reflect=None, max_tries=None):
+    """The edit of one press of **Edit** (with a v1.2 model's thinking and reflection choices); input errors become
+    Gradio errors shown on the page."""
     if image is None:
         raise gr.Error("Upload an image first.")
     if seed is None and not randomize:
@@ -87,11 +110,20 @@ def edit_for_ui(service: EditService, image, instruction, steps, guidance, size_
         result = service.edit(
             image, instruction or "", num_inference_steps=int(steps), guidance_scale=float(guidance),
             size_level=int(size_level), strength=float(strength), seed=None if randomize else int(seed),
+            think=think, reflect=reflect, max_tries=None if max_tries is None else int(max_tries),
         )
     except Step1XEditError as error:
         raise gr.Error(str(error)) from error
+    return result
+
+
+def _shown(result):
+    """(edited image, seed, details): size, seed and time, and the reasoning trace when there is one."""
     width, height = result.images[0].size
-    return result.images[0], result.seeds[0], f"{width}×{height}, seed {result.seeds[0]}, {result.seconds:.2f} s"
+    details = f"{width}×{height}, seed {result.seeds[0]}, {result.seconds:.2f} s"
+    if result.reasoning:  # in a code block: the reflections' <#Think> tags are not HTML
+        details += "\n\n```\n" + result.reasoning[0].summary() + "\n```"
+    return result.images[0], result.seeds[0], details
 
 
 def _is_demo(service: EditService) -> bool:
