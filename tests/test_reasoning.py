@@ -215,3 +215,23 @@ def test_edit_command_refuses_reasoning_options_with_another_model_before_loadin
     assert main(["edit", str(tmp_path / "in.png"), "make it red", "--think", "--greedy"]) == 2
     error = capsys.readouterr().err.strip().splitlines()[-1]
     assert "need a v1.2 model" in error and "asked for: thinking and greedy" in error
+
+
+def test_gedit_generation_records_whether_v1p2_thinks_and_reflects(tiny_v1p2, monkeypatch):
+    from step1x_edit.bench.generate import PipelineEditor
+
+    model = judge([SUCCESS], rewrite=["Paint it red."])
+    monkeypatch.setattr(reasoning.LocalChat, "__call__", lambda self, stage, messages: model(stage, messages))
+    editor = PipelineEditor(tiny_v1p2, num_inference_steps=1, size_level=64, reasoning=ReasoningOptions(think=True))
+    assert editor(Image.new("RGB", (40, 40)), "make it red", seed=1).size == (40, 40)
+    assert model.stages[0] == reasoning.STAGE_REWRITE
+    assert editor.settings()["reasoning"] == {"think": True, "reflect": True, "max_tries": 3, "max_new_tokens": 128,
+                                              "greedy": False}
+    assert "reasoning" not in PipelineEditor(tiny_v1p2, reasoning=reasoning.PLAIN).settings()
+
+
+def test_gedit_generation_refuses_reasoning_for_another_model():
+    from step1x_edit.bench.generate import PipelineEditor
+
+    with pytest.raises(InvalidValueError, match="asked for: reflection"):
+        PipelineEditor.from_model(None, device="cpu", reflect=True)

@@ -117,6 +117,13 @@ def register(subcommands: argparse._SubParsersAction) -> None:
     generate.add_argument("--processes", type=int_argument(1, MAX_PROCESSES),
                           help="worker processes, one per GPU (default: one per visible GPU; under accelerate "
                                "launch, its processes)")
+    generate.add_argument("--think", action=argparse.BooleanOptionalAction, default=None,
+                          help="v1.2 models: rewrite each instruction first (default: off)")
+    generate.add_argument("--reflect", action=argparse.BooleanOptionalAction, default=None,
+                          help="v1.2 models: judge each edit, retry, keep the best round (default: on, as the "
+                          "official pipeline)")
+    generate.add_argument("--max-tries", type=int_argument(1, 10), default=None,
+                          help="v1.2 models: rounds of reflection at most, 1 to 10 (default 3)")
     generate.add_argument("--shard", type=_shard,
                           help="I/N: edit only shard I (0-based) of N, set for each worker process "
                                "(default: all samples)")
@@ -242,6 +249,8 @@ def _spawn_workers(args, processes: int) -> int:
         if values:
             argv += [flag, *values]
     argv += ["--allow-partial"] * args.allow_partial + ["--overwrite"] * args.overwrite
+    argv += [f"--{'' if value else 'no-'}{flag}" for flag, value in (("think", args.think), ("reflect", args.reflect))
+             if value is not None] + ([f"--max-tries={args.max_tries}"] if args.max_tries else [])
     workers = []
     for index in range(processes):
         env = dict(os.environ)
@@ -272,7 +281,8 @@ def _generate(args) -> int:
     device = args.device or (None if shard else str(state.device))
     editor = PipelineEditor.from_model(
         args.model, device=device, num_inference_steps=args.steps, guidance_scale=args.guidance,
-        size_level=args.size_level, negative_prompt=args.negative_prompt,
+        size_level=args.size_level, negative_prompt=args.negative_prompt, think=args.think, reflect=args.reflect,
+        max_tries=args.max_tries,
     )
     summary = generate(samples, editor, Path(args.out) / name, seed=args.seed, source_column=args.source,
                        settings=editor.settings(), overwrite=args.overwrite, shard=shard)

@@ -1,7 +1,8 @@
 """Generate GEdit-Bench edits with any editor into the official results layout, resumably and sharded.
 
 An :class:`Editor` is any callable ``(image, instruction, seed) -> PIL.Image``; :class:`PipelineEditor` adapts a
-:class:`~step1x_edit.pipeline.Step1XEditPipeline`. :func:`generate` skips samples whose edit already exists,
+:class:`~step1x_edit.pipeline.Step1XEditPipeline` (a v1.2 model with or without thinking and reflection, recorded
+in the manifest's ``reasoning``). :func:`generate` skips samples whose edit already exists,
 writes each edit atomically (an interrupted run never leaves a truncated PNG), and records a run manifest
 (``RESULTS/<name>/manifest.json``: model, version, seed, sampler settings, software versions). A rerun with
 different settings is refused instead of mixing two configurations in one directory.
@@ -40,7 +41,10 @@ class Editor(Protocol):
 class PipelineEditor:
     """Edit with a Step1X-Edit pipeline and fixed sampler settings (recorded by :meth:`settings`).
 
-    The pipeline's per-step progress bar is turned off: :func:`generate` shows one bar over the samples.
+    ``reasoning`` (:class:`~step1x_edit.reasoning.ReasoningOptions`, None: the model's default, which for v1.2 is
+    reflection over at most 3 rounds) sets a v1.2 model's thinking and reflection; each edit's reasoning samples
+    from its seed. The pipeline's per-step progress bar is turned off: :func:`generate` shows one bar over the
+    samples.
     """
 
     def __init__(
@@ -51,6 +55,7 @@ class PipelineEditor:
         size_level: int = 1024,
         negative_prompt: str = "",
         model: str | None = None,
+        reasoning=None,
     ):
         self.pipe = pipe
         if hasattr(pipe, "set_progress_bar_config"):
@@ -60,13 +65,20 @@ class PipelineEditor:
         self.size_level = size_level
         self.negative_prompt = negative_prompt
         self.model = model
+        self.reasoning = reasoning
 
     @classmethod
-    def from_model(cls, model: str | None, device: str | None = None, torch_dtype=None, **settings) -> PipelineEditor:
-        """Load the pipeline from ``model`` (a model directory, or ``None`` for the built-in default)."""
+    def from_model(cls, model: str | None, device: str | None = None, torch_dtype=None, think: bool | None = None,
+                   reflect: bool | None = None, max_tries: int | None = None, **settings) -> PipelineEditor:
+        """Load the pipeline from ``model`` (a model directory, or ``None`` for the built-in default); ``think``,
+        ``reflect`` and ``max_tries`` (None: the model's default) choose a v1.2 model's reasoning and are refused
+        for other models."""
         from ..pipeline import load_pipeline
+        from ..reasoning import options_for
 
-        return cls(load_pipeline(model, device=device, torch_dtype=torch_dtype), model=model, **settings)
+        pipe = load_pipeline(model, device=device, torch_dtype=torch_dtype)
+        reasoning = options_for(pipe.version, think=think, reflect=reflect, max_tries=max_tries)
+        return cls(pipe, model=model, reasoning=reasoning, **settings)
 
     def __call__(self, image: Image.Image, instruction: str, seed: int) -> Image.Image:
         import torch
@@ -79,20 +91,32 @@ class PipelineEditor:
             guidance_scale=self.guidance_scale,
             size_level=self.size_level,
             generator=torch.Generator().manual_seed(seed),
+            reasoning=self.reasoning,
         )
         return output.images[0]
 
     def settings(self) -> dict:
+        """The run's settings for the manifest; ``reasoning`` (thinking, reflection, rounds, reply cap, decoding)
+        only when the edits think or reflect."""
+        from ..reasoning import resolve_options
+
         transformer = getattr(self.pipe, "transformer", None)
         config = getattr(transformer, "config", None)
-        return {
+        version = getattr(config, "version", None)
+        settings = {
             "model": self.model or "default",
-            "version": getattr(config, "version", None),
+            "version": version,
             "num_inference_steps": self.num_inference_steps,
             "guidance_scale": self.guidance_scale,
             "size_level": self.size_level,
             "negative_prompt": self.negative_prompt,
         }
+        reasoning = resolve_options(version, self.reasoning) if version is not None else None
+        if reasoning is not None and reasoning.active:
+            settings["reasoning"] = {"think": reasoning.think, "reflect": reasoning.reflect,
+                                     "max_tries": reasoning.max_tries, "max_new_tokens": reasoning.max_new_tokens,
+                                     "greedy": reasoning.greedy}
+        return settings
 
 
 @dataclass(frozen=True)
