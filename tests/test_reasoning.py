@@ -52,6 +52,9 @@ def test_reasoning_units_match_the_official_thinker(shared_dir):
     path = Path(shared_dir) / "fixtures" / "step1x_official" / "v1.2" / "thinker" / "thinker.json"
     units = json.loads(path.read_text(encoding="utf-8"))["units"]
     assert check_thinker_units(units) == 0
+    units["format_text"][0]["result"] = [False, None]  # a changed official answer is counted
+    units["message_builders"][0]["_build_score1_messages"][0]["content"] += " "
+    assert check_thinker_units(units) == 2
 
 
 def test_refined_instruction_edits_the_last_result_and_success_stops():

@@ -479,8 +479,9 @@ def _check_loop(folder: Path, case: dict, pipe) -> int:
     """One whole pipeline call with reflection (and thinking when the scenario says so)."""
     scenario = case["scenario"]
     model = _CannedModel(pipe.processor.tokenizer, case["canned_replies"])
+    tries = scenario.get("max_try_cnt", scenario.get("max_tries", reasoning.DEFAULT_MAX_TRIES))
     options = reasoning.ReasoningOptions(think=scenario["thinking"], reflect=scenario.get("reflection", True),
-                                         max_tries=scenario.get("max_try_cnt", reasoning.DEFAULT_MAX_TRIES), seed=0)
+                                         max_tries=tries, seed=0)
     pipe.text_encoder.generate = model
     try:
         with torch.no_grad():
@@ -502,6 +503,9 @@ def _check_loop(folder: Path, case: dict, pipe) -> int:
         mismatches += _differs(list(item.image.size), attempt["input_size"])
         mismatches += _differs([width, height], [attempt["width"], attempt["height"]])
         mismatches += _grey_levels_apart(item.image, Image.open(folder / attempt["output_png"]))
+        if judgement is None:  # an edit without reflection: nothing was judged
+            mismatches += sum(attempt.get(key) is not None for key in ("reflection", "best_info"))
+            continue
         mismatches += _differs(judgement.reflection, attempt["reflection"])
         mismatches += _differs(list(reasoning.parse_decision(judgement.reflection)), attempt["format_text"])
         mismatches += _differs({"score1": judgement.edit_scores, "score2": judgement.quality_scores},
