@@ -190,8 +190,9 @@ class BatchingEditService(EditService):
                 outcomes.append(withdrawn)
                 continue
             count = len(request.sources)
-            outcomes.append(dataclasses.replace(result, images=result.images[start : start + count],
-                                                seeds=request.seeds))
+            mine = slice(start, start + count)
+            outcomes.append(dataclasses.replace(result, images=result.images[mine], seeds=request.seeds,
+                                                reasoning=None if result.reasoning is None else result.reasoning[mine]))
             start += count
         return outcomes
 
