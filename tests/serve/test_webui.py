@@ -1,10 +1,18 @@
-"""The web UI: one press of Edit, its errors, and the page served beside the HTTP API."""
+"""The web UI: one press of Edit, its errors, its examples, and the page served beside the HTTP API."""
+
+import dataclasses
+import json
+from pathlib import Path
 
 import gradio as gr
 import numpy as np
 import pytest
+import torch
+from PIL import Image
 from serve_clients import local_client
 
+from step1x_edit.data.synthetic.examples import example_scenes, render_example_images
+from step1x_edit.data.synthetic.world import render
 from step1x_edit.serve.http import create_app
 from step1x_edit.serve.service import EditService
 from step1x_edit.serve.webui import create_ui, edit_for_ui
@@ -37,8 +45,40 @@ def test_the_page_offers_the_example_scenes(demo_pipeline):
     examples = [block for block in page.blocks.values() if isinstance(block, gr.Dataset)]
     assert len(examples) == 1
     assert [row[1] for row in examples[0].raw_samples] == [
-        "Make the red circle green.", 'Change the text "OPEN" to "CLOSED".', "Make the person raise both arms.",
-        "Add glasses to the person."]
+        "Change the background to cream.", 'Change the text "OPEN" to "CLOSED".', "Change the background to lavender.",
+        "Change the background to a dark night sky."]
+
+
+# What each example asks for, as the scene it should become.
+EXAMPLE_TARGETS = {
+    "shapes": lambda scene: dataclasses.replace(scene, background="cream"),
+    "sign": lambda scene: dataclasses.replace(scene, sign=dataclasses.replace(scene.sign, word="CLOSED")),
+    "person": lambda scene: dataclasses.replace(scene, background="lavender"),
+    "portrait": lambda scene: dataclasses.replace(scene, background="night_sky"),
+}
+
+
+@pytest.mark.parametrize("name", list(EXAMPLE_TARGETS))
+def test_each_example_is_an_edit_the_demo_model_makes_visibly(demo_pipeline, name):
+    scene = next(scene for example, scene, _, _ in example_scenes() if example == name)
+    instruction = next(text for example, _, text, _ in example_scenes() if example == name)
+    source = np.asarray(render(scene), np.float32)
+    region = np.abs(np.asarray(render(EXAMPLE_TARGETS[name](scene)), np.float32) - source).sum(-1) > 0
+    edited = demo_pipeline(image=Image.fromarray(source.astype(np.uint8)), prompt=instruction,
+                           generator=torch.Generator().manual_seed(0)).images[0]
+    change = np.abs(np.asarray(edited.convert("RGB"), np.float32) - source)[region].mean()
+    assert change > 10  # levels of 255 per channel where the edit applies; an edit the model leaves undone: 2-4
+
+
+def test_the_bundled_examples_are_the_example_scenes(tmp_path):
+    bundled = Path(__file__).resolve().parents[2] / "examples"
+    fresh = render_example_images(tmp_path)
+    listed = json.loads((bundled / "examples.json").read_text(encoding="utf-8"))
+    assert [(Path(entry["path"]).name, entry["instruction_en"], entry["instruction_zh"]) for entry in listed] == [
+        (Path(entry["path"]).name, entry["instruction_en"], entry["instruction_zh"]) for entry in fresh]
+    for entry in fresh:
+        assert np.array_equal(np.asarray(Image.open(entry["path"])),
+                              np.asarray(Image.open(bundled / Path(entry["path"]).name)))
 
 
 def test_the_server_mounts_the_page_at_ui_and_leads_there_from_the_root(demo_pipeline):

@@ -1,4 +1,8 @@
-"""Example source images with suggested instructions, for READMEs and first runs."""
+"""Example source images with suggested instructions, for READMEs and first runs.
+
+The instructions are edits the built-in demo model makes visibly (backgrounds and text; see its model card), so
+a first run shows a change.
+"""
 
 from __future__ import annotations
 
@@ -17,7 +21,7 @@ def example_scenes(resolution: int = 256) -> list[tuple[str, Scene, str, str]]:
     shapes = Scene(
         s,
         s,
-        "light_blue",
+        "sunset",
         (
             Shape("circle", "red", int(0.3 * s), int(0.35 * s), int(0.15 * s)),
             Shape("square", "blue", int(0.7 * s), int(0.4 * s), int(0.15 * s)),
@@ -39,12 +43,12 @@ def example_scenes(resolution: int = 256) -> list[tuple[str, Scene, str, str]]:
         ),
     )
     person = Scene(s, s, "meadow", person=Person(s // 2, int(0.92 * s), int(0.56 * s), "orange", "arms_down"))
-    face = Scene(s, s, "mint", face=Face(s // 2, s // 2, int(0.21 * s), (241, 194, 125), "brown", "blue"))
+    face = Scene(s, s, "light_gray", face=Face(s // 2, s // 2, int(0.21 * s), (241, 194, 125), "brown", "blue"))
     return [
-        ("shapes", shapes, "Make the red circle green.", "把红色圆形变成绿色。"),
+        ("shapes", shapes, "Change the background to cream.", "把背景换成米白色。"),
         ("sign", sign, 'Change the text "OPEN" to "CLOSED".', "把文字“OPEN”改成“CLOSED”。"),
-        ("person", person, "Make the person raise both arms.", "让这个人举起双臂。"),
-        ("portrait", face, "Add glasses to the person.", "给这个人戴上眼镜。"),
+        ("person", person, "Change the background to lavender.", "把背景换成淡紫色。"),
+        ("portrait", face, "Change the background to a dark night sky.", "把背景换成深色夜空。"),
     ]
 
 
