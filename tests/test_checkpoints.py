@@ -261,10 +261,11 @@ def test_safetensors_header_starting_like_a_pickle_is_still_read(tmp_path):
 
 def test_the_velocity_only_official_format_neither_writes_nor_reads_a_reference_delta_model(tiny_official, tmp_path):
     from step1x_edit.checkpoints.official import CheckpointError
+    from step1x_edit.demo.delta import ReferenceDeltaTransformer2DModel
     from step1x_edit.models.presets import build_transformer
 
     with pytest.raises(CheckpointError, match="official format holds velocity models only"):
-        transformer_state_dict_to_official(build_transformer("tiny", prediction_type="reference_delta"))
+        transformer_state_dict_to_official(build_transformer("tiny", ReferenceDeltaTransformer2DModel))
     save_file(tiny_official[1], tmp_path / "tiny.safetensors")
     with pytest.raises(CheckpointError, match="official-format files hold velocity models only"):
         load_official_transformer(tmp_path / "tiny.safetensors",

@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from step1x_edit.errors import InvalidValueError
 from step1x_edit.models.presets import build_transformer
 from step1x_edit.models.transformer import Step1XEditTransformer2DModel
 from step1x_edit.sampling import position_ids
@@ -167,66 +168,10 @@ def test_mask_without_valid_positions_is_refused(tiny):
         tiny(tokens, t, states, mask, img_ids, txt_ids)
 
 
-def _delta_model(seed=0):
-    torch.manual_seed(seed)
-    return build_transformer("tiny", prediction_type="reference_delta").eval()
-
-
-def test_a_fresh_reference_delta_model_predicts_the_velocity_back_to_the_reference():
-    model = _delta_model()
-    tokens, t, states, mask, img_ids, txt_ids = _inputs(model)
-    count = tokens.shape[1] // 2
-    with torch.no_grad():
-        velocity = model(tokens, t, states, mask, img_ids, txt_ids)[:, :count]
-    expected = (tokens[:, :count] - tokens[:, count:]) / t[:, None, None]
-    assert torch.allclose(velocity, expected, atol=1e-5)  # output layer starts at zero: x0 = reference
-
-
-def test_a_reference_delta_model_adds_its_output_to_the_reference():
-    model = _delta_model()
-    torch.nn.init.normal_(model.proj_out.weight, std=0.02)
-    tokens, t, states, mask, img_ids, txt_ids = _inputs(model)
-    count = tokens.shape[1] // 2
-    with torch.no_grad():
-        velocity = model(tokens, t, states, mask, img_ids, txt_ids)[:, :count]
-        model.register_to_config(prediction_type="velocity")  # the same weights read as a velocity model
-        delta = model(tokens, t, states, mask, img_ids, txt_ids)[:, :count]
-    clean = tokens[:, :count] - t[:, None, None] * velocity  # x0 implied by the velocity
-    assert delta.abs().max() > 1e-3
-    assert torch.allclose(clean, tokens[:, count:] + delta, atol=1e-5)
-
-
-def test_reference_delta_setting_survives_save_and_load(tmp_path):
-    model = _delta_model()
-    model.save_pretrained(tmp_path)
-    loaded = Step1XEditTransformer2DModel.from_pretrained(tmp_path)
-    assert loaded.config.prediction_type == "reference_delta"
-    assert torch.equal(loaded.proj_out.weight, model.proj_out.weight)
-
-
-def test_reference_delta_needs_matching_channels_and_an_even_image_sequence():
-    with pytest.raises(ValueError, match="prediction_type must be one of"):
+def test_the_released_class_refuses_another_prediction_type_naming_the_class_that_predicts_it():
+    with pytest.raises(InvalidValueError, match=r"^Step1XEditTransformer2DModel takes prediction_type 'velocity' only, "
+                       r"got 'reference_delta'; a reference_delta model is a step1x_edit\.demo\.delta\."
+                       r"ReferenceDeltaTransformer2DModel$"):
+        build_transformer("tiny", prediction_type="reference_delta")
+    with pytest.raises(InvalidValueError, match=r"got 'epsilon' \(known: \['reference_delta', 'velocity'\]\)$"):
         build_transformer("tiny", prediction_type="epsilon")
-    with pytest.raises(ValueError, match="in_channels .* must equal out_channels"):
-        build_transformer("tiny", prediction_type="reference_delta", out_channels=32)
-    model = _delta_model()
-    tokens, t, states, mask, img_ids, txt_ids = _inputs(model)
-    with pytest.raises(ValueError, match="as many reference tokens as noisy ones"):
-        model(tokens[:, :-1], t, states, mask, img_ids[:-1], txt_ids)
-
-
-def test_lora_adapters_on_a_reference_delta_model_train_and_export_to_kohya_names():
-    from peft import LoraConfig
-
-    from step1x_edit.checkpoints.lora import default_lora_targets, peft_to_kohya
-
-    model = _delta_model()
-    torch.nn.init.normal_(model.proj_out.weight, std=0.02)  # a trained model (LoRA adapts one; the output layer is frozen)
-    model.add_adapter(LoraConfig(r=4, lora_alpha=4, target_modules=default_lora_targets(model),
-                                 init_lora_weights=False))
-    tokens, t, states, mask, img_ids, txt_ids = _inputs(model)
-    count = tokens.shape[1] // 2
-    model(tokens, t, states, mask, img_ids, txt_ids)[:, :count].square().mean().backward()
-    lora = [param for name, param in model.named_parameters() if "lora_" in name]
-    assert lora and all(param.grad is not None and param.grad.abs().sum() > 0 for param in lora)
-    assert any(key.endswith(".lora_down.weight") for key in peft_to_kohya(model))

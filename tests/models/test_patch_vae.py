@@ -79,12 +79,13 @@ def test_every_latent_channel_is_whitened_so_sampler_noise_in_weak_components_st
 
 
 def test_an_untrained_reference_delta_pipeline_on_the_full_patch_autoencoder_returns_the_source_exactly():
+    from step1x_edit.demo.delta import ReferenceDeltaTransformer2DModel
     from step1x_edit.models.presets import build_transformer
     from step1x_edit.testing.tiny import tiny_pipeline
 
     pipe = tiny_pipeline()
     pipe.vae = PatchAutoencoder(patch_size=4, latent_channels=48).fit(_pixels(range(30)))  # every component
-    pipe.transformer = build_transformer("tiny", prediction_type="reference_delta", in_channels=192,
+    pipe.transformer = build_transformer("tiny", ReferenceDeltaTransformer2DModel, in_channels=192,
                                          out_channels=192, mllm_hidden_size=32).eval()
     pipe.register_modules(vae=pipe.vae, transformer=pipe.transformer)
     source = generate_sample(TASKS[0], 7, resolution=64).source

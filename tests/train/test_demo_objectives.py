@@ -66,10 +66,11 @@ def test_relative_x0_weighting_scores_each_sample_against_returning_its_source()
 
 
 def test_a_fresh_reference_delta_transformer_has_the_no_edit_loss_at_every_time():
+    from step1x_edit.demo.delta import ReferenceDeltaTransformer2DModel
     from step1x_edit.models.presets import build_transformer
 
     torch.manual_seed(0)
-    model = build_transformer("tiny", prediction_type="reference_delta", mllm_hidden_size=8)
+    model = build_transformer("tiny", ReferenceDeltaTransformer2DModel, mllm_hidden_size=8)
     generator = torch.Generator().manual_seed(2)
     x0, reference, eps = (torch.randn(2, 16, 4, 6, generator=generator) for _ in range(3))
     embeds, mask = torch.randn(2, 5, 8), torch.ones(2, 5, dtype=torch.long)

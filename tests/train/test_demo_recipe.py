@@ -165,7 +165,10 @@ def test_train_demo_builds_evaluates_and_exports_a_small_model(tmp_path):
     assert torch.equal(pipe.text_encoder.state_dict()[layer], merged_text[layer].half().float())
     assert pipe.transformer.dtype == torch.float32  # stored float16, placed as float32 on CPU
     assert pipe.vae.config.latent_channels == 16 and pipe.transformer.config.in_channels == 64
-    assert pipe.transformer.config.prediction_type == "reference_delta"
+    assert pipe.transformer.config.prediction_type == "reference_delta"  # the recipe's, built as the demo's class
+    assert type(pipe.transformer).__name__ == "ReferenceDeltaTransformer2DModel"
+    assert json.loads((export / "model_index.json").read_text())["transformer"] == [
+        "step1x_edit.demo.delta", "ReferenceDeltaTransformer2DModel"]
     assert pipe.config.max_sequence_length == 96 and pipe.config.default_size_level == 64
     assert pipe.config.default_guidance_scale == choice["guidance_scale"]
     assert pipe.config.default_strength == choice["strength"]

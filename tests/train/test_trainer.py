@@ -195,15 +195,16 @@ def test_training_reads_an_official_metadata_json(tables, tiny_model_dir, small_
 
 
 def test_lora_on_an_untrained_reference_delta_model_is_refused_unless_its_output_layer_is_adapted():
+    from step1x_edit.demo.delta import ReferenceDeltaTransformer2DModel
     from step1x_edit.models.presets import build_transformer
     from step1x_edit.train.trainer import _set_trainable
 
     lora = config_from_dict({"data": {"store": "x"}, "model": {"mode": "lora", "lora_rank": 2}})
     with pytest.raises(TrainingConfigError, match="output layer is still zero"):
-        _set_trainable(build_transformer("tiny", prediction_type="reference_delta"), lora)
+        _set_trainable(build_transformer("tiny", ReferenceDeltaTransformer2DModel), lora)
     with_output = config_from_dict({"data": {"store": "x"}, "model": {
         "mode": "lora", "lora_rank": 2, "lora_targets": ["to_q", "proj_out"]}})
-    assert _set_trainable(build_transformer("tiny", prediction_type="reference_delta"), with_output)
+    assert _set_trainable(build_transformer("tiny", ReferenceDeltaTransformer2DModel), with_output)
     assert _set_trainable(build_transformer("tiny"), lora)  # velocity models are unaffected
 
 

@@ -5,14 +5,15 @@ hostile folder would fail deep inside a library (a traceback), allocate an absur
 billion), or import whatever class ``model_index.json`` names. :func:`check_diffusers_folder` reads JSON files and
 safetensors headers only:
 
-* ``model_index.json`` names the classes this project writes, and its settings are in range; an official
-  released repository (the diffusers fork's classes) is recognised through :mod:`step1x_edit.versions` and checked
-  by :func:`step1x_edit.checkpoints.official_diffusers.check_official_diffusers_folder`;
+* ``model_index.json`` names the classes this project writes (the demo model's transformer included), and its
+  settings are in range; an official released repository (the diffusers fork's classes) is recognised through
+  :mod:`step1x_edit.versions` and checked by
+  :func:`step1x_edit.checkpoints.official_diffusers.check_official_diffusers_folder`;
 * every config file is a JSON object whose sizes are integers within bounds, none of them missing;
 * the transformer and VAE weights hold exactly the tensors (names and shapes) of the model their config builds
-  (on the meta device: no memory); the text encoder's weights hold the layers and blocks its config says, each
-  tensor of its model's shape; every weight is floating point; the scheduler and image-processor settings are
-  within bounds.
+  (the class ``model_index.json`` names, on the meta device: no memory); the text encoder's weights hold the
+  layers and blocks its config says, each tensor of its model's shape; every weight is floating point; the
+  scheduler and image-processor settings are within bounds.
 
 Each refusal is one :class:`~step1x_edit.errors.CheckpointError` naming the file and the field or tensor.
 :func:`check_text_encoder_folder` and :func:`check_processor_folder` also serve the Qwen2.5-VL folder of the
@@ -21,6 +22,7 @@ official layout.
 
 from __future__ import annotations
 
+import importlib
 import re
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -37,22 +39,22 @@ from ..models.mllm import check_image_processor_config, check_text_encoder_confi
 from ..models.patch_vae import PatchAutoencoder
 from ..models.patch_vae import check_config as check_patch_vae_config
 from ..models.presets import transformer_config
-from ..models.transformer import Step1XEditTransformer2DModel
 from ..models.transformer import check_config as check_transformer_config
 from ..models.vae import check_diffusers_config as check_vae_config
 from .official import check_weights, key_mismatch, read_header, read_json_config
 
 INDEX_FILE = "model_index.json"
 # The classes model_index.json may name, per component: those this project writes (diffusers imports the module
-# a component names, so nothing else is accepted).
+# a component names, so nothing else is accepted). The second transformer is the demo model's.
 COMPONENT_CLASSES = {
-    "transformer": {("step1x_edit.models.transformer", "Step1XEditTransformer2DModel")},
+    "transformer": {("step1x_edit.models.transformer", "Step1XEditTransformer2DModel"),
+                    ("step1x_edit.demo.delta", "ReferenceDeltaTransformer2DModel")},
     "vae": {("diffusers", "AutoencoderKL"), ("step1x_edit.models.patch_vae", "PatchAutoencoder")},
     "text_encoder": {("transformers", "Qwen2_5_VLForConditionalGeneration")},
     "processor": {("step1x_edit.models.mllm", "ImageOnlyQwen2_5_VLProcessor"), ("transformers", "Qwen2_5_VLProcessor")},
     "scheduler": {("diffusers", "FlowMatchEulerDiscreteScheduler")},
 }
-# Transformer config fields a saved model may lack: prediction_type came later, and its default is the released one.
+# Transformer config fields a saved model may lack: prediction_type came later, and its default is the class's own.
 OPTIONAL_TRANSFORMER_FIELDS = ("prediction_type",)
 # Scheduler bounds (the released schedule: 1000 training steps, the shift moving from 256 to 4096 tokens).
 MAX_TRAIN_TIMESTEPS = 100_000
@@ -83,7 +85,7 @@ def check_diffusers_folder(path: str | Path) -> None:
         spec = index.get(name)
         if not (isinstance(spec, list) and all(isinstance(part, str) for part in spec) and tuple(spec) in allowed):
             raise CheckpointError(f"{index_file}: {name} must be one of {sorted(map(list, allowed))}, got {spec!r}")
-    _check_transformer(path / "transformer")
+    _check_transformer(path / "transformer", transformer_class(index["transformer"]))
     check_vae_folder(path / "vae", index["vae"][1])
     check_text_encoder_folder(path / "text_encoder")
     check_processor_folder(path / "processor")
@@ -172,14 +174,24 @@ def weights_header(folder: Path, stem: str) -> dict[str, tuple[str, tuple[int, .
     return header
 
 
-def _check_transformer(folder: Path) -> None:
+def transformer_class(spec: list[str]) -> type:
+    """The transformer class of a ``model_index.json`` entry ``[module, class]`` (one of
+    :data:`COMPONENT_CLASSES`), imported by its module name as diffusers does when it loads the folder."""
+    if tuple(spec) not in COMPONENT_CLASSES["transformer"]:
+        raise CheckpointError(f"transformer must be one of {sorted(map(list, COMPONENT_CLASSES['transformer']))}, "
+                              f"got {spec!r}")
+    module, name = spec
+    return getattr(importlib.import_module(module), name)
+
+
+def _check_transformer(folder: Path, model_class: type) -> None:
     config_file = folder / "config.json"
     config = _fields(read_json_config(config_file))
     missing = sorted(set(transformer_config("full")) - set(config) - set(OPTIONAL_TRANSFORMER_FIELDS))
     if missing:
         raise CheckpointError(f"{config_file}: field(s) {missing} missing")
     _checked(config_file, check_transformer_config, config)
-    model = _build(config_file, lambda: Step1XEditTransformer2DModel.from_config(config))
+    model = _build(config_file, lambda: model_class.from_config(config))
     _check_tensors(folder, config_file, model)
 
 

@@ -14,7 +14,7 @@ from collections import Counter
 from pathlib import Path
 
 from ..errors import CheckpointError
-from .folder import check_diffusers_folder, check_text_encoder_folder
+from .folder import check_diffusers_folder, check_text_encoder_folder, transformer_class
 from .official import (
     empty_transformer_for,
     empty_vae_for,
@@ -115,6 +115,7 @@ def _describe_diffusers(path: Path) -> dict:
             config = read_json_config(config_file)
             version = config.get("version", version)
             components[name].update({field: config[field] for field in ARCHITECTURE_FIELDS if field in config})
-            components[name]["prediction_type"] = config.get("prediction_type", "velocity")
+            components[name]["prediction_type"] = config.get("prediction_type",
+                                                             transformer_class(spec).PREDICTION_TYPE)
         components[name].update(describe_safetensors(weights))
     return {"layout": "diffusers", "version": version, "components": components}

@@ -9,7 +9,9 @@ resume where they stopped (a finished stage is skipped):
    (:mod:`step1x_edit.demo.vae`);
 3. ``assemble``: a Qwen2-style BPE tokenizer trained on the dataset's English and Chinese instructions (and the
    prompt prefix), a randomly initialised small Qwen2.5-VL (frozen: the connector learns to read it), a
-   processor with a smaller image budget than the released model's, a random DiT; written as a pipeline;
+   processor with a smaller image budget than the released model's, a random DiT (a
+   :class:`~step1x_edit.demo.delta.ReferenceDeltaTransformer2DModel` when ``[transformer] prediction_type`` is
+   ``"reference_delta"``); written as a pipeline;
 4. ``train``: full fine-tuning of the DiT and connector with :func:`step1x_edit.train.trainer.train`;
    ``finetune`` (only when the recipe has ``[finetune]`` tables): further runs, each from the previous run's model,
    with the ``[train]`` tables updated by that run's ``[finetune]`` tables (e.g. other objective settings), in
@@ -140,6 +142,7 @@ def assemble(recipe: dict, work: Path, data_dir: Path, vae_dir: Path) -> Path:
     from ..models.presets import build_transformer
     from ..pipeline import SCHEDULER_CONFIG, Step1XEditPipeline
     from .components import build_text_encoder, train_tokenizer
+    from .delta import ReferenceDeltaTransformer2DModel
 
     out = work / "initial"
     if _done(out):
@@ -158,8 +161,10 @@ def assemble(recipe: dict, work: Path, data_dir: Path, vae_dir: Path) -> Path:
     overrides = dict(recipe["transformer"])
     if "axes_dim" in overrides:
         overrides["axes_dim"] = tuple(overrides["axes_dim"])
+    delta = overrides.get("prediction_type") == ReferenceDeltaTransformer2DModel.PREDICTION_TYPE
     torch.manual_seed(seed)
-    transformer = build_transformer("tiny", mllm_hidden_size=int(text["hidden_size"]),
+    transformer = build_transformer("tiny", ReferenceDeltaTransformer2DModel if delta else None,
+                                    mllm_hidden_size=int(text["hidden_size"]),
                                     in_channels=4 * vae.config.latent_channels,
                                     out_channels=4 * vae.config.latent_channels, **overrides)
     pipe = Step1XEditPipeline(transformer, vae, text_encoder, processor,

@@ -75,11 +75,13 @@ def vae_config(name: str) -> dict[str, Any]:
     return _preset(VAE_PRESETS, name, "VAE")
 
 
-def build_transformer(name: str, **overrides: Any):
-    """A randomly initialised :class:`Step1XEditTransformer2DModel` of preset ``name`` (float32, CPU)."""
+def build_transformer(name: str, model_class: type | None = None, **overrides: Any):
+    """A randomly initialised :class:`Step1XEditTransformer2DModel` (or ``model_class``, a subclass, with its own
+    ``prediction_type``) of preset ``name`` (float32, CPU)."""
     from .transformer import Step1XEditTransformer2DModel
 
-    return Step1XEditTransformer2DModel(**transformer_config(name, **overrides))
+    model_class = model_class or Step1XEditTransformer2DModel
+    return model_class(**transformer_config(name, **{"prediction_type": model_class.PREDICTION_TYPE, **overrides}))
 
 
 def build_vae(name: str):

@@ -17,6 +17,8 @@ hooks apply unchanged), plus ``connector.*``::
     norm_out.linear, proj_out, connector.*
 
 The official checkpoint layout and the key table between the two are in :mod:`step1x_edit.checkpoints.official`.
+The demo model's DiT, which predicts the change to the source latents instead of the velocity, is a subclass kept
+with the demo: :class:`step1x_edit.demo.delta.ReferenceDeltaTransformer2DModel`.
 """
 
 from __future__ import annotations
@@ -43,7 +45,11 @@ from ..errors import InvalidValueError
 from ..versions import VERSION_NAMES, get_version
 from .connector import Step1XConnector
 
-PREDICTION_TYPES = ("velocity", "reference_delta")
+# The class that predicts each prediction_type a config may name (by name only: the demo's is no product class).
+PREDICTION_CLASSES = {
+    "velocity": "step1x_edit.models.transformer.Step1XEditTransformer2DModel",
+    "reference_delta": "step1x_edit.demo.delta.ReferenceDeltaTransformer2DModel",
+}
 # Bounds of the config's sizes, far above the released model (width 4096, 38 blocks, 32 heads), so that an absurd
 # config is refused before a model is built from it.
 MAX_WIDTH = 65_536
@@ -85,13 +91,12 @@ class Step1XEditTransformer2DModel(ModelMixin, ConfigMixin, PeftAdapterMixin, At
     variant (v1.0 has ``scale_factor``) and whether a ``text_token_mapping`` (v1.2: Linear(mllm width -> context
     width) of the MLLM's input-token embeddings, added to the connector output at quoted-text positions) exists.
 
-    ``prediction_type`` says what the output layer predicts. ``"velocity"`` (the released models): the velocity
-    itself. ``"reference_delta"``: the change from the reference (source) latents to the clean target,
-    ``x0 = reference + output``, which :meth:`forward` turns into the velocity ``(x_t - x0) / t``, so samplers,
-    losses and guidance are the same for both. A delta model starts as the identity edit (its output layer is
-    zero-initialised) and leaves a token exactly as it was in the source when it outputs zero there; it needs
-    noisy and reference tokens of one size, position by position, as the pipeline and the trainer give them.
+    ``prediction_type`` says what the output layer predicts and is the class's own (:attr:`PREDICTION_TYPE`):
+    ``"velocity"``, as in the released models. Another value is refused with the class that predicts it
+    (:data:`PREDICTION_CLASSES`).
     """
+
+    PREDICTION_TYPE = "velocity"
 
     _supports_gradient_checkpointing = True
     _no_split_modules = ["FluxTransformerBlock", "FluxSingleTransformerBlock"]
@@ -128,13 +133,11 @@ class Step1XEditTransformer2DModel(ModelMixin, ConfigMixin, PeftAdapterMixin, At
         if version not in VERSION_NAMES:
             raise ValueError(f"version must be one of {VERSION_NAMES}, got {version!r}")
         line = get_version(version)
-        if prediction_type not in PREDICTION_TYPES:
-            raise ValueError(f"prediction_type must be one of {PREDICTION_TYPES}, got {prediction_type!r}")
-        if prediction_type == "reference_delta" and in_channels != out_channels:
-            raise ValueError(
-                f"prediction_type 'reference_delta' adds the output to the reference tokens, so in_channels "
-                f"({in_channels}) must equal out_channels ({out_channels})"
-            )
+        if prediction_type != self.PREDICTION_TYPE:
+            other = PREDICTION_CLASSES.get(prediction_type) if isinstance(prediction_type, str) else None
+            where = f"; a {prediction_type} model is a {other}" if other else f" (known: {sorted(PREDICTION_CLASSES)})"
+            raise InvalidValueError(f"{type(self).__name__} takes prediction_type {self.PREDICTION_TYPE!r} only, "
+                                    f"got {prediction_type!r}{where}")
         if hidden_size % num_heads:
             raise ValueError(f"hidden_size {hidden_size} is not divisible by num_heads {num_heads}")
         head_dim = hidden_size // num_heads
@@ -173,9 +176,6 @@ class Step1XEditTransformer2DModel(ModelMixin, ConfigMixin, PeftAdapterMixin, At
         )
         self.norm_out = AdaLayerNormContinuous(hidden_size, hidden_size, elementwise_affine=False, eps=1e-6)
         self.proj_out = nn.Linear(hidden_size, out_channels)
-        if prediction_type == "reference_delta":  # start as the identity edit: x0 = reference
-            nn.init.zeros_(self.proj_out.weight)
-            nn.init.zeros_(self.proj_out.bias)
         self.connector = Step1XConnector(
             in_channels=mllm_hidden_size,
             hidden_size=context_in_dim,
@@ -213,8 +213,7 @@ class Step1XEditTransformer2DModel(ModelMixin, ConfigMixin, PeftAdapterMixin, At
             text_mask: [B, L], 1 where the token is a character of quoted text (v1.2 models).
 
         Returns:
-            [B, 2N, out_channels]; the first N rows are the noisy tokens' velocity (for a ``"reference_delta"``
-            model, ``(x_t - reference - delta) / t`` with t floored at 1e-6; the reference rows are the raw output).
+            [B, 2N, out_channels]; the first N rows are the noisy tokens' velocity.
         """
         if hidden_states.ndim != 3 or encoder_hidden_states.ndim != 3:
             raise ValueError(
@@ -233,17 +232,8 @@ class Step1XEditTransformer2DModel(ModelMixin, ConfigMixin, PeftAdapterMixin, At
                 f"position ids ({img_ids.shape[0]} image, {txt_ids.shape[0]} text) do not match the sequence lengths "
                 f"({hidden_states.shape[1]} image, {encoder_hidden_states.shape[1]} text)"
             )
-        delta_model = self.config.prediction_type == "reference_delta"
-        if delta_model and hidden_states.shape[1] % 2:
-            raise ValueError(
-                "a 'reference_delta' model needs as many reference tokens as noisy ones, got an odd image sequence "
-                f"of {hidden_states.shape[1]} tokens"
-            )
-        inputs = hidden_states
         dtype = hidden_states.dtype
-        timestep = torch.as_tensor(timestep, device=hidden_states.device).expand(hidden_states.shape[0])
-        exact_t = timestep.float()  # a delta model divides by the sampler's time, not its bf16 rounding
-        timestep = timestep.to(dtype)
+        timestep = torch.as_tensor(timestep, device=hidden_states.device).expand(hidden_states.shape[0]).to(dtype)
 
         context, pooled = self.connector(encoder_hidden_states.to(dtype), timestep, encoder_attention_mask)
         if self.text_token_mapping is not None:
@@ -277,11 +267,4 @@ class Step1XEditTransformer2DModel(ModelMixin, ConfigMixin, PeftAdapterMixin, At
                 )
 
         hidden_states = self.norm_out(hidden_states, temb)
-        output = self.proj_out(hidden_states)
-        if not delta_model:
-            return output
-        count = inputs.shape[1] // 2
-        noisy, reference, delta = inputs[:, :count], inputs[:, count:], output[:, :count]
-        t = exact_t.clamp_min(1e-6)[:, None, None]
-        velocity = (noisy.float() - reference.float() - delta.float()) / t
-        return torch.cat([velocity.to(output.dtype), output[:, count:]], dim=1)
+        return self.proj_out(hidden_states)
