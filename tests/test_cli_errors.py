@@ -9,6 +9,15 @@ import pytest
 from step1x_edit import cli
 
 
+def warnings_module_display(message) -> None:
+    """Python's default display of a warning (``warnings._showwarnmsg_impl``), written to stderr."""
+    sys.stderr.write(warnings.formatwarning(message.message, message.category, message.filename, message.lineno,
+                                            message.line))
+
+
+warnings_module_display.__module__ = "warnings"
+
+
 def _failing_info(args):
     raise RuntimeError("something nobody foresaw\nwith a second line")
 
@@ -42,8 +51,9 @@ def test_warnings_are_one_line_without_source_lines(monkeypatch, capsys):
     monkeypatch.setattr(cli, "_info", _warning_info)
     with warnings.catch_warnings():
         warnings.simplefilter("always")
-        # What Python does outside pytest (which records warnings instead): write the formatted warning to stderr.
-        warnings.showwarning = lambda *args, **kwargs: sys.stderr.write(warnings.formatwarning(*args, **kwargs))
+        # Python's own display, as outside pytest (which records warnings instead).
+        monkeypatch.setattr(warnings, "showwarning", warnings._showwarning_orig)
+        monkeypatch.setattr(warnings, "_showwarnmsg_impl", warnings_module_display)
         assert cli.main(["info", "anywhere"]) == 0
     assert capsys.readouterr().err == ("step1x-edit info: warning: the newest checkpoint is damaged; resuming from "
                                        "the one before\n")

@@ -469,12 +469,21 @@ def _messages_above_progress_bars(prefix: str, one_line: bool):
         tqdm.write(text, file=file or sys.stderr)
 
     original = warnings.showwarning
-    warnings.showwarning = show
+    if _warnings_are_printed():  # a recorder (catch_warnings(record=True), pytest.warns) is left in place
+        warnings.showwarning = show
     try:
         with logging_redirect_tqdm():
             yield
     finally:
         warnings.showwarning = original
+
+
+def _warnings_are_printed() -> bool:
+    """Whether Python's own warning display is in place (not a recorder such as ``catch_warnings(record=True)``,
+    which swaps the private ``_showwarnmsg_impl``)."""
+    default_display = getattr(warnings, "_showwarning_orig", None)
+    return (warnings.showwarning is default_display
+            and getattr(getattr(warnings, "_showwarnmsg_impl", None), "__module__", None) == "warnings")
 
 
 def main(argv: list[str] | None = None) -> int:
