@@ -3,6 +3,8 @@
 imports a module runs when it is imported never come back to it (no import loop)."""
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import step1x_edit
@@ -82,3 +84,10 @@ def test_the_import_graph_has_no_loop():
     for module in sorted(edges):
         visit(module, [module])
     assert cycles == []
+
+
+def test_building_the_command_line_loads_neither_torch_nor_the_pipeline():
+    code = ("import sys, step1x_edit.cli as cli; cli.build_parser(); "
+            "print(sorted(name for name in ('torch', 'diffusers', 'step1x_edit.pipeline') if name in sys.modules))")
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert loaded == "[]"  # so --help and --version answer at once

@@ -55,8 +55,8 @@ def register(subcommands) -> None:
     from ..cli import _add_model_arguments
     from ..data.limits import MAX_SHARD_SIZE, MAX_WORKERS
     from ..models.presets import MAX_INFERENCE_STEPS, MAX_SIZE_LEVEL, MIN_SIZE_LEVEL
-    from .engines import MAX_BATCH_SIZE, MAX_GPUS_PER_ACTOR
     from .inputs import INSTRUCTIONS_FILE
+    from .limits import MAX_BATCH_SIZE, MAX_GPUS_PER_ACTOR
 
     parser = subcommands.add_parser(
         "edit-batch", help="edit a whole dataset into a resumable store (locally or on Ray)",

@@ -36,12 +36,11 @@ from ..data.store import make_folder
 from ..errors import Step1XEditError
 from .editor import STATUS_FAILED, EditStore, ModelSpec, ShardEditor
 from .inputs import Sample, Settings, png_name, read_samples
+from .limits import MAX_BATCH_SIZE, MAX_GPUS_PER_ACTOR
 
 logger = logging.getLogger(__name__)
 
 FORMAT = "step1x-edit-batch/1"
-MAX_BATCH_SIZE = 1024
-MAX_GPUS_PER_ACTOR = 64
 # Failures a summary lists by name (it counts the rest).
 LISTED_FAILURES = 5
 

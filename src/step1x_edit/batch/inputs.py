@@ -24,7 +24,6 @@ from ..data.records import json_type, stable_int
 from ..data.store import Store
 from ..errors import DataFormatError, InvalidValueError, Step1XEditError
 from ..models.presets import MAX_INFERENCE_STEPS, MAX_SIZE_LEVEL, MIN_SIZE_LEVEL
-from ..pipeline import MAX_PROMPT_CHARS
 
 # The settings a sample (a line of the input, or the command's defaults) may give; None means "the model's own".
 SETTINGS = ("num_inference_steps", "guidance_scale", "size_level", "strength", "negative_prompt")
@@ -61,6 +60,9 @@ class Settings:
 
 def check_settings(settings: Mapping[str, Any]) -> None:
     """Raise :class:`InvalidValueError` naming the field unless every setting given (not None) is in range."""
+    # Imported here, not at the top: the command line reads this module to list its flags.
+    from ..pipeline import MAX_PROMPT_CHARS
+
     checks = {
         "num_inference_steps": lambda value: validate.integer("num_inference_steps", value, 1, MAX_INFERENCE_STEPS),
         "guidance_scale": lambda value: validate.number("guidance_scale", value, 0.0),
