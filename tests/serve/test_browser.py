@@ -9,7 +9,7 @@ import os
 import numpy as np
 import pytest
 from PIL import Image
-from test_security import LiveServer
+from serve_clients import LiveServer
 
 from step1x_edit.serve.http import create_app
 from step1x_edit.serve.service import EditService

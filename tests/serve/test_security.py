@@ -5,18 +5,15 @@ real server on loopback."""
 import contextlib
 import io
 import os
-import socket
-import threading
 import time
 from pathlib import Path
 
 import anyio
 import httpx
 import pytest
-import uvicorn
 from gradio_client import Client, handle_file
 from PIL import Image
-from serve_clients import local_client
+from serve_clients import LiveServer, local_client
 
 from step1x_edit.serve import webui
 from step1x_edit.serve.http import FailedAttempts, create_app
@@ -27,30 +24,6 @@ SECRET = "step1x-secret-7f3a9c"
 # The start of a multipart form whose image part then goes on and on.
 ENDLESS_FORM_HEAD = (b'--xyz\r\nContent-Disposition: form-data; name="image"; filename="a.png"\r\n'
                      b"Content-Type: image/png\r\n\r\n")
-
-
-class LiveServer:
-    """The app served by uvicorn on a free loopback port in a thread."""
-
-    def __init__(self, app):
-        self.socket = socket.socket()
-        self.socket.bind(("127.0.0.1", 0))
-        self.url = f"http://127.0.0.1:{self.socket.getsockname()[1]}"
-        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
-        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.socket]}, daemon=True)
-
-    def __enter__(self):
-        self.thread.start()
-        deadline = time.monotonic() + 30
-        while not self.server.started:
-            assert time.monotonic() < deadline, "the server did not start"
-            time.sleep(0.05)
-        return self
-
-    def __exit__(self, *exc):
-        self.server.should_exit = True
-        self.thread.join(30)
-        self.socket.close()
 
 
 @pytest.fixture(scope="module")
