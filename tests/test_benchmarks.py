@@ -12,6 +12,7 @@ BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 # The smallest run of each script: as few samples, steps and requests as it accepts.
 SMALLEST = {
     "addition_bound.py": ["--samples", "1", "--draws", "1", "--iterations", "2", "--resolution", "64"],
+    "bench_batch.py": ["--presets", "tiny", "--samples", "2", "--shard-size", "1", "--clients", "1", "--requests", "1"],
     "bench_data.py": ["--count", "11", "--resolution", "64", "--shard-size", "8", "--per-task-samples", "1",
                       "--repeats", "1"],
     "bench_gedit.py": ["--samples", "2", "--latency", "0"],
