@@ -6,7 +6,6 @@ import math
 import pytest
 
 from step1x_edit.cli import main
-from step1x_edit.train import cli as train_cli
 from step1x_edit.train import config as train_config
 
 
@@ -159,8 +158,11 @@ def test_the_merge_weight_must_be_a_number_between_0_and_1(tmp_path, capsys, wei
     assert "argument --weight: must be a" in line and "number in (0, 1]" in line
 
 
-def test_the_command_line_step_bound_is_the_config_bound():
-    assert train_cli.MAX_STEPS == train_config.MAX_STEPS
+def test_the_command_line_and_the_config_file_refuse_the_same_step_counts(tmp_path, capsys):
+    too_many = str(train_config.MAX_STEPS + 1)
+    flag = _refused_argument(capsys, "train", _config(tmp_path), "--max-steps", too_many)
+    field = _refused(capsys, "train", _config(tmp_path, max_steps=train_config.MAX_STEPS + 1))
+    assert f"and {train_config.MAX_STEPS}, got {too_many}" in flag and f"and {train_config.MAX_STEPS}, got {too_many}" in field
 
 
 @pytest.mark.parametrize("content", [b"\xff\xfe{", b"[1, 2]", b'{"training": 3}', b"[" * 100_000])
