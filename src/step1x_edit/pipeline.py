@@ -13,9 +13,10 @@ Loading: :meth:`Step1XEditPipeline.from_pretrained` reads the diffusers layout (
 
 from __future__ import annotations
 
+import inspect
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,22 +24,23 @@ from typing import Any
 import numpy as np
 import torch
 from diffusers import AutoencoderKL, DiffusionPipeline, FlowMatchEulerDiscreteScheduler
+from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
 from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 from PIL import Image
 
 from . import sampling, validate
-from .errors import CheckpointError, InvalidImageError, InvalidPromptError, InvalidValueError
+from .errors import CheckpointError, InvalidImageError, InvalidPromptError, InvalidValueError, Step1XEditError
 from .image_io import load_image
 from .models import mllm_v1p2
-from .models.mllm import MAX_LENGTH, encode_prompts
+from .models.mllm import MAX_LENGTH, check_attn_implementation, encode_prompts, set_attn_implementation
 from .models.patch_vae import PatchAutoencoder
 from .models.presets import MAX_INFERENCE_STEPS, MAX_SIZE_LEVEL, MIN_SIZE_LEVEL
 from .models.transformer import Step1XEditTransformer2DModel
 from .models.vae import decode_latents, encode_latents, images_to_pixels
 from .reasoning import LocalChat, reasoning_seed, resolve_options
 from .reasoning import run as run_reasoning
-from .versions import RECIPE_V1P2, SAMPLER_DIFFUSERS, VAE_INPUT_ANTIALIAS, get_version
+from .versions import RECIPE_V1P2, SAMPLER_DIFFUSERS, SAMPLER_OFFICIAL, VAE_INPUT_ANTIALIAS, get_version
 
 # The resolution-dependent shift of the schedule (FLUX): mu goes from 0.5 at 256 noisy tokens to 1.15 at 4096.
 SCHEDULER_CONFIG = {
@@ -49,6 +51,12 @@ SCHEDULER_CONFIG = {
     "use_dynamic_shifting": True,
     "time_shift_type": "exponential",
 }
+# The stock scheduler shifts the official recipe's sigmas in numpy, at most one float32 rounding (6e-8) away from the
+# official code's torch arithmetic; a schedule this close to the official one is taken to be it.
+OFFICIAL_SCHEDULE_ATOL = 1e-6
+
+# What ``output_type`` may be.
+OUTPUT_TYPES = ("pil", "np", "pt", "latent")
 
 # The small demo model shipped inside the package (float16; see its MODEL_CARD.md).
 DEMO_MODEL_DIR = Path(__file__).parent / "assets" / "demo"
@@ -73,6 +81,12 @@ def check_instruction(prompt) -> None:
     _check_prompt("the instruction", prompt)
     if not prompt.strip():
         raise InvalidPromptError("the instruction is empty; say what to change, e.g. 'make the sky blue'")
+
+
+def check_output_type(output_type) -> None:
+    """Raise :class:`InvalidValueError` unless ``output_type`` is one of :data:`OUTPUT_TYPES`."""
+    if output_type not in OUTPUT_TYPES:
+        raise InvalidValueError(f"output_type must be one of {', '.join(map(repr, OUTPUT_TYPES))}, got {output_type!r}")
 
 
 def check_negative_prompt(prompt) -> None:
@@ -180,6 +194,7 @@ class Step1XEditPipeline(DiffusionPipeline):
     """
 
     model_cpu_offload_seq = "text_encoder->transformer->vae"
+    _callback_tensor_inputs = ["latents"]
 
     def __init__(
         self,
@@ -220,6 +235,7 @@ class Step1XEditPipeline(DiffusionPipeline):
         mllm_dir: str | os.PathLike | None = None,
         torch_dtype: torch.dtype | None = None,
         device: str | torch.device | None = None,
+        attn_implementation: str = "sdpa",
     ) -> Step1XEditPipeline:
         """Load the released layout: ``step1x-edit-i1258.safetensors`` (v1.0) or
         ``step1x-edit-v1p1-official.safetensors`` (v1.1), ``vae.safetensors`` and ``Qwen2.5-VL-7B-Instruct/``.
@@ -228,11 +244,13 @@ class Step1XEditPipeline(DiffusionPipeline):
         v1.0); a mismatch raises :class:`CheckpointError`. ``mllm_dir`` overrides where Qwen2.5-VL is read from.
         A ``transformer_config.json`` beside the weights, if present, supplies the config fields that shapes cannot
         tell (rotary ``axes_dim``, ``theta``, ``connector_num_heads``) for non-released sizes.
+        ``attn_implementation`` is the MLLM's attention (:data:`~step1x_edit.models.mllm.ATTN_IMPLEMENTATIONS`).
         """
         from .checkpoints.folder import check_processor_folder, check_text_encoder_folder
         from .checkpoints.official import find_official_files, load_official_transformer, load_official_vae
         from .models.mllm import load_processor, load_text_encoder
 
+        check_attn_implementation(attn_implementation)
         device = resolve_device(device)
         torch_dtype = torch_dtype or default_dtype(device)
         files = find_official_files(model_dir, version)
@@ -249,7 +267,7 @@ class Step1XEditPipeline(DiffusionPipeline):
             files.transformer, version=version, config=files.transformer_config, torch_dtype=torch_dtype
         )
         vae = load_official_vae(files.vae, torch_dtype=torch.float32)
-        text_encoder = load_text_encoder(mllm_path, torch_dtype=torch_dtype)
+        text_encoder = load_text_encoder(mllm_path, torch_dtype=torch_dtype, attn_implementation=attn_implementation)
         processor = load_processor(mllm_path)
         pipe = cls(transformer, vae, text_encoder, processor, FlowMatchEulerDiscreteScheduler(**SCHEDULER_CONFIG))
         return pipe.place(device, torch_dtype)
@@ -261,17 +279,19 @@ class Step1XEditPipeline(DiffusionPipeline):
         version: str | None = None,
         torch_dtype: torch.dtype | None = None,
         device: str | torch.device | None = None,
+        attn_implementation: str = "sdpa",
     ) -> Step1XEditPipeline:
         """Load an official diffusers-format repository as downloaded (``Step1X-Edit-v1p1-diffusers``,
         ``Step1X-Edit-v1p2``, ``Step1X-Edit-v1p2-preview``; see :mod:`step1x_edit.checkpoints.official_diffusers`),
         without conversion. Its version comes from ``model_index.json`` and the transformer config (a repository
         that matches no known version is refused); ``version`` may pick another recipe for the same weights (e.g.
         ``"v1.1"`` to run the v1.1 repository as ``inference.py`` does). The pipeline's defaults (steps, guidance,
-        working size) are the version's."""
+        working size) are the version's; ``attn_implementation`` is the MLLM's attention."""
         from .checkpoints.official_diffusers import check_official_diffusers_folder, load_fork_transformer
         from .models.mllm import load_processor, load_text_encoder
         from .versions import same_weights
 
+        check_attn_implementation(attn_implementation)
         device = resolve_device(device)
         torch_dtype = torch_dtype or default_dtype(device)
         path = Path(model_dir)
@@ -285,7 +305,8 @@ class Step1XEditPipeline(DiffusionPipeline):
             scheduler = FlowMatchEulerDiscreteScheduler.from_pretrained(path / "scheduler")
         except (OSError, ValueError, KeyError, TypeError, RuntimeError) as error:
             raise CheckpointError(f"cannot load the VAE or scheduler of {path}: {_one_line(error)}") from error
-        text_encoder = load_text_encoder(path / "text_encoder", torch_dtype=torch_dtype)
+        text_encoder = load_text_encoder(path / "text_encoder", torch_dtype=torch_dtype,
+                                         attn_implementation=attn_implementation)
         processor = load_processor(path / "processor", pixels=line.processor_pixels)
         pipe = cls(transformer, vae.eval(), text_encoder, processor, scheduler,
                    default_size_level=line.fixed_size_level or line.default_size_level,
@@ -294,16 +315,22 @@ class Step1XEditPipeline(DiffusionPipeline):
         return pipe.place(device, torch_dtype)
 
     @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
-        """diffusers' ``from_pretrained`` for this project's layout; an official diffusers-format repository (its
-        ``model_index.json`` names the official fork's classes) goes to :meth:`from_official_diffusers`
-        (``torch_dtype`` and ``device`` are honoured)."""
+    def from_pretrained(cls, pretrained_model_name_or_path, attn_implementation: str = "sdpa", **kwargs):
+        """diffusers' ``from_pretrained`` for this project's layout, the MLLM running with ``attn_implementation``
+        (:data:`~step1x_edit.models.mllm.ATTN_IMPLEMENTATIONS`, checked first); an official diffusers-format
+        repository (its ``model_index.json`` names the official fork's classes) goes to
+        :meth:`from_official_diffusers` (``torch_dtype`` and ``device`` are honoured)."""
         from .checkpoints.official_diffusers import is_official_diffusers_folder
 
+        check_attn_implementation(attn_implementation)
         if Path(pretrained_model_name_or_path).is_dir() and is_official_diffusers_folder(pretrained_model_name_or_path):
             return cls.from_official_diffusers(pretrained_model_name_or_path, version=kwargs.get("version"),
-                                               torch_dtype=kwargs.get("torch_dtype"), device=kwargs.get("device"))
-        return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+                                               torch_dtype=kwargs.get("torch_dtype"), device=kwargs.get("device"),
+                                               attn_implementation=attn_implementation)
+        pipe = super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+        if pipe.text_encoder.config._attn_implementation != attn_implementation:
+            set_attn_implementation(pipe.text_encoder, attn_implementation)
+        return pipe
 
     def place(self, device: str | torch.device, torch_dtype: torch.dtype) -> Step1XEditPipeline:
         """Move every component to ``device``: the transformer and the MLLM in ``torch_dtype``, the VAE in
@@ -398,6 +425,16 @@ class Step1XEditPipeline(DiffusionPipeline):
         return [value] * (count or 1)
 
     # ------------------------------------------------------------------ call
+    def resolve_settings(self, num_inference_steps: int | None = None, guidance_scale: float | None = None,
+                         size_level: int | None = None, strength: float | None = None) -> dict[str, Any]:
+        """A call's ``num_inference_steps``, ``guidance_scale``, ``size_level`` and ``strength``, each left as
+        ``None`` replaced by the model's own default (``default_*`` in the config). What :meth:`__call__` runs with,
+        and what a server fills a request in with; values are returned as given (checking them is the caller's)."""
+        config = self.config
+        given = {"num_inference_steps": num_inference_steps, "guidance_scale": guidance_scale,
+                 "size_level": size_level, "strength": strength}
+        return {name: getattr(config, f"default_{name}") if value is None else value for name, value in given.items()}
+
     @torch.no_grad()
     def __call__(
         self,
@@ -416,6 +453,7 @@ class Step1XEditPipeline(DiffusionPipeline):
         negative_prompt_embeds: torch.Tensor | None = None,
         negative_prompt_attention_mask: torch.Tensor | None = None,
         callback_on_step_end=None,
+        callback_on_step_end_tensor_inputs: Sequence[str] = ("latents",),
         reasoning=None,
     ) -> Step1XEditPipelineOutput:
         """Edit ``image`` following ``prompt``.
@@ -424,8 +462,8 @@ class Step1XEditPipeline(DiffusionPipeline):
             image: a PIL image or path, or a list of them (one per prompt; a single image is shared by all prompts).
             prompt: the instruction(s). Quoted text ("OPEN") is fed to the MLLM character by character.
             negative_prompt: the CFG negative instruction(s); the released model uses "" (the default).
-            num_inference_steps: Euler steps (default: the pipeline's ``default_num_inference_steps``, 28 unless the
-                model was saved with another).
+            num_inference_steps: denoising steps (default: the pipeline's ``default_num_inference_steps``, 28 unless
+                the model was saved with another).
             guidance_scale: classifier-free guidance weight (default: the pipeline's ``default_guidance_scale``, 6.0
                 for the released models); 1.0 or less disables CFG (one model call per step).
             size_level: the edit runs at about ``size_level**2`` pixels (sides multiples of 16); the result is
@@ -436,16 +474,29 @@ class Step1XEditPipeline(DiffusionPipeline):
                 says otherwise) starts from pure noise, as the official code does; lower keeps more of the source.
             generator: torch generator(s) for the initial noise.
             output_type: "pil" (default), "np" (float arrays in [0, 1], input size), "pt" (tensor at the working
-                size) or "latent" (unpacked latents).
+                size) or "latent" (unpacked latents); checked before any work.
             latents: initial noise [B, 16, H/8, W/8] at the working size, instead of drawing it.
             prompt_embeds, prompt_attention_mask: precomputed MLLM condition [B, L, C] / [B, L] (see
                 :meth:`encode_prompt`); the negative pair likewise. When given, ``prompt`` is not encoded.
-            callback_on_step_end: ``fn(pipe, step_index, t, {"latents": tokens})`` called after each step.
+            callback_on_step_end: ``fn(pipe, step_index, timestep, callback_kwargs) -> dict`` called after each
+                step, as in diffusers (a ``PipelineCallback`` too): ``callback_kwargs`` holds the tensors named in
+                ``callback_on_step_end_tensor_inputs`` (``"latents"``: the packed noisy tokens [B, N, 64]) and, in
+                the v1.1-diffusers and v1.2 recipes, which edit one image at a time, ``"image_index"``; a
+                ``"latents"`` entry of the returned dict replaces the current latents (returning ``None`` keeps
+                them). ``timestep`` is the scheduler's.
+            callback_on_step_end_tensor_inputs: the tensors the callback gets (default and only one: ``"latents"``).
             reasoning: a :class:`~step1x_edit.reasoning.ReasoningOptions`: thinking (rewrite the instruction first)
                 and reflection (judge each edit, retry, keep the best of at most ``max_tries`` rounds), v1.2 models
                 only. Default: the official v1.2 call's (reflection, 3 rounds, no thinking) for v1.2 models, none
                 for the others; ``step1x_edit.reasoning.PLAIN`` edits once without either.
+
+        The registered ``scheduler`` drives the denoising loop (see :meth:`set_timesteps`); the model's hooks
+        (offloading) are freed when the call ends, however it ends.
         """
+        if isinstance(callback_on_step_end, (PipelineCallback, MultiPipelineCallbacks)):
+            callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
+        check_output_type(output_type)
+        self._check_callback_inputs(callback_on_step_end, callback_on_step_end_tensor_inputs)
         if prompt_embeds is None and prompt is None:
             raise InvalidPromptError("pass a prompt (the edit instruction) or prompt_embeds")
         count = len(prompt) if isinstance(prompt, (list, tuple)) else None
@@ -458,17 +509,9 @@ class Step1XEditPipeline(DiffusionPipeline):
         if any(item is None for item in images):
             raise InvalidImageError("pass the image to edit")
         negative_prompts = self._as_list(negative_prompt, len(prompts))
-        if size_level is None:
-            size_level = self.config.default_size_level
-        if guidance_scale is None:
-            guidance_scale = self.config.default_guidance_scale
-        if strength is None:
-            strength = self.config.default_strength
-        if num_inference_steps is None:
-            num_inference_steps = self.config.default_num_inference_steps
+        settings = self.resolve_settings(num_inference_steps, guidance_scale, size_level, strength)
         # Every setting is checked before any work (a NaN guidance would otherwise give a black image).
-        self._check_inputs(images, prompts, negative_prompts, prompt_embeds is not None, size_level,
-                           num_inference_steps, guidance_scale, strength)
+        self._check_inputs(images, prompts, negative_prompts, prompt_embeds is not None, **settings)
         for embeds, mask, name in (
             (prompt_embeds, prompt_attention_mask, "prompt"),
             (negative_prompt_embeds, negative_prompt_attention_mask, "negative_prompt"),
@@ -476,18 +519,121 @@ class Step1XEditPipeline(DiffusionPipeline):
             if embeds is not None and mask is None:
                 raise ValueError(f"{name}_embeds needs its {name}_attention_mask (both come from encode_prompt)")
         reasoning = resolve_options(self.version, reasoning)
-        if get_version(self.version).sampler == SAMPLER_DIFFUSERS:
-            if prompt_embeds is not None or negative_prompt_embeds is not None or latents is not None:
-                raise InvalidValueError(f"a {self.version} pipeline encodes its own conditions and draws its own "
-                                        "noise (as the official diffusers pipeline does); pass prompts and a generator, "
-                                        "not prompt_embeds or latents")
+        diffusers_recipe = get_version(self.version).sampler == SAMPLER_DIFFUSERS
+        if diffusers_recipe and (prompt_embeds is not None or negative_prompt_embeds is not None or latents is not None):
+            raise InvalidValueError(f"a {self.version} pipeline encodes its own conditions and draws its own noise "
+                                    "(as the official diffusers pipeline does); pass prompts and a generator, not "
+                                    "prompt_embeds or latents")
+        if reasoning.active and output_type not in ("pil", "np"):
+            raise InvalidValueError(f"output_type {output_type!r} cannot be used with thinking or reflection, which "
+                                    "judge images: ask for 'pil' or 'np', or pass reasoning=PLAIN")
+        try:
             if reasoning.active:
-                return self._call_with_reasoning(images, prompts, negative_prompts, num_inference_steps,
-                                                 guidance_scale, size_level, strength, generator, output_type,
-                                                 callback_on_step_end, reasoning)
-            return self._call_diffusers_recipe(images, prompts, negative_prompts, num_inference_steps, guidance_scale,
-                                               size_level, strength, generator, output_type, callback_on_step_end)
+                return self._call_with_reasoning(images, prompts, negative_prompts, settings, generator, output_type,
+                                                 callback_on_step_end, callback_on_step_end_tensor_inputs, reasoning)
+            if diffusers_recipe:
+                return self._call_diffusers_recipe(images, prompts, negative_prompts, settings, generator,
+                                                   output_type, callback_on_step_end,
+                                                   callback_on_step_end_tensor_inputs)
+            return self._call_official_recipe(images, prompts, negative_prompts, settings, generator, output_type,
+                                              latents, prompt_embeds, prompt_attention_mask, negative_prompt_embeds,
+                                              negative_prompt_attention_mask, callback_on_step_end,
+                                              callback_on_step_end_tensor_inputs)
+        finally:
+            self.maybe_free_model_hooks()
 
+    def _check_callback_inputs(self, callback_on_step_end, tensor_inputs: Sequence[str]) -> None:
+        if callback_on_step_end is not None and not callable(callback_on_step_end):
+            raise InvalidValueError(f"callback_on_step_end must be callable, got {type(callback_on_step_end).__name__}")
+        unknown = [name for name in tensor_inputs if name not in self._callback_tensor_inputs]
+        if isinstance(tensor_inputs, str) or unknown:
+            raise InvalidValueError(f"callback_on_step_end_tensor_inputs must be a list drawn from "
+                                    f"{self._callback_tensor_inputs}, got {tensor_inputs!r}")
+
+    def _step_callback(self, callback_on_step_end, tensor_inputs: Sequence[str], image_index: int | None = None):
+        """The denoising loop's ``callback(step_index, timestep, tokens)`` that calls ``callback_on_step_end`` as
+        diffusers does and returns the latents it gives back (``None``: keep them); ``None`` without a callback."""
+        if callback_on_step_end is None:
+            return None
+
+        def on_step(step_index: int, timestep: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor | None:
+            callback_kwargs = {name: tokens for name in tensor_inputs}  # "latents" is the only one
+            if image_index is not None:
+                callback_kwargs["image_index"] = image_index
+            outputs = callback_on_step_end(self, step_index, timestep, callback_kwargs)
+            if outputs is None:
+                return None
+            if not isinstance(outputs, Mapping):
+                raise InvalidValueError(f"callback_on_step_end must return a dict (the tensors to replace, e.g. "
+                                        f"{{'latents': ...}}) or None, got {type(outputs).__name__}")
+            return outputs.get("latents")
+        return on_step
+
+    # ------------------------------------------------------------------ the scheduler and the loop
+    def set_timesteps(self, num_inference_steps: int, image_seq_len: int, strength: float = 1.0,
+                      device: torch.device | None = None) -> torch.Tensor:
+        """Set the registered scheduler's schedule for one edit of ``image_seq_len`` noisy tokens and return the
+        timesteps the edit runs (the last ``round(num_inference_steps * strength)`` of them).
+
+        As diffusers' FLUX pipelines do, the scheduler gets this version's unshifted sigmas
+        (:func:`~step1x_edit.sampling.unshifted_sigmas`) and the resolution shift mu of its own config
+        (:func:`~step1x_edit.sampling.shift_mu`); its ``set_timesteps`` must take ``sigmas`` and ``mu``
+        (``FlowMatchEulerDiscreteScheduler``, ``FlowMatchLCMScheduler``). The official recipe (v1.0, v1.1) shifts in
+        the official code's float32 torch arithmetic (:func:`~step1x_edit.sampling.get_schedule`), which the stock
+        scheduler's numpy arithmetic can miss by one rounding: where the scheduler's sigmas are that schedule up to
+        float32 rounding, the official values are used, bit for bit; any other schedule is the scheduler's own.
+        """
+        scheduler = self.scheduler
+        parameters = inspect.signature(scheduler.set_timesteps).parameters
+        if not {"sigmas", "mu"} <= set(parameters):
+            raise InvalidValueError(f"the scheduler {type(scheduler).__name__} cannot drive this pipeline: its "
+                                    "set_timesteps takes no sigmas and mu; use a flow-matching scheduler that does, "
+                                    "such as FlowMatchEulerDiscreteScheduler")
+        sampler = get_version(self.version).sampler
+        shift = sampling.shift_parameters(scheduler.config)
+        scheduler.set_timesteps(sigmas=sampling.unshifted_sigmas(num_inference_steps, sampler),
+                                mu=sampling.shift_mu(image_seq_len, **shift), device=device)
+        if sampler == SAMPLER_OFFICIAL:
+            official = torch.tensor(sampling.get_schedule(num_inference_steps, image_seq_len, **shift), device=device)
+            if scheduler.sigmas.shape == official.shape and torch.allclose(scheduler.sigmas, official, rtol=0,
+                                                                           atol=OFFICIAL_SCHEDULE_ATOL):
+                scheduler.sigmas = official
+                scheduler.timesteps = official[:-1] * scheduler.config.num_train_timesteps
+        start = (num_inference_steps - sampling.strength_steps(num_inference_steps, strength)) * scheduler.order
+        scheduler.set_begin_index(start)
+        return scheduler.timesteps[start:]
+
+    def _denoise(self, predict, noisy_tokens: torch.Tensor, reference_tokens: torch.Tensor, num_inference_steps: int,
+                 guidance_scale: float, strength: float, callback=None, predict_uncond=None) -> torch.Tensor:
+        """Run the scheduler's schedule (:meth:`set_timesteps`) over the noisy tokens [B, N, 64] with
+        :func:`~step1x_edit.sampling.denoise`, each update made by the scheduler's ``step``; below strength 1 the
+        start is the source latent mixed with the noise at the first timestep's flow time. ``callback(step_index,
+        timestep, tokens)`` runs after each step and may return replacement tokens. Returns the final tokens."""
+        line = get_version(self.version)
+        timesteps = self.set_timesteps(num_inference_steps, noisy_tokens.shape[1], strength, noisy_tokens.device)
+        start = self.scheduler.begin_index
+        sigmas = self.scheduler.sigmas[start:start + len(timesteps) + 1].tolist()  # the flow time of each timestep
+        if strength < 1:  # image-to-image: start part-way, from the source latent mixed with the noise
+            noisy_tokens = sigmas[0] * noisy_tokens + (1 - sigmas[0]) * reference_tokens
+
+        def step(step_index: int, velocity: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+            return self.scheduler.step(velocity, timesteps[step_index], tokens, return_dict=False)[0]
+
+        with self.progress_bar(total=len(timesteps)) as progress:
+            def on_step(step_index: int, _: float, tokens: torch.Tensor) -> torch.Tensor | None:
+                progress.update()
+                return callback(step_index, timesteps[step_index], tokens) if callback is not None else None
+
+            return sampling.denoise(predict, noisy_tokens, reference_tokens, sigmas, guidance_scale=guidance_scale,
+                                    renorm_threshold=line.renorm_threshold, renorm_power=line.renorm_power,
+                                    callback=on_step, uncond_fn=predict_uncond, step_fn=step)
+
+    # ------------------------------------------------------------------ the official recipe (v1.0, v1.1)
+    def _call_official_recipe(self, images, prompts, negative_prompts, settings, generator, output_type, latents,
+                              prompt_embeds, prompt_attention_mask, negative_prompt_embeds,
+                              negative_prompt_attention_mask, callback_on_step_end, tensor_inputs):
+        """Edit the batch as the official inference code does: batched CFG, the VAE mean, one schedule."""
+        size_level, guidance_scale = settings["size_level"], settings["guidance_scale"]
         # 1. Read and resize the inputs to the working size (area ~ size_level**2, sides multiples of 16).
         originals = [load_image(item) for item in images]
         for item in originals:
@@ -528,23 +674,10 @@ class Step1XEditPipeline(DiffusionPipeline):
         noisy_tokens = sampling.pack_latents(latents.to(device=device, dtype=dtype))  # [B, N, 64]
         reference_tokens = sampling.pack_latents(reference)  # [B, N, 64]
 
-        # 4. Position ids and the resolution-shifted schedule (it counts the noisy tokens only).
+        # 4. Position ids; 5. denoise: one transformer call per step over [cond ; uncond] x [noisy ; reference].
         img_ids, txt_ids = sampling.position_ids(latent_height, latent_width, embeds.shape[1], self.version)
         img_ids, txt_ids = img_ids.to(device), txt_ids.to(device)
-        config = self.scheduler.config
-        timesteps = sampling.get_schedule(
-            num_inference_steps,
-            noisy_tokens.shape[1],
-            base_shift=config.base_shift,
-            max_shift=config.max_shift,
-            base_seq_len=config.base_image_seq_len,
-            max_seq_len=config.max_image_seq_len,
-        )
-        if strength < 1:  # image-to-image: start part-way, from the source latent mixed with the noise
-            timesteps = sampling.start_at_strength(timesteps, strength)
-            noisy_tokens = timesteps[0] * noisy_tokens + (1 - timesteps[0]) * reference_tokens
 
-        # 5. Denoise: one transformer call per step over [cond ; uncond] x [noisy ; reference] tokens.
         def model_fn(tokens: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
             return self.transformer(
                 hidden_states=tokens,
@@ -555,23 +688,9 @@ class Step1XEditPipeline(DiffusionPipeline):
                 txt_ids=txt_ids,
             )
 
-        with self.progress_bar(total=len(timesteps) - 1) as progress:
-
-            def on_step(step_index: int, t: float, tokens: torch.Tensor) -> None:
-                progress.update()
-                if callback_on_step_end is not None:
-                    callback_on_step_end(self, step_index, t, {"latents": tokens})
-
-            noisy_tokens = sampling.denoise(
-                model_fn,
-                noisy_tokens,
-                reference_tokens,
-                timesteps,
-                guidance_scale=guidance_scale,
-                renorm_threshold=get_version(self.version).renorm_threshold,
-                renorm_power=get_version(self.version).renorm_power,
-                callback=on_step,
-            )
+        noisy_tokens = self._denoise(model_fn, noisy_tokens, reference_tokens, settings["num_inference_steps"],
+                                     guidance_scale, settings["strength"],
+                                     self._step_callback(callback_on_step_end, tensor_inputs))
 
         # 6. Decode and resize back to each input's size.
         latents = sampling.unpack_latents(noisy_tokens, latent_height, latent_width)  # [B, 16, H/8, W/8]
@@ -579,19 +698,21 @@ class Step1XEditPipeline(DiffusionPipeline):
             return Step1XEditPipelineOutput(images=latents)
         decoded = decode_latents(self.vae, latents.to(self.vae.dtype)).float().clamp(-1, 1)  # [B, 3, H, W]
         decoded = decoded * 0.5 + 0.5
-        self.maybe_free_model_hooks()
         if output_type == "pt":
             return Step1XEditPipelineOutput(images=decoded)
-        edited = self._to_pil(decoded, [item.size for item in originals])
+        return self._output(self._to_pil(decoded, [item.size for item in originals]), output_type)
+
+    @staticmethod
+    def _output(edited: list[Image.Image], output_type: str, reasoning: list | None = None) -> Step1XEditPipelineOutput:
+        """The output of PIL images ``edited`` for ``output_type`` "pil" or "np" (float arrays in [0, 1])."""
         if output_type == "np":
-            return Step1XEditPipelineOutput(images=np.stack([np.asarray(item, dtype=np.float32) / 255.0 for item in edited]))
-        if output_type != "pil":
-            raise ValueError(f"output_type must be 'pil', 'np', 'pt' or 'latent', got {output_type!r}")
-        return Step1XEditPipelineOutput(images=edited)
+            return Step1XEditPipelineOutput(
+                images=np.stack([np.asarray(item, dtype=np.float32) / 255.0 for item in edited]), reasoning=reasoning)
+        return Step1XEditPipelineOutput(images=edited, reasoning=reasoning)
 
     # ------------------------------------------------------------------ the official diffusers recipe
-    def _call_diffusers_recipe(self, images, prompts, negative_prompts, num_inference_steps, guidance_scale,
-                               size_level, strength, generator, output_type, callback_on_step_end):
+    def _call_diffusers_recipe(self, images, prompts, negative_prompts, settings, generator, output_type,
+                               callback_on_step_end, tensor_inputs):
         """Edit each (image, prompt) pair on its own, as the official diffusers pipelines do (see
         :meth:`edit_as_diffusers`), then decode; ``generator`` (one, shared in order, or one per image) draws each
         edit's VAE sample and noise."""
@@ -602,54 +723,41 @@ class Step1XEditPipeline(DiffusionPipeline):
         results = []
         for index, (original, prompt, negative, item_generator) in enumerate(
                 zip(originals, prompts, negative_prompts, generators, strict=True)):
-            def on_step(step_index, t, tokens, index=index):
-                if callback_on_step_end is not None:
-                    callback_on_step_end(self, step_index, t, {"latents": tokens, "image_index": index})
-            results.append(self.edit_as_diffusers(original, prompt, negative, num_inference_steps, guidance_scale,
-                                                  size_level, strength, item_generator, on_step))
+            results.append(self.edit_as_diffusers(
+                original, prompt, negative, settings["num_inference_steps"], settings["guidance_scale"],
+                settings["size_level"], settings["strength"], item_generator,
+                self._step_callback(callback_on_step_end, tensor_inputs, image_index=index)))
         if output_type == "latent":
             return Step1XEditPipelineOutput(images=self._stack_same_size(results, "latents"))
         decoded = [decode_latents(self.vae, item.to(self.vae.dtype)).float().clamp(-1, 1) * 0.5 + 0.5
                    for item in results]  # each [1, 3, H, W] in [0, 1]
-        self.maybe_free_model_hooks()
         if output_type == "pt":
             return Step1XEditPipelineOutput(images=self._stack_same_size(decoded, "decoded images"))
         edited = [self._to_pil(item, [original.size])[0] for item, original in zip(decoded, originals, strict=True)]
-        if output_type == "np":
-            return Step1XEditPipelineOutput(images=np.stack([np.asarray(item, dtype=np.float32) / 255.0 for item in edited]))
-        if output_type != "pil":
-            raise ValueError(f"output_type must be 'pil', 'np', 'pt' or 'latent', got {output_type!r}")
-        return Step1XEditPipelineOutput(images=edited)
+        return self._output(edited, output_type)
 
-    def _call_with_reasoning(self, images, prompts, negative_prompts, num_inference_steps, guidance_scale, size_level,
-                             strength, generator, output_type, callback_on_step_end, options):
+    def _call_with_reasoning(self, images, prompts, negative_prompts, settings, generator, output_type,
+                             callback_on_step_end, tensor_inputs, options):
         """Edit each (image, prompt) pair with thinking and/or reflection (:func:`step1x_edit.reasoning.run`): every
         round is one official diffusers-recipe edit, all rounds of an image drawing from its generator in turn."""
-        if output_type not in ("pil", "np"):
-            raise InvalidValueError(f"output_type {output_type!r} cannot be used with thinking or reflection, which "
-                                    "judge images: ask for 'pil' or 'np', or pass reasoning=PLAIN")
         generators = generator if isinstance(generator, list) else [generator] * len(prompts)
         if len(generators) != len(prompts):
             raise ValueError(f"got {len(generators)} generators for {len(prompts)} prompts")
         traces = []
         for index, (image, prompt, negative, item_generator) in enumerate(
                 zip(images, prompts, negative_prompts, generators, strict=True)):
-            def on_step(pipe, step_index, t, tensors, index=index):
-                callback_on_step_end(pipe, step_index, t, {**tensors, "image_index": index})
+            def on_step(pipe, step_index, timestep, tensors, index=index):
+                return callback_on_step_end(pipe, step_index, timestep, {**tensors, "image_index": index})
 
             def edit(source, instruction, negative=negative, item_generator=item_generator):
                 return self._call_diffusers_recipe(
-                    [source], [instruction], [negative], num_inference_steps, guidance_scale, size_level, strength,
-                    item_generator, "pil", on_step if callback_on_step_end is not None else None).images[0]
+                    [source], [instruction], [negative], settings, item_generator, "pil",
+                    on_step if callback_on_step_end is not None else None, tensor_inputs).images[0]
 
             seed = reasoning_seed(options, item_generator)
             model = LocalChat(self.text_encoder, self.processor, options.max_new_tokens, options.greedy, seed)
             traces.append(run_reasoning(edit, load_image(image), prompt, options, model, seed))
-        edited = [trace.image for trace in traces]
-        if output_type == "np":
-            return Step1XEditPipelineOutput(images=np.stack([np.asarray(item, dtype=np.float32) / 255.0
-                                                             for item in edited]), reasoning=traces)
-        return Step1XEditPipelineOutput(images=edited, reasoning=traces)
+        return self._output([trace.image for trace in traces], output_type, reasoning=traces)
 
     @staticmethod
     def _stack_same_size(tensors: list[torch.Tensor], what: str) -> torch.Tensor:
@@ -699,12 +807,12 @@ class Step1XEditPipeline(DiffusionPipeline):
         [1, 16, H/8, W/8].
 
         The working image (Lanczos) conditions the MLLM; the VAE latent is **sampled** with ``generator``, then the
-        noise is drawn from it; the schedule is diffusers' ``FlowMatchEulerDiscreteScheduler`` sigmas; guidance
-        makes two transformer calls (condition, then negative, each with its own length) and renormalises at every
-        step (the official code compares the 0..1000 timestep with 0.93). ``callback(step, t, tokens)`` runs after
-        each step.
+        noise is drawn from it; the registered scheduler drives the loop (:meth:`set_timesteps`; the official
+        pipelines' ``FlowMatchEulerDiscreteScheduler`` by default); guidance makes two transformer calls (condition,
+        then negative, each with its own length) and renormalises at every step (the official code compares the
+        0..1000 timestep with 0.93). ``callback(step_index, timestep, tokens)`` runs after each step; tokens
+        [1, N, 64] it returns replace the current ones.
         """
-        line = get_version(self.version)
         device, dtype = self._execution_device, self.transformer.dtype
         working = self.working_image(original, size_level)
         guided = guidance_scale > 1.0
@@ -720,27 +828,14 @@ class Step1XEditPipeline(DiffusionPipeline):
         reference_tokens = sampling.pack_latents(reference)  # [1, N, 64]
         img_ids, _ = sampling.position_ids(latent_height, latent_width, 0, self.version)
         img_ids = img_ids.to(device)
-        timesteps = sampling.scheduler_sigmas(self.scheduler.config, num_inference_steps, noisy_tokens.shape[1])
-        if strength < 1:
-            timesteps = sampling.start_at_strength(timesteps, strength)
-            noisy_tokens = timesteps[0] * noisy_tokens + (1 - timesteps[0]) * reference_tokens
 
         def predict(condition):
             def model_fn(tokens: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
                 return self.transformer(hidden_states=tokens, timestep=t.to(dtype), img_ids=img_ids, **condition)
             return model_fn
 
-        with self.progress_bar(total=len(timesteps) - 1) as progress:
-            def on_step(step_index: int, t: float, tokens: torch.Tensor) -> None:
-                progress.update()
-                if callback is not None:
-                    callback(step_index, t, tokens)
-
-            noisy_tokens = sampling.denoise(
-                predict(cond), noisy_tokens, reference_tokens, timesteps, guidance_scale=guidance_scale,
-                renorm_threshold=line.renorm_threshold, renorm_power=line.renorm_power, callback=on_step,
-                uncond_fn=predict(uncond) if guided else None,
-            )
+        noisy_tokens = self._denoise(predict(cond), noisy_tokens, reference_tokens, num_inference_steps,
+                                     guidance_scale, strength, callback, predict(uncond) if guided else None)
         return sampling.unpack_latents(noisy_tokens, latent_height, latent_width)
 
     # ------------------------------------------------------------------ helpers
@@ -765,12 +860,15 @@ def load_pipeline(
     device: str | torch.device | None = None,
     torch_dtype: torch.dtype | None = None,
     version: str | None = None,
+    attn_implementation: str = "sdpa",
 ) -> Step1XEditPipeline:
     """Load a pipeline from a diffusers-layout directory, an official-layout directory, or the built-in model.
 
     ``model=None`` loads the demo model shipped with the package (:data:`DEMO_MODEL_DIR`, trained by
-    ``step1x-edit train-demo``; see its ``MODEL_CARD.md``).
+    ``step1x-edit train-demo``; see its ``MODEL_CARD.md``). ``attn_implementation`` is the MLLM's attention
+    (:data:`~step1x_edit.models.mllm.ATTN_IMPLEMENTATIONS`; checked before anything is read).
     """
+    check_attn_implementation(attn_implementation)
     device = resolve_device(device)
     torch_dtype = torch_dtype or default_dtype(device)
     if model is None:
@@ -789,18 +887,22 @@ def load_pipeline(
 
         if is_official_diffusers_folder(path):
             return Step1XEditPipeline.from_official_diffusers(path, version=version, torch_dtype=torch_dtype,
-                                                             device=device)
+                                                             device=device, attn_implementation=attn_implementation)
 
         if version is not None:
             raise InvalidValueError(f"a version ({version}) applies to official checkpoints only; the diffusers "
                                     f"folder {path} records its own")
         check_diffusers_folder(path)  # config files and weight headers, before anything is built
         try:
-            pipe = Step1XEditPipeline.from_pretrained(path, use_safetensors=True)
+            pipe = Step1XEditPipeline.from_pretrained(path, attn_implementation=attn_implementation,
+                                                      use_safetensors=True)
+        except Step1XEditError:
+            raise
         except (OSError, ValueError, KeyError, TypeError, RuntimeError) as error:  # what the checks cannot foresee
             raise CheckpointError(f"cannot load the diffusers-layout model in {path}: {_one_line(error)}") from error
         return pipe.place(device, torch_dtype)
-    return Step1XEditPipeline.from_official(path, version=version, torch_dtype=torch_dtype, device=device)
+    return Step1XEditPipeline.from_official(path, version=version, torch_dtype=torch_dtype, device=device,
+                                            attn_implementation=attn_implementation)
 
 
 def _one_line(error: BaseException, limit: int = 500) -> str:

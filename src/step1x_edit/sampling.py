@@ -3,8 +3,9 @@
 Input resizing to a ``size_level`` area, the resolution-shifted rectified-flow schedule (the official float
 formula and the diffusers scheduler's sigmas), 2x2 latent packing, the rotary position ids of each version,
 classifier-free guidance with its "renorm", and the Euler loop that updates the noisy tokens while the reference
-tokens stay fixed. What differs between versions is read from :mod:`step1x_edit.versions`. No devices, offloading or progress bars
-here: the pipeline owns those (it gets a per-step ``callback``).
+tokens stay fixed. What differs between versions is read from :mod:`step1x_edit.versions`. No devices, offloading,
+progress bars or scheduler state here: the pipeline owns those (it passes its scheduler's step and a per-step
+``callback`` to the loop).
 
 Rectified flow: ``x_t = (1 - t) * x0 + t * noise``; the model predicts ``noise - x0``; t goes from 1 to 0.
 """
@@ -21,7 +22,14 @@ from PIL import Image
 
 from . import validate
 from .errors import InvalidValueError
-from .versions import REFERENCE_IDS_GRID, REFERENCE_IDS_SAME, VERSIONS, get_version
+from .versions import (
+    REFERENCE_IDS_GRID,
+    REFERENCE_IDS_SAME,
+    SAMPLER_DIFFUSERS,
+    SAMPLER_OFFICIAL,
+    VERSIONS,
+    get_version,
+)
 
 LATENT_CHANNELS = 16
 PATCH = 2  # latent pixels per token side
@@ -58,6 +66,28 @@ def resize_for_model(image: Image.Image, size_level: int, version: str) -> Image
     return image.resize(size, RESIZE_FILTER[version])
 
 
+def shift_mu(
+    image_seq_len: int,
+    base_shift: float = 0.5,
+    max_shift: float = 1.15,
+    base_seq_len: int = 256,
+    max_seq_len: int = 4096,
+) -> float:
+    """The schedule's shift mu for ``image_seq_len`` noisy tokens, (H/16)(W/16): linear through
+    (base_seq_len, base_shift) and (max_seq_len, max_shift), extrapolated outside."""
+    slope = (max_shift - base_shift) / (max_seq_len - base_seq_len)
+    return slope * image_seq_len + (base_shift - slope * base_seq_len)
+
+
+def shift_parameters(scheduler_config: Mapping[str, Any]) -> dict[str, float]:
+    """The keyword arguments of :func:`shift_mu` and :func:`get_schedule` that a diffusers scheduler config holds
+    (``base_shift``, ``max_shift``, ``base_image_seq_len``, ``max_image_seq_len``; those it lacks keep the FLUX
+    values)."""
+    names = {"base_shift": "base_shift", "max_shift": "max_shift", "base_image_seq_len": "base_seq_len",
+             "max_image_seq_len": "max_seq_len"}
+    return {argument: scheduler_config[key] for key, argument in names.items() if key in scheduler_config}
+
+
 def get_schedule(
     num_steps: int,
     image_seq_len: int,
@@ -68,33 +98,42 @@ def get_schedule(
 ) -> list[float]:
     """The ``num_steps + 1`` flow times from 1 to 0, shifted towards 1 for long sequences.
 
-    ``image_seq_len`` counts the noisy tokens only, (H/16)(W/16). mu is linear through (base_seq_len, base_shift)
-    and (max_seq_len, max_shift), extrapolated outside; t -> e^mu / (e^mu + (1/t - 1)). Float32, like the
-    official code, so the values match it bit for bit.
+    ``image_seq_len`` counts the noisy tokens only, (H/16)(W/16); mu is :func:`shift_mu`;
+    t -> e^mu / (e^mu + (1/t - 1)), applied to :func:`unshifted_sigmas` and the final 0. Float32 torch arithmetic,
+    like the official code, so the values match it bit for bit.
     """
     if num_steps < 1:
         raise ValueError(f"num_steps must be at least 1, got {num_steps}")
-    slope = (max_shift - base_shift) / (max_seq_len - base_seq_len)
-    mu = slope * image_seq_len + (base_shift - slope * base_seq_len)
+    mu = shift_mu(image_seq_len, base_shift, max_shift, base_seq_len, max_seq_len)
     timesteps = torch.linspace(1, 0, num_steps + 1)
     timesteps = math.exp(mu) / (math.exp(mu) + (1 / timesteps - 1) ** 1.0)
     return timesteps.tolist()
 
 
-def scheduler_sigmas(scheduler_config: Mapping[str, Any], num_steps: int, image_seq_len: int) -> list[float]:
-    """The ``num_steps + 1`` flow times (sigmas, last 0) the diffusers pipelines run: diffusers'
-    ``FlowMatchEulerDiscreteScheduler`` with ``scheduler_config``, given the sigmas ``linspace(1, 1/num_steps,
-    num_steps)`` and the shift mu of ``image_seq_len`` noisy tokens (linear through (base_image_seq_len, base_shift)
-    and (max_image_seq_len, max_shift)). Float32 values, as the scheduler holds them."""
+def unshifted_sigmas(num_steps: int, sampler: str) -> np.ndarray:
+    """The ``num_steps`` flow times before the resolution shift, the final 0 left out, as each recipe
+    (:data:`~step1x_edit.versions.SAMPLER_OFFICIAL` or ``SAMPLER_DIFFUSERS``) spaces them: the official code's
+    float32 ``linspace(1, 0, num_steps + 1)``, or the diffusers pipelines' ``linspace(1, 1/num_steps, num_steps)``.
+    What a pipeline passes to its scheduler's ``set_timesteps(sigmas=...)``."""
     if num_steps < 1:
         raise ValueError(f"num_steps must be at least 1, got {num_steps}")
+    if sampler == SAMPLER_OFFICIAL:
+        return torch.linspace(1, 0, num_steps + 1)[:-1].numpy()
+    if sampler == SAMPLER_DIFFUSERS:
+        return np.linspace(1.0, 1 / num_steps, num_steps)
+    raise ValueError(f"unknown sampler {sampler!r}; expected {SAMPLER_OFFICIAL!r} or {SAMPLER_DIFFUSERS!r}")
+
+
+def scheduler_sigmas(scheduler_config: Mapping[str, Any], num_steps: int, image_seq_len: int) -> list[float]:
+    """The ``num_steps + 1`` flow times (sigmas, last 0) the diffusers pipelines run: diffusers'
+    ``FlowMatchEulerDiscreteScheduler`` with ``scheduler_config``, given the diffusers recipe's
+    :func:`unshifted_sigmas` and the shift :func:`shift_mu` of ``image_seq_len`` noisy tokens. Float32 values, as
+    the scheduler holds them."""
     from diffusers import FlowMatchEulerDiscreteScheduler
 
     scheduler = FlowMatchEulerDiscreteScheduler.from_config(dict(scheduler_config))
-    config = scheduler.config
-    slope = (config.max_shift - config.base_shift) / (config.max_image_seq_len - config.base_image_seq_len)
-    mu = image_seq_len * slope + (config.base_shift - slope * config.base_image_seq_len)
-    scheduler.set_timesteps(sigmas=np.linspace(1.0, 1 / num_steps, num_steps), mu=mu)
+    scheduler.set_timesteps(sigmas=unshifted_sigmas(num_steps, SAMPLER_DIFFUSERS),
+                            mu=shift_mu(image_seq_len, **shift_parameters(scheduler.config)))
     return scheduler.sigmas.float().tolist()
 
 
@@ -198,17 +237,23 @@ def denoise(
     guidance_scale: float,
     renorm_threshold: float,
     renorm_power: float = 0.4,
-    callback: Callable[[int, float, torch.Tensor], None] | None = None,
+    callback: Callable[[int, float, torch.Tensor], torch.Tensor | None] | None = None,
     uncond_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+    step_fn: Callable[[int, torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
 ) -> torch.Tensor:
-    """Euler integration of the noisy tokens [B, N, 64] from ``timesteps[0]`` to ``timesteps[-1]``.
+    """Integrate the noisy tokens [B, N, 64] from ``timesteps[0]`` to ``timesteps[-1]``, one model evaluation per
+    time but the last.
 
     ``model_fn(tokens [k*B, 2N, 64], t [k*B]) -> [k*B, 2N, 64]`` sees ``[noisy ; reference]`` tokens; with
     ``guidance_scale > 1``, k = 2 and the batch is the B conditional rows, then the B unconditional rows;
     otherwise k = 1 (conditional only). With ``uncond_fn`` (the diffusers pipelines, whose conditions differ in
     length), guidance makes two calls instead: ``model_fn`` on the B rows for the condition, then ``uncond_fn``
-    on the same rows for the negative. The reference tokens never change. ``callback(step_index, t, tokens)``
-    runs after every step. Returns the final noisy tokens.
+    on the same rows for the negative. The reference tokens never change.
+
+    ``step_fn(step_index, velocity, tokens) -> tokens`` makes each update (a pipeline passes its scheduler's
+    ``step``); by default the Euler step ``tokens + (timesteps[i + 1] - timesteps[i]) * velocity`` of the official
+    code. ``callback(step_index, t, tokens)`` runs after every step; tokens it returns replace the current ones
+    (``None`` keeps them). Returns the final noisy tokens.
     """
     if noisy_tokens.shape != reference_tokens.shape:
         raise ValueError(
@@ -232,7 +277,15 @@ def denoise(
             velocity = guided_velocity(cond, uncond, guidance_scale, t_curr, renorm_threshold, renorm_power)
         else:
             velocity = prediction
-        tokens = tokens + (t_prev - t_curr) * velocity
+        if step_fn is None:
+            tokens = tokens + (t_prev - t_curr) * velocity
+        else:
+            tokens = step_fn(step, velocity, tokens)
         if callback is not None:
-            callback(step, t_curr, tokens)
+            replaced = callback(step, t_curr, tokens)
+            if replaced is not None:
+                if replaced.shape != tokens.shape:
+                    raise ValueError(f"the step callback returned latents of shape {tuple(replaced.shape)}; the "
+                                     f"denoising loop's are {tuple(tokens.shape)}")
+                tokens = replaced
     return tokens

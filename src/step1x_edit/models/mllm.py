@@ -15,8 +15,8 @@ including its quirks, because the released DiT weights were trained on them:
   of "User Prompt:"; 217 with the Qwen vocabulary) are dropped, and the rest is right-padded with zeros
   (or truncated) to ``max_length`` = 640 positions.
 
-Public API: :func:`encode_prompts`, :func:`load_text_encoder`, :func:`load_processor`,
-:func:`build_processor`, :func:`render_prompt`, :func:`split_quoted_segments`, :func:`tokenize_prompt`,
+Public API: :func:`encode_prompts`, :func:`load_text_encoder` (and its ``attn_implementation``:
+:func:`check_attn_implementation`, :func:`set_attn_implementation`), :func:`load_processor`, :func:`build_processor`, :func:`render_prompt`, :func:`split_quoted_segments`, :func:`tokenize_prompt`,
 :func:`prefix_token_count`, :func:`resize_for_mllm`.
 """
 
@@ -438,17 +438,49 @@ def load_processor(path: str | os.PathLike, pixels: tuple[int, int] = (MIN_PIXEL
     return processor
 
 
+# The attention implementations transformers offers Qwen2.5-VL (the flash-attention ones need their packages).
+ATTN_IMPLEMENTATIONS = ("sdpa", "eager", "flash_attention_2", "flash_attention_3", "flex_attention")
+
+
+def check_attn_implementation(attn_implementation) -> None:
+    """Raise :class:`~step1x_edit.errors.InvalidValueError` unless ``attn_implementation`` is one of
+    :data:`ATTN_IMPLEMENTATIONS`."""
+    if attn_implementation not in ATTN_IMPLEMENTATIONS:
+        raise InvalidValueError(f"attn_implementation must be one of {', '.join(ATTN_IMPLEMENTATIONS)}, got "
+                                f"{attn_implementation!r}")
+
+
+def set_attn_implementation(model, attn_implementation: str) -> None:
+    """Switch a loaded Qwen2.5-VL (language and vision parts) to ``attn_implementation``; raises
+    :class:`~step1x_edit.errors.InvalidValueError` for an unknown one or one this machine cannot run."""
+    check_attn_implementation(attn_implementation)
+    try:
+        model.set_attn_implementation(attn_implementation)
+    except (ImportError, ValueError) as error:
+        raise _unusable_attention(attn_implementation, error) from error
+
+
+def _unusable_attention(attn_implementation: str, error: Exception) -> InvalidValueError:
+    return InvalidValueError(f"attn_implementation {attn_implementation!r} cannot be used here: "
+                             f"{' '.join(str(error).split())}")
+
+
 def load_text_encoder(
-    path: str | os.PathLike, torch_dtype: torch.dtype | None = None, device: str | torch.device | None = None
+    path: str | os.PathLike, torch_dtype: torch.dtype | None = None, device: str | torch.device | None = None,
+    attn_implementation: str = "sdpa",
 ) -> Qwen2_5_VLForConditionalGeneration:
-    """Qwen2.5-VL from a local folder (SDPA attention, eval mode, no gradients)."""
+    """Qwen2.5-VL from a local folder (eval mode, no gradients) with ``attn_implementation`` (one of
+    :data:`ATTN_IMPLEMENTATIONS`, checked before anything is read; default SDPA)."""
+    check_attn_implementation(attn_implementation)
     path = Path(path)
     _check_model_folder(path, processor=False)
     try:
         model = Qwen2_5_VLForConditionalGeneration.from_pretrained(
-            path, dtype=torch_dtype or torch.float32, attn_implementation="sdpa", device_map=device,
+            path, dtype=torch_dtype or torch.float32, attn_implementation=attn_implementation, device_map=device,
             use_safetensors=True,  # never a pickle (.bin) file
         )
+    except ImportError as error:  # a flash-attention package that is missing
+        raise _unusable_attention(attn_implementation, error) from error
     except (OSError, ValueError, RuntimeError) as error:
         message = " ".join(str(error).split())
         raise CheckpointError(f"cannot load Qwen2.5-VL from {path}: {message}") from error

@@ -127,14 +127,9 @@ class EditService:
 
     @property
     def defaults(self) -> dict:
-        """The model's own settings, used for every field a request leaves out."""
-        config = self.pipeline.config
-        return {
-            "num_inference_steps": config.default_num_inference_steps,
-            "guidance_scale": config.default_guidance_scale,
-            "size_level": config.default_size_level,
-            "strength": config.default_strength,
-        }
+        """The model's own settings (:meth:`~step1x_edit.pipeline.Step1XEditPipeline.resolve_settings`), used for
+        every field a request leaves out."""
+        return self.pipeline.resolve_settings()
 
     @property
     def pending(self) -> int:
@@ -237,17 +232,16 @@ class EditService:
                       negative_prompt, num_images, think=None, reflect=None, max_tries=None) -> dict:
         """Every field checked against the limits, the defaults filled in; returns the pipeline's keyword
         arguments plus ``seed``. Raises :class:`InvalidRequestError` (or ``InvalidPromptError``) naming the field."""
-        limits, defaults = self.limits, self.defaults
+        limits = self.limits
+        given = self.pipeline.resolve_settings(num_inference_steps, guidance_scale, size_level, strength)
         check_instruction(instruction)
         validate.text("instruction", instruction, limits.max_prompt_chars)
         validate.text("negative_prompt", negative_prompt, limits.max_prompt_chars)
-        steps = validate.integer("num_inference_steps", _or(num_inference_steps, defaults["num_inference_steps"]), 1,
-                                 limits.max_steps)
-        size = validate.integer("size_level", _or(size_level, defaults["size_level"]), 16, limits.max_size_level)
+        steps = validate.integer("num_inference_steps", given["num_inference_steps"], 1, limits.max_steps)
+        size = validate.integer("size_level", given["size_level"], 16, limits.max_size_level)
         count = validate.integer("n", num_images, 1, limits.max_images)
-        guidance = validate.number("guidance_scale", _or(guidance_scale, defaults["guidance_scale"]), 0.0,
-                                   limits.max_guidance)
-        strength = validate.number("strength", _or(strength, defaults["strength"]), 0.0, 1.0)
+        guidance = validate.number("guidance_scale", given["guidance_scale"], 0.0, limits.max_guidance)
+        strength = validate.number("strength", given["strength"], 0.0, 1.0)
         try:
             sampling.strength_steps(steps, strength)
         except ValueError as error:
@@ -258,10 +252,6 @@ class EditService:
         reasoning = options_for(self.pipeline.version, think=think, reflect=reflect, max_tries=max_tries)
         return {"num_inference_steps": steps, "guidance_scale": guidance, "size_level": size, "strength": strength,
                 "reasoning": reasoning, "seed": seed}
-
-
-def _or(value, default):
-    return default if value is None else value
 
 
 class _Interrupter:
@@ -285,9 +275,11 @@ class _Interrupter:
                 where = f"after step {self.step}" if ask else f"during step {self.step + 1}"
                 raise EditCancelledError(f"the request was withdrawn during its edit ({where})")
 
-    def after_step(self, pipeline, step_index, t, tensors) -> None:
+    def after_step(self, pipeline, step_index, timestep, tensors) -> dict:
+        """The pipeline's ``callback_on_step_end``: stop if asked to, else hand the tensors back unchanged."""
         self.step = step_index + 1
         self.check(ask=True)
+        return tensors
 
     @contextlib.contextmanager
     def between_blocks_of(self, pipeline):
