@@ -184,8 +184,8 @@ class Step1XEditPipeline(DiffusionPipeline):
     Components: ``transformer`` (:class:`Step1XEditTransformer2DModel`, connector included), ``vae``
     (``AutoencoderKL``, FLUX configuration; the built-in demo model uses a linear
     :class:`~step1x_edit.models.patch_vae.PatchAutoencoder`), ``text_encoder`` (``Qwen2_5_VLForConditionalGeneration``),
-    ``processor`` (``Qwen2_5_VLProcessor``) and ``scheduler`` (``FlowMatchEulerDiscreteScheduler``, whose
-    config holds the schedule's shift parameters). ``max_sequence_length`` is the length the MLLM condition is
+    ``processor`` (``Qwen2_5_VLProcessor``) and ``scheduler`` (``FlowMatchEulerDiscreteScheduler`` by default, with
+    the schedule's shift parameters in its config; it drives the denoising loop, see :meth:`set_timesteps`). ``max_sequence_length`` is the length the MLLM condition is
     padded or cut to: 640 for the released models; smaller models may be trained with a shorter one.
     ``default_size_level`` is the working resolution used when a call does not give one (the resolution the
     model was trained at: 1024 for the released models), ``default_guidance_scale`` likewise (6.0),
@@ -497,6 +497,7 @@ class Step1XEditPipeline(DiffusionPipeline):
             callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
         check_output_type(output_type)
         self._check_callback_inputs(callback_on_step_end, callback_on_step_end_tensor_inputs)
+        self.check_scheduler()
         if prompt_embeds is None and prompt is None:
             raise InvalidPromptError("pass a prompt (the edit instruction) or prompt_embeds")
         count = len(prompt) if isinstance(prompt, (list, tuple)) else None
@@ -545,8 +546,7 @@ class Step1XEditPipeline(DiffusionPipeline):
     def _check_callback_inputs(self, callback_on_step_end, tensor_inputs: Sequence[str]) -> None:
         if callback_on_step_end is not None and not callable(callback_on_step_end):
             raise InvalidValueError(f"callback_on_step_end must be callable, got {type(callback_on_step_end).__name__}")
-        unknown = [name for name in tensor_inputs if name not in self._callback_tensor_inputs]
-        if isinstance(tensor_inputs, str) or unknown:
+        if isinstance(tensor_inputs, str) or not set(tensor_inputs) <= set(self._callback_tensor_inputs):
             raise InvalidValueError(f"callback_on_step_end_tensor_inputs must be a list drawn from "
                                     f"{self._callback_tensor_inputs}, got {tensor_inputs!r}")
 
@@ -583,12 +583,8 @@ class Step1XEditPipeline(DiffusionPipeline):
         scheduler's numpy arithmetic can miss by one rounding: where the scheduler's sigmas are that schedule up to
         float32 rounding, the official values are used, bit for bit; any other schedule is the scheduler's own.
         """
+        self.check_scheduler()
         scheduler = self.scheduler
-        parameters = inspect.signature(scheduler.set_timesteps).parameters
-        if not {"sigmas", "mu"} <= set(parameters):
-            raise InvalidValueError(f"the scheduler {type(scheduler).__name__} cannot drive this pipeline: its "
-                                    "set_timesteps takes no sigmas and mu; use a flow-matching scheduler that does, "
-                                    "such as FlowMatchEulerDiscreteScheduler")
         sampler = get_version(self.version).sampler
         shift = sampling.shift_parameters(scheduler.config)
         scheduler.set_timesteps(sigmas=sampling.unshifted_sigmas(num_inference_steps, sampler),
@@ -602,6 +598,15 @@ class Step1XEditPipeline(DiffusionPipeline):
         start = (num_inference_steps - sampling.strength_steps(num_inference_steps, strength)) * scheduler.order
         scheduler.set_begin_index(start)
         return scheduler.timesteps[start:]
+
+    def check_scheduler(self) -> None:
+        """Raise :class:`InvalidValueError` unless the registered scheduler can drive this pipeline: its
+        ``set_timesteps`` takes ``sigmas`` and ``mu``, as diffusers' flow-matching schedulers for FLUX do."""
+        parameters = inspect.signature(self.scheduler.set_timesteps).parameters
+        if not {"sigmas", "mu"} <= set(parameters):
+            raise InvalidValueError(f"the scheduler {type(self.scheduler).__name__} cannot drive this pipeline: its "
+                                    "set_timesteps takes no sigmas and mu; use a flow-matching scheduler that does, "
+                                    "such as FlowMatchEulerDiscreteScheduler")
 
     def _denoise(self, predict, noisy_tokens: torch.Tensor, reference_tokens: torch.Tensor, num_inference_steps: int,
                  guidance_scale: float, strength: float, callback=None, predict_uncond=None) -> torch.Tensor:
