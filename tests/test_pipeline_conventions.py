@@ -15,7 +15,7 @@ from step1x_edit import sampling
 from step1x_edit.errors import InvalidValueError
 from step1x_edit.models.vae import encode_latents, images_to_pixels
 from step1x_edit.pipeline import Step1XEditPipeline, load_pipeline
-from step1x_edit.reasoning import PLAIN
+from step1x_edit.reasoning import PLAIN, ReasoningOptions
 from step1x_edit.serve.service import EditCancelledError, EditService
 from step1x_edit.testing.tiny import save_tiny_official, save_tiny_official_diffusers, tiny_pipeline
 
@@ -105,13 +105,25 @@ def test_swapping_the_scheduler_changes_the_edit(pipes, photo, swap_scheduler, v
     assert not torch.allclose(_latents(pipe, photo), default)  # another update rule
 
 
+def _model_calls(pipe) -> tuple[list, list]:
+    """A list that records every forward of the pipeline's models, and the hook handles to remove."""
+    calls = []
+    handles = [model.register_forward_pre_hook(lambda *args: calls.append(args))
+               for model in (pipe.text_encoder, pipe.transformer, pipe.vae)]
+    return calls, handles
+
+
 def test_a_scheduler_that_takes_no_sigmas_is_refused_before_any_work(pipes, photo, swap_scheduler):
     pipe = pipes["v1.1"]
     swap_scheduler(pipe, FlowMatchHeunDiscreteScheduler())
-    steps = []
-    with pytest.raises(InvalidValueError, match="FlowMatchHeunDiscreteScheduler cannot drive this pipeline"):
-        pipe(image=photo, callback_on_step_end=lambda *args: steps.append(args), **FAST)
-    assert steps == []
+    calls, handles = _model_calls(pipe)
+    try:
+        with pytest.raises(InvalidValueError, match="FlowMatchHeunDiscreteScheduler cannot drive this pipeline"):
+            pipe(image=photo, **FAST)
+    finally:
+        for handle in handles:
+            handle.remove()
+    assert calls == []
 
 
 # ---------------------------------------------------------------- step callbacks
@@ -135,6 +147,25 @@ def test_a_step_callback_can_replace_the_latents(pipes, photo, version):
         return {"latents": torch.zeros_like(callback_kwargs["latents"])} if step_index == 0 else {}
 
     assert not torch.allclose(_latents(pipe, photo, callback_on_step_end=zero_after_the_first_step), _latents(pipe, photo))
+
+
+def test_a_step_callback_replaces_the_latents_of_a_reasoning_edit_too(pipes, photo):
+    indices = []
+
+    def zero_at_the_last_step(pipeline, step_index, timestep, callback_kwargs):
+        indices.append(callback_kwargs["image_index"])
+        return {"latents": torch.zeros_like(callback_kwargs["latents"])} if step_index == 2 else None
+
+    call = dict(image=[photo, photo], prompt=["make it blue", "make it red"], num_inference_steps=3, size_level=64,
+                output_type="np", generator=torch.Generator().manual_seed(0))
+    thinking = ReasoningOptions(think=True, reflect=False, max_new_tokens=4)
+    zeroed = pipes["v1.2"](**call, reasoning=thinking, callback_on_step_end=zero_at_the_last_step).images
+    assert indices == [0, 0, 0, 1, 1, 1]
+    # whatever the rewritten instruction, the final latents are the callback's: the plain edit's zeroed ones
+    call["generator"] = torch.Generator().manual_seed(0)
+    assert np.array_equal(zeroed, pipes["v1.2"](**call, reasoning=PLAIN, callback_on_step_end=zero_at_the_last_step).images)
+    call["generator"] = torch.Generator().manual_seed(0)
+    assert not np.array_equal(zeroed, pipes["v1.2"](**call, reasoning=thinking).images)
 
 
 def test_a_callback_that_hands_the_tensors_back_changes_nothing(pipes, photo):
@@ -171,9 +202,7 @@ def test_bad_callbacks_are_refused(pipes, photo):
 # ---------------------------------------------------------------- checks before work, hooks after it
 def test_an_unknown_output_type_is_refused_before_any_work(pipes, photo):
     pipe = pipes["v1.1"]
-    calls = []
-    handles = [model.register_forward_pre_hook(lambda *args: calls.append(args))
-               for model in (pipe.text_encoder, pipe.transformer, pipe.vae)]
+    calls, handles = _model_calls(pipe)
     try:
         with pytest.raises(InvalidValueError, match="output_type must be one of 'pil', 'np', 'pt', 'latent', got 'PIL'"):
             pipe(image=photo, output_type="PIL", **FAST)
