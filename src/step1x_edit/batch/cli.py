@@ -32,7 +32,7 @@ def _edit_batch(args: argparse.Namespace) -> int:
               "Pass --model DIR for real Step1X-Edit weights.", file=sys.stderr)
     model = ModelSpec(model=args.model, version=args.version, device=args.device, dtype=DTYPES[args.dtype],
                       loras=tuple(zip(args.lora, _lora_scales(args), strict=True)), offload=args.offload,
-                      name=args.name)
+                      name=args.name, think=args.think, reflect=args.reflect, max_tries=args.max_tries)
     settings = Settings(num_inference_steps=args.steps, guidance_scale=args.guidance, size_level=args.size_level,
                         strength=args.strength, negative_prompt=args.negative_prompt)
     summary = edit_batch(args.input, args.out, model=model, settings=settings, seed=args.seed,
@@ -102,4 +102,12 @@ def register(subcommands) -> None:
                         help="CPUs per Ray actor (default 1)")
     parser.add_argument("--overwrite", action="store_true", help="replace an output store made with other settings")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    reasoning = parser.add_argument_group("thinking and reflection (v1.2 models; see docs/reasoning.md)")
+    reasoning.add_argument("--think", action=argparse.BooleanOptionalAction, default=None,
+                           help="rewrite each instruction into concrete edit actions first (default: off)")
+    reasoning.add_argument("--reflect", action=argparse.BooleanOptionalAction, default=None,
+                           help="judge each edit, retry, keep the best round (default: on for v1.2 models, as the "
+                           "official pipeline); the trace goes to the 'reasoning' column")
+    reasoning.add_argument("--max-tries", type=int_argument(1, 10), default=None,
+                           help="rounds of reflection at most, 1 to 10 (default 3)")
     parser.set_defaults(handler=_edit_batch)

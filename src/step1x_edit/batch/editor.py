@@ -37,7 +37,8 @@ STATUS_EDITED, STATUS_FAILED = "edited", "failed"
 
 # One row per sample. ``source`` holds the input image's file bytes as they were read; ``edited`` a PNG at the
 # source's size; ``settings`` the settings used (JSON, defaults filled in, with the working size); ``seconds``
-# the sample's share of its pipeline call, and ``batch_size`` how many samples that call edited.
+# the sample's share of its pipeline call, and ``batch_size`` how many samples that call edited; ``reasoning`` a
+# v1.2 edit's thinking and reflection (every round, its scores, the chosen one) as JSON.
 EDIT_SCHEMA = pa.schema(
     [
         pa.field("sample_id", pa.string(), nullable=False),
@@ -55,6 +56,7 @@ EDIT_SCHEMA = pa.schema(
         pa.field("model_version", pa.string()),
         pa.field("batch_size", pa.int32()),
         pa.field("seconds", pa.float64()),
+        pa.field("reasoning", pa.string()),  # a v1.2 edit's thinking and reflection trace as JSON, else null
     ]
 )
 # Columns that may differ between two runs of the same samples (everything else is equal, on the same device).
@@ -79,8 +81,9 @@ class EditStore(Store):
 class ModelSpec:
     """The model a worker loads: ``model`` (a folder; None: the built-in demo model), ``version`` (official
     checkpoints), ``device`` (None: CUDA when the worker has a GPU), ``dtype`` (one of :data:`DTYPES`; None: the
-    device's default), LoRA files with their multipliers, ``offload`` (CPU offload) and ``name`` (the model id in
-    the rows; default: the folder's name)."""
+    device's default), LoRA files with their multipliers, ``offload`` (CPU offload), ``name`` (the model id in
+    the rows; default: the folder's name), and the thinking and reflection of a v1.2 model: ``think``, ``reflect``
+    and ``max_tries`` (None: the model's defaults, see :func:`step1x_edit.reasoning.options_for`)."""
 
     model: str | None = None
     version: str | None = None
@@ -89,6 +92,9 @@ class ModelSpec:
     loras: tuple[tuple[str, float], ...] = ()
     offload: bool = False
     name: str | None = None
+    think: bool | None = None
+    reflect: bool | None = None
+    max_tries: int | None = None
 
     def __post_init__(self):
         if self.dtype is not None and self.dtype not in DTYPES:
@@ -102,16 +108,32 @@ class ModelSpec:
         """What decides the edits (not where they run): part of the output store's config hash."""
         return {"model": str(Path(self.model).resolve()) if self.model else None, "version": self.version,
                 "dtype": self.dtype, "loras": [[str(Path(path).resolve()), scale] for path, scale in self.loras],
-                "name": self.model_id}
+                "name": self.model_id, **self.reasoning_choices()}
+
+    def reasoning_choices(self) -> dict[str, Any]:
+        """The thinking and reflection chosen (those left to the model's defaults are left out)."""
+        chosen = {"think": self.think, "reflect": self.reflect, "max_tries": self.max_tries}
+        return {name: value for name, value in chosen.items() if value is not None}
 
     def check(self) -> None:
-        """Raise before any work when the model folder or a LoRA file is missing or unreadable."""
+        """Raise before any work when the model folder or a LoRA file is missing or unreadable, or thinking or
+        reflection is asked of a model that cannot do them."""
+        from ..checkpoints.inspect import describe_model
         from ..checkpoints.lora import check_lora_file
+        from ..pipeline import DEMO_MODEL_DIR
 
         if self.model is not None and not Path(self.model).is_dir():
             raise Step1XEditError(f"model directory not found: {self.model}")
         for path, _ in self.loras:
             check_lora_file(path)
+        if self.reasoning_choices():
+            self.reasoning(self.version or describe_model(self.model or DEMO_MODEL_DIR)["version"])
+
+    def reasoning(self, version: str):
+        """The :class:`~step1x_edit.reasoning.ReasoningOptions` of these choices for a ``version`` model."""
+        from ..reasoning import options_for
+
+        return options_for(version, think=self.think, reflect=self.reflect, max_tries=self.max_tries)
 
     def load(self):
         """The pipeline, LoRAs loaded, progress bars off (the batch shows its own)."""
@@ -154,11 +176,9 @@ class ShardEditor:
         self.pipe = model.load()
         self.model_id = model.model_id
         self.batch_size = batch_size
-        config = self.pipe.config
-        self.defaults = {"num_inference_steps": config.default_num_inference_steps,
-                         "guidance_scale": config.default_guidance_scale, "size_level": config.default_size_level,
-                         "strength": config.default_strength, "negative_prompt": ""}
-        self.defaults.update({name: value for name, value in defaults.items() if value is not None})
+        self.reasoning = model.reasoning(self.pipe.version)
+        given = {name: value for name, value in defaults.items() if name != "negative_prompt"}
+        self.defaults = {**self.pipe.resolve_settings(**given), "negative_prompt": defaults.get("negative_prompt") or ""}
 
     def __call__(self, samples: Sequence[Sample], on_done: Callable[[int], None] | None = None) -> list[dict]:
         """Rows for ``samples``; ``on_done(n)`` is told after every pipeline call how many samples it finished."""
@@ -221,6 +241,7 @@ class ShardEditor:
                 prompt=[item.sample.instruction for item in batch],
                 negative_prompt=[negative_prompt] * len(batch),
                 generator=[torch.Generator("cpu").manual_seed(item.sample.seed) for item in batch],
+                reasoning=self.reasoning,
                 **settings,
             )
         except Exception as error:  # one sample's failure must not end the run
@@ -233,9 +254,11 @@ class ShardEditor:
             return {batch[0].sample.sample_id: self._failed(batch[0].sample, " ".join(reason.split()), batch[0])}
         seconds = (time.perf_counter() - start) / len(batch)
         rows = {}
-        for item, edited in zip(batch, result.images, strict=True):
+        traces = result.reasoning or [None] * len(batch)
+        for item, edited, trace in zip(batch, result.images, traces, strict=True):
             row = self._row(item.sample, STATUS_EDITED, None, item)
-            row.update(edited=encode_png(edited), batch_size=len(batch), seconds=seconds)
+            row.update(edited=encode_png(edited), batch_size=len(batch), seconds=seconds,
+                       reasoning=None if trace is None else json.dumps(trace.to_dict(), ensure_ascii=False))
             rows[item.sample.sample_id] = row
         return rows
 
@@ -254,6 +277,7 @@ class ShardEditor:
             "width": prepared.image.width if prepared is not None else None,
             "height": prepared.image.height if prepared is not None else None,
             "model": self.model_id, "model_version": self.pipe.version, "batch_size": None, "seconds": None,
+            "reasoning": None,
         }
 
 
