@@ -258,15 +258,16 @@ def test_strength_runs_the_schedule_tail_from_the_noised_source(pipe, photo):
     assert len(seen) == 8
 
 
-def test_low_strength_keeps_the_source_and_its_tail_starts_from_it():
-    timesteps = sampling.get_schedule(10, 64)
-    assert sampling.start_at_strength(timesteps, 1.0) == timesteps
-    assert sampling.start_at_strength(timesteps, 0.3) == timesteps[7:]
+def test_low_strength_runs_the_tail_of_the_schedule(pipe):
+    whole = pipe.set_timesteps(10, 64).tolist()
+    assert len(whole) == 10 and pipe.scheduler.begin_index == 0
+    assert pipe.set_timesteps(10, 64, strength=0.3).tolist() == whole[7:]
+    assert pipe.scheduler.begin_index == 7  # the scheduler's first step is the tail's
     for bad in (0.0, -0.2, 1.5):
         with pytest.raises(ValueError, match="strength"):
-            sampling.start_at_strength(timesteps, bad)
+            pipe.set_timesteps(10, 64, strength=bad)
     with pytest.raises(ValueError, match="keeps no step"):
-        sampling.start_at_strength(timesteps, 0.01)
+        pipe.set_timesteps(10, 64, strength=0.01)
 
 
 def test_bad_strength_is_refused_before_any_work(pipe, photo, tmp_path, capsys):

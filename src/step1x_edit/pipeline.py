@@ -584,6 +584,7 @@ class Step1XEditPipeline(DiffusionPipeline):
         float32 rounding, the official values are used, bit for bit; any other schedule is the scheduler's own.
         """
         self.check_scheduler()
+        kept = sampling.strength_steps(num_inference_steps, strength)
         scheduler = self.scheduler
         sampler = get_version(self.version).sampler
         shift = sampling.shift_parameters(scheduler.config)
@@ -595,7 +596,7 @@ class Step1XEditPipeline(DiffusionPipeline):
                                                                            atol=OFFICIAL_SCHEDULE_ATOL):
                 scheduler.sigmas = official
                 scheduler.timesteps = official[:-1] * scheduler.config.num_train_timesteps
-        start = (num_inference_steps - sampling.strength_steps(num_inference_steps, strength)) * scheduler.order
+        start = (num_inference_steps - kept) * scheduler.order
         scheduler.set_begin_index(start)
         return scheduler.timesteps[start:]
 

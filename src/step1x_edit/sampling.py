@@ -154,14 +154,6 @@ def strength_steps(num_steps: int, strength: float) -> int:
     return kept
 
 
-def start_at_strength(timesteps: list[float], strength: float) -> list[float]:
-    """The tail of ``timesteps`` an edit of ``strength`` runs (image-to-image, as in diffusers): the last
-    :func:`strength_steps` steps, so it starts from flow time ``timesteps[steps - kept]`` where the source latent is
-    mixed with the noise. ``strength`` 1 is the whole schedule (pure noise)."""
-    steps = len(timesteps) - 1
-    return timesteps[steps - strength_steps(steps, strength):]
-
-
 def pack_latents(latents: torch.Tensor) -> torch.Tensor:
     """[B, C, h, w] latents -> [B, (h/2)(w/2), 4C] tokens, feature index c*4 + ph*2 + pw, tokens row-major."""
     batch, channels, height, width = latents.shape
