@@ -18,3 +18,18 @@ def shared_dir() -> str:
     if not os.path.isdir(path):
         pytest.skip(f"shared reference directory not found at {path}")
     return path
+
+
+@pytest.fixture
+def printed_warnings(monkeypatch):
+    """Warnings displayed as Python displays them outside pytest (written to stderr), not recorded by pytest."""
+    import sys
+    import warnings
+
+    def display(message) -> None:
+        sys.stderr.write(warnings.formatwarning(message.message, message.category, message.filename,
+                                                message.lineno, message.line))
+
+    display.__module__ = "warnings"  # what Python's own display reports
+    monkeypatch.setattr(warnings, "showwarning", warnings._showwarning_orig)
+    monkeypatch.setattr(warnings, "_showwarnmsg_impl", display)

@@ -1,21 +1,11 @@
 """The command line's last line of defence: any failure is one line and a non-zero exit, its traceback only with
 --debug; warnings are one line too."""
 
-import sys
 import warnings
 
 import pytest
 
 from step1x_edit import cli
-
-
-def warnings_module_display(message) -> None:
-    """Python's default display of a warning (``warnings._showwarnmsg_impl``), written to stderr."""
-    sys.stderr.write(warnings.formatwarning(message.message, message.category, message.filename, message.lineno,
-                                            message.line))
-
-
-warnings_module_display.__module__ = "warnings"
 
 
 def _failing_info(args):
@@ -47,13 +37,10 @@ def test_a_users_error_is_one_line_and_exit_2(capsys, tmp_path):
     assert err.count("\n") == 1 and err.startswith("step1x-edit info: error:") and "Traceback" not in err
 
 
-def test_warnings_are_one_line_without_source_lines(monkeypatch, capsys):
+def test_warnings_are_one_line_without_source_lines(monkeypatch, capsys, printed_warnings):
     monkeypatch.setattr(cli, "_info", _warning_info)
     with warnings.catch_warnings():
         warnings.simplefilter("always")
-        # Python's own display, as outside pytest (which records warnings instead).
-        monkeypatch.setattr(warnings, "showwarning", warnings._showwarning_orig)
-        monkeypatch.setattr(warnings, "_showwarnmsg_impl", warnings_module_display)
         assert cli.main(["info", "anywhere"]) == 0
     assert capsys.readouterr().err == ("step1x-edit info: warning: the newest checkpoint is damaged; resuming from "
                                        "the one before\n")

@@ -21,7 +21,7 @@ def _command_with_a_bar(args) -> int:
     return 0
 
 
-def test_a_warning_or_log_record_during_a_progress_bar_gets_its_own_line(monkeypatch, capsys):
+def test_a_warning_or_log_record_during_a_progress_bar_gets_its_own_line(monkeypatch, capsys, printed_warnings):
     monkeypatch.setattr(cli, "_info", _command_with_a_bar)
     assert cli.main(["info", "any-model"]) == 0
     captured = capsys.readouterr()
@@ -31,7 +31,7 @@ def test_a_warning_or_log_record_during_a_progress_bar_gets_its_own_line(monkeyp
     assert captured.out == "done\n"
 
 
-def test_with_debug_a_warning_keeps_its_source_location_on_its_own_line(monkeypatch, capsys):
+def test_with_debug_a_warning_keeps_its_source_location_on_its_own_line(monkeypatch, capsys, printed_warnings):
     monkeypatch.setattr(cli, "_info", _command_with_a_bar)
     assert cli.main(["info", "any-model", "--debug"]) == 0
     shown = re.split(r"[\r\n]", capsys.readouterr().err)
