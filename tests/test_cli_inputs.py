@@ -11,6 +11,7 @@ import json
 import math
 import os
 import struct
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -630,3 +631,23 @@ def test_saving_that_fails_after_the_edit_is_one_line(capsys, monkeypatch, photo
     monkeypatch.setattr(Image.Image, "save", save)
     line = _refused(capsys, "edit", photo, "make it blue", "-o", tmp_path / "out.png")
     assert line.endswith(f"cannot write {tmp_path / 'out.png'}: [Errno 28] No space left on device")
+
+
+def test_the_attention_implementation_flag_reaches_the_loader_and_refuses_unknown_names(monkeypatch, tmp_path, capsys):
+    from step1x_edit import cli, pipeline
+
+    seen = {}
+    real = pipeline.load_pipeline
+
+    def recording(*args, **kwargs):
+        seen.update(kwargs)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "load_pipeline", recording)
+    example = Path(__file__).resolve().parents[1] / "examples" / "shapes.png"
+    assert cli.main(["edit", str(example), "Change the background to cream.", "-o", str(tmp_path / "e.png"),
+                     "--device", "cpu", "--attn-implementation", "eager"]) == 0
+    assert seen["attn_implementation"] == "eager"
+    with pytest.raises(SystemExit):
+        cli.main(["edit", str(example), "x", "--attn-implementation", "fastest"])
+    assert "invalid choice: 'fastest'" in capsys.readouterr().err

@@ -116,7 +116,7 @@ def _load_model(args: argparse.Namespace, lora_scales: list[float]):
     for lora in args.lora:
         check_lora_file(lora)
     pipe = load_pipeline(args.model, device=None if args.offload else device, torch_dtype=_torch_dtype(args.dtype),
-                         version=args.version)
+                         version=args.version, attn_implementation=args.attn_implementation)
     for index, (lora, scale) in enumerate(zip(args.lora, lora_scales, strict=True)):
         pipe.load_lora_weights(lora, adapter_name=f"lora{index}", scale=scale)
     if args.offload:
@@ -339,6 +339,7 @@ def _add_edit(subcommands) -> None:
 def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
     """The options that choose and load a model (``edit`` and ``serve``)."""
     from . import validate
+    from .models.presets import ATTN_IMPLEMENTATIONS
 
     parser.add_argument("--model", help="a Step1X-Edit model directory (official or diffusers layout); "
                         "default: the small built-in model")
@@ -350,6 +351,8 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="auto",
                         help="weights dtype (default: bfloat16 on GPU, float32 on CPU)")
+    parser.add_argument("--attn-implementation", choices=ATTN_IMPLEMENTATIONS, default="sdpa",
+                        help="the MLLM's attention (default sdpa; flash_attention_2 needs the flash-attn package)")
     parser.add_argument("--lora", action="append", default=[], metavar="FILE",
                         help="a LoRA .safetensors file (official kohya-style or peft/diffusers names); repeatable "
                         "(default: none)")

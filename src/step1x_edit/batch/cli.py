@@ -32,7 +32,8 @@ def _edit_batch(args: argparse.Namespace) -> int:
               "Pass --model DIR for real Step1X-Edit weights.", file=sys.stderr)
     model = ModelSpec(model=args.model, version=args.version, device=args.device, dtype=DTYPES[args.dtype],
                       loras=tuple(zip(args.lora, _lora_scales(args), strict=True)), offload=args.offload,
-                      name=args.name, think=args.think, reflect=args.reflect, max_tries=args.max_tries)
+                      name=args.name, think=args.think, reflect=args.reflect, max_tries=args.max_tries,
+                      attn_implementation=args.attn_implementation)
     settings = Settings(num_inference_steps=args.steps, guidance_scale=args.guidance, size_level=args.size_level,
                         strength=args.strength, negative_prompt=args.negative_prompt)
     summary = edit_batch(args.input, args.out, model=model, settings=settings, seed=args.seed,

@@ -82,8 +82,9 @@ class ModelSpec:
     """The model a worker loads: ``model`` (a folder; None: the built-in demo model), ``version`` (official
     checkpoints), ``device`` (None: CUDA when the worker has a GPU), ``dtype`` (one of :data:`DTYPES`; None: the
     device's default), LoRA files with their multipliers, ``offload`` (CPU offload), ``name`` (the model id in
-    the rows; default: the folder's name), and the thinking and reflection of a v1.2 model: ``think``, ``reflect``
-    and ``max_tries`` (None: the model's defaults, see :func:`step1x_edit.reasoning.options_for`)."""
+    the rows; default: the folder's name), the thinking and reflection of a v1.2 model: ``think``, ``reflect``
+    and ``max_tries`` (None: the model's defaults, see :func:`step1x_edit.reasoning.options_for`), and the MLLM's
+    ``attn_implementation``."""
 
     model: str | None = None
     version: str | None = None
@@ -95,6 +96,7 @@ class ModelSpec:
     think: bool | None = None
     reflect: bool | None = None
     max_tries: int | None = None
+    attn_implementation: str = "sdpa"
 
     def __post_init__(self):
         if self.dtype is not None and self.dtype not in DTYPES:
@@ -144,7 +146,7 @@ class ModelSpec:
             raise Step1XEditError("offload moves models between CPU and GPU, but no GPU is available or chosen")
         dtype = getattr(torch, self.dtype) if self.dtype else None
         pipe = load_pipeline(self.model, device="cpu" if self.offload else device, torch_dtype=dtype,
-                             version=self.version)
+                             version=self.version, attn_implementation=self.attn_implementation)
         for index, (path, scale) in enumerate(self.loras):
             pipe.load_lora_weights(path, adapter_name=f"lora{index}", scale=scale)
         if self.offload:

@@ -44,6 +44,7 @@ from transformers import (
 from .. import validate
 from ..errors import CheckpointError, InvalidImageError, InvalidPromptError, InvalidValueError
 from ..protocol import protocol_text
+from .presets import ATTN_IMPLEMENTATIONS
 
 PREFIX_FILE = "step1x_v1_prefix.txt"
 MAX_LENGTH = 640
@@ -439,7 +440,6 @@ def load_processor(path: str | os.PathLike, pixels: tuple[int, int] = (MIN_PIXEL
 
 
 # The attention implementations transformers offers Qwen2.5-VL (the flash-attention ones need their packages).
-ATTN_IMPLEMENTATIONS = ("sdpa", "eager", "flash_attention_2", "flash_attention_3", "flex_attention")
 
 
 def check_attn_implementation(attn_implementation) -> None:

@@ -14,6 +14,8 @@ from typing import Any
 # Bounds of an edit's settings for every model (the released models run 28 steps at size_level 1024). The largest
 # working size a device can hold is usually smaller: see ``Step1XEditPipeline.largest_size_level``.
 MAX_INFERENCE_STEPS = 1000
+# The MLLM's attention implementations (transformers' attn_implementation) a model may be loaded with.
+ATTN_IMPLEMENTATIONS = ("sdpa", "eager", "flash_attention_2", "flash_attention_3", "flex_attention")
 MIN_SIZE_LEVEL = 16
 MAX_SIZE_LEVEL = 8192
 

@@ -303,7 +303,8 @@ def serve_on_ray(args: argparse.Namespace, limits: ServeLimits, api_key: str | N
                  lora_scales: list[float], dtype: str | None) -> int:
     """Run ``step1x-edit serve --engine ray`` until interrupted."""
     model = ModelSpec(model=args.model, version=args.version, device=args.device, dtype=dtype,
-                      loras=tuple(zip(args.lora, lora_scales, strict=True)), name=args.name)
+                      loras=tuple(zip(args.lora, lora_scales, strict=True)), name=args.name,
+                      attn_implementation=args.attn_implementation)
     model.check()
     autoscaled = args.min_replicas is not None or args.max_replicas is not None
     scaling = Scaling(replicas=None if autoscaled else (args.replicas or 1), min_replicas=args.min_replicas,
