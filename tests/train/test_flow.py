@@ -140,7 +140,8 @@ def test_source_start_paths_begin_at_the_pipelines_strength_start_and_point_at_t
 def test_sampling_from_the_strength_start_with_the_trained_velocity_lands_on_the_target():
     generator = torch.Generator().manual_seed(1)
     x0, source, eps = (torch.randn(1, 16, 4, 4, generator=generator) for _ in range(3))
-    timesteps = sampling.start_at_strength(sampling.get_schedule(28, 4), 0.5)
+    schedule = sampling.get_schedule(28, 4)
+    timesteps = schedule[28 - sampling.strength_steps(28, 0.5):]  # the tail an edit of strength 0.5 runs
     t0 = timesteps[0]
     start = t0 * sampling.pack_latents(eps) + (1 - t0) * sampling.pack_latents(source)
     oracle = _TargetPredictor(x0)
