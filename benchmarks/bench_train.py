@@ -117,7 +117,7 @@ def child_fill(values: dict) -> dict:
     pipe = load_pipeline(config.model.path, device="cpu", torch_dtype=torch.float32)
     examples = load_examples(config.data, resolve_store(config.data, config.training.output_dir))
     languages = LANGUAGE_KEYS[config.data.language]
-    fingerprint = model_fingerprint(pipe, config.model.path, config.data.resolution, languages)
+    fingerprint = model_fingerprint(pipe, config.data.resolution, languages)
     source = FeatureSource(examples, config.data.resolution, Featurizer(pipe, languages),
                            FeatureCache(config.data.cache_dir, fingerprint))
     start = time.perf_counter()
