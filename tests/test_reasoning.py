@@ -199,7 +199,7 @@ def test_edit_command_thinks_reflects_and_writes_the_trace(tiny_v1p2, tmp_path, 
 
     model = judge(["<#Think> Faint. <#Reflection> Add a bolder red.", SUCCESS], rewrite=["Paint the sign red."])
     monkeypatch.setattr(reasoning.LocalChat, "__call__", lambda self, stage, messages: model(stage, messages))
-    monkeypatch.setattr(cli, "_load_model", lambda args, lora_scales: tiny_v1p2)
+    monkeypatch.setattr(cli, "_load_model", lambda args, scales: tiny_v1p2)
     Image.new("RGB", (72, 56), (20, 120, 200)).save(tmp_path / "in.png")
     code = cli.main(["edit", str(tmp_path / "in.png"), "make the sign pop", "--version", "v1.2", "--steps", "1",
                      "--size-level", "64", "--think", "--max-tries", "2", "--verbose", "--trace-json",

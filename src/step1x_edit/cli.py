@@ -20,17 +20,8 @@ from pathlib import Path
 
 from . import __version__, validate
 from .errors import Step1XEditError
+from .model_options import DTYPES, add_model_arguments, lora_scales, torch_dtype
 from .versions import VERSION_NAMES
-
-DTYPES = {"auto": None, "float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", "bf16": "bfloat16",
-          "float16": "float16", "fp16": "float16"}
-
-
-def _torch_dtype(name: str):
-    import torch
-
-    resolved = DTYPES[name]
-    return None if resolved is None else getattr(torch, resolved)
 
 
 def _edit(args: argparse.Namespace) -> int:
@@ -50,13 +41,13 @@ def _edit(args: argparse.Namespace) -> int:
     # in a path or an unwritable output costs nothing. Numbers were checked by their argparse types.
     if args.strength is not None and args.steps is not None:
         sampling.strength_steps(args.steps, args.strength)
-    lora_scales = _lora_scales(args)
+    scales = lora_scales(args)
     image = load_image(args.image)
     check_instruction(args.instruction)
     check_negative_prompt(args.negative_prompt)
     output = _output_path(args)
     reasoning = _reasoning_options(args)
-    pipe = _load_model(args, lora_scales)
+    pipe = _load_model(args, scales)
     generator = torch.Generator("cpu").manual_seed(args.seed)
     result = pipe(
         image=image,
@@ -102,7 +93,7 @@ def _reasoning_options(args: argparse.Namespace):
                        max_new_tokens=args.reply_tokens, greedy=args.greedy, judge=judge, seed=args.seed)
 
 
-def _load_model(args: argparse.Namespace, lora_scales: list[float]):
+def _load_model(args: argparse.Namespace, scales: list[float]):
     """The pipeline the model arguments (``--model``, ``--version``, ``--device``, ``--dtype``, ``--offload``,
     ``--lora``) describe, LoRAs loaded; the device and the LoRA files are checked before the model loads."""
     import torch
@@ -115,9 +106,9 @@ def _load_model(args: argparse.Namespace, lora_scales: list[float]):
         raise Step1XEditError("--offload moves models between CPU and GPU, but no GPU is available or chosen")
     for lora in args.lora:
         check_lora_file(lora)
-    pipe = load_pipeline(args.model, device=None if args.offload else device, torch_dtype=_torch_dtype(args.dtype),
+    pipe = load_pipeline(args.model, device=None if args.offload else device, torch_dtype=torch_dtype(args.dtype),
                          version=args.version, attn_implementation=args.attn_implementation)
-    for index, (lora, scale) in enumerate(zip(args.lora, lora_scales, strict=True)):
+    for index, (lora, scale) in enumerate(zip(args.lora, scales, strict=True)):
         pipe.load_lora_weights(lora, adapter_name=f"lora{index}", scale=scale)
     if args.offload:
         pipe.enable_model_cpu_offload(device=device or "cuda")
@@ -144,7 +135,7 @@ def _serve(args: argparse.Namespace) -> int:
     api_key = args.api_key or os.environ.get("STEP1X_EDIT_API_KEY") or None
     if api_key is not None:
         validate.text("--api-key", api_key, 1024, allow_empty=False)
-    lora_scales = _lora_scales(args)
+    scales = lora_scales(args)
     if not args.no_ui and not os.environ.get("GRADIO_TEMP_DIR"):
         import tempfile  # uploads and results in a folder of this server's own, readable by its user only
 
@@ -153,8 +144,8 @@ def _serve(args: argparse.Namespace) -> int:
     if args.engine == "ray":
         from .serve.ray_serve import serve_on_ray
 
-        return serve_on_ray(args, limits, api_key, allowed_hosts, lora_scales, DTYPES[args.dtype])
-    pipe = _load_model(args, lora_scales)
+        return serve_on_ray(args, limits, api_key, allowed_hosts, scales, DTYPES[args.dtype])
+    pipe = _load_model(args, scales)
     name = args.name or (Path(args.model).resolve().name if args.model else "step1x-edit-demo")
     service = EditService(pipe, limits, name=name)
     app = create_app(service, ui=not args.no_ui, api_key=api_key, allowed_hosts=allowed_hosts)
@@ -242,19 +233,6 @@ def _check_writable_folder(folder: Path, target: Path) -> None:
         raise Step1XEditError(f"cannot write {target}: permission denied in {existing}")
 
 
-def _lora_scales(args: argparse.Namespace) -> list[float]:
-    """One multiplier per ``--lora``: none given -> 1.0 each, one given -> that one for each."""
-    if args.lora_scale and not args.lora:
-        raise Step1XEditError("--lora-scale needs a --lora file")
-    scales = args.lora_scale or [1.0]
-    if len(scales) == 1:
-        return scales * len(args.lora)
-    if len(scales) != len(args.lora):
-        raise Step1XEditError(f"{len(args.lora)} --lora file(s) but {len(scales)} --lora-scale values; give one "
-                              "--lora-scale per --lora, or a single one for all")
-    return scales
-
-
 def _convert(args: argparse.Namespace) -> int:
     from .pipeline import Step1XEditPipeline
 
@@ -266,7 +244,7 @@ def _convert(args: argparse.Namespace) -> int:
 
     load = (Step1XEditPipeline.from_official_diffusers if is_official_diffusers_folder(args.official_dir)
             else Step1XEditPipeline.from_official)
-    pipe = load(args.official_dir, version=args.version, torch_dtype=_torch_dtype(args.dtype), device="cpu")
+    pipe = load(args.official_dir, version=args.version, torch_dtype=torch_dtype(args.dtype), device="cpu")
     pipe.save_pretrained(out_dir, safe_serialization=True)
     print(f"wrote the diffusers layout of a Step1X-Edit {pipe.version} model to {out_dir}")
     return 0
@@ -295,7 +273,7 @@ def _add_edit(subcommands) -> None:
     parser.add_argument("image", help="the image to edit (any format Pillow reads)")
     parser.add_argument("instruction", help='what to change, e.g. "make the sky stormy"')
     parser.add_argument("-o", "--output", help="where to save the result (default: IMAGE-edited.png)")
-    _add_model_arguments(parser)
+    add_model_arguments(parser)
     parser.add_argument("--steps", type=validate.int_argument(1, MAX_INFERENCE_STEPS), default=None,
                         help=f"denoising steps, 1 to {MAX_INFERENCE_STEPS} (default: the model's, 28 for the released "
                         "models)")
@@ -336,37 +314,12 @@ def _add_edit(subcommands) -> None:
     parser.set_defaults(handler=_edit)
 
 
-def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    """The options that choose and load a model (``edit`` and ``serve``)."""
-    from . import validate
-    from .models.presets import ATTN_IMPLEMENTATIONS
-
-    parser.add_argument("--model", help="a Step1X-Edit model directory (official or diffusers layout); "
-                        "default: the small built-in model")
-    parser.add_argument("--version", choices=VERSION_NAMES, help="the version (model line and inference recipe) to "
-                        "run a single-file checkpoint as, e.g. v1.1-diffusers to run v1.1 weights as the official "
-                        "diffusers pipeline does (default: detected from the checkpoint; see docs/model.md)")
-    parser.add_argument("--offload", action="store_true", help="keep models on the CPU and move each to the GPU "
-                        "only while it runs (lower GPU memory, slower)")
-    parser.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
-    parser.add_argument("--dtype", choices=sorted(DTYPES), default="auto",
-                        help="weights dtype (default: bfloat16 on GPU, float32 on CPU)")
-    parser.add_argument("--attn-implementation", choices=ATTN_IMPLEMENTATIONS, default="sdpa",
-                        help="the MLLM's attention (default sdpa; flash_attention_2 needs the flash-attn package)")
-    parser.add_argument("--lora", action="append", default=[], metavar="FILE",
-                        help="a LoRA .safetensors file (official kohya-style or peft/diffusers names); repeatable "
-                        "(default: none)")
-    parser.add_argument("--lora-scale", action="append", type=validate.float_argument(), default=[], metavar="S",
-                        help="LoRA multiplier, a finite number (default 1.0): one for all --lora files, or one per "
-                        "--lora")
-
-
 def _add_serve(subcommands) -> None:
     parser = subcommands.add_parser(
         "serve", help="serve a web UI and an HTTP API (needs the serve extra)",
         description="Serve the model: a web UI at /ui and an HTTP API (/v1/edit, the OpenAI-shaped "
         "/v1/images/edits, /health; OpenAPI docs at /docs). Needs pip install 'step1x-edit[serve]'.")
-    _add_model_arguments(parser)
+    add_model_arguments(parser)
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; 0.0.0.0 for "
                         "every interface)")
     parser.add_argument("--port", type=validate.int_argument(0, 65535), default=7860, help="port (default 7860)")

@@ -35,7 +35,12 @@ from .image_io import load_image
 from .models import mllm_v1p2
 from .models.mllm import MAX_LENGTH, check_attn_implementation, encode_prompts, set_attn_implementation
 from .models.patch_vae import PatchAutoencoder
-from .models.presets import MAX_INFERENCE_STEPS, MAX_SIZE_LEVEL, MIN_SIZE_LEVEL
+from .models.presets import (
+    MAX_INFERENCE_STEPS,
+    MAX_SIZE_LEVEL,
+    MIN_SIZE_LEVEL,
+    check_pipeline_settings,
+)
 from .models.transformer import Step1XEditTransformer2DModel
 from .models.vae import decode_latents, encode_latents, images_to_pixels
 from .reasoning import LocalChat, reasoning_seed, resolve_options
@@ -64,8 +69,6 @@ DEMO_MODEL_DIR = Path(__file__).parent / "assets" / "demo"
 # Longest instruction accepted, in characters. The MLLM condition is truncated at 640 tokens anyway; this only
 # stops absurd inputs (a pasted file) before they reach the tokenizer.
 MAX_PROMPT_CHARS = 20_000
-# The longest MLLM condition a model may be saved with (Qwen2.5-VL's context is 32k tokens; released: 640).
-MAX_SEQUENCE_LENGTH = 32_768
 
 # A rough cost of one working pixel of one image, measured on CPU with the FLUX-layout presets: the VAE holds about
 # 8 float32 copies of its first block's width at full resolution, the DiT about 24 copies of its hidden width per
@@ -103,24 +106,6 @@ def _check_prompt(name: str, prompt) -> None:
 
 
 # The settings a pipeline saves in model_index.json beside its components.
-PIPELINE_SETTINGS = ("max_sequence_length", "default_size_level", "default_guidance_scale", "default_strength",
-                     "default_num_inference_steps")
-
-
-def check_pipeline_settings(settings: Mapping[str, Any]) -> None:
-    """Raise :class:`InvalidValueError` naming the field unless every pipeline setting present in ``settings`` (the
-    fields ``model_index.json`` saves beside the components) is in range; absent ones keep their defaults."""
-    ranges = {"max_sequence_length": (1, MAX_SEQUENCE_LENGTH), "default_size_level": (MIN_SIZE_LEVEL, MAX_SIZE_LEVEL),
-              "default_num_inference_steps": (1, MAX_INFERENCE_STEPS)}
-    for name, (low, high) in ranges.items():
-        if name in settings:
-            validate.integer(name, settings[name], low, high)
-    if "default_guidance_scale" in settings:
-        validate.number("default_guidance_scale", settings["default_guidance_scale"], 0.0)
-    if "default_strength" in settings:
-        validate.number("default_strength", settings["default_strength"], 0.0, 1.0, low_open=True)
-
-
 def default_device() -> torch.device:
     """CUDA when available, else CPU."""
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")

@@ -5,11 +5,11 @@ from __future__ import annotations
 import argparse
 import sys
 
+from ..model_options import DTYPES, add_model_arguments, lora_scales
 from ..validate import MAX_SEED, float_argument, int_argument, text_argument
 
 
 def _edit_batch(args: argparse.Namespace) -> int:
-    from ..cli import DTYPES, _lora_scales
     from ..errors import Step1XEditError
     from .editor import ModelSpec
     from .engines import LocalEngine, RayEngine, edit_batch
@@ -31,7 +31,7 @@ def _edit_batch(args: argparse.Namespace) -> int:
         print("step1x-edit edit-batch: no --model given: using the small built-in demo model (see its model card). "
               "Pass --model DIR for real Step1X-Edit weights.", file=sys.stderr)
     model = ModelSpec(model=args.model, version=args.version, device=args.device, dtype=DTYPES[args.dtype],
-                      loras=tuple(zip(args.lora, _lora_scales(args), strict=True)), offload=args.offload,
+                      loras=tuple(zip(args.lora, lora_scales(args), strict=True)), offload=args.offload,
                       name=args.name, think=args.think, reflect=args.reflect, max_tries=args.max_tries,
                       attn_implementation=args.attn_implementation)
     settings = Settings(num_inference_steps=args.steps, guidance_scale=args.guidance, size_level=args.size_level,
@@ -53,7 +53,6 @@ def _edit_batch(args: argparse.Namespace) -> int:
 
 
 def register(subcommands) -> None:
-    from ..cli import _add_model_arguments
     from ..data.limits import MAX_SHARD_SIZE, MAX_WORKERS
     from ..models.presets import MAX_INFERENCE_STEPS, MAX_SIZE_LEVEL, MIN_SIZE_LEVEL
     from .inputs import INSTRUCTIONS_FILE
@@ -73,7 +72,7 @@ def register(subcommands) -> None:
                         help="a data store's instruction column: instruction_en or instruction_zh (default en)")
     parser.add_argument("--include-rejected", action="store_true",
                         help="a data store's rejected rows too (default: skipped)")
-    _add_model_arguments(parser)
+    add_model_arguments(parser)
     parser.add_argument("--name", type=text_argument(200, allow_empty=False),
                         help="the model id written in each row (default: the model folder's name)")
     parser.add_argument("--steps", type=int_argument(1, MAX_INFERENCE_STEPS), default=None,

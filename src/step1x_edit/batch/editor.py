@@ -28,6 +28,7 @@ from ..data.records import encode_png
 from ..data.store import Store
 from ..errors import InvalidImageError, Step1XEditError
 from ..image_io import load_image
+from ..model_options import DTYPES as OPTION_DTYPES
 from ..pipeline import check_instruction, check_negative_prompt, load_pipeline
 from .inputs import Sample
 
@@ -62,7 +63,8 @@ EDIT_SCHEMA = pa.schema(
 # Columns that may differ between two runs of the same samples (everything else is equal, on the same device).
 TIMING_COLUMNS = ("seconds",)
 
-DTYPES = ("float32", "bfloat16", "float16")
+# The dtypes a worker may load its model in (torch names).
+DTYPES = tuple(sorted({name for name in OPTION_DTYPES.values() if name is not None}))
 
 
 class EditStore(Store):

@@ -6,9 +6,9 @@ billion), or import whatever class ``model_index.json`` names. :func:`check_diff
 safetensors headers only:
 
 * ``model_index.json`` names the classes this project writes (the demo model's transformer included), and its
-  settings are in range; an official released repository (the diffusers fork's classes) is recognised through
-  :mod:`step1x_edit.versions` and checked by
-  :func:`step1x_edit.checkpoints.official_diffusers.check_official_diffusers_folder`;
+  settings are in range (an official released repository, which names the diffusers fork's classes, is checked by
+  :func:`step1x_edit.checkpoints.official_diffusers.check_official_diffusers_folder` instead, with the checks
+  below);
 * every config file is a JSON object whose sizes are integers within bounds, none of them missing;
 * the transformer and VAE weights hold exactly the tensors (names and shapes) of the model their config builds
   (the class ``model_index.json`` names, on the meta device: no memory); the text encoder's weights hold the
@@ -38,7 +38,7 @@ from ..errors import CheckpointError, InvalidValueError
 from ..models.mllm import check_image_processor_config, check_text_encoder_config
 from ..models.patch_vae import PatchAutoencoder
 from ..models.patch_vae import check_config as check_patch_vae_config
-from ..models.presets import transformer_config
+from ..models.presets import PIPELINE_SETTINGS, check_pipeline_settings, transformer_config
 from ..models.transformer import check_config as check_transformer_config
 from ..models.vae import check_diffusers_config as check_vae_config
 from .official import check_weights, key_mismatch, read_header, read_json_config
@@ -66,13 +66,7 @@ _VISION_BLOCK = re.compile(r"(?:^|\.)blocks\.(\d+)\.")
 def check_diffusers_folder(path: str | Path) -> None:
     """Check the diffusers-layout model folder ``path`` from its JSON files and weight headers (see the module
     docstring); raises :class:`CheckpointError` naming the file and the field or tensor."""
-    from ..pipeline import PIPELINE_SETTINGS, check_pipeline_settings  # the pipeline module calls this one
-    from .official_diffusers import check_official_diffusers_folder, is_official_diffusers_folder
-
     path = Path(path)
-    if is_official_diffusers_folder(path):  # a released repository: the fork's classes, checked by the registry
-        check_official_diffusers_folder(path)
-        return
     index_file = path / INDEX_FILE
     index = read_json_config(index_file)
     _checked(index_file, check_pipeline_settings, index)

@@ -32,6 +32,13 @@ from .. import validate
 from ..errors import CheckpointError, InvalidValueError
 from ..models.transformer import Step1XEditTransformer2DModel
 from ..versions import detect_diffusers_version, get_version
+from .folder import (
+    check_processor_folder,
+    check_scheduler_config,
+    check_text_encoder_folder,
+    check_vae_folder,
+    weights_header,
+)
 from .official import (
     KeyRule,
     _check_keys,
@@ -191,7 +198,6 @@ def read_index(path: str | os.PathLike) -> tuple[str, dict[str, Any]]:
 def transformer_files(folder: Path) -> list[Path]:
     """The weight files of the fork's ``transformer/`` folder (one file, or the shards its index lists), headers
     checked."""
-    from .folder import weights_header
 
     return sorted({file for _, _, file in weights_header(folder, "diffusion_pytorch_model").values()})
 
@@ -215,7 +221,6 @@ def empty_fork_transformer_for(
 
 def empty_fork_transformer(folder: str | os.PathLike, version: str) -> tuple[Step1XEditTransformer2DModel, list[KeyRule]]:
     """:func:`empty_fork_transformer_for` the fork's ``transformer/`` ``folder`` (its config and weight headers)."""
-    from .folder import weights_header
 
     folder = Path(folder)
     shapes = {key: shape for key, (_, shape, _) in weights_header(folder, "diffusion_pytorch_model").items()}
@@ -245,13 +250,6 @@ def check_official_diffusers_folder(path: str | os.PathLike) -> str:
     """Check an official diffusers-format repository from its JSON files and weight headers (component classes,
     version, every transformer tensor against the model its config builds, the VAE, text encoder, processor and
     scheduler as :mod:`step1x_edit.checkpoints.folder` checks them); its version. Nothing is loaded."""
-    from .folder import (
-        check_processor_folder,
-        check_scheduler_config,
-        check_text_encoder_folder,
-        check_vae_folder,
-    )
-
     path = Path(path)
     version, _ = read_index(path)
     empty_fork_transformer(path / "transformer", version)

@@ -9,7 +9,10 @@ arguments (see :func:`step1x_edit.models.vae.autoencoder_from_official_config`).
 from __future__ import annotations
 
 import copy
+from collections.abc import Mapping
 from typing import Any
+
+from .. import validate
 
 # Bounds of an edit's settings for every model (the released models run 28 steps at size_level 1024). The largest
 # working size a device can hold is usually smaller: see ``Step1XEditPipeline.largest_size_level``.
@@ -91,3 +94,24 @@ def build_vae(name: str):
     from .vae import autoencoder_from_official_config
 
     return autoencoder_from_official_config(vae_config(name))
+
+
+# The longest MLLM condition a model may be saved with (Qwen2.5-VL's context is 32k tokens; released: 640).
+MAX_SEQUENCE_LENGTH = 32_768
+# The settings model_index.json saves beside the components, each checked by check_pipeline_settings.
+PIPELINE_SETTINGS = ("max_sequence_length", "default_size_level", "default_guidance_scale", "default_strength",
+                     "default_num_inference_steps")
+
+
+def check_pipeline_settings(settings: Mapping[str, Any]) -> None:
+    """Raise :class:`InvalidValueError` naming the field unless every pipeline setting present in ``settings`` (the
+    fields ``model_index.json`` saves beside the components) is in range; absent ones keep their defaults."""
+    ranges = {"max_sequence_length": (1, MAX_SEQUENCE_LENGTH), "default_size_level": (MIN_SIZE_LEVEL, MAX_SIZE_LEVEL),
+              "default_num_inference_steps": (1, MAX_INFERENCE_STEPS)}
+    for name, (low, high) in ranges.items():
+        if name in settings:
+            validate.integer(name, settings[name], low, high)
+    if "default_guidance_scale" in settings:
+        validate.number("default_guidance_scale", settings["default_guidance_scale"], 0.0)
+    if "default_strength" in settings:
+        validate.number("default_strength", settings["default_strength"], 0.0, 1.0, low_open=True)

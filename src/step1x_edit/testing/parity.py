@@ -22,6 +22,7 @@ from ..checkpoints.official import load_official_transformer, load_official_vae
 from ..errors import DataFormatError
 from ..models.vae import decode_latents, encode_latents
 from ..sampling import denoise, get_schedule, pack_latents, position_ids, resize_dimensions, unpack_latents
+from .compare import relative_error
 
 FIXTURE_TOLERANCES: dict[str, float] = {
     "dit_out": 1e-4,
@@ -39,16 +40,6 @@ FIXTURE_FILES = (
     "config.json", "dit_official.safetensors", "dit_forward.safetensors", "denoise.safetensors",
     "vae_official.safetensors", "vae_io.safetensors",
 )
-
-
-def relative_error(actual: torch.Tensor, reference: torch.Tensor) -> float:
-    """max |actual - reference| / max |reference| (0.0 when both are all zero)."""
-    if actual.shape != reference.shape:
-        raise ValueError(f"shape {tuple(actual.shape)} differs from the reference {tuple(reference.shape)}")
-    actual, reference = actual.double(), reference.double()
-    scale = reference.abs().max().item()
-    error = (actual - reference).abs().max().item()
-    return error / scale if scale else error
 
 
 def transformer_config_from_fixture(config: Mapping[str, Any]) -> dict[str, Any]:

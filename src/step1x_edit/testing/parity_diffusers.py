@@ -57,7 +57,7 @@ from ..models.transformer import Step1XEditTransformer2DModel
 from ..models.vae import decode_latents
 from ..sampling import pack_latents, resize_dimensions, scheduler_sigmas, unpack_latents
 from ..versions import get_version
-from .parity import relative_error
+from .compare import relative_error
 
 DIFFUSERS_FIXTURE_TOLERANCES: dict[str, float] = {
     "transformer": 1e-4, "encode": 1e-4, "denoise": 1e-3, "decode": 1e-3, "schedules": 1e-6, "keys": 0,
