@@ -8,11 +8,9 @@ Typical use::
                          settings=Settings(num_inference_steps=28), engine=RayEngine(actors=4))
 """
 
-import importlib
-from typing import Any
+from ..lazy import lazy_exports
 
-# Public name -> submodule. Attributes load on first use, so importing the package (the CLI does, to list
-# commands) stays cheap.
+# Public name -> the submodule it loads from on first use.
 _EXPORTS = {
     "EDIT_SCHEMA": "editor",
     "EditStore": "editor",
@@ -26,13 +24,4 @@ _EXPORTS = {
 }
 
 __all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
-
-
-def __dir__() -> list[str]:
-    return sorted(list(globals()) + __all__)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

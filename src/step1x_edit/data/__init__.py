@@ -8,11 +8,9 @@ Typical use::
         ...  # sample.source, sample.target (PIL), sample.instruction_en / _zh, sample.task, sample.sample_id
 """
 
-import importlib
-from typing import Any
+from ..lazy import lazy_exports
 
-# Public name -> submodule. Attributes load on first use, so importing the package (the CLI does, to list
-# commands) stays cheap.
+# Public name -> the submodule it loads from on first use.
 _EXPORTS = {
     "SCHEMA": "records",
     "split_of": "records",
@@ -46,13 +44,4 @@ _EXPORTS = {
 }
 
 __all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
-
-
-def __dir__() -> list[str]:
-    return sorted(list(globals()) + __all__)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
