@@ -153,8 +153,10 @@ def child_train(values: dict, warmup: int) -> dict:
 def _run_child(kind: str, values: dict, args: argparse.Namespace) -> dict:
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads)}
     command = [sys.executable, __file__, "--child", kind, "--values", json.dumps(values), "--warmup", str(args.warmup)]
-    output = subprocess.run(command, check=True, capture_output=True, text=True, env=env).stdout
-    return json.loads(output.strip().splitlines()[-1])
+    run = subprocess.run(command, capture_output=True, text=True, env=env)
+    if run.returncode != 0:
+        raise SystemExit(f"the {kind} run failed:\n{run.stderr[-4000:]}")
+    return json.loads(run.stdout.strip().splitlines()[-1])
 
 
 def markdown(results: dict, args: argparse.Namespace) -> str:

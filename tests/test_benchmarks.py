@@ -17,7 +17,7 @@ SMALLEST = {
                       "--repeats", "1"],
     "bench_gedit.py": ["--samples", "2", "--latency", "0"],
     "bench_serve.py": ["--requests", "2", "--clients", "2"],
-    "bench_train.py": ["--configs", "tiny", "--steps", "2", "--warmup", "1", "--samples", "4"],
+    "bench_train.py": ["--configs", "tiny", "--steps", "3", "--warmup", "1", "--samples", "4"],
     "bench_transformer.py": ["--resolution", "64", "--text-length", "8", "--steps", "1", "--presets", "tiny",
                              "--load-hidden", "128", "--load-depth", "1", "1"],
     "grounding.py": ["--samples", "1", "--resolution", "64", "--tasks", "subject_removal"],

@@ -574,7 +574,7 @@ class Trainer:
             if state.step % t.log_every == 0 or state.step == stop:
                 lr = self.lr_scheduler.get_last_lr()[0]
                 self.log.write({"step": state.step, "loss": f"{step_loss:.6g}", "lr": f"{lr:.6g}",
-                                "samples": state.samples, "seconds": f"{time.perf_counter() - started:.1f}"})
+                                "samples": state.samples, "seconds": f"{time.perf_counter() - started:.3f}"})
                 if self.trackers:
                     accelerator.log({"loss": step_loss, "lr": lr}, step=state.step)
             bar.update()
