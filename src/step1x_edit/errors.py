@@ -23,3 +23,8 @@ class DataFormatError(Step1XEditError, ValueError):
 
 class InvalidValueError(Step1XEditError, ValueError):
     """A number or string outside what a field accepts (the message names the field, the value and the range)."""
+
+
+class UnsupportedModeError(Step1XEditError, ValueError):
+    """A memory, speed or multi-GPU mode this machine, its packages or the other chosen modes cannot run (never
+    silently replaced by another)."""
