@@ -16,6 +16,7 @@ SMALLEST = {
     "bench_data.py": ["--count", "11", "--resolution", "64", "--shard-size", "8", "--per-task-samples", "1",
                       "--repeats", "1"],
     "bench_gedit.py": ["--samples", "2", "--latency", "0"],
+    "bench_gpu.py": ["--device", "cpu", "--preset", "tiny", "--resolution", "64", "--steps", "1", "--modes", "eager"],
     "bench_serve.py": ["--requests", "2", "--clients", "2"],
     "bench_train.py": ["--configs", "tiny", "--steps", "3", "--warmup", "1", "--samples", "4"],
     "bench_transformer.py": ["--resolution", "64", "--text-length", "8", "--steps", "1", "--presets", "tiny",
