@@ -20,7 +20,7 @@ from pathlib import Path
 
 from . import __version__, validate
 from .errors import Step1XEditError
-from .model_options import DTYPES, add_model_arguments, lora_scales, torch_dtype
+from .model_options import DTYPES, acceleration_from_args, add_model_arguments, lora_scales, torch_dtype
 from .versions import VERSION_NAMES
 
 
@@ -94,24 +94,23 @@ def _reasoning_options(args: argparse.Namespace):
 
 
 def _load_model(args: argparse.Namespace, scales: list[float]):
-    """The pipeline the model arguments (``--model``, ``--version``, ``--device``, ``--dtype``, ``--offload``,
-    ``--lora``) describe, LoRAs loaded; the device and the LoRA files are checked before the model loads."""
-    import torch
-
+    """The pipeline the model arguments (``--model``, ``--version``, ``--device``, ``--dtype``, ``--lora``, the
+    memory and speed modes) describe; the device, the modes and the LoRA files are checked before the model loads,
+    and what the modes did is printed."""
+    from .acceleration.options import check_combination
     from .checkpoints.lora import check_lora_file
     from .pipeline import load_pipeline, resolve_device
 
-    device = resolve_device(args.device) if args.device else None
-    if args.offload and (not torch.cuda.is_available() or (device is not None and device.type != "cuda")):
-        raise Step1XEditError("--offload moves models between CPU and GPU, but no GPU is available or chosen")
+    device = resolve_device(args.device)
+    acceleration = acceleration_from_args(args)
+    check_combination(acceleration, device)
     for lora in args.lora:
         check_lora_file(lora)
-    pipe = load_pipeline(args.model, device=None if args.offload else device, torch_dtype=torch_dtype(args.dtype),
-                         version=args.version, attn_implementation=args.attn_implementation)
-    for index, (lora, scale) in enumerate(zip(args.lora, scales, strict=True)):
-        pipe.load_lora_weights(lora, adapter_name=f"lora{index}", scale=scale)
-    if args.offload:
-        pipe.enable_model_cpu_offload(device=device or "cuda")
+    pipe = load_pipeline(args.model, device=device, torch_dtype=torch_dtype(args.dtype), version=args.version,
+                         attn_implementation=args.attn_implementation,
+                         loras=list(zip(args.lora, scales, strict=True)), acceleration=acceleration)
+    for note in pipe.acceleration_notes:
+        print(f"step1x-edit: {note}", file=sys.stderr)
     return pipe
 
 

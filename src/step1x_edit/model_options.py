@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 
 from . import validate
+from .acceleration.options import CACHES, DIT_STORAGES, MEMORY_MODES, OFFLOADS, PARALLELS, QUANTIZATIONS
 from .errors import Step1XEditError
 from .models.presets import ATTN_IMPLEMENTATIONS
 from .versions import VERSION_NAMES
@@ -45,8 +46,6 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--version", choices=VERSION_NAMES, help="the version (model line and inference recipe) to "
                         "run a single-file checkpoint as, e.g. v1.1-diffusers to run v1.1 weights as the official "
                         "diffusers pipeline does (default: detected from the checkpoint; see docs/model.md)")
-    parser.add_argument("--offload", action="store_true", help="keep models on the CPU and move each to the GPU "
-                        "only while it runs (lower GPU memory, slower)")
     parser.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="auto",
                         help="weights dtype (default: bfloat16 on GPU, float32 on CPU)")
@@ -58,3 +57,51 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lora-scale", action="append", type=validate.float_argument(), default=[], metavar="S",
                         help="LoRA multiplier, a finite number (default 1.0): one for all --lora files, or one per "
                         "--lora")
+    add_acceleration_arguments(parser)
+
+
+def add_acceleration_arguments(parser: argparse.ArgumentParser) -> None:
+    """The memory, speed and multi-GPU modes (docs/performance.md)."""
+    group = parser.add_argument_group("memory and speed (see docs/performance.md)")
+    group.add_argument("--memory", choices=MEMORY_MODES, default="auto",
+                       help="memory mode, named for the GPU it fits: full (about 50 GB for the released model), 24gb, "
+                       "16gb, 12gb; auto picks the fastest that fits the free GPU memory and says which (default auto)")
+    group.add_argument("--offload", nargs="?", const="group", choices=OFFLOADS,
+                       help="where the DiT and the MLLM live: none (on the GPU), group (streamed to the GPU block by "
+                       "block; the bare flag), model (each whole model moved to the GPU while it runs) (default: "
+                       "the memory mode's)")
+    group.add_argument("--dit-storage", choices=DIT_STORAGES,
+                       help="the DiT's weight storage: auto (the compute dtype) or fp8 (half the memory of bf16, computed "
+                       "in bf16) (default: the memory mode's)")
+    group.add_argument("--quantize-dit", choices=QUANTIZATIONS,
+                       help="quantize the DiT's weights: int8 or fp8 (torchao, weight-only) or nf4 (bitsandbytes) "
+                       "(default none)")
+    group.add_argument("--quantize-mllm", choices=QUANTIZATIONS,
+                       help="quantize the MLLM's (Qwen2.5-VL) weights, as --quantize-dit (default none)")
+    group.add_argument("--vae-tiling", action=argparse.BooleanOptionalAction,
+                       help="decode (and encode) in tiles, for large outputs on small GPUs (default: the memory mode's)")
+    group.add_argument("--compile", action="store_true",
+                       help="compile the DiT's blocks with torch.compile (the first edit of each size compiles; "
+                       "default off)")
+    group.add_argument("--attention-backend", metavar="NAME",
+                       help="the DiT's attention backend (diffusers' names: native, flash, _flash_3, sage, ...; "
+                       "default: native PyTorch SDPA)")
+    group.add_argument("--cache", choices=CACHES, default="none",
+                       help="step caching (faster, lossy): first-block or taylorseer (default none)")
+    group.add_argument("--cache-threshold", type=validate.float_argument(0.0, 1.0),
+                       help="--cache first-block: the first block's relative change below which a step reuses the "
+                       "cache (default 0.05; higher is faster and less exact)")
+    group.add_argument("--parallel", choices=PARALLELS, default="none",
+                       help="multi-GPU under torchrun: cfg (the guided and unguided halves on 2 GPUs) or context "
+                       "(the DiT's sequence split over the GPUs) (default none)")
+
+
+def acceleration_from_args(args: argparse.Namespace):
+    """The :class:`~step1x_edit.acceleration.options.Acceleration` the arguments of
+    :func:`add_acceleration_arguments` choose."""
+    from .acceleration.options import Acceleration
+
+    return Acceleration(memory=args.memory, offload=args.offload, dit_storage=args.dit_storage,
+                        quantize_dit=args.quantize_dit, quantize_mllm=args.quantize_mllm, vae_tiling=args.vae_tiling,
+                        compile=args.compile, attention_backend=args.attention_backend, cache=args.cache,
+                        cache_threshold=args.cache_threshold, parallel=args.parallel)

@@ -30,6 +30,7 @@ from diffusers.utils.torch_utils import randn_tensor
 from PIL import Image
 
 from . import sampling, validate
+from .acceleration.options import Acceleration
 from .errors import CheckpointError, InvalidImageError, InvalidPromptError, InvalidValueError, Step1XEditError
 from .image_io import load_image
 from .models import mllm_v1p2
@@ -221,6 +222,7 @@ class Step1XEditPipeline(DiffusionPipeline):
         torch_dtype: torch.dtype | None = None,
         device: str | torch.device | None = None,
         attn_implementation: str = "sdpa",
+        dit_storage_dtype: torch.dtype | None = None,
     ) -> Step1XEditPipeline:
         """Load the released layout: ``step1x-edit-i1258.safetensors`` (v1.0) or
         ``step1x-edit-v1p1-official.safetensors`` (v1.1), ``vae.safetensors`` and ``Qwen2.5-VL-7B-Instruct/``.
@@ -230,6 +232,8 @@ class Step1XEditPipeline(DiffusionPipeline):
         A ``transformer_config.json`` beside the weights, if present, supplies the config fields that shapes cannot
         tell (rotary ``axes_dim``, ``theta``, ``connector_num_heads``) for non-released sizes.
         ``attn_implementation`` is the MLLM's attention (:data:`~step1x_edit.models.mllm.ATTN_IMPLEMENTATIONS`).
+        ``dit_storage_dtype`` (``torch.float8_e4m3fn``) keeps the DiT's layer weights in fp8, read as stored (see
+        :func:`~step1x_edit.checkpoints.official.load_official_transformer`).
         """
         from .checkpoints.folder import check_processor_folder, check_text_encoder_folder
         from .checkpoints.official import find_official_files, load_official_transformer, load_official_vae
@@ -249,7 +253,8 @@ class Step1XEditPipeline(DiffusionPipeline):
             check_text_encoder_folder(mllm_path)
             check_processor_folder(mllm_path)
         transformer = load_official_transformer(
-            files.transformer, version=version, config=files.transformer_config, torch_dtype=torch_dtype
+            files.transformer, version=version, config=files.transformer_config, torch_dtype=torch_dtype,
+            storage_dtype=dit_storage_dtype,
         )
         vae = load_official_vae(files.vae, torch_dtype=torch.float32)
         text_encoder = load_text_encoder(mllm_path, torch_dtype=torch_dtype, attn_implementation=attn_implementation)
@@ -602,6 +607,10 @@ class Step1XEditPipeline(DiffusionPipeline):
         timestep, tokens)`` runs after each step and may return replacement tokens. Returns the final tokens."""
         line = get_version(self.version)
         timesteps = self.set_timesteps(num_inference_steps, noisy_tokens.shape[1], strength, noisy_tokens.device)
+        if self.transformer.is_cache_enabled:  # step caching (docs/performance.md): a fresh cache per edit
+            self.transformer._reset_stateful_cache()
+            predict = self._in_cache_context(predict, "cond")
+            predict_uncond = self._in_cache_context(predict_uncond, "uncond")
         start = self.scheduler.begin_index
         sigmas = self.scheduler.sigmas[start:start + len(timesteps) + 1].tolist()  # the flow time of each timestep
         if strength < 1:  # image-to-image: start part-way, from the source latent mixed with the noise
@@ -618,6 +627,17 @@ class Step1XEditPipeline(DiffusionPipeline):
             return sampling.denoise(predict, noisy_tokens, reference_tokens, sigmas, guidance_scale=guidance_scale,
                                     renorm_threshold=line.renorm_threshold, renorm_power=line.renorm_power,
                                     callback=on_step, uncond_fn=predict_uncond, step_fn=step)
+
+    def _in_cache_context(self, model_fn, name: str):
+        """``model_fn`` run in the DiT's cache context ``name`` (the conditional and unconditional calls keep apart
+        caches), or None for None."""
+        if model_fn is None:
+            return None
+
+        def run(tokens: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            with self.transformer.cache_context(name):
+                return model_fn(tokens, t)
+        return run
 
     # ------------------------------------------------------------------ the official recipe (v1.0, v1.1)
     def _call_official_recipe(self, images, prompts, negative_prompts, settings, generator, output_type, latents,
@@ -852,16 +872,40 @@ def load_pipeline(
     torch_dtype: torch.dtype | None = None,
     version: str | None = None,
     attn_implementation: str = "sdpa",
+    loras: Sequence[tuple[str | os.PathLike, float]] = (),
+    acceleration: Acceleration | None = None,
 ) -> Step1XEditPipeline:
     """Load a pipeline from a diffusers-layout directory, an official-layout directory, or the built-in model.
 
     ``model=None`` loads the demo model shipped with the package (:data:`DEMO_MODEL_DIR`, trained by
     ``step1x-edit train-demo``; see its ``MODEL_CARD.md``). ``attn_implementation`` is the MLLM's attention
-    (:data:`~step1x_edit.models.mllm.ATTN_IMPLEMENTATIONS`; checked before anything is read).
+    (:data:`~step1x_edit.models.mllm.ATTN_IMPLEMENTATIONS`; checked before anything is read). ``loras`` are
+    (file, multiplier) pairs, loaded in order. ``acceleration`` (:class:`~step1x_edit.acceleration.options.
+    Acceleration`: memory, speed and multi-GPU modes) is checked before anything loads; the models are then
+    loaded on the CPU and placed on ``device`` by the modes, and what was done is in ``pipe.acceleration_notes``.
     """
+    from .acceleration.options import apply_acceleration, check_combination, loads_dit_in_fp8
+    from .checkpoints.lora import check_lora_file
+
     check_attn_implementation(attn_implementation)
     device = resolve_device(device)
     torch_dtype = torch_dtype or default_dtype(device)
+    if acceleration is not None:
+        check_combination(acceleration, device)
+    for path, _ in loras:
+        check_lora_file(path)
+    storage = torch.float8_e4m3fn if acceleration is not None and loads_dit_in_fp8(acceleration) and not loras else None
+    pipe = _load(model, device if acceleration is None else torch.device("cpu"), torch_dtype, version,
+                 attn_implementation, storage)
+    for index, (path, scale) in enumerate(loras):
+        pipe.load_lora_weights(path, adapter_name=f"lora{index}", scale=scale)
+    pipe.acceleration_notes = [] if acceleration is None else apply_acceleration(pipe, acceleration, device)
+    return pipe
+
+
+def _load(model, device: torch.device, torch_dtype: torch.dtype, version: str | None, attn_implementation: str,
+          dit_storage_dtype: torch.dtype | None) -> Step1XEditPipeline:
+    """:func:`load_pipeline` without the LoRAs and the acceleration."""
     if model is None:
         if not (DEMO_MODEL_DIR / "model_index.json").is_file():
             raise CheckpointError(
@@ -893,7 +937,10 @@ def load_pipeline(
             raise CheckpointError(f"cannot load the diffusers-layout model in {path}: {_one_line(error)}") from error
         return pipe.place(device, torch_dtype)
     return Step1XEditPipeline.from_official(path, version=version, torch_dtype=torch_dtype, device=device,
-                                            attn_implementation=attn_implementation)
+                                            attn_implementation=attn_implementation,
+                                            dit_storage_dtype=dit_storage_dtype)
+
+
 
 
 def _one_line(error: BaseException, limit: int = 500) -> str:

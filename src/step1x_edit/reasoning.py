@@ -50,6 +50,7 @@ import torch
 from PIL import Image
 
 from . import validate
+from .acceleration.memory import execution_device
 from .errors import InvalidValueError, Step1XEditError
 from .protocol import protocol_text
 from .versions import RECIPE_V1P2, get_version
@@ -384,7 +385,7 @@ class LocalChat:
                   if isinstance(message["content"], list) for part in message["content"] if part["type"] == "image_url"]
         text = chat_template_text(self.processor, messages)
         inputs = self.processor(text=[text], images=images or None, padding=True, return_tensors="pt")
-        inputs = inputs.to(self.text_encoder.device)
+        inputs = inputs.to(execution_device(self.text_encoder))
         sampling = {"do_sample": False} if self.greedy else {"do_sample": True, "top_p": TOP_P,
                                                              "temperature": TEMPERATURE}
         devices = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ..model_options import DTYPES, add_model_arguments, lora_scales
+from ..model_options import DTYPES, acceleration_from_args, add_model_arguments, lora_scales
 from ..validate import MAX_SEED, float_argument, int_argument, text_argument
 
 
@@ -23,15 +23,16 @@ def _edit_batch(args: argparse.Namespace) -> int:
             raise Step1XEditError(f"{', '.join(given)} applies to --engine ray only")
         engine = LocalEngine()
     else:
-        if args.offload:
-            raise Step1XEditError("--offload applies to --engine local only (a Ray actor holds its GPUs)")
+        if args.parallel != "none":
+            raise Step1XEditError("--parallel applies to --engine local under torchrun (a Ray actor holds its GPUs)")
         engine = RayEngine(address=args.ray_address, actors=args.actors or 1, gpus_per_actor=args.gpus_per_actor,
                            cpus_per_actor=args.cpus_per_actor or 1.0)
     if args.model is None:
         print("step1x-edit edit-batch: no --model given: using the small built-in demo model (see its model card). "
               "Pass --model DIR for real Step1X-Edit weights.", file=sys.stderr)
     model = ModelSpec(model=args.model, version=args.version, device=args.device, dtype=DTYPES[args.dtype],
-                      loras=tuple(zip(args.lora, lora_scales(args), strict=True)), offload=args.offload,
+                      loras=tuple(zip(args.lora, lora_scales(args), strict=True)),
+                      acceleration=acceleration_from_args(args),
                       name=args.name, think=args.think, reflect=args.reflect, max_tries=args.max_tries,
                       attn_implementation=args.attn_implementation)
     settings = Settings(num_inference_steps=args.steps, guidance_scale=args.guidance, size_level=args.size_level,

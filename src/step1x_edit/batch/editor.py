@@ -24,6 +24,7 @@ import pyarrow.parquet as pq
 import torch
 
 from .. import sampling
+from ..acceleration.options import Acceleration, lossy_choices
 from ..data.records import encode_png
 from ..data.store import Store
 from ..errors import InvalidImageError, Step1XEditError
@@ -83,7 +84,8 @@ class EditStore(Store):
 class ModelSpec:
     """The model a worker loads: ``model`` (a folder; None: the built-in demo model), ``version`` (official
     checkpoints), ``device`` (None: CUDA when the worker has a GPU), ``dtype`` (one of :data:`DTYPES`; None: the
-    device's default), LoRA files with their multipliers, ``offload`` (CPU offload), ``name`` (the model id in
+    device's default), LoRA files with their multipliers, ``acceleration`` (memory and speed modes, see
+    :class:`~step1x_edit.acceleration.options.Acceleration`; None: everything on the device), ``name`` (the model id in
     the rows; default: the folder's name), the thinking and reflection of a v1.2 model: ``think``, ``reflect``
     and ``max_tries`` (None: the model's defaults, see :func:`step1x_edit.reasoning.options_for`), and the MLLM's
     ``attn_implementation``."""
@@ -93,7 +95,7 @@ class ModelSpec:
     device: str | None = None
     dtype: str | None = None
     loras: tuple[tuple[str, float], ...] = ()
-    offload: bool = False
+    acceleration: Acceleration | None = None
     name: str | None = None
     think: bool | None = None
     reflect: bool | None = None
@@ -112,7 +114,8 @@ class ModelSpec:
         """What decides the edits (not where they run): part of the output store's config hash."""
         return {"model": str(Path(self.model).resolve()) if self.model else None, "version": self.version,
                 "dtype": self.dtype, "loras": [[str(Path(path).resolve()), scale] for path, scale in self.loras],
-                "name": self.model_id, **self.reasoning_choices()}
+                "name": self.model_id, **self.reasoning_choices(),
+                **({"weights": lossy} if self.acceleration and (lossy := lossy_choices(self.acceleration)) else {})}
 
     def reasoning_choices(self) -> dict[str, Any]:
         """The thinking and reflection chosen (those left to the model's defaults are left out)."""
@@ -143,16 +146,10 @@ class ModelSpec:
         """The pipeline, LoRAs loaded, progress bars off (the batch shows its own)."""
         from ..pipeline import resolve_device
 
-        device = resolve_device(self.device)
-        if self.offload and device.type != "cuda":
-            raise Step1XEditError("offload moves models between CPU and GPU, but no GPU is available or chosen")
         dtype = getattr(torch, self.dtype) if self.dtype else None
-        pipe = load_pipeline(self.model, device="cpu" if self.offload else device, torch_dtype=dtype,
-                             version=self.version, attn_implementation=self.attn_implementation)
-        for index, (path, scale) in enumerate(self.loras):
-            pipe.load_lora_weights(path, adapter_name=f"lora{index}", scale=scale)
-        if self.offload:
-            pipe.enable_model_cpu_offload(device=device)
+        pipe = load_pipeline(self.model, device=resolve_device(self.device), torch_dtype=dtype, version=self.version,
+                             attn_implementation=self.attn_implementation, loras=self.loras,
+                             acceleration=self.acceleration)
         pipe.set_progress_bar_config(disable=True)
         return pipe
 

@@ -417,18 +417,23 @@ def _check_keys(
 
 def _stream_into(
     model: nn.Module, path: Path, rules: list[KeyRule], torch_dtype: torch.dtype, device: str | torch.device,
-    check_complete: bool = True,
+    check_complete: bool = True, storage_dtype: torch.dtype | None = None,
 ) -> None:
     """Assign every tensor of ``path`` to the meta-device ``model`` through ``rules`` (keys and shapes checked);
-    with ``check_complete``, no parameter may stay unset (a sharded checkpoint checks after its last shard)."""
+    with ``check_complete``, no parameter may stay unset (a sharded checkpoint checks after its last shard).
+    Parameters the model already holds in ``storage_dtype`` (layerwise casting) are stored in it, the others in
+    ``torch_dtype``."""
     by_key = {rule.official: rule for rule in rules}
+    stored = {name for name, param in model.named_parameters() if storage_dtype is not None
+              and param.dtype == storage_dtype}
     for key, tensor in _iter_tensors(path, list(by_key)):
         rule = by_key[key]
         for piece, target in zip(rule.to_diffusers(tensor), rule.targets, strict=True):
             # An owned copy: never a view of the file's memory map (or of a fused tensor), so the map is
             # released when its batch closes and the parameters stay valid whatever happens to the file.
-            piece = piece.to(device=device, dtype=torch_dtype, copy=True)
-            set_module_tensor_to_device(model, target, device, value=piece, dtype=torch_dtype)
+            dtype = storage_dtype if target in stored else torch_dtype
+            piece = piece.to(device=device, dtype=dtype, copy=True)
+            set_module_tensor_to_device(model, target, device, value=piece, dtype=dtype)
     still_empty = [name for name, param in model.named_parameters() if param.device.type == "meta"]
     if check_complete and still_empty:
         raise CheckpointError(f"{path} left parameters unset: {_describe(still_empty)}")
@@ -578,6 +583,7 @@ def load_official_transformer(
     config: Mapping[str, Any] | None = None,
     torch_dtype: torch.dtype = torch.float32,
     device: str | torch.device = "cpu",
+    storage_dtype: torch.dtype | None = None,
 ) -> Step1XEditTransformer2DModel:
     """Load an official DiT + connector file strictly and streaming.
 
@@ -588,10 +594,15 @@ def load_official_transformer(
             (``axes_dim``, ``theta``, ``connector_num_heads``); sizes are inferred from the shapes.
         torch_dtype: dtype of the loaded parameters.
         device: where the parameters are placed.
+        storage_dtype: with ``torch.float8_e4m3fn``, the layers' weights are kept in fp8 and computed in
+            ``torch_dtype`` (diffusers' layerwise casting), read straight from the file: the official FP8
+            checkpoint is never up-cast, and no full-precision copy is ever made.
     """
     path = _check_file(path)
     model = empty_transformer_for(read_shapes(path), version, config, source=str(path))
-    _stream_into(model, path, transformer_key_table(model.config), torch_dtype, device)
+    if storage_dtype is not None:
+        model.enable_layerwise_casting(storage_dtype=storage_dtype, compute_dtype=torch_dtype)
+    _stream_into(model, path, transformer_key_table(model.config), torch_dtype, device, storage_dtype=storage_dtype)
     return model.eval()
 
 

@@ -42,6 +42,7 @@ from transformers import (
 )
 
 from .. import validate
+from ..acceleration.memory import execution_device
 from ..errors import CheckpointError, InvalidImageError, InvalidPromptError, InvalidValueError
 from ..protocol import protocol_text
 from .presets import ATTN_IMPLEMENTATIONS
@@ -310,7 +311,7 @@ def encode_prompts(
     if drop is None:
         drop = prefix_token_count(processor.tokenizer)
     vision_end = processor.tokenizer.convert_tokens_to_ids("<|vision_end|>")
-    device, dtype = text_encoder.device, text_encoder.dtype
+    device, dtype = execution_device(text_encoder), text_encoder.dtype
     embeddings, masks = [], []
     with torch.inference_mode(not grad):
         for index, (image, prompt) in enumerate(zip(images, prompts, strict=True)):

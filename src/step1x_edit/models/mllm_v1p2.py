@@ -29,6 +29,7 @@ import torch
 from PIL import Image
 from transformers import BatchFeature, ProcessorMixin, Qwen2_5_VLForConditionalGeneration
 
+from ..acceleration.memory import execution_device
 from ..errors import InvalidPromptError
 from ..protocol import protocol_text
 from .mllm import VISION_TOKENS
@@ -235,7 +236,7 @@ def encode(
 ) -> Condition:
     """The v1.2 condition of one (working-size image, instruction) pair (see the module docstring)."""
     inputs, segments, is_text = tokenize(processor, image, instruction)
-    device = text_encoder.device
+    device = execution_device(text_encoder)
     input_ids = inputs["input_ids"]
     rope_mask = (input_ids > 0).long()
     grid = inputs["image_grid_thw"]

@@ -30,6 +30,7 @@ import torch
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.loaders import PeftAdapterMixin
 from diffusers.models.attention import AttentionMixin, FeedForward
+from diffusers.models.cache_utils import CacheMixin
 from diffusers.models.embeddings import CombinedTimestepTextProjEmbeddings
 from diffusers.models.modeling_utils import ModelMixin
 from diffusers.models.normalization import AdaLayerNormContinuous
@@ -82,7 +83,7 @@ def check_config(config: Mapping[str, Any]) -> None:
         raise InvalidValueError(f"qkv_bias must be true or false, got {config['qkv_bias']!r}")
 
 
-class Step1XEditTransformer2DModel(ModelMixin, ConfigMixin, PeftAdapterMixin, AttentionMixin):
+class Step1XEditTransformer2DModel(ModelMixin, ConfigMixin, PeftAdapterMixin, AttentionMixin, CacheMixin):
     """FLUX-style DiT (no guidance embedding) with the Step1X-Edit connector in front of it.
 
     The config fields mirror the official ``Step1XParams`` plus the connector: ``mllm_hidden_size`` is the MLLM

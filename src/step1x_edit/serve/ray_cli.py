@@ -46,5 +46,5 @@ def check_arguments(args: argparse.Namespace) -> None:
     if args.engine == "ray" and not args.no_ui:
         raise Step1XEditError("--engine ray serves the HTTP API only; add --no-ui (the web UI runs with --engine "
                               "local)")
-    if args.engine == "ray" and args.offload:
-        raise Step1XEditError("--offload applies to --engine local only (a replica holds its GPUs)")
+    if args.engine == "ray" and args.parallel != "none":
+        raise Step1XEditError("--parallel applies to --engine local under torchrun (a replica holds its GPUs)")

@@ -28,10 +28,12 @@ from typing import Any
 import anyio
 
 from .. import sampling, validate
+from ..acceleration.options import acceleration_from_mapping
 from ..batch.editor import DTYPES, ModelSpec
 from ..batch.engines import connect_ray
 from ..data.limits import MAX_WORKERS
 from ..errors import Step1XEditError
+from ..model_options import acceleration_from_args
 from .http import LOOPBACK_HOSTS, create_app
 from .ray_cli import MAX_BATCH_SIZE, MAX_BATCH_WAIT_SECONDS, MAX_REPLICAS
 from .service import EditCancelledError, EditResult, EditService, ServeLimits
@@ -288,7 +290,8 @@ def build_app(args: dict[str, Any]):
                          **({"max_upload_bytes": int(args["max_upload_mb"] * 1024 * 1024)}
                             if "max_upload_mb" in args else {}))
     model = ModelSpec(model=args.get("model"), version=args.get("version"), device=args.get("device"),
-                      dtype=args.get("dtype"), name=args.get("name"))
+                      dtype=args.get("dtype"), name=args.get("name"),
+                      acceleration=acceleration_from_mapping(args.get("acceleration", {}), "acceleration"))
     config = ReplicaConfig(model, limits, name=args.get("name"), api_key=api_key, allowed_hosts=tuple(hosts),
                            max_batch_size=args.get("max_batch_size", 4), batch_wait_s=args.get("batch_wait_s", 0.05))
     autoscaled = "min_replicas" in args or "max_replicas" in args
@@ -304,7 +307,7 @@ def serve_on_ray(args: argparse.Namespace, limits: ServeLimits, api_key: str | N
     """Run ``step1x-edit serve --engine ray`` until interrupted."""
     model = ModelSpec(model=args.model, version=args.version, device=args.device, dtype=dtype,
                       loras=tuple(zip(args.lora, lora_scales, strict=True)), name=args.name,
-                      attn_implementation=args.attn_implementation)
+                      attn_implementation=args.attn_implementation, acceleration=acceleration_from_args(args))
     model.check()
     autoscaled = args.min_replicas is not None or args.max_replicas is not None
     scaling = Scaling(replicas=None if autoscaled else (args.replicas or 1), min_replicas=args.min_replicas,
