@@ -29,6 +29,7 @@ from typing import Any
 import torch
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.loaders import PeftAdapterMixin
+from diffusers.models._modeling_parallel import ContextParallelInput, ContextParallelOutput
 from diffusers.models.attention import AttentionMixin, FeedForward
 from diffusers.models.cache_utils import CacheMixin
 from diffusers.models.embeddings import CombinedTimestepTextProjEmbeddings
@@ -103,6 +104,18 @@ class Step1XEditTransformer2DModel(ModelMixin, ConfigMixin, PeftAdapterMixin, At
     _no_split_modules = ["FluxTransformerBlock", "FluxSingleTransformerBlock"]
     _skip_layerwise_casting_patterns = ["pos_embed", "norm"]
     _repeated_blocks = ["FluxTransformerBlock", "FluxSingleTransformerBlock"]
+    # Context parallelism (diffusers' enable_parallelism): the connector reads the whole MLLM sequence, so the split
+    # comes after it, at the outputs of the two embedders and of each rotary half (the blocks' attention has no
+    # mask, so each rank's [text ; image] share is a consistent slice); proj_out gathers the image sequence.
+    _cp_plan = {
+        "x_embedder": {0: ContextParallelInput(split_dim=1, expected_dims=3, split_output=True)},
+        "context_embedder": {0: ContextParallelInput(split_dim=1, expected_dims=3, split_output=True)},
+        "pos_embed": {
+            0: ContextParallelInput(split_dim=0, expected_dims=2, split_output=True),
+            1: ContextParallelInput(split_dim=0, expected_dims=2, split_output=True),
+        },
+        "proj_out": ContextParallelOutput(gather_dim=1, expected_dims=3),
+    }
 
     @register_to_config
     def __init__(
@@ -252,7 +265,10 @@ class Step1XEditTransformer2DModel(ModelMixin, ConfigMixin, PeftAdapterMixin, At
         temb = self.time_text_embed(timestep * 1000, pooled)
         hidden_states = self.x_embedder(hidden_states)
         encoder_hidden_states = self.context_embedder(context)
-        image_rotary_emb = self.pos_embed(torch.cat((txt_ids, img_ids), dim=0))
+        # The rotary tables of the text and the image tokens are computed apart (each row depends on its own ids
+        # only, so this equals one call on the concatenated ids bit for bit): context parallelism splits each half.
+        text_rotary, image_rotary = self.pos_embed(txt_ids), self.pos_embed(img_ids)
+        image_rotary_emb = tuple(torch.cat(pair, dim=0) for pair in zip(text_rotary, image_rotary, strict=True))
 
         for block in [*self.transformer_blocks, *self.single_transformer_blocks]:
             if torch.is_grad_enabled() and self.gradient_checkpointing:
