@@ -35,7 +35,6 @@ def _assert_equal_to_single_process(result: dict) -> None:
     assert max(result["max_abs_diff"].values()) <= TOLERANCE, result["max_abs_diff"]
 
 
-@pytest.mark.slow
 def test_context_and_cfg_parallel_on_two_processes_give_the_single_process_forward_and_edit(tmp_path):
     report = _run_on_two_processes(tmp_path, "context,cfg", "v1.1")
     assert report["world_size"] == 2
@@ -103,3 +102,15 @@ def test_init_from_environment_outside_a_launcher_names_the_missing_variables(mo
         monkeypatch.delenv(name, raising=False)
     with pytest.raises(UnsupportedModeError, match="RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT are not set"):
         parallel.init_from_environment()
+
+
+def test_ulysses_with_ring_refuses_a_sequence_the_processes_do_not_divide_before_any_communication():
+    check = parallel._EvenSequenceCheck(world_size=2)
+    inputs = {"hidden_states": torch.zeros(2, 32, 64), "timestep": torch.zeros(2),
+              "encoder_hidden_states": torch.zeros(2, 15, 32), "encoder_attention_mask": torch.ones(2, 15),
+              "img_ids": torch.zeros(32, 3), "txt_ids": torch.zeros(15, 3)}
+    with pytest.raises(UnsupportedModeError, match="text sequence equally over 2 processes; its 15 tokens"):
+        check.pre_forward(None, **inputs)
+    inputs["encoder_hidden_states"], inputs["encoder_attention_mask"] = torch.zeros(2, 16, 32), torch.ones(2, 16)
+    inputs["txt_ids"] = torch.zeros(16, 3)
+    assert check.pre_forward(None, **inputs) == ((), inputs)

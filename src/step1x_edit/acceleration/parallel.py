@@ -54,11 +54,10 @@ def init_from_environment() -> torch.device:
     if missing:
         raise UnsupportedModeError(f"multi-GPU modes run under a launcher, but {', '.join(missing)} "
                                    f"{'is' if len(missing) == 1 else 'are'} not set: {LAUNCH_HINT}")
-    try:
-        local_rank = int(os.environ["LOCAL_RANK"])
-    except ValueError:
-        local_rank = os.environ["LOCAL_RANK"]
-    validate.integer("LOCAL_RANK", local_rank, 0)
+    raw_local_rank = os.environ["LOCAL_RANK"]
+    if not raw_local_rank.isdigit():
+        raise UnsupportedModeError(f"LOCAL_RANK must be a whole number from 0, got {raw_local_rank!r}")
+    local_rank = int(raw_local_rank)
     if torch.cuda.is_available():
         if local_rank >= torch.cuda.device_count():
             raise UnsupportedModeError(f"LOCAL_RANK {local_rank} has no GPU: this machine has "
@@ -126,8 +125,8 @@ def attention_backend(transformer: torch.nn.Module) -> str:
     """The attention backend the DiT's blocks run (diffusers' name; ``native`` unless one was set)."""
     from diffusers.models.attention_dispatch import _AttentionBackendRegistry
 
-    for block in transformer.transformer_blocks:
-        backend = getattr(block.attn.processor, "_attention_backend", None)
+    for module in transformer.modules():
+        backend = getattr(getattr(module, "processor", None), "_attention_backend", None)
         if backend is not None:
             return str(getattr(backend, "value", backend))
     return _AttentionBackendRegistry.get_active_backend()[0].value
@@ -140,8 +139,9 @@ def enable_context_parallel(pipe, ulysses_degree: int | None = None, ring_degree
     Ulysses alone and ring alone take any sequence length (diffusers' ``ulysses_anything``/``ring_anything``: the
     last rank's share may be shorter); both at once need the text and image lengths divisible by the world size
     (refused at the call otherwise). Ulysses runs on every attention backend that supports context parallelism
-    (the default ``native`` included); ring needs one whose kernel returns the log-sum-exp (``flash``, ``_flash_3``,
-    ``_native_cudnn``, ``sage``: CUDA). Set the attention backend before calling this."""
+    (the default ``native`` included); ring needs one whose kernel returns the log-sum-exp (``flash``,
+    ``_flash_3_hub``, ``_native_cudnn``, ``_native_flash``, ``sage``: CUDA). Set the attention backend before calling
+    this."""
     check_parallel("context", ulysses_degree, ring_degree)
     from diffusers import ContextParallelConfig
 
@@ -152,7 +152,8 @@ def enable_context_parallel(pipe, ulysses_degree: int | None = None, ring_degree
     if ring > 1 and backend in BACKENDS_WITHOUT_LSE:
         raise UnsupportedModeError(f"ring attention (ring_degree {ring}) merges partial results by their "
                                    f"log-sum-exp, which the {backend!r} attention backend does not return: choose "
-                                   "attention backend flash, _flash_3, _native_cudnn or sage, or Ulysses only")
+                                   "attention backend flash, _flash_3_hub, _native_cudnn, _native_flash or sage, or "
+                                   "Ulysses only")
     heads = transformer.config.num_heads
     if ulysses > 1 and ring > 1 and heads % ulysses:
         raise UnsupportedModeError(f"Ulysses x{ulysses} with ring attention divides the {heads} attention heads "
@@ -178,18 +179,16 @@ def enable_cfg_parallel(pipe) -> str:
 
     The batched-CFG recipe (v1.0, v1.1) calls the transformer once per step on ``[cond ; uncond]``: rank 0
     computes the first half of that batch, rank 1 the second, and both receive the whole result (an all-gather).
-    The diffusers-format recipe (v1.1-diffusers, v1.2) makes two calls per step, the second built from the first's
-    step, so its halves cannot run side by side: refused (use parallel 'context')."""
+    The diffusers-format recipe (v1.1-diffusers, v1.2) makes two calls per step (the condition, then the negative,
+    each with its own text length), so no call holds both halves to divide: refused (use parallel 'context')."""
     check_parallel("cfg")
     transformer = _step1x_transformer(pipe, "cfg")
     version = pipe.version
     if get_version(version).sampler == SAMPLER_DIFFUSERS:
         raise UnsupportedModeError(f"parallel 'cfg' splits the batched [cond ; uncond] call of the v1.0/v1.1 recipe; "
-                                   f"a {version} pipeline calls the transformer twice per step, one after the "
-                                   "other (use parallel 'context' instead)")
-    registry = HookRegistry.check_if_exists_or_initialize(transformer)
-    if registry.get_hook(CFG_PARALLEL_HOOK) is None:
-        registry.register_hook(_CfgParallelHook(), CFG_PARALLEL_HOOK)
+                                   f"a {version} pipeline calls the transformer twice per step, one half at a "
+                                   "time (use parallel 'context' instead)")
+    HookRegistry.check_if_exists_or_initialize(transformer).register_hook(_CfgParallelHook(), CFG_PARALLEL_HOOK)
     _quiet_other_ranks(pipe)
     return "cfg parallel: the conditional and unconditional halves of each step on 2 processes"
 
