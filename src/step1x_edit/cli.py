@@ -60,6 +60,11 @@ def _edit(args: argparse.Namespace) -> int:
         generator=generator,
         reasoning=reasoning,
     )
+    if args.parallel != "none":
+        from .acceleration.parallel import is_main_process
+
+        if not is_main_process():  # every rank computed the same image; the first one writes it
+            return 0
     try:
         result.images[0].save(output)
     except (OSError, ValueError) as error:
@@ -101,8 +106,16 @@ def _load_model(args: argparse.Namespace, scales: list[float]):
     from .checkpoints.lora import check_lora_file
     from .pipeline import load_pipeline, resolve_device
 
-    device = resolve_device(args.device)
     acceleration = acceleration_from_args(args)
+    if acceleration.parallel != "none":  # one process per GPU under torchrun: each rank on its own device
+        from .acceleration.parallel import init_from_environment
+
+        if args.device:
+            raise Step1XEditError("--device cannot combine with --parallel: each process runs on the GPU torchrun "
+                                  "gives it (LOCAL_RANK)")
+        device = init_from_environment()
+    else:
+        device = resolve_device(args.device)
     check_combination(acceleration, device)
     for lora in args.lora:
         check_lora_file(lora)

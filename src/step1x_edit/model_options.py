@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 
 from . import validate
-from .acceleration.options import CACHES, DIT_STORAGES, MEMORY_MODES, OFFLOADS, PARALLELS, QUANTIZATIONS
+from .acceleration.choices import CACHES, DIT_STORAGES, MEMORY_MODES, OFFLOADS, PARALLELS, QUANTIZATIONS
 from .errors import Step1XEditError
 from .models.presets import ATTN_IMPLEMENTATIONS
 from .versions import VERSION_NAMES

@@ -38,7 +38,7 @@ def test_a_folder_without_instructions_is_refused(tmp_path, capsys):
     [
         (["--actors", "2"], "--actors applies to --engine ray only"),
         (["--ray-address", "auto", "--gpus-per-actor", "1"], "--ray-address, --gpus-per-actor applies to --engine ray"),
-        (["--engine", "ray", "--parallel", "cfg"], "--parallel applies to --engine local"),
+        (["--engine", "ray", "--parallel", "cfg"], "--parallel applies to step1x-edit edit under torchrun"),
     ],
 )
 def test_engine_flags_of_the_other_engine_are_refused(tmp_path, capsys, flags, message):

@@ -174,7 +174,7 @@ def test_two_replicas_edit_at_once_and_past_their_places_answer_503(ray_serve, e
     [
         (["--replicas", "2"], "--replicas applies to --engine ray only"),
         (["--engine", "ray"], "--engine ray serves the HTTP API only; add --no-ui"),
-        (["--engine", "ray", "--no-ui", "--parallel", "cfg"], "--parallel applies to --engine local"),
+        (["--engine", "ray", "--no-ui", "--parallel", "cfg"], "--parallel applies to step1x-edit edit under torchrun"),
     ],
 )
 def test_serve_refuses_the_other_engines_options(capsys, flags, message):

@@ -17,14 +17,15 @@ def _edit_batch(args: argparse.Namespace) -> int:
 
     ray_flags = {"--ray-address": args.ray_address, "--actors": args.actors, "--gpus-per-actor": args.gpus_per_actor,
                  "--cpus-per-actor": args.cpus_per_actor}
+    if args.parallel != "none":
+        raise Step1XEditError("--parallel applies to step1x-edit edit under torchrun; to edit a dataset on several "
+                              "GPUs, run one actor per GPU (--engine ray --actors N)")
     if args.engine == "local":
         given = [flag for flag, value in ray_flags.items() if value is not None]
         if given:
             raise Step1XEditError(f"{', '.join(given)} applies to --engine ray only")
         engine = LocalEngine()
     else:
-        if args.parallel != "none":
-            raise Step1XEditError("--parallel applies to --engine local under torchrun (a Ray actor holds its GPUs)")
         engine = RayEngine(address=args.ray_address, actors=args.actors or 1, gpus_per_actor=args.gpus_per_actor,
                            cpus_per_actor=args.cpus_per_actor or 1.0)
     if args.model is None:

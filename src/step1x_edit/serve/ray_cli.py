@@ -46,5 +46,6 @@ def check_arguments(args: argparse.Namespace) -> None:
     if args.engine == "ray" and not args.no_ui:
         raise Step1XEditError("--engine ray serves the HTTP API only; add --no-ui (the web UI runs with --engine "
                               "local)")
-    if args.engine == "ray" and args.parallel != "none":
-        raise Step1XEditError("--parallel applies to --engine local under torchrun (a replica holds its GPUs)")
+    if args.parallel != "none":
+        raise Step1XEditError("--parallel applies to step1x-edit edit under torchrun; to serve on several GPUs, run "
+                              "one replica per GPU (--engine ray --replicas N)")
