@@ -122,6 +122,11 @@ def _load_model(args: argparse.Namespace, scales: list[float]):
     pipe = load_pipeline(args.model, device=device, torch_dtype=torch_dtype(args.dtype), version=args.version,
                          attn_implementation=args.attn_implementation,
                          loras=list(zip(args.lora, scales, strict=True)), acceleration=acceleration)
+    if acceleration.parallel != "none":
+        from .acceleration.parallel import is_main_process
+
+        if not is_main_process():
+            return pipe
     for note in pipe.acceleration_notes:
         print(f"step1x-edit: {note}", file=sys.stderr)
     return pipe

@@ -184,12 +184,11 @@ def is_group_offloaded(module: torch.nn.Module) -> bool:
 
 def execution_device(module: torch.nn.Module) -> torch.device:
     """Where ``module`` computes: the onload device of its group offloading, else its parameters' device."""
-    from diffusers.hooks.group_offloading import _get_group_onload_device
+    if is_group_offloaded(module):
+        from diffusers.hooks.group_offloading import _get_group_onload_device
 
-    try:
         return _get_group_onload_device(module)
-    except ValueError:
-        return next(module.parameters()).device
+    return next(module.parameters()).device
 
 
 def enable_vae_tiling(vae) -> bool:
