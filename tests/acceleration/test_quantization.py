@@ -111,7 +111,7 @@ def test_quantization_keeps_the_dit_input_output_and_condition_layers_in_the_com
     quantization.quantize_model(model, name, torch.float32, part="dit")
     quantized = set(quantization.quantized_layers(model))
     linears = {layer_name for layer_name, layer in model.named_modules() if isinstance(layer, nn.Linear)}
-    assert quantized == {layer_name for layer_name in linears if layer_name.split(".")[0].endswith("transformer_blocks")}
+    assert quantized == {layer for layer in linears if layer.split(".")[0].endswith("transformer_blocks")}
     for kept in ("x_embedder", "context_embedder", "proj_out", "norm_out.linear", "connector.global_proj_out",
                  "time_text_embed.timestep_embedder.linear_1"):
         assert type(model.get_submodule(kept).weight) is nn.Parameter
@@ -206,6 +206,14 @@ def test_nf4_is_refused_on_a_device_bitsandbytes_does_not_support():
     with pytest.raises(UnsupportedModeError, match=r"^quantization nf4 runs on .*cpu.*cuda.* devices with "
                                                    r"bitsandbytes .*, not meta: choose int8 or fp8$"):
         quantization.check_quantization("nf4", torch.device("meta"))
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_a_quantized_model_is_not_quantized_again(dits, name):
+    model = copy.deepcopy(dits["tiny"])
+    quantization.quantize_model(model, name, torch.float32, part="dit")
+    with pytest.raises(ValueError, match="has no unquantized Linear layer under"):
+        quantization.quantize_model(model, "int8", torch.float32, part="dit")
 
 
 def test_a_model_without_quantized_layers_is_not_saved(dits, tmp_path):

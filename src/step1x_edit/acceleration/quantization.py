@@ -4,17 +4,18 @@ loaded back from safetensors.
 The quantizations (:data:`~step1x_edit.acceleration.options.QUANTIZATIONS` but ``none``):
 
 - ``int8``: torchao's ``Int8WeightOnlyConfig``: int8 weights with one scale per output row; the matmul runs in
-  the activations' dtype (the weights are dequantized on the fly);
+  the activations' dtype;
 - ``fp8``: torchao's ``Float8WeightOnlyConfig``: float8_e4m3fn weights with one scale per output row; the same
   compute as ``int8``, so it needs no fp8 matmul (any device that can cast to float8 runs it);
 - ``nf4``: bitsandbytes' 4-bit NormalFloat (``Linear4bit``, blocks of 64 weights, the block scales themselves
   quantized), computed in the compute dtype.
 
-All three run on CPU and on CUDA GPUs. Only the Linear layers of the repeated blocks are quantized (see
-:data:`QUANTIZED_LAYERS` for which and why). A quantized model is saved as ``model.safetensors`` (torchao's
-tensors flattened by torchao's own safetensors helpers, bitsandbytes' packed quantization state as its
-``state_dict`` writes it), ``config.json`` and ``quantization.json`` (the method and the quantized layers), and
-:func:`load_quantized` rebuilds it from those files without re-quantizing anything and without unpickling.
+All three run on CPU (the tests run them there) and, by the libraries' documentation, on CUDA GPUs. Only the
+Linear layers of the repeated blocks are quantized (see :data:`QUANTIZED_LAYERS` for which and why). A quantized
+model is saved as ``model.safetensors`` (torchao's tensors flattened by torchao's own safetensors helpers,
+bitsandbytes' packed quantization state as its ``state_dict`` writes it), ``config.json`` and
+``quantization.json`` (the method and the quantized layers), and :func:`load_quantized` rebuilds it from those
+files without re-quantizing anything and without unpickling.
 """
 
 from __future__ import annotations
@@ -86,9 +87,9 @@ def _library(name: str, part: str | None = None) -> ModuleType:
 
 
 def check_quantization(name: str, device: torch.device, *, part: str | None = None) -> None:
-    """Raise before any model is loaded unless quantization ``name`` (``none`` or one of :data:`PACKAGES`) can run on
-    ``device``: :class:`InvalidValueError` for an unknown name, :class:`UnsupportedModeError` (one line, with what
-    to do) when its package is missing or too old or does not run on the device type. ``part`` (``dit`` or
+    """Raise before any model is loaded unless quantization ``name`` (``none`` or one of :data:`PACKAGES`) can
+    run on ``device``: :class:`InvalidValueError` for an unknown name, :class:`UnsupportedModeError` (one line,
+    with what to do) when its package is missing or too old or does not run on the device type. ``part`` (``dit`` or
     ``mllm``) only names the option in the message."""
     _check_name(name, part)
     if name == "none":
@@ -101,13 +102,12 @@ def check_quantization(name: str, device: torch.device, *, part: str | None = No
         )
 
 
-def _selected(module: nn.Module, name: str, part: str) -> list[str]:
-    """The names of the Linear layers of ``module`` that quantization ``name`` quantizes in ``part``."""
-    layers = []
-    for layer_name, layer in module.named_modules():
-        if type(layer) is nn.Linear and layer_name.startswith(QUANTIZED_LAYERS[part]):
-            layers.append(layer_name)
-    return layers
+def _selected(module: nn.Module, part: str) -> list[str]:
+    """The names of the Linear layers of ``module`` that :data:`QUANTIZED_LAYERS` names for ``part`` and that are not
+    quantized yet."""
+    return [layer_name for layer_name, layer in module.named_modules()
+            if type(layer) is nn.Linear and type(layer.weight) is nn.Parameter
+            and layer_name.startswith(QUANTIZED_LAYERS[part])]
 
 
 def _nf4_layer(layer: nn.Linear, compute_dtype: torch.dtype, bnb: ModuleType) -> nn.Module:
@@ -149,17 +149,17 @@ def _torchao_config(name: str, torchao: ModuleType):
 
 def quantize_model(module: nn.Module, name: str, compute_dtype: torch.dtype, *, part: str) -> int:
     """Quantize in place the Linear layers of ``part`` (``"dit"``: a Step1XEditTransformer2DModel, ``"mllm"``:
-    a Qwen2.5-VL) that :data:`QUANTIZED_LAYERS` names, with quantization ``name`` (``none`` or one of :data:`PACKAGES`;
-    ``none`` does nothing), where the weights are. ``compute_dtype`` is the dtype the nf4 layers compute in; the
+    a Qwen2.5-VL) that :data:`QUANTIZED_LAYERS` names, with quantization ``name`` (one of :data:`PACKAGES`, or
+    ``none``: nothing), where the weights are. ``compute_dtype`` is the dtype the nf4 layers compute in; the
     torchao layers compute in their weights' own dtype. Returns the bytes of weight storage saved."""
     _check_name(name, part)
     if name == "none":
         return 0
     library = _library(name, part)
-    layers = _selected(module, name, part)
+    layers = _selected(module, part)
     if not layers:
-        raise ValueError(f"{type(module).__name__} has no Linear layer under {QUANTIZED_LAYERS[part]} to quantize "
-                         f"to {name}: is it the {part}?")
+        raise ValueError(f"{type(module).__name__} has no unquantized Linear layer under {QUANTIZED_LAYERS[part]} "
+                         f"to quantize to {name}: is it the {part}?")
     before = weight_bytes(module)
     if name == "nf4":
         for layer_name in layers:
