@@ -233,6 +233,10 @@ def test_a_folder_that_does_not_fit_is_refused(dits, name, tmp_path):
     with pytest.raises(CheckpointError, match=r"does not fit Step1XEditTransformer2DModel: missing "
                                               r"\['single_transformer_blocks\.1\."):
         quantization.load_quantized(Step1XEditTransformer2DModel, tmp_path)
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    (tmp_path / "model.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(CheckpointError, match="cannot load .*model.safetensors into Step1XEditTransformer2DModel"):
+        quantization.load_quantized(Step1XEditTransformer2DModel, tmp_path)
     (tmp_path / "quantization.json").write_text(json.dumps({"quantization": "int3", "compute_dtype": "float32",
                                                              "layers": []}))
     with pytest.raises(CheckpointError, match="names quantization 'int3'"):
