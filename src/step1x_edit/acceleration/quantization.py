@@ -271,11 +271,11 @@ def load_quantized(model_class: type, directory: str | os.PathLike, device: str 
     device = torch.device(device)
     check_quantization(name, device)
     library = _library(name)
-    model = _empty_model(model_class, directory)
     from safetensors import SafetensorError, safe_open
 
     leftover = {}
     try:
+        model = _empty_model(model_class, directory)
         with safe_open(directory / WEIGHTS_NAME, framework="pt", device=str(device)) as file:
             metadata = file.metadata() or {}
             state = {key: file.get_tensor(key) for key in file.keys()}
@@ -292,7 +292,7 @@ def load_quantized(model_class: type, directory: str | os.PathLike, device: str 
 
             state, leftover = unflatten_tensor_state_dict(state, metadata)
         unexpected = [*leftover, *model.load_state_dict(state, strict=False, assign=True).unexpected_keys]
-    except (KeyError, ValueError, RuntimeError, SafetensorError) as error:
+    except (KeyError, ValueError, RuntimeError, OSError, SafetensorError) as error:
         raise CheckpointError(f"cannot load {directory / WEIGHTS_NAME} into {model_class.__name__}: "
                               f"{' '.join(str(error).split())}") from error
     missing = [key for key, parameter in model.named_parameters() if parameter.is_meta]
