@@ -459,12 +459,28 @@ def _warnings_are_printed() -> bool:
             and getattr(getattr(warnings, "_showwarnmsg_impl", None), "__module__", None) == "warnings")
 
 
+# Libraries that log at import what they could not set up for a machine that does not need it (bitsandbytes' hub
+# kernels, torchao's CUDA extensions on a CPU build, diffusers' note about them, torch's deprecation of their
+# pytree registrations): diffusers imports the quantization backends whenever they are installed.
+QUIET_LOGGERS = ("bitsandbytes", "torchao", "diffusers.quantizers", "torch.utils._pytree")
+
+
+def _quiet_optional_backends() -> None:
+    """Keep the optional quantization backends' import-time messages off the command line (``--debug`` shows them)."""
+    import logging
+
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run one command; every error is one line on stderr and a non-zero exit (2 for input the user can fix, 1
     for anything else), the traceback only with ``--debug``."""
     parser = build_parser()
     args = parser.parse_args(argv)
     debug = getattr(args, "debug", False)
+    if not debug:
+        _quiet_optional_backends()
     try:
         with _messages_above_progress_bars(f"step1x-edit {args.command}", one_line=not debug):
             return int(args.handler(args) or 0)
