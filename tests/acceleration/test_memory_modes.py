@@ -199,15 +199,26 @@ def test_a_lora_is_merged_before_the_weights_are_stored_in_fp8():
     from peft import LoraConfig
 
     pipe = tiny_pipeline()
+    torch.manual_seed(0)  # the adapter's random initial weights
     pipe.transformer.add_adapter(LoraConfig(r=4, lora_alpha=4, target_modules=["to_q", "to_k", "to_v"],
                                             init_lora_weights=False))
     with torch.no_grad():
         for name, param in pipe.transformer.named_parameters():
             if "lora_B" in name:
-                param.mul_(50)
+                param.mul_(20)
     with_lora = _edit(pipe)
     effect = relative_error(with_lora, _edit(tiny_pipeline()))
     notes = apply_acceleration(pipe, Acceleration(dit_storage="fp8"), "cpu")
     assert any("LoRAs merged" in note for note in notes)
     assert not getattr(pipe.transformer, "peft_config", None)
     assert relative_error(_edit(pipe), with_lora) < effect / 3  # the adapter is kept, rounded to fp8 with the rest
+
+
+def test_a_quantized_dit_takes_the_place_of_the_memory_modes_fp8_storage():
+    from step1x_edit.acceleration.options import loads_dit_in_fp8, resolved_plan
+
+    chosen = Acceleration(memory="24gb", quantize_dit="int8")
+    assert resolved_plan(chosen, "24gb").dit_storage == "auto" and not loads_dit_in_fp8(chosen)
+    assert resolved_plan(Acceleration(memory="24gb"), "24gb").dit_storage == "fp8"
+    with pytest.raises(UnsupportedModeError, match="choose one"):
+        check_combination(Acceleration(dit_storage="fp8", quantize_dit="int8"), torch.device("cpu"))

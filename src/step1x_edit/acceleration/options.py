@@ -107,6 +107,8 @@ def resolved_plan(acceleration: Acceleration, memory: str):
         plan = replace(plan, dit_offload=acceleration.offload, mllm_offload=acceleration.offload)
     if acceleration.dit_storage is not None:
         plan = replace(plan, dit_storage=acceleration.dit_storage)
+    elif acceleration.quantize_dit not in (None, "none"):  # the quantized format takes the place of fp8 storage
+        plan = replace(plan, dit_storage="auto")
     if acceleration.vae_tiling is not None:
         plan = replace(plan, vae_tiling=acceleration.vae_tiling)
     return plan
@@ -117,6 +119,8 @@ def loads_dit_in_fp8(acceleration: Acceleration) -> bool:
     an fp8 checkpoint as it is stored)."""
     if acceleration.dit_storage is not None:
         return acceleration.dit_storage == "fp8"
+    if acceleration.quantize_dit not in (None, "none"):
+        return False
     return acceleration.memory in MEMORY_MODES and acceleration.memory not in ("auto", "full") and \
         _plan_storage(acceleration.memory) == "fp8"
 
@@ -150,7 +154,7 @@ def check_combination(acceleration: Acceleration, device) -> None:
             check_quantization(name, device)
     if acceleration.quantize_dit not in (None, "none") and acceleration.dit_storage == "fp8":
         raise UnsupportedModeError("--dit-storage fp8 and --quantize-dit both set the DiT's weight format; choose one")
-    if acceleration.dit_storage == "fp8" or acceleration.memory in ("24gb", "12gb"):
+    if loads_dit_in_fp8(acceleration):
         from .memory import check_fp8_storage
 
         check_fp8_storage(device)
