@@ -158,6 +158,10 @@ def check_combination(acceleration: Acceleration, device) -> None:
         from .memory import check_fp8_storage
 
         check_fp8_storage(device)
+    if acceleration.attention_backend is not None:
+        from .speed import check_attention_backend
+
+        check_attention_backend(acceleration.attention_backend)
     if acceleration.parallel != "none":
         from .parallel import check_parallel
 
@@ -207,10 +211,7 @@ def apply_acceleration(pipe, acceleration: Acceleration, device) -> list[str]:
                     f"({saved / 2**30:.2f} GiB saved)")
 
     # 2. Placement.
-    if "model" in (plan.dit_offload, plan.mllm_offload):
-        if {plan.dit_offload, plan.mllm_offload} != {"model"}:
-            raise UnsupportedModeError("--offload model applies to every model at once; it does not combine with "
-                                       "a memory mode that streams a model by blocks")
+    if plan.dit_offload == "model":  # only an explicit --offload model, which applies to every model at once
         pipe.enable_model_cpu_offload(device=device)
         done.append("models offloaded whole: each moves to the GPU while it runs")
     else:

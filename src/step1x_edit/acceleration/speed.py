@@ -39,12 +39,28 @@ def attention_backends() -> list[str]:
     return sorted(item.value for item in AttentionBackendName)
 
 
-def set_attention_backend(transformer, name: str) -> None:
-    """Run the DiT's attention with diffusers' backend ``name``; raise :class:`UnsupportedModeError` when diffusers
-    does not know it or its package or device is missing."""
+def check_attention_backend(name: str) -> None:
+    """Raise :class:`UnsupportedModeError` when diffusers does not know attention backend ``name`` or its package
+    is missing (checked before any model loads)."""
+    from diffusers.models.attention_dispatch import (
+        AttentionBackendName,
+        _check_attention_backend_requirements,
+    )
+
     known = attention_backends()
     if name not in known:
         raise UnsupportedModeError(f"unknown attention backend {name!r}; diffusers knows: {', '.join(known)}")
+    try:
+        _check_attention_backend_requirements(AttentionBackendName(name))
+    except (RuntimeError, ValueError, ImportError) as error:
+        raise UnsupportedModeError(f"attention backend {name} cannot run here: "
+                                   f"{' '.join(str(error).split())[:300]}") from error
+
+
+def set_attention_backend(transformer, name: str) -> None:
+    """Run the DiT's attention with diffusers' backend ``name`` (checked first, see
+    :func:`check_attention_backend`)."""
+    check_attention_backend(name)
     try:
         transformer.set_attention_backend(name)
     except (RuntimeError, ValueError, ImportError) as error:
