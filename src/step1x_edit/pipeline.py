@@ -894,13 +894,29 @@ def load_pipeline(
         check_combination(acceleration, device)
     for path, _ in loras:
         check_lora_file(path)
-    storage = torch.float8_e4m3fn if acceleration is not None and loads_dit_in_fp8(acceleration) and not loras else None
+    storage = None
+    if acceleration is not None and not loras:  # (a LoRA is merged into full-precision weights first)
+        kept = _fp8_file(model, version) and acceleration.dit_storage is None and \
+            acceleration.quantize_dit in (None, "none")
+        if loads_dit_in_fp8(acceleration) or kept:
+            storage = torch.float8_e4m3fn
     pipe = _load(model, device if acceleration is None else torch.device("cpu"), torch_dtype, version,
                  attn_implementation, storage)
     for index, (path, scale) in enumerate(loras):
         pipe.load_lora_weights(path, adapter_name=f"lora{index}", scale=scale)
     pipe.acceleration_notes = [] if acceleration is None else apply_acceleration(pipe, acceleration, device)
     return pipe
+
+
+def _fp8_file(model, version: str | None) -> bool:
+    """Whether ``model`` is an official-layout folder whose DiT file is stored in fp8: its weights then stay in
+    fp8 (diffusers' layerwise casting, computed in the compute dtype) unless the DiT's format is chosen
+    otherwise."""
+    from .checkpoints.official import find_official_files, stored_in_fp8
+
+    if model is None or not Path(model).is_dir() or (Path(model) / "model_index.json").is_file():
+        return False
+    return stored_in_fp8(find_official_files(model, version).transformer)
 
 
 def _load(model, device: torch.device, torch_dtype: torch.dtype, version: str | None, attn_implementation: str,

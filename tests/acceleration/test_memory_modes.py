@@ -85,10 +85,15 @@ def test_the_official_fp8_checkpoint_is_loaded_as_stored_without_up_casting(tmp_
     stored = fp8["double_blocks.0.img_attn.proj.weight"]
     assert torch.equal(weight.view(torch.uint8), stored.view(torch.uint8))  # the file's bits, never rounded twice
     assert pipe.transformer.dtype == torch.float32
+    assert any("kept in fp8 as the checkpoint stores them" in note for note in pipe.acceleration_notes)
     # The same weights up-cast on load, then stored in fp8 after: the same model.
     upcast = load_pipeline(folder, device="cpu")
     apply_acceleration(upcast, Acceleration(dit_storage="fp8"), "cpu")
     assert torch.equal(_edit(pipe), _edit(upcast))
+    # Whatever the memory mode, an fp8 file stays in fp8 unless the DiT's format is chosen otherwise.
+    assert memory.uses_fp8_storage(load_pipeline(folder, device="cpu", acceleration=Acceleration()).transformer)
+    assert not memory.uses_fp8_storage(load_pipeline(folder, device="cpu", acceleration=Acceleration(
+        dit_storage="auto")).transformer)
 
 
 def _count_onloads(monkeypatch):

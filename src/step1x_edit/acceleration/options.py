@@ -205,10 +205,12 @@ def apply_acceleration(pipe, acceleration: Acceleration, device) -> list[str]:
 
             saved = quantize_model(module, name, pipe.transformer.dtype, part=part)
             done.append(f"{part.upper()} weights quantized to {name} ({saved / 2**30:.2f} GiB saved)")
-    if plan.dit_storage == "fp8" and not memory.uses_fp8_storage(pipe.transformer):
+    compute = str(pipe.transformer.dtype).removeprefix("torch.")
+    if memory.uses_fp8_storage(pipe.transformer):  # an fp8 checkpoint, read as stored
+        done.append(f"DiT weights kept in fp8 as the checkpoint stores them, computed in {compute}")
+    elif plan.dit_storage == "fp8":
         saved = memory.enable_fp8_storage(pipe.transformer)
-        done.append(f"DiT weights stored in fp8, computed in {str(pipe.transformer.dtype).removeprefix('torch.')} "
-                    f"({saved / 2**30:.2f} GiB saved)")
+        done.append(f"DiT weights stored in fp8, computed in {compute} ({saved / 2**30:.2f} GiB saved)")
 
     # 2. Placement.
     if plan.dit_offload == "model":  # only an explicit --offload model, which applies to every model at once

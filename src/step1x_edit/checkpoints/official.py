@@ -356,6 +356,13 @@ def read_shapes(path: str | Path) -> dict[str, tuple[int, ...]]:
     return {key: shape for key, (_, shape) in header.items()}
 
 
+def stored_in_fp8(path: str | Path) -> bool:
+    """Whether the official DiT file ``path`` holds its weight matrices in float8_e4m3fn, as the community FP8
+    release (``step1x-edit-i1258-FP8.safetensors``) does (reads the header only)."""
+    matrices = [dtype for dtype, shape in read_header(path).values() if len(shape) == 2]
+    return bool(matrices) and all(dtype == "F8_E4M3" for dtype in matrices)
+
+
 def _iter_tensors(path: Path, keys: list[str]) -> Iterator[tuple[str, torch.Tensor]]:
     """Yield ``(key, tensor)`` one at a time, re-opening the file every ``_REOPEN_BYTES``."""
     sizes = {key: math.prod(shape) * WEIGHT_DTYPES[dtype] for key, (dtype, shape) in read_header(path).items()}
