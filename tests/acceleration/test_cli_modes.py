@@ -60,3 +60,18 @@ def test_cfg_parallel_under_torchrun_writes_the_single_process_image(tmp_path):
     assert run.stderr.count("cfg parallel: the conditional and unconditional halves") == 1  # rank 0 speaks
     assert np.array_equal(np.asarray(Image.open(tmp_path / "parallel.png")),
                           np.asarray(Image.open(tmp_path / "single.png")))
+
+
+def test_a_batch_model_records_the_modes_that_change_its_images_and_applies_them():
+    from step1x_edit.acceleration.memory import uses_fp8_storage
+    from step1x_edit.acceleration.options import Acceleration
+    from step1x_edit.batch.editor import ModelSpec
+
+    plain = ModelSpec()
+    assert "weights" not in plain.identity()
+    assert ModelSpec(acceleration=Acceleration(compile=True, attention_backend="native")).identity() == \
+        plain.identity()  # speed modes that keep the images leave a store's identity alone
+    lossy = ModelSpec(acceleration=Acceleration(dit_storage="fp8", cache="first-block", cache_threshold=0.1))
+    assert lossy.identity()["weights"] == {"dit_storage": "fp8", "cache": "first-block", "cache_threshold": 0.1}
+    pipe = lossy.load()
+    assert uses_fp8_storage(pipe.transformer) and pipe.transformer.is_cache_enabled
