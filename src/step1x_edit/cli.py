@@ -19,6 +19,7 @@ import warnings
 from pathlib import Path
 
 from . import __version__, validate
+from .acceleration.choices import QUANTIZATIONS
 from .errors import Step1XEditError
 from .model_options import DTYPES, acceleration_from_args, add_model_arguments, lora_scales, torch_dtype
 from .versions import VERSION_NAMES
@@ -261,10 +262,35 @@ def _convert(args: argparse.Namespace) -> int:
 
     load = (Step1XEditPipeline.from_official_diffusers if is_official_diffusers_folder(args.official_dir)
             else Step1XEditPipeline.from_official)
+    quantize = {"transformer": args.quantize_dit, "text_encoder": args.quantize_mllm}
+    if any(name != "none" for name in quantize.values()):
+        import torch
+
+        from .acceleration.quantization import check_quantization
+
+        for component, name in quantize.items():
+            if name != "none":
+                check_quantization(name, torch.device("cpu"), part="dit" if component == "transformer" else "mllm")
     pipe = load(args.official_dir, version=args.version, torch_dtype=torch_dtype(args.dtype), device="cpu")
     pipe.save_pretrained(out_dir, safe_serialization=True)
-    print(f"wrote the diffusers layout of a Step1X-Edit {pipe.version} model to {out_dir}")
+    for component, name in quantize.items():
+        if name != "none":
+            _write_quantized(pipe, component, name, out_dir / component)
+    quantized = ", ".join(f"{component} {name}" for component, name in quantize.items() if name != "none")
+    print(f"wrote the diffusers layout of a Step1X-Edit {pipe.version} model to {out_dir}"
+          + (f" (quantized: {quantized})" if quantized else ""))
     return 0
+
+
+def _write_quantized(pipe, component: str, name: str, folder: Path) -> None:
+    """Quantize ``pipe``'s ``component`` to ``name`` and write it over its full-precision files in ``folder``."""
+    from .acceleration.quantization import quantize_model, save_quantized
+
+    module = getattr(pipe, component)
+    quantize_model(module, name, module.dtype, part="dit" if component == "transformer" else "mllm")
+    for file in [*folder.glob("*.safetensors"), *folder.glob("*.safetensors.index.json")]:
+        file.unlink()
+    save_quantized(module, folder)
 
 
 def _info(args: argparse.Namespace) -> int:
@@ -379,6 +405,12 @@ def _add_convert(subcommands) -> None:
                         help="the checkpoint's version (default: detected from the checkpoint)")
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="bf16",
                         help="dtype of the written weights (default bf16)")
+    parser.add_argument("--quantize-dit", choices=QUANTIZATIONS, default="none",
+                        help="write the DiT quantized: int8 or fp8 (torchao, weight-only) or nf4 (bitsandbytes), "
+                        "computed in --dtype; it then loads quantized, without its full-precision weights "
+                        "(default none)")
+    parser.add_argument("--quantize-mllm", choices=QUANTIZATIONS, default="none",
+                        help="write the MLLM (Qwen2.5-VL) quantized, as --quantize-dit (default none)")
     parser.add_argument("--overwrite", action="store_true", help="write into a non-empty OUT_DIR")
     parser.set_defaults(handler=_convert)
 

@@ -31,6 +31,7 @@ from PIL import Image
 
 from . import sampling, validate
 from .acceleration.options import Acceleration
+from .acceleration.quantization import quantized_layers
 from .errors import CheckpointError, InvalidImageError, InvalidPromptError, InvalidValueError, Step1XEditError
 from .image_io import load_image
 from .models import mllm_v1p2
@@ -323,10 +324,11 @@ class Step1XEditPipeline(DiffusionPipeline):
         return pipe
 
     def place(self, device: str | torch.device, torch_dtype: torch.dtype) -> Step1XEditPipeline:
-        """Move every component to ``device``: the transformer and the MLLM in ``torch_dtype``, the VAE in
-        float32 (as the official code runs it; it is small and its decode is precision-sensitive)."""
+        """Move every component to ``device``: the transformer and the MLLM in ``torch_dtype`` (a quantized one in
+        the compute dtype it was quantized for), the VAE in float32 (as the official code runs it; it is small and
+        its decode is precision-sensitive)."""
         for module, dtype in ((self.transformer, torch_dtype), (self.text_encoder, torch_dtype), (self.vae, torch.float32)):
-            if module.dtype != dtype:
+            if module.dtype != dtype and not quantized_layers(module):  # quantized weights keep their compute dtype
                 module.to(dtype=dtype)
             module.to(device=device)
         return self
@@ -908,6 +910,25 @@ def load_pipeline(
     return pipe
 
 
+def _quantized_components(path: Path) -> dict[str, torch.nn.Module]:
+    """The quantized components of the diffusers-layout folder ``path`` (written by ``convert --quantize-dit``
+    or ``--quantize-mllm``), loaded as saved: nothing is re-quantized or unpickled."""
+    import json
+
+    from transformers import Qwen2_5_VLForConditionalGeneration
+
+    from .acceleration.quantization import load_quantized
+    from .checkpoints.folder import is_quantized_folder, transformer_class
+
+    components = {}
+    if is_quantized_folder(path / "transformer"):
+        spec = json.loads((path / "model_index.json").read_text(encoding="utf-8"))["transformer"]
+        components["transformer"] = load_quantized(transformer_class(spec), path / "transformer")
+    if is_quantized_folder(path / "text_encoder"):
+        components["text_encoder"] = load_quantized(Qwen2_5_VLForConditionalGeneration, path / "text_encoder")
+    return components
+
+
 def _fp8_file(model, version: str | None) -> bool:
     """Whether ``model`` is an official-layout folder whose DiT file is stored in fp8: its weights then stay in
     fp8 (diffusers' layerwise casting, computed in the compute dtype) unless the DiT's format is chosen
@@ -944,9 +965,10 @@ def _load(model, device: torch.device, torch_dtype: torch.dtype, version: str | 
             raise InvalidValueError(f"a version ({version}) applies to official checkpoints only; the diffusers "
                                     f"folder {path} records its own")
         check_diffusers_folder(path)  # config files and weight headers, before anything is built
+        quantized = _quantized_components(path)
         try:
             pipe = Step1XEditPipeline.from_pretrained(path, attn_implementation=attn_implementation,
-                                                      use_safetensors=True)
+                                                      use_safetensors=True, **quantized)
         except Step1XEditError:
             raise
         except (OSError, ValueError, KeyError, TypeError, RuntimeError) as error:  # what the checks cannot foresee

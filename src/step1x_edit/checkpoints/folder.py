@@ -79,11 +79,22 @@ def check_diffusers_folder(path: str | Path) -> None:
         spec = index.get(name)
         if not (isinstance(spec, list) and all(isinstance(part, str) for part in spec) and tuple(spec) in allowed):
             raise CheckpointError(f"{index_file}: {name} must be one of {sorted(map(list, allowed))}, got {spec!r}")
-    _check_transformer(path / "transformer", transformer_class(index["transformer"]))
+    # A quantized component (written by ``convert --quantize-*``) is checked by its own loader, which fits every
+    # saved tensor to the model its config builds.
+    if not is_quantized_folder(path / "transformer"):
+        _check_transformer(path / "transformer", transformer_class(index["transformer"]))
     check_vae_folder(path / "vae", index["vae"][1])
-    check_text_encoder_folder(path / "text_encoder")
+    if not is_quantized_folder(path / "text_encoder"):
+        check_text_encoder_folder(path / "text_encoder")
     check_processor_folder(path / "processor")
     check_scheduler_config(path / "scheduler" / "scheduler_config.json")
+
+
+def is_quantized_folder(folder: Path) -> bool:
+    """Whether the component folder ``folder`` holds a quantized model (its ``quantization.json``)."""
+    from ..acceleration.quantization import RECIPE_NAME
+
+    return (folder / RECIPE_NAME).is_file()
 
 
 def check_text_encoder_folder(folder: str | Path) -> None:
