@@ -58,19 +58,23 @@ AUTO_ORDER = ("full", "24gb", "16gb", "12gb")
 
 
 def parameter_bytes(module: torch.nn.Module, device: torch.device | None = None) -> int:
-    """Bytes of ``module``'s parameters and buffers (on ``device`` only, when given). Quantized tensors count
-    their real storage (torchao subclasses and bitsandbytes' packed weights report it through ``nbytes``)."""
-    total = 0
-    for tensor in [*module.parameters(), *module.buffers()]:
-        if device is None or tensor.device == device:
-            total += _storage_bytes(tensor)
-    return total
+    """Bytes of ``module``'s parameters and buffers (on ``device`` only, when given), quantized ones counted as
+    :func:`tensor_bytes` counts them."""
+    return sum(tensor_bytes(tensor) for tensor in [*module.parameters(), *module.buffers()]
+               if device is None or tensor.device == device)
 
 
-def _storage_bytes(tensor: torch.Tensor) -> int:
-    inner = getattr(type(tensor), "tensor_data_names", None)  # torchao tensor subclasses
-    if inner:
-        return sum(getattr(tensor, name).nbytes for name in inner if getattr(tensor, name, None) is not None)
+def tensor_bytes(tensor: torch.Tensor) -> int:
+    """The bytes ``tensor`` really takes: a torchao quantized tensor its data and scales, a bitsandbytes 4-bit
+    parameter its packed weights and quantization state, any other its ``nbytes``."""
+    if hasattr(tensor, "tensor_data_names"):  # a torchao quantized tensor: its data and scales
+        names = [*tensor.tensor_data_names, *getattr(tensor, "optional_tensor_data_names", [])]
+        return sum(getattr(tensor, part).nbytes for part in names if getattr(tensor, part) is not None)
+    state = getattr(tensor, "quant_state", None)  # a bitsandbytes Params4bit: the packed weights, then its state
+    if state is not None:
+        return tensor.data.nbytes + sum(
+            value.nbytes for value in state.as_dict(packed=True).values() if isinstance(value, torch.Tensor)
+        )
     return tensor.nbytes
 
 

@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from ..errors import CheckpointError, InvalidValueError, UnsupportedModeError
+from .memory import tensor_bytes
 
 PARTS = ("dit", "mllm")
 # The Linear layers quantized in each part, by name prefix: the repeated blocks, 95% of the DiT's weights and 86%
@@ -171,21 +172,9 @@ def quantize_model(module: nn.Module, name: str, compute_dtype: torch.dtype, *, 
     return before - weight_bytes(module)
 
 
-def _tensor_bytes(tensor: torch.Tensor) -> int:
-    if hasattr(tensor, "tensor_data_names"):  # a torchao quantized tensor: its data and scales
-        names = [*tensor.tensor_data_names, *getattr(tensor, "optional_tensor_data_names", [])]
-        return sum(getattr(tensor, part).nbytes for part in names if getattr(tensor, part) is not None)
-    state = getattr(tensor, "quant_state", None)  # a bitsandbytes Params4bit: the packed weights, then its state
-    if state is not None:
-        return tensor.data.nbytes + sum(
-            value.nbytes for value in state.as_dict(packed=True).values() if isinstance(value, torch.Tensor)
-        )
-    return tensor.nbytes
-
-
 def weight_bytes(module: nn.Module) -> int:
     """The bytes ``module``'s parameters take, quantized ones with their scales and quantization state."""
-    return sum(_tensor_bytes(parameter) for parameter in module.parameters())
+    return sum(tensor_bytes(parameter) for parameter in module.parameters())
 
 
 def quantized_layers(module: nn.Module) -> dict[str, str]:
