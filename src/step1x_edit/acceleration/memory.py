@@ -53,8 +53,8 @@ MEMORY_PLANS = {
     "12gb": MemoryPlan("group", "group", "fp8", True, "12 GB cards (RTX 3060, 4070): the DiT streamed by block with "
                        "fp8 weights (half the bytes moved), the MLLM by layer"),
 }
-# The order ``auto`` tries them in: fastest first.
-AUTO_ORDER = ("full", "24gb", "16gb", "12gb")
+# The order ``auto`` tries them in: fastest first, as listed above.
+AUTO_ORDER = tuple(MEMORY_PLANS)
 
 
 def parameter_bytes(module: torch.nn.Module, device: torch.device | None = None) -> int:

@@ -77,6 +77,7 @@ def lossy_choices(acceleration: Acceleration) -> dict:
 def check_acceleration(acceleration: Acceleration) -> None:
     """Raise :class:`InvalidValueError` naming the field when a choice is not one of its allowed values."""
     from .. import validate
+    from ..errors import InvalidValueError
 
     allowed = {"memory": MEMORY_MODES, "offload": OFFLOADS, "dit_storage": DIT_STORAGES,
                "quantize_dit": QUANTIZATIONS, "quantize_mllm": QUANTIZATIONS, "cache": CACHES,
@@ -84,14 +85,10 @@ def check_acceleration(acceleration: Acceleration) -> None:
     for field, values in allowed.items():
         value = getattr(acceleration, field)
         if value is not None and value not in values:
-            from ..errors import InvalidValueError
-
             raise InvalidValueError(f"{field} must be one of {', '.join(values)}, got {value!r}")
     if acceleration.cache_threshold is not None:
         validate.number("cache_threshold", acceleration.cache_threshold, 0.0, 1.0)
         if acceleration.cache != "first-block":
-            from ..errors import InvalidValueError
-
             raise InvalidValueError("cache_threshold applies to cache first-block only")
 
 
@@ -117,18 +114,8 @@ def resolved_plan(acceleration: Acceleration, memory: str):
 def loads_dit_in_fp8(acceleration: Acceleration) -> bool:
     """Whether ``acceleration`` stores the DiT's weights in fp8 whatever the free memory (so the loader can keep
     an fp8 checkpoint as it is stored)."""
-    if acceleration.dit_storage is not None:
-        return acceleration.dit_storage == "fp8"
-    if acceleration.quantize_dit not in (None, "none"):
-        return False
-    return acceleration.memory in MEMORY_MODES and acceleration.memory not in ("auto", "full") and \
-        _plan_storage(acceleration.memory) == "fp8"
-
-
-def _plan_storage(memory: str) -> str:
-    from .memory import MEMORY_PLANS
-
-    return MEMORY_PLANS[memory].dit_storage
+    memory = "full" if acceleration.memory == "auto" else acceleration.memory  # auto's pick is not known yet
+    return resolved_plan(acceleration, memory).dit_storage == "fp8"
 
 
 def check_combination(acceleration: Acceleration, device) -> None:
