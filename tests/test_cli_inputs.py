@@ -107,10 +107,11 @@ def _variant(source, target, changes):
 
 
 def _no_model_load(monkeypatch):
-    def load_pipeline(*args, **kwargs):
+    """Fail the test if any model is read: load_pipeline's own checks still run, the loading itself does not."""
+    def load(*args, **kwargs):
         raise AssertionError("the model was loaded before the input was checked")
 
-    monkeypatch.setattr("step1x_edit.pipeline.load_pipeline", load_pipeline)
+    monkeypatch.setattr("step1x_edit.pipeline._load", load)
 
 
 # ------------------------------------------------------------------------------------------------ numbers

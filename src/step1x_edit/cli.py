@@ -101,10 +101,8 @@ def _reasoning_options(args: argparse.Namespace):
 
 def _load_model(args: argparse.Namespace, scales: list[float]):
     """The pipeline the model arguments (``--model``, ``--version``, ``--device``, ``--dtype``, ``--lora``, the
-    memory and speed modes) describe; the device, the modes and the LoRA files are checked before the model loads,
-    and what the modes did is printed."""
-    from .acceleration.options import check_combination
-    from .checkpoints.lora import check_lora_file
+    memory and speed modes) describe; the device is resolved here, the modes and the LoRA files are checked by
+    :func:`~step1x_edit.pipeline.load_pipeline` before the model loads, and what the modes did is printed."""
     from .pipeline import load_pipeline, resolve_device
 
     acceleration = acceleration_from_args(args)
@@ -117,9 +115,6 @@ def _load_model(args: argparse.Namespace, scales: list[float]):
         device = init_from_environment()
     else:
         device = resolve_device(args.device)
-    check_combination(acceleration, device)
-    for lora in args.lora:
-        check_lora_file(lora)
     pipe = load_pipeline(args.model, device=device, torch_dtype=torch_dtype(args.dtype), version=args.version,
                          attn_implementation=args.attn_implementation,
                          loras=list(zip(args.lora, scales, strict=True)), acceleration=acceleration)
