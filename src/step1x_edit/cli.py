@@ -21,7 +21,14 @@ from pathlib import Path
 from . import __version__, validate
 from .acceleration.choices import QUANTIZATIONS
 from .errors import Step1XEditError
-from .model_options import DTYPES, acceleration_from_args, add_model_arguments, lora_scales, torch_dtype
+from .model_options import (
+    DTYPES,
+    acceleration_from_args,
+    add_model_arguments,
+    add_reasoning_arguments,
+    lora_scales,
+    torch_dtype,
+)
 from .versions import VERSION_NAMES
 
 
@@ -329,14 +336,7 @@ def _add_edit(subcommands) -> None:
     parser.add_argument("--seed", type=validate.int_argument(0, validate.MAX_SEED), default=42,
                         help=f"random seed, 0 to {validate.MAX_SEED} (default 42)")
     parser.add_argument("--negative-prompt", default="", help='negative instruction for guidance (default "")')
-    reasoning = parser.add_argument_group("thinking and reflection (v1.2 models; see docs/reasoning.md)")
-    reasoning.add_argument("--think", action=argparse.BooleanOptionalAction, default=None,
-                           help="rewrite the instruction into concrete edit actions first (default: off)")
-    reasoning.add_argument("--reflect", action=argparse.BooleanOptionalAction, default=None,
-                           help="judge each edit, retry with a refined instruction or from the source, keep the best "
-                           "round (default: on for v1.2 models, as the official pipeline)")
-    reasoning.add_argument("--max-tries", type=validate.int_argument(1, 10), default=None,
-                           help="rounds of reflection at most, 1 to 10 (default 3)")
+    reasoning = add_reasoning_arguments(parser)
     reasoning.add_argument("--reply-tokens", type=validate.int_argument(1, 4096), default=None,
                            help="cap of each reasoning reply in tokens, 1 to 4096 (default 128, as the official code)")
     reasoning.add_argument("--greedy", action="store_true",

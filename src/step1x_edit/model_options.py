@@ -60,6 +60,23 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     add_acceleration_arguments(parser)
 
 
+def add_reasoning_arguments(parser: argparse.ArgumentParser, instructions: str = "the instruction",
+                            trace: str = "") -> argparse._ArgumentGroup:
+    """A v1.2 model's thinking and reflection (``edit``, ``edit-batch``, ``bench generate``), in an argument group
+    that is returned (for a command's own reasoning options): ``instructions`` names what thinking rewrites,
+    ``trace`` says where the trace goes."""
+    group = parser.add_argument_group("thinking and reflection (v1.2 models; see docs/reasoning.md)")
+    group.add_argument("--think", action=argparse.BooleanOptionalAction, default=None,
+                       help=f"rewrite {instructions} into concrete edit actions first (default: off)")
+    group.add_argument("--reflect", action=argparse.BooleanOptionalAction, default=None,
+                       help="judge each edit, retry with a refined instruction or from the source, keep the best "
+                       f"round (default: on for v1.2 models, as the official pipeline){trace}")
+    # 1 to step1x_edit.reasoning.MAX_TRIES, default DEFAULT_MAX_TRIES (that module loads torch; this one must not)
+    group.add_argument("--max-tries", type=validate.int_argument(1, 10), default=None,
+                       help="rounds of reflection at most, 1 to 10 (default 3)")
+    return group
+
+
 def add_acceleration_arguments(parser: argparse.ArgumentParser) -> None:
     """The memory, speed and multi-GPU modes (docs/performance.md)."""
     group = parser.add_argument_group("memory and speed (see docs/performance.md)")

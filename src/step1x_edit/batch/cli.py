@@ -5,7 +5,13 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ..model_options import DTYPES, acceleration_from_args, add_model_arguments, lora_scales
+from ..model_options import (
+    DTYPES,
+    acceleration_from_args,
+    add_model_arguments,
+    add_reasoning_arguments,
+    lora_scales,
+)
 from ..validate import MAX_SEED, float_argument, int_argument, text_argument
 
 
@@ -104,12 +110,5 @@ def register(subcommands) -> None:
                         help="CPUs per Ray actor (default 1)")
     parser.add_argument("--overwrite", action="store_true", help="replace an output store made with other settings")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
-    reasoning = parser.add_argument_group("thinking and reflection (v1.2 models; see docs/reasoning.md)")
-    reasoning.add_argument("--think", action=argparse.BooleanOptionalAction, default=None,
-                           help="rewrite each instruction into concrete edit actions first (default: off)")
-    reasoning.add_argument("--reflect", action=argparse.BooleanOptionalAction, default=None,
-                           help="judge each edit, retry, keep the best round (default: on for v1.2 models, as the "
-                           "official pipeline); the trace goes to the 'reasoning' column")
-    reasoning.add_argument("--max-tries", type=int_argument(1, 10), default=None,
-                           help="rounds of reflection at most, 1 to 10 (default 3)")
+    add_reasoning_arguments(parser, "each instruction", "; the trace goes to the 'reasoning' column")
     parser.set_defaults(handler=_edit_batch)

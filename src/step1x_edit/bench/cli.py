@@ -19,6 +19,7 @@ import json
 import re
 from pathlib import Path
 
+from ..model_options import add_reasoning_arguments
 from ..validate import MAX_SEED, float_argument, int_argument, text_argument
 
 # Bounds of the numeric options (the judge's and the retry policy's are those of their classes).
@@ -117,13 +118,7 @@ def register(subcommands: argparse._SubParsersAction) -> None:
     generate.add_argument("--processes", type=int_argument(1, MAX_PROCESSES),
                           help="worker processes, one per GPU (default: one per visible GPU; under accelerate "
                                "launch, its processes)")
-    generate.add_argument("--think", action=argparse.BooleanOptionalAction, default=None,
-                          help="v1.2 models: rewrite each instruction first (default: off)")
-    generate.add_argument("--reflect", action=argparse.BooleanOptionalAction, default=None,
-                          help="v1.2 models: judge each edit, retry, keep the best round (default: on, as the "
-                          "official pipeline)")
-    generate.add_argument("--max-tries", type=int_argument(1, 10), default=None,
-                          help="v1.2 models: rounds of reflection at most, 1 to 10 (default 3)")
+    add_reasoning_arguments(generate, "each instruction")
     generate.add_argument("--shard", type=_shard,
                           help="I/N: edit only shard I (0-based) of N, set for each worker process "
                                "(default: all samples)")
