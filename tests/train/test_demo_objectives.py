@@ -4,27 +4,11 @@ the absolute and structural terms; the trainer's registry reaches them by name a
 import pytest
 import torch
 
-from step1x_edit import sampling
 from step1x_edit.demo.objectives import DEMO_OBJECTIVES, RELATIVE_FLOOR, clean_image_loss
 from step1x_edit.errors import Step1XEditError
+from step1x_edit.testing.fakes import TargetPredictor
 from step1x_edit.train.flow import flow_matching_loss
 from step1x_edit.train.objectives import FlowBatch, build_objective
-
-
-class _TargetPredictor(torch.nn.Module):
-    """Knows the target ``x0`` and answers the velocity ``(x_t - x0) / t`` that points straight at it."""
-
-    def __init__(self, x0):
-        super().__init__()
-        self.x0 = sampling.pack_latents(x0)
-        self.seen = {}
-
-    def forward(self, hidden_states, timestep, encoder_hidden_states=None, encoder_attention_mask=None, img_ids=None,
-                txt_ids=None):
-        count = self.x0.shape[1]
-        self.seen = {"tokens": hidden_states[:, :count], "t": timestep}
-        velocity = (hidden_states[:, :count] - self.x0) / timestep[:, None, None]
-        return torch.cat([velocity, torch.zeros_like(velocity)], dim=1)
 
 
 def test_x0_weighting_is_the_error_of_the_implied_clean_latents():
@@ -32,7 +16,7 @@ def test_x0_weighting_is_the_error_of_the_implied_clean_latents():
     x0, reference, eps = (torch.randn(3, 16, 4, 6, generator=generator) for _ in range(3))
     t = torch.tensor([0.05, 0.5, 0.9])
     embeds, mask = torch.randn(3, 5, 8), torch.ones(3, 5, dtype=torch.long)
-    copier = _TargetPredictor(reference)  # answers "the target is the reference", i.e. makes no edit
+    copier = TargetPredictor(reference)  # answers "the target is the reference", i.e. makes no edit
     loss = clean_image_loss(copier, x0, reference, embeds, mask, t, eps, "v1.1", weighting="x0")
     assert float(loss) == pytest.approx(float(((x0 - reference) ** 2).mean()), rel=1e-5)  # the same at every t
     plain = flow_matching_loss(copier, x0, reference, embeds, mask, t, eps, "v1.1")
@@ -49,18 +33,18 @@ def test_relative_x0_weighting_scores_each_sample_against_returning_its_source()
     t = torch.tensor([0.2, 0.7, 1.0])
     embeds, mask = torch.randn(3, 5, 8), torch.ones(3, 5, dtype=torch.long)
     args = (x0, reference, embeds, mask, t, eps, "v1.1")
-    no_edit = clean_image_loss(_TargetPredictor(reference), *args, weighting="x0_relative")
+    no_edit = clean_image_loss(TargetPredictor(reference), *args, weighting="x0_relative")
     assert float(no_edit) == pytest.approx(1.0, rel=1e-5)  # no better than the identity, at every t
-    exact = clean_image_loss(_TargetPredictor(x0), *args, weighting="x0_relative")
+    exact = clean_image_loss(TargetPredictor(x0), *args, weighting="x0_relative")
     assert float(exact) == pytest.approx(0.0, abs=1e-6)
-    halfway = clean_image_loss(_TargetPredictor((x0 + reference) / 2), *args, weighting="x0_relative")
+    halfway = clean_image_loss(TargetPredictor((x0 + reference) / 2), *args, weighting="x0_relative")
     assert float(halfway) == pytest.approx(0.25, rel=1e-4)
     # the reference dropped by condition dropout: the no-edit error is still measured against the source
-    dropped = clean_image_loss(_TargetPredictor(reference), x0, torch.zeros_like(reference), embeds, mask, t, eps,
+    dropped = clean_image_loss(TargetPredictor(reference), x0, torch.zeros_like(reference), embeds, mask, t, eps,
                                  "v1.1", source_latents=reference, weighting="x0_relative")
     assert float(dropped) == pytest.approx(1.0, rel=1e-5)
     # a sample whose target equals its source is measured against the floor, not divided by zero
-    same = clean_image_loss(_TargetPredictor(reference + 0.05), reference, reference, embeds, mask, t, eps, "v1.1",
+    same = clean_image_loss(TargetPredictor(reference + 0.05), reference, reference, embeds, mask, t, eps, "v1.1",
                               weighting="x0_relative")
     assert float(same) == pytest.approx(0.05**2 / RELATIVE_FLOOR, rel=1e-4)
 
@@ -98,17 +82,17 @@ def test_the_pixel_space_loss_weighs_latent_channels_by_how_much_they_move_the_p
     embeds, mask = torch.randn(2, 5, 8), torch.ones(2, 5, dtype=torch.long)
     decoder = _patch_decoder()
     args = (x0, reference, embeds, mask, t, eps, "v1.1")
-    exact = clean_image_loss(_TargetPredictor(x0), *args, weighting="x0_relative", decode=decoder)
+    exact = clean_image_loss(TargetPredictor(x0), *args, weighting="x0_relative", decode=decoder)
     assert float(exact) == pytest.approx(0.0, abs=1e-6)
-    no_edit = clean_image_loss(_TargetPredictor(reference), *args, weighting="x0_relative", decode=decoder)
+    no_edit = clean_image_loss(TargetPredictor(reference), *args, weighting="x0_relative", decode=decoder)
     assert float(no_edit) == pytest.approx(1.0, rel=1e-5)
     # the same latent error costs far more in a strong channel than in a weak one, unlike in the latent space
     strong, weak = x0.clone(), x0.clone()
     strong[:, 0] += 0.5
     weak[:, -1] += 0.5
-    pixel = [float(clean_image_loss(_TargetPredictor(guess), *args, weighting="x0", decode=decoder))
+    pixel = [float(clean_image_loss(TargetPredictor(guess), *args, weighting="x0", decode=decoder))
              for guess in (strong, weak)]
-    latent = [float(clean_image_loss(_TargetPredictor(guess), *args, weighting="x0")) for guess in (strong, weak)]
+    latent = [float(clean_image_loss(TargetPredictor(guess), *args, weighting="x0")) for guess in (strong, weak)]
     assert latent[0] == pytest.approx(latent[1], rel=1e-4)
     assert pixel[0] > 100 * pixel[1]
     # the loss reaches the transformer's output through the frozen decoder
@@ -131,15 +115,15 @@ def test_the_ssim_term_scores_structure_relative_to_the_source_and_needs_pixels(
     embeds, mask = torch.randn(2, 5, 8), torch.ones(2, 5, dtype=torch.long)
     decoder = _patch_decoder()
     args = (x0, reference, embeds, mask, t, eps, "v1.1")
-    plain = clean_image_loss(_TargetPredictor(reference), *args, weighting="x0_relative", decode=decoder)
-    with_ssim = clean_image_loss(_TargetPredictor(reference), *args, weighting="x0_relative", decode=decoder,
+    plain = clean_image_loss(TargetPredictor(reference), *args, weighting="x0_relative", decode=decoder)
+    with_ssim = clean_image_loss(TargetPredictor(reference), *args, weighting="x0_relative", decode=decoder,
                                    ssim_weight=0.5)
     assert float(with_ssim) == pytest.approx(float(plain) + 0.5, rel=1e-5)  # the identity: 1 + 0.5 * 1
-    exact = clean_image_loss(_TargetPredictor(x0), *args, weighting="x0_relative", decode=decoder,
+    exact = clean_image_loss(TargetPredictor(x0), *args, weighting="x0_relative", decode=decoder,
                                ssim_weight=0.5)
     assert float(exact) == pytest.approx(0.0, abs=1e-5)
     with pytest.raises(ValueError, match="ssim_weight"):
-        clean_image_loss(_TargetPredictor(x0), *args, weighting="x0_relative", ssim_weight=0.5)
+        clean_image_loss(TargetPredictor(x0), *args, weighting="x0_relative", ssim_weight=0.5)
     pixels = torch.rand(1, 3, 16, 16) * 2 - 1
     assert float(structural_similarity(pixels, pixels)) == pytest.approx(1.0)
     assert float(structural_similarity(pixels, -pixels)) < 0.5
@@ -160,7 +144,7 @@ def test_the_absolute_pixel_error_leaves_an_uncertain_edit_out_where_the_squared
         if guess is None:
             guess = targets.clone()
             guess[:, :, 0, :] = answer
-        return float(clean_image_loss(_TargetPredictor(guess), targets, source, embeds, mask, t, eps, "v1.1",
+        return float(clean_image_loss(TargetPredictor(guess), targets, source, embeds, mask, t, eps, "v1.1",
                                         weighting="x0_relative", decode=lambda z: z, squared_weight=squared,
                                         absolute_weight=absolute))
 
@@ -173,7 +157,7 @@ def test_the_absolute_pixel_error_leaves_an_uncertain_edit_out_where_the_squared
     with pytest.raises(ValueError, match="not all zero"):
         loss(0.0, 0, 0)
     with pytest.raises(ValueError, match="pixel-space"):
-        clean_image_loss(_TargetPredictor(source), targets, source, embeds, mask, t, eps, "v1.1",
+        clean_image_loss(TargetPredictor(source), targets, source, embeds, mask, t, eps, "v1.1",
                            weighting="x0_relative", absolute_weight=1.0)
 
 
@@ -197,7 +181,7 @@ def test_the_registry_builds_the_official_objective_and_the_demo_s_by_name_and_c
     x0, reference, eps = (torch.randn(2, 4, 4, 6, generator=generator) for _ in range(3))
     embeds, mask, t = torch.randn(2, 5, 8), torch.ones(2, 5, dtype=torch.long), torch.tensor([0.3, 0.8])
     batch = FlowBatch(x0, reference, embeds, mask, t, eps, "v1.1", None, reference, lambda z: z)
-    copier = _TargetPredictor(reference)
+    copier = TargetPredictor(reference)
     official = build_objective("flow_matching", {})(copier, batch)
     assert float(official) == pytest.approx(float(flow_matching_loss(copier, x0, reference, embeds, mask, t, eps,
                                                                      "v1.1")))

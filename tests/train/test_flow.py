@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from step1x_edit import sampling
+from step1x_edit.testing.fakes import TargetPredictor
 from step1x_edit.train.flow import (
     FlowTimeSampling,
     drop_conditions,
@@ -99,28 +100,12 @@ def test_the_loss_is_the_velocity_error_on_noisy_tokens_with_clean_reference_tok
     assert float(wrong) == pytest.approx(float((sampling.pack_latents(eps) ** 2).mean()), rel=1e-6)
 
 
-class _TargetPredictor(torch.nn.Module):
-    """Knows the target ``x0`` and answers the velocity ``(x_t - x0) / t`` that points straight at it."""
-
-    def __init__(self, x0):
-        super().__init__()
-        self.x0 = sampling.pack_latents(x0)
-        self.seen = {}
-
-    def forward(self, hidden_states, timestep, encoder_hidden_states=None, encoder_attention_mask=None, img_ids=None,
-                txt_ids=None):
-        count = self.x0.shape[1]
-        self.seen = {"tokens": hidden_states[:, :count], "t": timestep}
-        velocity = (hidden_states[:, :count] - self.x0) / timestep[:, None, None]
-        return torch.cat([velocity, torch.zeros_like(velocity)], dim=1)
-
-
 def test_source_start_paths_begin_at_the_pipelines_strength_start_and_point_at_the_target():
     generator = torch.Generator().manual_seed(0)
     x0, source, eps = (torch.randn(3, 16, 4, 4, generator=generator) for _ in range(3))
     embeds, mask = torch.randn(3, 5, 8), torch.ones(3, 5, dtype=torch.long)
     start = torch.tensor([0.4, 0.7, 1.0])
-    oracle = _TargetPredictor(x0)
+    oracle = TargetPredictor(x0)
     # at t = t0 the noisy tokens are the sampler's image-to-image start t0 * noise + (1 - t0) * source
     loss = flow_matching_loss(oracle, x0, torch.zeros_like(source), embeds, mask, start, eps, "v1.1", start, source)
     expected = start[:, None, None] * sampling.pack_latents(eps) + (1 - start[:, None, None]) * sampling.pack_latents(
@@ -144,7 +129,7 @@ def test_sampling_from_the_strength_start_with_the_trained_velocity_lands_on_the
     timesteps = schedule[28 - sampling.strength_steps(28, 0.5):]  # the tail an edit of strength 0.5 runs
     t0 = timesteps[0]
     start = t0 * sampling.pack_latents(eps) + (1 - t0) * sampling.pack_latents(source)
-    oracle = _TargetPredictor(x0)
+    oracle = TargetPredictor(x0)
     landed = sampling.denoise(lambda tokens, t: oracle(tokens, t), start, sampling.pack_latents(source), timesteps,
                               1.0, 0.0)
     assert torch.allclose(landed, sampling.pack_latents(x0), atol=1e-5)
